@@ -29,7 +29,7 @@
 mod hub;
 mod redb_store;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -109,13 +109,48 @@ pub struct Event {
     pub event_type: EventType,
     /// The object after the change (for deletes: the last state, stamped with the delete's revision).
     pub object: Arc<Stored>,
+    /// The object before the change, when known (always for live events; for events replayed
+    /// after a restart, unknown for a key's first event in the kept history). Watchers with
+    /// selectors use it to turn a MODIFIED that leaves or enters the selection into
+    /// DELETED/ADDED, as the apiserver does.
+    pub prev: Option<Arc<Stored>>,
+    framed: OnceLock<Bytes>,
 }
 
 impl Event {
+    /// Makes an event.
+    pub fn new(event_type: EventType, object: Arc<Stored>, prev: Option<Arc<Stored>>) -> Self {
+        Event {
+            event_type,
+            object,
+            prev,
+            framed: OnceLock::new(),
+        }
+    }
+
     /// The revision of the change.
     pub fn revision(&self) -> Revision {
         self.object.mod_revision
     }
+
+    /// The Kubernetes watch line `{"type":"…","object":…}\n`, built once per event and shared
+    /// by every watcher that sends it unchanged.
+    pub fn framed(&self) -> Bytes {
+        self.framed
+            .get_or_init(|| frame(self.event_type.as_str(), &self.object.json))
+            .clone()
+    }
+}
+
+/// Frames one watch event line around already-serialized object JSON.
+pub fn frame(event_type: &str, object_json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object_json.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(event_type.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object_json);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 /// Errors from the store.

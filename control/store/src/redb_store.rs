@@ -9,7 +9,7 @@
 //! JSON; the last `history` entries, for watch resume across restarts) and `meta`
 //! (`revision`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
@@ -185,21 +185,21 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         );
     }
     let mut history = VecDeque::new();
+    let mut last: std::collections::HashMap<String, Arc<Stored>> = Default::default();
     let events = txn.open_table(EVENTS).map_err(backend)?;
     for row in events.iter().map_err(backend)? {
         let (rev, v) = row.map_err(backend)?;
         let (ty, key, create_revision, json) = v.value();
         let event_type = EventType::from_u8(ty)
             .ok_or_else(|| StoreError::Backend(format!("bad event type {ty}")))?;
-        history.push_back(Arc::new(Event {
-            event_type,
-            object: Arc::new(Stored {
-                key: key.to_string(),
-                mod_revision: rev.value(),
-                create_revision,
-                json: Bytes::copy_from_slice(json),
-            }),
-        }));
+        let object = Arc::new(Stored {
+            key: key.to_string(),
+            mod_revision: rev.value(),
+            create_revision,
+            json: Bytes::copy_from_slice(json),
+        });
+        let prev = last.insert(key.to_string(), object.clone());
+        history.push_back(Arc::new(Event::new(event_type, object, prev)));
     }
     Ok((objects, revision, history))
 }
@@ -231,6 +231,8 @@ impl Writer {
         let start_count = self.event_count;
         let mut results: Vec<Result<Arc<Stored>, StoreError>> = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
+        // Latest state of keys written earlier in this batch (None = deleted).
+        let mut overlay: HashMap<String, Option<Arc<Stored>>> = HashMap::new();
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
 
         let outcome = (|| -> Result<(), StoreError> {
@@ -239,8 +241,10 @@ impl Writer {
                 let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
                 let mut log = txn.open_table(EVENTS).map_err(backend)?;
                 for op in ops {
-                    let r = self.apply_op(op, &mut objects, &mut log);
+                    let r = self.apply_op(op, &mut objects, &mut log, &overlay);
                     if let Ok(ev) = &r {
+                        let now = (ev.event_type != EventType::Deleted).then(|| ev.object.clone());
+                        overlay.insert(ev.object.key.clone(), now);
                         events.push(ev.clone());
                     }
                     results.push(r.map(|ev| ev.object.clone()));
@@ -282,6 +286,7 @@ impl Writer {
         op: Op,
         objects: &mut redb::Table<&str, (u64, u64, &[u8])>,
         log: &mut redb::Table<u64, (u8, &str, u64, &[u8])>,
+        overlay: &HashMap<String, Option<Arc<Stored>>>,
     ) -> Result<Arc<Event>, StoreError> {
         let (key, current) = {
             let key = match &op {
@@ -294,7 +299,7 @@ impl Writer {
                 .map_err(backend)?
                 .map(|g| {
                     let (c, m, j) = g.value();
-                    (c, m, j.to_vec())
+                    (c, m, Bytes::copy_from_slice(j))
                 });
             (key, cur)
         };
@@ -345,15 +350,17 @@ impl Writer {
         .map_err(backend)?;
         self.revision = rev;
         self.event_count += 1;
-        Ok(Arc::new(Event {
-            event_type,
-            object: Arc::new(Stored {
-                key,
-                mod_revision: rev,
-                create_revision,
-                json,
-            }),
-        }))
+        let prev = match overlay.get(&key) {
+            Some(p) => p.clone(),
+            None => self.hub.get(&key),
+        };
+        let object = Arc::new(Stored {
+            key,
+            mod_revision: rev,
+            create_revision,
+            json,
+        });
+        Ok(Arc::new(Event::new(event_type, object, prev)))
     }
 }
 

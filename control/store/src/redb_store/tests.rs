@@ -207,3 +207,22 @@ async fn concurrent_writers_get_unique_revisions() {
     assert_eq!(revs, (1..=200).collect::<Vec<_>>());
     assert_eq!(s.list("/r/").0.len(), 200);
 }
+
+#[tokio::test]
+async fn events_carry_previous_state_and_one_shared_frame() {
+    let s = mem();
+    let mut w = s.watch("/r/", 0).unwrap();
+    s.create("/r/a".into(), obj("a", 1)).await.unwrap();
+    s.update("/r/a".into(), obj("a", 2), None).await.unwrap();
+    let e1 = w.next().await.unwrap().unwrap();
+    let e2 = w.next().await.unwrap().unwrap();
+    assert!(e1.prev.is_none());
+    assert_eq!(e2.prev.as_ref().unwrap().mod_revision, 1);
+    let line = e2.framed();
+    assert!(line.ends_with(b"}\n"));
+    let parsed: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(parsed["type"], "MODIFIED");
+    assert_eq!(parsed["object"]["metadata"]["resourceVersion"], "2");
+    // Built once: the second call returns the same buffer.
+    assert_eq!(line.as_ptr(), e2.framed().as_ptr());
+}
