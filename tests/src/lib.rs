@@ -2,4 +2,281 @@
 //!
 //! This crate is outside the workspace's `default-members`, so a plain `cargo test` stays
 //! unprivileged. Its `tests/*.rs` drive real binaries: the control plane over TLS with
-//! kubectl (Debian's 1.20 and the preinstalled one) and kube-rs.
+//! kubectl (Debian's 1.20 and the preinstalled one) and kube-rs. This library holds the
+//! shared harness: locating binaries and clients, and a control-plane process that is killed
+//! and cleaned up on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The workspace's target directory for the running profile (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/, binaries in target/<profile>/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Path of a workspace binary; the test command builds them first (`cargo build --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before these tests (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// Prints the conventional skip line. Tests call it and return when a tool is unavailable.
+pub fn skip(why: &str) {
+    println!("SKIP: {why}");
+    eprintln!("SKIP: {why}");
+}
+
+/// A kubectl binary to drive the API with.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    /// The binary.
+    pub path: PathBuf,
+    /// Its `gitVersion`, for messages.
+    pub label: String,
+}
+
+impl Kubectl {
+    /// Debian's kubectl 1.20 (package `kubernetes-client`, unpacked with `dpkg-deb -x` because
+    /// it clashes with the preinstalled kubectl), from `SLUICE_KUBECTL_120` or `/opt/kc`.
+    pub fn debian_120() -> Option<Kubectl> {
+        let p = std::env::var_os("SLUICE_KUBECTL_120")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/kc/usr/bin/kubectl"));
+        p.exists().then(|| Kubectl {
+            path: p,
+            label: "kubectl 1.20 (Debian)".into(),
+        })
+    }
+
+    /// The preinstalled (newest versioned) kubectl of the image, or `kubectl` on PATH.
+    pub fn preinstalled() -> Option<Kubectl> {
+        let dir = Path::new("/usr/lib/google-cloud-sdk/bin");
+        let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let minor = name.strip_prefix("kubectl.1.")?.parse().ok()?;
+                Some((minor, e.path()))
+            })
+            .collect();
+        versioned.sort();
+        if let Some((minor, p)) = versioned.pop() {
+            return Some(Kubectl {
+                path: p,
+                label: format!("kubectl 1.{minor} (preinstalled)"),
+            });
+        }
+        let out = Command::new("kubectl")
+            .arg("version")
+            .arg("--client")
+            .output()
+            .ok()?;
+        out.status.success().then(|| Kubectl {
+            path: PathBuf::from("kubectl"),
+            label: "kubectl (PATH)".into(),
+        })
+    }
+
+    /// Runs kubectl with a kubeconfig and a fresh HOME (so the discovery cache starts empty).
+    pub fn run(&self, kubeconfig: &Path, home: &Path, args: &[&str]) -> Output {
+        self.command(kubeconfig, home, args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// Like [`Kubectl::run`] with stdin.
+    pub fn run_stdin(&self, kubeconfig: &Path, home: &Path, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(kubeconfig, home, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("writing stdin");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// The command, for callers that stream output (`get -w`).
+    pub fn command(&self, kubeconfig: &Path, home: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.path);
+        c.env("HOME", home)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .arg("--request-timeout=20s")
+            .args(args);
+        c
+    }
+}
+
+/// Output as text (stdout + stderr), for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A `sluice-control` process.
+pub struct ControlPlane {
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Starts the binary on an ephemeral port with `dir` as its data directory.
+    pub fn start(dir: &Path, extra_args: &[&str]) -> anyhow::Result<ControlPlane> {
+        Self::start_on(dir, "127.0.0.1:0".parse()?, extra_args)
+    }
+
+    fn start_on(
+        dir: &Path,
+        listen: SocketAddr,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ControlPlane> {
+        let mut child = Command::new(bin("sluice-control"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning sluice-control")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("sluice-control serving on https://") {
+                        break a.trim().parse::<SocketAddr>()?;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("sluice-control did not report its address within 30 s");
+                }
+            }
+        };
+        Ok(ControlPlane {
+            dir: dir.to_path_buf(),
+            addr,
+            kubeconfig: dir.join("admin.kubeconfig"),
+            child: Some(child),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is flushed on the way out).
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Crashes and starts again on the same address and data directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.crash();
+        let args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::start_on(&self.dir, self.addr, &args) {
+                Ok(mut n) => {
+                    self.child = n.child.take();
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart retry: {e:#}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The process id (for RSS readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// A kube-rs client with the admin kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        client_from(&self.kubeconfig).await
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// A kube-rs client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(path)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

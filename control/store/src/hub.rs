@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use futures::stream::{self, StreamExt};
 use tokio::sync::broadcast;
 
-use crate::{Event, Revision, Stored, StoreError, WatchError, WatchStream};
+use crate::{Event, Revision, StoreError, Stored, WatchError, WatchStream};
 
 pub(crate) struct Hub {
     state: RwLock<State>,

@@ -294,13 +294,10 @@ impl Writer {
                     key.clone()
                 }
             };
-            let cur = objects
-                .get(key.as_str())
-                .map_err(backend)?
-                .map(|g| {
-                    let (c, m, j) = g.value();
-                    (c, m, Bytes::copy_from_slice(j))
-                });
+            let cur = objects.get(key.as_str()).map_err(backend)?.map(|g| {
+                let (c, m, j) = g.value();
+                (c, m, Bytes::copy_from_slice(j))
+            });
             (key, cur)
         };
         let rev = self.revision + 1;
@@ -364,7 +361,11 @@ impl Writer {
     }
 }
 
-fn check_expected(key: &str, expected: Option<Revision>, actual: Revision) -> Result<(), StoreError> {
+fn check_expected(
+    key: &str,
+    expected: Option<Revision>,
+    actual: Revision,
+) -> Result<(), StoreError> {
     match expected {
         Some(e) if e != actual => Err(StoreError::Conflict {
             key: key.to_string(),

@@ -196,7 +196,10 @@ async fn concurrent_writers_get_unique_revisions() {
     for i in 0..200 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.create(format!("/r/{i:04}"), obj("x", i)).await.unwrap().mod_revision
+            s.create(format!("/r/{i:04}"), obj("x", i))
+                .await
+                .unwrap()
+                .mod_revision
         }));
     }
     let mut revs = vec![];

@@ -1,0 +1,134 @@
+//! Legacy discovery documents, `/version` and the OpenAPI stub.
+//!
+//! kubectl 1.33 asks for aggregated discovery first and falls back to these when the reply is
+//! plain `APIVersions`/`APIGroupList` JSON; kubectl 1.20 only knows these.
+
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::resources::{self, RESOURCES};
+
+fn json_response(v: Value) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /api`.
+pub fn api_versions(server_address: &str) -> Response {
+    json_response(json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    }))
+}
+
+/// `GET /apis`.
+pub fn api_groups() -> Response {
+    let groups: Vec<Value> = resources::group_versions()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json_response(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+}
+
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// `GET /api/v1` or `GET /apis/<group>/<version>`; None when the group/version is not served.
+pub fn resource_list(group: &str, version: &str) -> Option<Response> {
+    let mut list = Vec::new();
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        list.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": VERBS,
+            "shortNames": r.short_names,
+        }));
+        for sub in r.subresources {
+            let mut e = json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["get", "patch", "update"],
+            });
+            match *sub {
+                "scale" => {
+                    e["group"] = json!("autoscaling");
+                    e["version"] = json!("v1");
+                    e["kind"] = json!("Scale");
+                }
+                "binding" => {
+                    e["kind"] = json!("Binding");
+                    e["verbs"] = json!(["create"]);
+                }
+                _ => {}
+            }
+            list.push(e);
+        }
+    }
+    if list.is_empty() {
+        return None;
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json_response(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": list,
+    })))
+}
+
+/// `GET /version`.
+pub fn version() -> Response {
+    json_response(json!({
+        "major": "1",
+        "minor": "35",
+        "gitVersion": concat!("v1.35.0-sluice.", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "n/a (rust)",
+        "compiler": "rustc",
+        "platform": "linux/amd64",
+    }))
+}
+
+/// `GET /openapi/v2`: an empty OpenAPI v2 document as protobuf (`openapi_v2.Document` with
+/// swagger "2.0" and info {title "x", version "1"}). With no schemas, kubectl's client-side
+/// validation skips every type, so `create`/`apply` work with the default `--validate=true`
+/// on both kubectl 1.20 and 1.33. It is sent as `application/octet-stream` because kubectl
+/// 1.20 rejects the real `...spec.v2@v1.0+protobuf` media type (Go's mime parser chokes on `@`)
+/// and fails on a JSON document.
+pub fn openapi_v2() -> Response {
+    const DOC: &[u8] = b"\x0a\x032.0\x12\x06\x0a\x01x\x12\x011";
+    (
+        [(http::header::CONTENT_TYPE, "application/octet-stream")],
+        DOC,
+    )
+        .into_response()
+}

@@ -1,0 +1,664 @@
+//! The HTTP API: Kubernetes REST paths, content negotiation (JSON / `meta.k8s.io/v1` Table),
+//! authentication and authorization, and the watch endpoint.
+//!
+//! Request flow: axum → [`handle`] parses the path into (resource, namespace, name,
+//! subresource) → bearer token → authorization → verb handler → [`Registry`] → store.
+//! Lists and gets answer straight from the store's shared JSON bytes (no re-serialization);
+//! Tables are rendered by `sluice-printers`.
+
+mod discovery;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use serde_json::{json, Value};
+use sluice_printers::IncludeObject;
+use sluice_store::Stored;
+
+use crate::auth::{self, Attributes, Tokens, User};
+use crate::registry::{DeleteOptions, Part, PatchType, Registry};
+use crate::resources::{self, Resource};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+
+/// Shared state of the HTTP server.
+pub struct AppState {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// Bearer tokens.
+    pub tokens: Arc<Tokens>,
+    /// Address advertised in `/api` (host:port).
+    pub server_address: String,
+    /// Watches without `timeoutSeconds` end after a random time in this range (seconds), like
+    /// the apiserver's 30–60 min.
+    pub watch_timeout: (u64, u64),
+    /// Interval between BOOKMARK events for watchers that allow them.
+    pub bookmark_interval: Duration,
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/version", get(|| async { discovery::version() }))
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(3 * 1024 * 1024))
+        .with_state(state)
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .filter(|(k, _)| !k.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_bytes(code: StatusCode, body: impl Into<Body>) -> Response {
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    state
+        .tokens
+        .authenticate(token)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// A parsed resource path.
+#[derive(Debug)]
+struct Target {
+    res: &'static Resource,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+enum Route {
+    Resource(Target),
+    Discovery(Response),
+}
+
+fn parse_path(path: &str, server_address: &str) -> ApiResult<Route> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api"] => return Ok(Route::Discovery(discovery::api_versions(server_address))),
+        ["apis"] => return Ok(Route::Discovery(discovery::api_groups())),
+        ["openapi", "v2"] => return Ok(Route::Discovery(discovery::openapi_v2())),
+        ["api", v, rest @ ..] => ("", v, rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => return Err(ApiError::no_route()),
+    };
+    if rest.is_empty() {
+        return discovery::resource_list(group, version)
+            .map(Route::Discovery)
+            .ok_or_else(ApiError::no_route);
+    }
+    let find =
+        |plural: &str| resources::find(group, version, plural).ok_or_else(ApiError::no_route);
+    let t = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if !(group.is_empty() && matches!(*plural, "status" | "finalize")) =>
+        {
+            let res = find(plural)?;
+            if !res.namespaced {
+                return Err(ApiError::no_route());
+            }
+            Target {
+                res,
+                ns: Some(ns.to_string()),
+                name: tail.first().map(|s| s.to_string()),
+                sub: match tail {
+                    [_] | [] => None,
+                    [_, sub] => Some(sub.to_string()),
+                    _ => return Err(ApiError::no_route()),
+                },
+            }
+        }
+        [plural, tail @ ..] => {
+            let res = find(plural)?;
+            if res.namespaced && !tail.is_empty() {
+                // Namespaced objects are only addressed through /namespaces/<ns>/.
+                return Err(ApiError::no_route());
+            }
+            Target {
+                res,
+                ns: None,
+                name: tail.first().map(|s| s.to_string()),
+                sub: match tail {
+                    [_] | [] => None,
+                    [_, sub] => Some(sub.to_string()),
+                    _ => return Err(ApiError::no_route()),
+                },
+            }
+        }
+        [] => return Err(ApiError::no_route()),
+    };
+    if let Some(sub) = &t.sub {
+        if !t.res.has_subresource(sub) {
+            return Err(ApiError::no_route());
+        }
+    }
+    Ok(Route::Resource(t))
+}
+
+/// Table negotiation from the Accept header.
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .next()
+        .is_some_and(|first| {
+            let parts: Vec<&str> = first.split(';').map(str::trim).collect();
+            parts.contains(&"as=Table") && parts.contains(&"g=meta.k8s.io")
+        })
+}
+
+fn include_object(q: &HashMap<String, String>) -> IncludeObject {
+    match q.get("includeObject").map(String::as_str) {
+        Some("None") => IncludeObject::None,
+        Some("Object") => IncludeObject::Object,
+        _ => IncludeObject::Metadata,
+    }
+}
+
+/// Decodes a request body. JSON is assumed when there is no Content-Type (the Python client
+/// sends none); YAML is accepted; protobuf is answered with 415, which makes client-go
+/// (kubectl ≥ 1.32 sends typed creates as protobuf) retry in JSON.
+fn parse_body(headers: &HeaderMap, verb: &str, body: &Bytes) -> ApiResult<Value> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let yaml = ct == "application/yaml";
+    let ok = ct.is_empty()
+        || ct == "application/json"
+        || yaml
+        || (verb == "patch" && PatchType::from_content_type(&ct).is_some());
+    if !ok {
+        return Err(ApiError::unsupported_media(&ct));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    if yaml {
+        let text = std::str::from_utf8(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not UTF-8: {e}")))?;
+        return serde_saphyr::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+        });
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+fn selectors(
+    res: &Resource,
+    q: &HashMap<String, String>,
+) -> ApiResult<(LabelSelector, FieldSelector)> {
+    let l = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("unable to parse labelSelector: {e}")))?;
+    let f = FieldSelector::parse(
+        res.kind,
+        q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+    )
+    .map_err(ApiError::bad_request)?;
+    Ok((l, f))
+}
+
+/// Every request that is not a fixed route.
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle_inner(&state, method, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inner(
+    state: &Arc<AppState>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let user = authenticate(state, headers)?;
+    let route = parse_path(uri.path(), &state.server_address)?;
+    let t = match route {
+        Route::Discovery(r) => {
+            return if method == Method::GET {
+                Ok(r)
+            } else {
+                Err(ApiError::method_not_allowed())
+            };
+        }
+        Route::Resource(t) => t,
+    };
+    let q = query_map(uri);
+    let res = t.res;
+    let ns = t.ns.as_deref();
+    let reg = &state.registry;
+    let table = wants_table(headers);
+    let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+
+    let verb = match (&method, &t.name, is_watch) {
+        (&Method::GET, None, true) => "watch",
+        (&Method::GET, None, false) => "list",
+        (&Method::GET, Some(_), _) => "get",
+        (&Method::POST, None, _) => "create",
+        (&Method::POST, Some(_), _) if t.sub.as_deref() == Some("binding") => "create",
+        (&Method::PUT, Some(_), _) => "update",
+        (&Method::PATCH, Some(_), _) => "patch",
+        (&Method::DELETE, Some(_), _) => "delete",
+        (&Method::DELETE, None, _) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+
+    // Authorization attributes: the name for create comes from the body.
+    let parsed_body = if matches!(verb, "create" | "update" | "patch") {
+        Some(parse_body(headers, verb, &body)?)
+    } else {
+        None
+    };
+    let body_name = parsed_body
+        .as_ref()
+        .and_then(|b| b.pointer("/metadata/name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string);
+    let name_for_authz = t.name.clone().or(body_name);
+    let pod_node = if res.kind == "Pod" && !user.is_admin() {
+        t.name
+            .as_deref()
+            .and_then(|n| reg.get_value(res, ns, n).ok())
+            .and_then(|v| {
+                v.pointer("/spec/nodeName")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+            })
+    } else {
+        None
+    };
+    auth::authorize(
+        &user,
+        &Attributes {
+            verb: if t.sub.as_deref() == Some("binding") {
+                "create"
+            } else {
+                verb
+            },
+            res,
+            sub: t.sub.as_deref(),
+            ns,
+            name: name_for_authz.as_deref(),
+            pod_node: pod_node.as_deref(),
+        },
+    )?;
+    if res.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::no_route());
+    }
+
+    match verb {
+        "watch" => {
+            let (l, f) = selectors(res, &q)?;
+            watch::serve(
+                state.clone(),
+                res,
+                ns.map(str::to_string),
+                l,
+                f,
+                &q,
+                table.then(|| include_object(&q)),
+            )
+        }
+        "list" => {
+            let (l, f) = selectors(res, &q)?;
+            list(reg, res, ns, &l, &f, &q, table)
+        }
+        "get" => {
+            let name = t.name.as_deref().unwrap_or_default();
+            match t.sub.as_deref() {
+                Some("scale") => Ok(json_value(
+                    StatusCode::OK,
+                    &reg.get_scale(ns.unwrap_or(""), name)?,
+                )),
+                _ => {
+                    let s = reg.get(res, ns, name)?;
+                    if table {
+                        let v = s.value().map_err(|e| ApiError::internal(e.to_string()))?;
+                        let t = sluice_printers::table(
+                            res.kind,
+                            &[v],
+                            &s.mod_revision.to_string(),
+                            None,
+                            jiff::Timestamp::now(),
+                            include_object(&q),
+                        );
+                        Ok(json_value(StatusCode::OK, &t))
+                    } else {
+                        Ok(json_bytes(StatusCode::OK, s.json.clone()))
+                    }
+                }
+            }
+        }
+        "create" => {
+            let body = parsed_body.unwrap_or(Value::Null);
+            if t.sub.as_deref() == Some("binding") {
+                let name = t.name.as_deref().unwrap_or_default();
+                reg.bind_pod(ns.unwrap_or(""), name, &body).await?;
+                return Ok(json_value(
+                    StatusCode::CREATED,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                ));
+            }
+            let s = reg.create(res, ns, body).await?;
+            Ok(json_bytes(StatusCode::CREATED, s.json.clone()))
+        }
+        "update" => {
+            let name = t.name.as_deref().unwrap_or_default();
+            let body = parsed_body.unwrap_or(Value::Null);
+            match t.sub.as_deref() {
+                Some("scale") => Ok(json_value(
+                    StatusCode::OK,
+                    &reg.update_scale(ns.unwrap_or(""), name, body).await?,
+                )),
+                sub => {
+                    let part = if sub == Some("status") {
+                        Part::Status
+                    } else {
+                        Part::Main
+                    };
+                    let s = reg.update(res, ns, name, body, part).await?;
+                    Ok(json_bytes(StatusCode::OK, s.json.clone()))
+                }
+            }
+        }
+        "patch" => {
+            let name = t.name.as_deref().unwrap_or_default();
+            let ct = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let pt =
+                PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+            let body = parsed_body.unwrap_or(Value::Null);
+            match t.sub.as_deref() {
+                Some("scale") => Ok(json_value(
+                    StatusCode::OK,
+                    &reg.patch_scale(ns.unwrap_or(""), name, pt, body).await?,
+                )),
+                sub => {
+                    let part = if sub == Some("status") {
+                        Part::Status
+                    } else {
+                        Part::Main
+                    };
+                    let s = reg.patch(res, ns, name, pt, body, part).await?;
+                    Ok(json_bytes(StatusCode::OK, s.json.clone()))
+                }
+            }
+        }
+        "delete" => {
+            let name = t.name.as_deref().unwrap_or_default();
+            let opts = delete_options(&body, &q)?;
+            let s = reg.delete(res, ns, name, &opts).await?;
+            Ok(json_bytes(StatusCode::OK, s.json.clone()))
+        }
+        "deletecollection" => {
+            let (l, f) = selectors(res, &q)?;
+            let opts = delete_options(&body, &q)?;
+            let (items, _) = reg.list(res, ns, &l, &f);
+            let mut deleted = Vec::new();
+            for s in items {
+                let (ins, name) = res.split_key(&s.key);
+                match reg.delete(res, ins, name, &opts).await {
+                    Ok(d) => deleted.push(d),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(list_response(res, &deleted, reg.store().revision(), None))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn json_value(code: StatusCode, v: &Value) -> Response {
+    json_bytes(code, v.to_string())
+}
+
+fn delete_options(body: &Bytes, q: &HashMap<String, String>) -> ApiResult<DeleteOptions> {
+    let mut o = DeleteOptions::default();
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        o.grace_period_seconds = v.get("gracePeriodSeconds").and_then(|g| g.as_i64());
+        o.precondition_rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(|x| x.as_str())
+            .map(str::to_string);
+        o.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(|x| x.as_str())
+            .map(str::to_string);
+    }
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        o.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
+    }
+    Ok(o)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    start: String,
+}
+
+fn list(
+    reg: &Registry,
+    res: &Resource,
+    ns: Option<&str>,
+    l: &LabelSelector,
+    f: &FieldSelector,
+    q: &HashMap<String, String>,
+    table: bool,
+) -> ApiResult<Response> {
+    let (mut items, mut rev) = reg.list(res, ns, l, f);
+    if let Some(c) = q.get("continue").filter(|c| !c.is_empty()) {
+        let tok: ContinueToken = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+        items.retain(|s| s.key > tok.start);
+        rev = tok.rv;
+    }
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let mut cont = None;
+    if limit > 0 && items.len() > limit {
+        let last = items[limit - 1].key.clone();
+        let remaining = items.len() - limit;
+        items.truncate(limit);
+        let tok = serde_json::to_vec(&ContinueToken {
+            rv: rev,
+            start: last,
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        cont = Some((
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok),
+            remaining,
+        ));
+    }
+    if table {
+        let objs: Vec<Value> = items
+            .iter()
+            .map(|s| s.value().map_err(|e| ApiError::internal(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let t = sluice_printers::table(
+            res.kind,
+            &objs,
+            &rev.to_string(),
+            cont.as_ref().map(|c| c.0.as_str()),
+            jiff::Timestamp::now(),
+            include_object(q),
+        );
+        return Ok(json_value(StatusCode::OK, &t));
+    }
+    Ok(list_response(res, &items, rev, cont))
+}
+
+/// `<Kind>List` assembled from the stored bytes without re-serializing items.
+fn list_response(
+    res: &Resource,
+    items: &[Arc<Stored>],
+    rev: u64,
+    cont: Option<(String, usize)>,
+) -> Response {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if let Some((c, remaining)) = cont {
+        meta["continue"] = json!(c);
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    let head = format!(
+        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        res.kind,
+        res.api_version(),
+        meta
+    );
+    let total: usize = items.iter().map(|s| s.json.len() + 1).sum::<usize>() + head.len() + 2;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(head.as_bytes());
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&s.json);
+    }
+    out.extend_from_slice(b"]}");
+    json_bytes(StatusCode::OK, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let r = |p: &str| match parse_path(p, "x").unwrap() {
+            Route::Resource(t) => (t.res.plural, t.ns, t.name, t.sub),
+            Route::Discovery(_) => ("discovery", None, None, None),
+        };
+        assert_eq!(r("/api/v1/pods"), ("pods", None, None, None));
+        assert_eq!(r("/api/v1/namespaces"), ("namespaces", None, None, None));
+        assert_eq!(
+            r("/api/v1/namespaces/default"),
+            ("namespaces", None, Some("default".into()), None)
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/default/status"),
+            (
+                "namespaces",
+                None,
+                Some("default".into()),
+                Some("status".into())
+            )
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/default/pods"),
+            ("pods", Some("default".into()), None, None)
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/default/pods/web/status"),
+            (
+                "pods",
+                Some("default".into()),
+                Some("web".into()),
+                Some("status".into())
+            )
+        );
+        assert_eq!(
+            r("/apis/apps/v1/namespaces/a/deployments/d/scale"),
+            (
+                "deployments",
+                Some("a".into()),
+                Some("d".into()),
+                Some("scale".into())
+            )
+        );
+        assert_eq!(
+            r("/api/v1/nodes/n1/status"),
+            ("nodes", None, Some("n1".into()), Some("status".into()))
+        );
+        assert_eq!(
+            r("/apis/discovery.k8s.io/v1"),
+            ("discovery", None, None, None)
+        );
+        assert!(parse_path("/api/v1/namespaces/default/widgets", "x").is_err());
+        assert!(parse_path("/api/v1/pods/x", "x").is_err());
+        assert!(parse_path("/api/v1/namespaces/d/services/s/scale", "x").is_err());
+        assert!(parse_path("/apis/apps/v2/deployments", "x").is_err());
+    }
+
+    #[test]
+    fn table_negotiation() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(wants_table(&h));
+        h.insert(
+            http::header::ACCEPT,
+            "application/json, */*".parse().unwrap(),
+        );
+        assert!(!wants_table(&h));
+    }
+}

@@ -1,0 +1,665 @@
+//! EndpointSlice controller (and the legacy Endpoints mirror).
+//!
+//! Level-triggered: events on Services, Pods and Nodes mark Services dirty; each dirty Service
+//! is reconciled from the current state: selector → pods with an IP → endpoints with
+//! `ready`/`serving`/`terminating`, `nodeName`, zone and `targetRef`; ports with named
+//! `targetPort`s resolved per pod (pods resolving to different numbers land in different
+//! slices); at most `max_per_slice` endpoints per slice; slices labelled
+//! `kubernetes.io/service-name` and owned by the Service. Existing slices are updated in place
+//! and written only when they change.
+//!
+//! Readiness: an endpoint is `serving` when its pod is Ready, `ready` when serving and not
+//! terminating (or always with `publishNotReadyAddresses`). A pod on a node whose Ready
+//! condition is Unknown or False is neither — the apiserver's node lifecycle controller gets
+//! the same effect by marking such pods NotReady; Sluice derives it, so endpoints recover as
+//! soon as the node's heartbeats do.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{name_of, ns_of, str_at};
+use crate::registry::{object_labels, DeleteOptions, Part, Registry};
+use crate::resources::by_kind;
+use crate::selectors::LabelSelector;
+
+/// Label naming the Service of a slice.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming the slice's manager.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// Our manager value (the upstream controller's, so consumers treat the slices as usual).
+pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+fn pod_ready(p: &Value) -> bool {
+    p.pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Node readiness as the controller sees it: false only for an explicit Unknown/False.
+fn node_ok(nodes: &HashMap<String, Value>, name: &str) -> bool {
+    let Some(n) = nodes.get(name) else {
+        return true;
+    };
+    !n.pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] != "True")
+        })
+}
+
+/// Resolves a service port's targetPort against a pod; None when a named port is missing.
+fn resolve_target(sp: &Value, pod: &Value) -> Option<i64> {
+    match sp.get("targetPort") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(name)) => {
+            let proto = sp.get("protocol").and_then(|p| p.as_str()).unwrap_or("TCP");
+            pod.pointer("/spec/containers")?
+                .as_array()?
+                .iter()
+                .flat_map(|c| {
+                    c.get("ports")
+                        .and_then(|p| p.as_array())
+                        .into_iter()
+                        .flatten()
+                })
+                .find(|cp| {
+                    cp.get("name").and_then(|n| n.as_str()) == Some(name.as_str())
+                        && cp.get("protocol").and_then(|p| p.as_str()).unwrap_or("TCP") == proto
+                })
+                .and_then(|cp| cp.get("containerPort")?.as_i64())
+        }
+        _ => sp.get("port").and_then(|p| p.as_i64()),
+    }
+}
+
+/// The desired slices' contents for one Service: (ports, endpoints) chunks.
+pub fn desired(
+    svc: &Value,
+    pods: &[Value],
+    nodes: &HashMap<String, Value>,
+    max_per_slice: usize,
+) -> Vec<(Vec<Value>, Vec<Value>)> {
+    let publish_not_ready = svc
+        .pointer("/spec/publishNotReadyAddresses")
+        .and_then(|b| b.as_bool())
+        .unwrap_or(false);
+    let svc_ports: Vec<Value> = svc
+        .pointer("/spec/ports")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut sorted: Vec<&Value> = pods.iter().collect();
+    sorted.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+    for pod in sorted {
+        let Some(ip) = str_at(pod, "/status/podIP").filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        if matches!(str_at(pod, "/status/phase"), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let mut ports = Vec::new();
+        let mut complete = true;
+        for sp in &svc_ports {
+            match resolve_target(sp, pod) {
+                Some(port) => ports.push(json!({
+                    "name": sp.get("name").and_then(|n| n.as_str()).unwrap_or(""),
+                    "port": port,
+                    "protocol": sp.get("protocol").and_then(|p| p.as_str()).unwrap_or("TCP"),
+                })),
+                None => complete = false,
+            }
+        }
+        if !complete {
+            continue;
+        }
+        let node = str_at(pod, "/spec/nodeName").unwrap_or("");
+        let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+        let serving = (pod_ready(pod) && node_ok(nodes, node)) || publish_not_ready;
+        let ready = publish_not_ready || (serving && !terminating);
+        let mut ep = json!({
+            "addresses": [ip],
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+            "targetRef": {
+                "kind": "Pod",
+                "namespace": ns_of(pod),
+                "name": name_of(pod),
+                "uid": str_at(pod, "/metadata/uid").unwrap_or(""),
+            },
+        });
+        if !node.is_empty() {
+            ep["nodeName"] = json!(node);
+            if let Some(zone) = nodes
+                .get(node)
+                .and_then(|n| str_at(n, "/metadata/labels/topology.kubernetes.io~1zone"))
+            {
+                ep["zone"] = json!(zone);
+            }
+        }
+        let key = serde_json::to_string(&ports).unwrap_or_default();
+        groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(ep);
+    }
+    let mut out = Vec::new();
+    for (_, (ports, eps)) in groups {
+        for chunk in eps.chunks(max_per_slice.max(1)) {
+            out.push((ports.clone(), chunk.to_vec()));
+        }
+    }
+    if out.is_empty() {
+        // A placeholder slice, as the upstream controller keeps for a Service with no endpoints.
+        out.push((Vec::new(), Vec::new()));
+    }
+    out
+}
+
+/// One legacy Endpoints subset being assembled.
+#[derive(Default)]
+struct Subset {
+    ports: Vec<Value>,
+    seen_ready: BTreeSet<String>,
+    seen_not_ready: BTreeSet<String>,
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+}
+
+/// The legacy Endpoints subsets for the same inputs: ready endpoints → `addresses`, not ready
+/// and not terminating → `notReadyAddresses`, terminating ones left out.
+fn endpoints_subsets(chunks: &[(Vec<Value>, Vec<Value>)]) -> Vec<Value> {
+    let mut by_ports: BTreeMap<String, Subset> = BTreeMap::new();
+    for (ports, eps) in chunks {
+        if ports.is_empty() {
+            continue;
+        }
+        let key = serde_json::to_string(ports).unwrap_or_default();
+        let e = by_ports.entry(key).or_insert_with(|| Subset {
+            ports: ports.clone(),
+            ..Default::default()
+        });
+        for ep in eps {
+            let ip = ep
+                .pointer("/addresses/0")
+                .and_then(|a| a.as_str())
+                .unwrap_or("")
+                .to_string();
+            let mut addr = json!({"ip": ip, "targetRef": ep["targetRef"]});
+            if let Some(n) = ep.get("nodeName") {
+                addr["nodeName"] = n.clone();
+            }
+            let cond = |c: &str| {
+                ep.pointer(&format!("/conditions/{c}"))
+                    .and_then(|r| r.as_bool())
+                    .unwrap_or(false)
+            };
+            if cond("ready") {
+                if e.seen_ready.insert(ip) {
+                    e.ready.push(addr);
+                }
+            } else if !cond("terminating") && e.seen_not_ready.insert(ip) {
+                e.not_ready.push(addr);
+            }
+        }
+    }
+    by_ports
+        .into_values()
+        .filter(|s| !s.ready.is_empty() || !s.not_ready.is_empty())
+        .map(|s| {
+            let ports: Vec<Value> = s
+                .ports
+                .into_iter()
+                .map(|mut p| {
+                    if p["name"] == "" {
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("name");
+                        }
+                    }
+                    p
+                })
+                .collect();
+            let mut out = json!({"ports": ports});
+            if !s.ready.is_empty() {
+                out["addresses"] = json!(s.ready);
+            }
+            if !s.not_ready.is_empty() {
+                out["notReadyAddresses"] = json!(s.not_ready);
+            }
+            out
+        })
+        .collect()
+}
+
+/// Reconciles one Service's slices and Endpoints.
+pub async fn reconcile(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    max_per_slice: usize,
+) -> Result<(), String> {
+    let slices_res = by_kind("EndpointSlice");
+    let ep_res = by_kind("Endpoints");
+    let existing: Vec<Value> = reg
+        .store()
+        .list(&slices_res.ns_prefix(Some(ns)))
+        .0
+        .iter()
+        .filter_map(|s| s.value().ok())
+        .filter(|v| {
+            str_at(v, "/metadata/labels/kubernetes.io~1service-name") == Some(name)
+                && str_at(
+                    v,
+                    "/metadata/labels/endpointslice.kubernetes.io~1managed-by",
+                ) == Some(MANAGED_BY)
+        })
+        .collect();
+    let svc = reg.get_value(by_kind("Service"), Some(ns), name).ok();
+    let managed = svc.as_ref().is_some_and(|s| {
+        s.pointer("/spec/selector")
+            .and_then(|x| x.as_object())
+            .is_some_and(|m| !m.is_empty())
+            && str_at(s, "/spec/type") != Some("ExternalName")
+    });
+    let Some(svc) = svc.filter(|_| managed) else {
+        for s in existing {
+            let _ = reg
+                .delete(slices_res, Some(ns), name_of(&s), &DeleteOptions::default())
+                .await;
+        }
+        // The Endpoints object of a Service that no longer exists (or lost its selector).
+        if let Ok(e) = reg.get_value(ep_res, Some(ns), name) {
+            if str_at(&e, "/metadata/labels/endpoints.kubernetes.io~1managed-by")
+                == Some(MANAGED_BY_EP)
+            {
+                let _ = reg
+                    .delete(ep_res, Some(ns), name, &DeleteOptions::default())
+                    .await;
+            }
+        }
+        return Ok(());
+    };
+
+    let selector = LabelSelector::from_map(&object_labels(
+        &json!({"metadata": {"labels": svc["spec"]["selector"]}}),
+    ));
+    let pods: Vec<Value> = reg
+        .store()
+        .list(&by_kind("Pod").ns_prefix(Some(ns)))
+        .0
+        .iter()
+        .filter_map(|s| s.value().ok())
+        .filter(|p| selector.matches(&object_labels(p)))
+        .collect();
+    let nodes: HashMap<String, Value> = reg
+        .store()
+        .list(&by_kind("Node").prefix())
+        .0
+        .iter()
+        .filter_map(|s| s.value().ok())
+        .map(|n| (name_of(&n).to_string(), n))
+        .collect();
+    let want = desired(&svc, &pods, &nodes, max_per_slice);
+
+    let mut labels = svc
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    labels[SERVICE_NAME_LABEL] = json!(name);
+    labels[MANAGED_BY_LABEL] = json!(MANAGED_BY);
+    let owner = json!([{
+        "apiVersion": "v1",
+        "kind": "Service",
+        "name": name,
+        "uid": str_at(&svc, "/metadata/uid").unwrap_or(""),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+
+    // Reuse existing slices in order (same ports first), create the rest, delete surplus.
+    let mut pool: Vec<Value> = existing;
+    pool.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+    for (ports, eps) in &want {
+        let pos = pool
+            .iter()
+            .position(|s| s.get("ports").cloned().unwrap_or(json!([])) == json!(ports))
+            .or(if pool.is_empty() { None } else { Some(0) });
+        match pos {
+            Some(i) => {
+                let cur = pool.remove(i);
+                let mut next = cur.clone();
+                next["endpoints"] = json!(eps);
+                next["ports"] = json!(ports);
+                next["addressType"] = json!("IPv4");
+                next["metadata"]["labels"] = labels.clone();
+                next["metadata"]["ownerReferences"] = owner.clone();
+                if normalized(&next) != normalized(&cur) {
+                    reg.update(slices_res, Some(ns), name_of(&cur), next, Part::Main)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            None => {
+                let obj = json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "generateName": format!("{name}-"),
+                        "namespace": ns,
+                        "labels": labels,
+                        "ownerReferences": owner,
+                    },
+                    "addressType": "IPv4",
+                    "endpoints": eps,
+                    "ports": ports,
+                });
+                reg.create(slices_res, Some(ns), obj)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    for s in pool {
+        let _ = reg
+            .delete(slices_res, Some(ns), name_of(&s), &DeleteOptions::default())
+            .await;
+    }
+
+    // Legacy Endpoints.
+    let subsets = endpoints_subsets(&want);
+    let mut ep_labels = svc
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    ep_labels["endpoints.kubernetes.io/managed-by"] = json!(MANAGED_BY_EP);
+    match reg.get_value(ep_res, Some(ns), name) {
+        Ok(cur) => {
+            let mut next = cur.clone();
+            next["subsets"] = json!(subsets);
+            next["metadata"]["labels"] = ep_labels;
+            if normalized(&next) != normalized(&cur) {
+                reg.update(ep_res, Some(ns), name, next, Part::Main)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Err(_) => {
+            let obj = json!({
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": name, "namespace": ns, "labels": ep_labels},
+                "subsets": subsets,
+            });
+            match reg.create(ep_res, Some(ns), obj).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Manager label value on Endpoints objects we own.
+pub const MANAGED_BY_EP: &str = "endpoint-controller";
+
+/// Drops server-filled noise so a comparison only sees what the controller controls.
+fn normalized(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    for key in ["endpoints", "subsets", "ports"] {
+        if v.get(key)
+            .is_some_and(|x| x.is_null() || x.as_array().is_some_and(|a| a.is_empty()))
+        {
+            if let Some(m) = v.as_object_mut() {
+                m.remove(key);
+            }
+        }
+    }
+    v
+}
+
+/// Services to reconcile for one changed object.
+pub fn affected_services(
+    reg: &Registry,
+    kind: &str,
+    obj: &Value,
+    prev: Option<&Value>,
+) -> Vec<(String, String)> {
+    match kind {
+        "Service" => vec![(ns_of(obj).to_string(), name_of(obj).to_string())],
+        "Pod" => {
+            let ns = ns_of(obj);
+            let mut label_sets = vec![object_labels(obj)];
+            if let Some(p) = prev {
+                label_sets.push(object_labels(p));
+            }
+            services_in(reg, Some(ns))
+                .into_iter()
+                .filter(|(_, sel)| label_sets.iter().any(|l| sel.matches(l)))
+                .map(|(n, _)| (ns.to_string(), n))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// (name, selector) of the selector-bearing Services of a namespace.
+fn services_in(reg: &Registry, ns: Option<&str>) -> Vec<(String, LabelSelector)> {
+    reg.store()
+        .list(&by_kind("Service").ns_prefix(ns))
+        .0
+        .iter()
+        .filter_map(|s| s.value().ok())
+        .filter_map(|v| {
+            let sel = v.pointer("/spec/selector")?.as_object()?;
+            if sel.is_empty() {
+                return None;
+            }
+            let m: BTreeMap<String, String> = sel
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            Some((name_of(&v).to_string(), LabelSelector::from_map(&m)))
+        })
+        .collect()
+}
+
+/// Every Service (namespace, name), for full resyncs and node changes.
+pub fn all_services(reg: &Registry) -> Vec<(String, String)> {
+    let res = by_kind("Service");
+    reg.store()
+        .list(&res.prefix())
+        .0
+        .iter()
+        .map(|s| {
+            let (ns, n) = res.split_key(&s.key);
+            (ns.unwrap_or("").to_string(), n.to_string())
+        })
+        .collect()
+}
+
+/// Runs the controller: a dirty set fed from the store's events, drained continuously.
+pub async fn run(reg: Arc<Registry>, max_per_slice: usize) {
+    super::run_dirty_loop(
+        reg,
+        "endpointslice",
+        |reg, ev| {
+            let kind = super::kind_of_key(&ev.object.key);
+            match kind {
+                Some("Service") | Some("Pod") => {
+                    let Ok(obj) = ev.object.value() else {
+                        return Vec::new();
+                    };
+                    let prev = ev.prev.as_ref().and_then(|p| p.value().ok());
+                    affected_services(reg, kind.unwrap_or(""), &obj, prev.as_ref())
+                }
+                Some("Node") => {
+                    // Only readiness and zone matter; a heartbeat-only change does not.
+                    let now = ev.object.value().ok();
+                    let before = ev.prev.as_ref().and_then(|p| p.value().ok());
+                    let sig = |v: &Option<Value>| {
+                        v.as_ref().map(|v| {
+                            let ready = v
+                                .pointer("/status/conditions")
+                                .and_then(|c| c.as_array())
+                                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                                .map(|c| c["status"].clone());
+                            (
+                                ready,
+                                v.pointer("/metadata/labels/topology.kubernetes.io~1zone")
+                                    .cloned(),
+                            )
+                        })
+                    };
+                    if sig(&now) != sig(&before)
+                        || ev.event_type == sluice_store::EventType::Deleted
+                    {
+                        all_services(reg)
+                    } else {
+                        Vec::new()
+                    }
+                }
+                _ => Vec::new(),
+            }
+        },
+        all_services,
+        move |reg, (ns, name)| async move { reconcile(&reg, &ns, &name, max_per_slice).await },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, ready: bool, node: &str, ports: Value) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports}]},
+            "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+        })
+    }
+
+    fn svc(target: Value) -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": target}]}})
+    }
+
+    #[test]
+    fn conditions_ports_and_nodes() {
+        let mut terminating = pod("c", "10.0.0.3", true, "n1", json!([]));
+        terminating["metadata"]["deletionTimestamp"] = json!("2030-01-01T00:00:00Z");
+        let pods = vec![
+            pod("a", "10.0.0.1", true, "n1", json!([])),
+            pod("b", "10.0.0.2", false, "n2", json!([])),
+            terminating,
+            pod("d", "", true, "n1", json!([])),
+        ];
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            "n1".to_string(),
+            json!({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}}}),
+        );
+        let got = desired(&svc(json!(8080)), &pods, &nodes, 100);
+        assert_eq!(got.len(), 1);
+        let (ports, eps) = &got[0];
+        assert_eq!(
+            ports,
+            &vec![json!({"name": "http", "port": 8080, "protocol": "TCP"})]
+        );
+        let conds: Vec<(String, Value)> = eps
+            .iter()
+            .map(|e| {
+                (
+                    e["targetRef"]["name"].as_str().unwrap().to_string(),
+                    e["conditions"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            conds,
+            vec![
+                (
+                    "a".into(),
+                    json!({"ready": true, "serving": true, "terminating": false})
+                ),
+                (
+                    "b".into(),
+                    json!({"ready": false, "serving": false, "terminating": false})
+                ),
+                (
+                    "c".into(),
+                    json!({"ready": false, "serving": true, "terminating": true})
+                ),
+            ]
+        );
+        assert_eq!(eps[0]["zone"], "z1");
+        assert_eq!(eps[0]["nodeName"], "n1");
+
+        // A node whose Ready condition went Unknown takes its pods' endpoints out of service.
+        nodes.insert(
+            "n1".to_string(),
+            json!({"metadata": {"name": "n1"}, "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+        );
+        let got = desired(&svc(json!(8080)), &pods[..1], &nodes, 100);
+        assert_eq!(got[0].1[0]["conditions"]["ready"], false);
+
+        // Legacy Endpoints: ready → addresses, not ready (not terminating) → notReadyAddresses.
+        let got = desired(&svc(json!(8080)), &pods, &HashMap::new(), 100);
+        let subsets = endpoints_subsets(&got);
+        assert_eq!(subsets.len(), 1);
+        assert_eq!(subsets[0]["addresses"][0]["ip"], "10.0.0.1");
+        assert_eq!(subsets[0]["notReadyAddresses"][0]["ip"], "10.0.0.2");
+        assert_eq!(subsets[0]["notReadyAddresses"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn named_target_ports_split_slices_and_chunks_cap_at_max() {
+        let mut pods = Vec::new();
+        for i in 0..5 {
+            pods.push(pod(
+                &format!("p{i}"),
+                &format!("10.0.0.{i}"),
+                true,
+                "",
+                json!([{"name": "web", "containerPort": 8080}]),
+            ));
+        }
+        pods.push(pod(
+            "q",
+            "10.0.1.1",
+            true,
+            "",
+            json!([{"name": "web", "containerPort": 9090}]),
+        ));
+        pods.push(pod(
+            "nope",
+            "10.0.1.2",
+            true,
+            "",
+            json!([{"name": "other", "containerPort": 1}]),
+        ));
+        let got = desired(&svc(json!("web")), &pods, &HashMap::new(), 2);
+        let summary: Vec<(i64, usize)> = got
+            .iter()
+            .map(|(p, e)| (p[0]["port"].as_i64().unwrap(), e.len()))
+            .collect();
+        assert_eq!(summary, vec![(8080, 2), (8080, 2), (8080, 1), (9090, 1)]);
+    }
+
+    #[test]
+    fn no_pods_gives_a_placeholder() {
+        let got = desired(&svc(json!(80)), &[], &HashMap::new(), 100);
+        assert_eq!(got, vec![(vec![], vec![])]);
+        assert!(endpoints_subsets(&got).is_empty());
+    }
+}

@@ -1,0 +1,154 @@
+//! The networking controllers, run in-process beside the API server.
+//!
+//! Each controller is level-triggered: it watches the store, maps events to keys it must
+//! reconcile, and reconciles a key from current state through the [`Registry`] (so its writes
+//! are validated and versioned like a client's). A lagging watch or a start-up triggers a full
+//! resync; failed reconciles are retried.
+//!
+//! - `endpointslice`: Services × Pods × Nodes → EndpointSlices and legacy Endpoints.
+//! - `nodeipam`: a podCIDR from `--cluster-cidr` for every Node without one.
+//! - `nodelifecycle`: heartbeats (Lease renewals or Ready.lastHeartbeatTime) → Ready Unknown
+//!   after the grace period, restored when heartbeats resume.
+//! - `podgc`: pods past their graceful-deletion deadline are removed.
+
+pub mod endpointslice;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod podgc;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use serde_json::Value;
+use sluice_store::Event;
+
+use crate::registry::Registry;
+use crate::resources::RESOURCES;
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `--max-endpoints-per-slice`.
+    pub max_endpoints_per_slice: usize,
+    /// `--node-monitor-grace-period`.
+    pub node_monitor_grace_period: Duration,
+    /// `--node-monitor-period`.
+    pub node_monitor_period: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            max_endpoints_per_slice: 100,
+            node_monitor_grace_period: Duration::from_secs(40),
+            node_monitor_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Starts every controller.
+pub fn spawn_all(reg: Arc<Registry>, cfg: ControllerConfig) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(endpointslice::run(reg.clone(), cfg.max_endpoints_per_slice)),
+        tokio::spawn(nodeipam::run(reg.clone())),
+        tokio::spawn(nodelifecycle::run(
+            reg.clone(),
+            cfg.node_monitor_grace_period,
+            cfg.node_monitor_period,
+        )),
+        tokio::spawn(podgc::run(reg)),
+    ]
+}
+
+pub(crate) fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(|x| x.as_str())
+}
+
+pub(crate) fn name_of(v: &Value) -> &str {
+    str_at(v, "/metadata/name").unwrap_or("")
+}
+
+pub(crate) fn ns_of(v: &Value) -> &str {
+    str_at(v, "/metadata/namespace").unwrap_or("")
+}
+
+/// The kind a store key belongs to.
+pub(crate) fn kind_of_key(key: &str) -> Option<&'static str> {
+    RESOURCES
+        .iter()
+        .find(|r| key.starts_with(&r.prefix()))
+        .map(|r| r.kind)
+}
+
+/// The shared loop: events → dirty keys → reconcile, full resync at start, after a lagged
+/// watch, and every five minutes; failed keys are retried after a short pause.
+pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
+    reg: Arc<Registry>,
+    name: &'static str,
+    map_event: M,
+    all: A,
+    reconcile: R,
+) where
+    K: Ord + Clone + std::fmt::Debug,
+    M: Fn(&Registry, &Event) -> Vec<K>,
+    A: Fn(&Registry) -> Vec<K>,
+    R: Fn(Arc<Registry>, K) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    const RESYNC: Duration = Duration::from_secs(300);
+    loop {
+        let rev = reg.store().revision();
+        let mut dirty: BTreeSet<K> = all(&reg).into_iter().collect();
+        let mut stream = match reg.store().watch("/registry/", rev) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(controller = name, error = %e, "cannot watch; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let resync_at = tokio::time::Instant::now() + RESYNC;
+        let mut failed: BTreeSet<K> = BTreeSet::new();
+        'watch: loop {
+            // Take everything already delivered before reconciling, so bursts coalesce.
+            while let Some(next) = stream.next().now_or_never() {
+                match next {
+                    Some(Ok(ev)) => dirty.extend(map_event(&reg, &ev)),
+                    Some(Err(e)) => {
+                        tracing::warn!(controller = name, error = %e, "watch lagged; resyncing");
+                        break 'watch;
+                    }
+                    None => break 'watch,
+                }
+            }
+            if let Some(k) = dirty.pop_first() {
+                if let Err(e) = reconcile(reg.clone(), k.clone()).await {
+                    tracing::warn!(controller = name, key = ?k, error = %e, "reconcile failed; will retry");
+                    failed.insert(k);
+                }
+                continue;
+            }
+            if tokio::time::Instant::now() >= resync_at {
+                break 'watch;
+            }
+            let retry = !failed.is_empty();
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(Ok(ev)) => dirty.extend(map_event(&reg, &ev)),
+                    Some(Err(e)) => {
+                        tracing::warn!(controller = name, error = %e, "watch lagged; resyncing");
+                        break 'watch;
+                    }
+                    None => break 'watch,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)), if retry => {
+                    dirty.append(&mut failed);
+                }
+                _ = tokio::time::sleep_until(resync_at) => break 'watch,
+            }
+        }
+    }
+}

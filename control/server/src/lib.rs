@@ -1,0 +1,233 @@
+//! Sluice's control plane: the API server, registry and networking controllers of the
+//! Kubernetes architecture, narrowed to what node networking needs.
+//!
+//! Data flow:
+//! ```text
+//! kubectl / kube-rs / python ──HTTPS (bearer token)──► api (axum): paths, Table/JSON, watch
+//!                                                        │
+//!                                                        ▼
+//!                          registry: decode → defaults → validate → allocate (IP, ports)
+//!                                                        │
+//!                                                        ▼
+//!                          sluice-store (redb, group commit, watch fan-out)
+//!                                                        │ events
+//!                                                        ▼
+//!                          controllers: endpointslices, node IPAM, node lifecycle, pod GC
+//! ```
+//!
+//! [`Server::start`] wires it together; the `sluice-control` binary is a thin CLI over it.
+
+pub mod alloc;
+pub mod api;
+pub mod auth;
+pub mod controllers;
+pub mod registry;
+pub mod resources;
+pub mod selectors;
+pub mod status;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_store::{RedbStore, Store, StoreOptions};
+
+use crate::registry::{Registry, RegistryConfig};
+
+/// Everything `sluice-control` needs to serve.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--data-dir`: store, PKI, tokens, admin kubeconfig.
+    pub data_dir: PathBuf,
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// Address written into kubeconfigs (defaults to the listen address, or 127.0.0.1 when
+    /// listening on all addresses).
+    pub advertise_address: Option<IpAddr>,
+    /// Extra names for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// Allocation ranges.
+    pub registry: RegistryConfig,
+    /// Controller settings.
+    pub controllers: controllers::ControllerConfig,
+    /// Store tuning.
+    pub store: StoreOptions,
+    /// Bounds of the random lifetime of watches without `timeoutSeconds` (seconds).
+    pub watch_timeout: (u64, u64),
+    /// Interval between BOOKMARK events.
+    pub bookmark_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServerConfig {
+            data_dir,
+            listen: "127.0.0.1:6443".parse().expect("literal"),
+            advertise_address: None,
+            tls_sans: Vec::new(),
+            registry: RegistryConfig::default(),
+            controllers: controllers::ControllerConfig::default(),
+            store: StoreOptions::default(),
+            watch_timeout: (1800, 3600),
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Data directory or listener I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] sluice_store::StoreError),
+    /// PKI.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Tokens.
+    #[error(transparent)]
+    Tokens(#[from] auth::TokenError),
+    /// Bootstrap objects.
+    #[error("bootstrapping: {0}")]
+    Bootstrap(status::ApiError),
+}
+
+/// A running control plane.
+pub struct Server {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Path of the admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The registry (for in-process use and tests).
+    pub registry: Arc<Registry>,
+    handle: axum_server::Handle<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Path of the token file in a data directory.
+pub fn tokens_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("tokens.json")
+}
+
+/// `https://<advertise or listen>:<port>`.
+fn server_url(cfg: &ServerConfig, addr: SocketAddr) -> String {
+    let ip = cfg
+        .advertise_address
+        .unwrap_or(if addr.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        });
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+impl Server {
+    /// Opens the store, prepares PKI and tokens, binds, and starts serving and the controllers.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let io = |what: String| move |source| ServerError::Io { what, source };
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(
+            &cfg.data_dir.join("store.redb"),
+            cfg.store.clone(),
+        )?);
+        let registry = Arc::new(Registry::new(store, cfg.registry.clone()));
+        registry.bootstrap().await.map_err(ServerError::Bootstrap)?;
+
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .map_err(io(format!("binding {}", cfg.listen)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("listener".to_string()))?;
+        let addr = listener.local_addr().map_err(io("listener".to_string()))?;
+        let advertised = server_url(&cfg, addr);
+
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ];
+        if !addr.ip().is_unspecified() {
+            sans.push(addr.ip().to_string());
+        }
+        if let Some(a) = cfg.advertise_address {
+            sans.push(a.to_string());
+        }
+        sans.extend(cfg.tls_sans.iter().cloned());
+        let pki = tls::ensure_pki(&cfg.data_dir, &sans)?;
+
+        let tokens_file = tokens_path(&cfg.data_dir);
+        let admin_token = auth::mint_token(&tokens_file, &auth::User::admin())?;
+        let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+        tls::write_kubeconfig(
+            &kubeconfig,
+            &tls::kubeconfig(
+                &format!("https://{advertised}"),
+                &pki.ca_pem,
+                "admin",
+                &admin_token,
+            ),
+        )?;
+
+        let state = Arc::new(api::AppState {
+            registry: registry.clone(),
+            tokens: Arc::new(auth::Tokens::new(tokens_file)),
+            server_address: advertised,
+            watch_timeout: cfg.watch_timeout,
+            bookmark_interval: cfg.bookmark_interval,
+        });
+        let app = api::router(state);
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(
+            listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config),
+        )
+        .map_err(io("serving".to_string()))?
+        .handle(handle.clone());
+        let mut tasks = vec![tokio::spawn(async move {
+            if let Err(e) = server.serve(app.into_make_service()).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        })];
+        tasks.extend(controllers::spawn_all(
+            registry.clone(),
+            cfg.controllers.clone(),
+        ));
+        tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "sluice-control serving");
+        Ok(Server {
+            addr,
+            kubeconfig,
+            registry,
+            handle,
+            tasks,
+        })
+    }
+
+    /// Stops serving and the controllers; waits until the store is closed.
+    pub async fn shutdown(self) {
+        self.handle.shutdown();
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // The last registry reference closes the store (its writer thread is joined on drop).
+        drop(self.registry);
+        tokio::task::yield_now().await;
+    }
+}

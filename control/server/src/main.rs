@@ -1,0 +1,177 @@
+//! `sluice-control`: the Sluice control plane binary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use sluice_control::{auth, tls, Server, ServerConfig};
+
+/// Sluice control plane: a Kubernetes-compatible API server (namespaces, nodes, pods,
+/// services, endpoints, endpointslices, deployments, leases) with an embedded durable store
+/// and the networking controllers. Writes DATA_DIR/admin.kubeconfig for kubectl.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-control", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage credentials.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Mint (or reuse) the bearer token of a node and print it; with --kubeconfig-out, also
+    /// write a kubeconfig for that node. Works while the server runs.
+    Create {
+        /// Node name: the token acts as `system:node:<NODE>`.
+        #[arg(long)]
+        node: String,
+        /// Data directory of the control plane.
+        #[arg(long, default_value = "/var/lib/sluice/control")]
+        data_dir: PathBuf,
+        /// Write a kubeconfig for the node here (server URL taken from admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Directory for the store, PKI, tokens and admin.kubeconfig.
+    #[arg(long, default_value = "/var/lib/sluice/control")]
+    data_dir: PathBuf,
+    /// Address and port to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Address clients should use (written into kubeconfigs and the serving certificate).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Extra DNS names or IPs for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// CIDR Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnet::IpNet,
+    /// Inclusive NodePort range, `LOW-HIGH`.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// CIDR node podCIDRs are carved from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// Seconds without a heartbeat before a node's Ready condition becomes Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds between node health checks.
+    #[arg(long, default_value_t = 5)]
+    node_monitor_period: u64,
+    /// Most endpoints in one EndpointSlice.
+    #[arg(long, default_value_t = 100)]
+    max_endpoints_per_slice: usize,
+    /// Events kept for watches that resume from an older resourceVersion.
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
+    /// Events a watcher may fall behind before it is closed (it must then relist).
+    #[arg(long, default_value_t = 4_096)]
+    watch_buffer: usize,
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').context("expected LOW-HIGH")?;
+    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
+    if a > b {
+        bail!("range {s}: LOW is above HIGH");
+    }
+    Ok((a, b))
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = ServerConfig::new(a.data_dir);
+    cfg.listen = a.listen;
+    cfg.advertise_address = a.advertise_address;
+    cfg.tls_sans = a.tls_san;
+    cfg.registry.service_cidr = a.service_cidr;
+    cfg.registry.node_port_range =
+        parse_range(&a.service_node_port_range).context("--service-node-port-range")?;
+    cfg.registry.cluster_cidr = a.cluster_cidr;
+    cfg.registry.node_cidr_mask = a.node_cidr_mask_size;
+    cfg.controllers.node_monitor_grace_period = Duration::from_secs(a.node_monitor_grace_period);
+    cfg.controllers.node_monitor_period = Duration::from_secs(a.node_monitor_period.max(1));
+    cfg.controllers.max_endpoints_per_slice = a.max_endpoints_per_slice.max(1);
+    cfg.store.history = a.watch_history;
+    cfg.store.watch_buffer = a.watch_buffer;
+    let server = Server::start(cfg).await?;
+    println!(
+        "sluice-control serving on https://{}\nkubectl --kubeconfig {} get nodes",
+        server.addr,
+        server.kubeconfig.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let why = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = why, "shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn token_create(node: &str, data_dir: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let token = auth::mint_token(
+        &sluice_control::tokens_path(&data_dir),
+        &auth::User::node(node),
+    )?;
+    if let Some(out) = out {
+        let admin = std::fs::read_to_string(data_dir.join("admin.kubeconfig"))
+            .context("reading admin.kubeconfig (start the server once first)")?;
+        let field = |k: &str| {
+            admin
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(k).map(|v| v.trim().to_string()))
+                .with_context(|| format!("admin.kubeconfig has no {k}"))
+        };
+        let server = field("server:")?;
+        let ca = std::fs::read_to_string(data_dir.join("ca.crt")).context("reading ca.crt")?;
+        tls::write_kubeconfig(
+            &out,
+            &tls::kubeconfig(&server, &ca, &format!("system:node:{node}"), &token),
+        )?;
+    }
+    println!("{token}");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token {
+            command:
+                TokenCommand::Create {
+                    node,
+                    data_dir,
+                    kubeconfig_out,
+                },
+        }) => token_create(&node, data_dir, kubeconfig_out),
+        None => serve(cli.serve).await,
+    }
+}
