@@ -662,4 +662,82 @@ mod tests {
         assert_eq!(got, vec![(vec![], vec![])]);
         assert!(endpoints_subsets(&got).is_empty());
     }
+
+    #[tokio::test]
+    async fn reconcile_writes_only_changes_and_cleans_up() {
+        use sluice_store::{RedbStore, Store, StoreOptions};
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, crate::registry::RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        let mut s = svc(json!(8080));
+        s["metadata"].as_object_mut().unwrap().remove("namespace");
+        reg.create(by_kind("Service"), Some("default"), s)
+            .await
+            .unwrap();
+        for i in 0..3 {
+            let mut p = pod(
+                &format!("p{i}"),
+                &format!("10.0.0.{i}"),
+                true,
+                "",
+                json!([]),
+            );
+            let status = p["status"].take();
+            p["spec"].as_object_mut().unwrap().remove("nodeName");
+            p["spec"]["containers"][0]["image"] = json!("busybox");
+            reg.create(by_kind("Pod"), Some("default"), p)
+                .await
+                .unwrap();
+            let mut cur = reg
+                .get_value(by_kind("Pod"), Some("default"), &format!("p{i}"))
+                .unwrap();
+            for (k, v) in status.as_object().unwrap() {
+                cur["status"][k] = v.clone();
+            }
+            reg.update(
+                by_kind("Pod"),
+                Some("default"),
+                &format!("p{i}"),
+                cur,
+                Part::Status,
+            )
+            .await
+            .unwrap();
+        }
+        reconcile(&reg, "default", "web", 2).await.unwrap();
+        let slices = |reg: &Registry| -> Vec<Value> {
+            reg.store()
+                .list(&by_kind("EndpointSlice").ns_prefix(Some("default")))
+                .0
+                .iter()
+                .map(|s| s.value().unwrap())
+                .collect()
+        };
+        let got = slices(&reg);
+        assert_eq!(got.len(), 2, "3 endpoints at 2 per slice");
+        for s in &got {
+            assert_eq!(s["metadata"]["labels"][SERVICE_NAME_LABEL], "web");
+            assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "Service");
+            assert!(s["metadata"]["name"].as_str().unwrap().starts_with("web-"));
+        }
+        // Nothing changed: nothing written.
+        let rev = reg.store().revision();
+        reconcile(&reg, "default", "web", 2).await.unwrap();
+        assert_eq!(reg.store().revision(), rev);
+        // Service gone: slices and Endpoints go too.
+        reg.delete(
+            by_kind("Service"),
+            Some("default"),
+            "web",
+            &DeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+        reconcile(&reg, "default", "web", 2).await.unwrap();
+        assert!(slices(&reg).is_empty());
+        assert!(reg
+            .get(by_kind("Endpoints"), Some("default"), "web")
+            .is_err());
+    }
 }

@@ -69,3 +69,57 @@ pub async fn run(reg: Arc<Registry>) {
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sluice_store::{RedbStore, Store, StoreOptions};
+
+    use super::*;
+    use crate::registry::{DeleteOptions, RegistryConfig};
+
+    fn cidr(reg: &Registry, n: &str) -> Option<String> {
+        let v = reg.get_value(by_kind("Node"), None, n).ok()?;
+        str_at(&v, "/spec/podCIDR").map(str::to_string)
+    }
+
+    #[tokio::test]
+    async fn nodes_get_distinct_cidrs_reused_after_delete_and_full_range_errors() {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(
+            store,
+            RegistryConfig {
+                cluster_cidr: "10.244.0.0/23".parse().unwrap(),
+                ..RegistryConfig::default()
+            },
+        );
+        let nodes = by_kind("Node");
+        for n in ["a", "b", "c"] {
+            reg.create(nodes, None, json!({"metadata": {"name": n}}))
+                .await
+                .unwrap();
+        }
+        reconcile(&reg, "a").await.unwrap();
+        reconcile(&reg, "b").await.unwrap();
+        assert_eq!(cidr(&reg, "a").as_deref(), Some("10.244.0.0/24"));
+        assert_eq!(cidr(&reg, "b").as_deref(), Some("10.244.1.0/24"));
+        let v = reg.get_value(nodes, None, "a").unwrap();
+        assert_eq!(v["spec"]["podCIDRs"], json!(["10.244.0.0/24"]));
+        // A reconcile of a node that has one is a no-op.
+        let rev = reg.store().revision();
+        reconcile(&reg, "a").await.unwrap();
+        assert_eq!(reg.store().revision(), rev);
+        // The /23 is exhausted: a clear error, and nothing written.
+        let e = reconcile(&reg, "c").await.unwrap_err();
+        assert!(e.contains("range is full"), "{e}");
+        assert_eq!(cidr(&reg, "c"), None);
+        reg.delete(nodes, None, "a", &DeleteOptions::default())
+            .await
+            .unwrap();
+        reconcile(&reg, "c").await.unwrap();
+        assert_eq!(cidr(&reg, "c").as_deref(), Some("10.244.0.0/24"));
+    }
+}

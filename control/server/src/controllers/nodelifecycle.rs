@@ -137,3 +137,99 @@ pub async fn run(reg: Arc<Registry>, grace: Duration, period: Duration) {
         m.pass(&reg, grace).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sluice_store::{RedbStore, Store, StoreOptions};
+
+    use super::*;
+    use crate::registry::{Registry, RegistryConfig};
+
+    fn ready_of(reg: &Registry, n: &str) -> (String, String) {
+        let v = reg.get_value(by_kind("Node"), None, n).unwrap();
+        let c = ready_condition(&v).cloned().unwrap_or(json!({}));
+        (
+            c["status"].as_str().unwrap_or("").to_string(),
+            c["reason"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    async fn renew(reg: &Registry, n: &str, t: &str) {
+        let leases = by_kind("Lease");
+        let lease = json!({"metadata": {"name": n, "namespace": "kube-node-lease"}, "spec": {"holderIdentity": n, "renewTime": t}});
+        match reg.get(leases, Some("kube-node-lease"), n) {
+            Ok(_) => reg
+                .update(leases, Some("kube-node-lease"), n, lease, Part::Main)
+                .await
+                .map(|_| ()),
+            Err(_) => reg
+                .create(leases, Some("kube-node-lease"), lease)
+                .await
+                .map(|_| ()),
+        }
+        .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_heartbeats_make_ready_unknown_and_renewals_restore_it() {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        let nodes = by_kind("Node");
+        for n in ["n1", "n2"] {
+            reg.create(nodes, None, json!({"metadata": {"name": n}}))
+                .await
+                .unwrap();
+            let mut v = reg.get_value(nodes, None, n).unwrap();
+            set_ready(&mut v, "True", "KubeletReady", "ready");
+            reg.update(nodes, None, n, v, Part::Status).await.unwrap();
+        }
+        renew(&reg, "n1", "2026-01-01T00:00:00.000000Z").await;
+        // n2 says NotReady itself: heartbeats must not turn that into True.
+        let mut v = reg.get_value(nodes, None, "n2").unwrap();
+        set_ready(&mut v, "False", "KubeletNotReady", "runtime down");
+        reg.update(nodes, None, "n2", v, Part::Status)
+            .await
+            .unwrap();
+
+        let grace = Duration::from_secs(40);
+        let mut m = Monitor::default();
+        m.pass(&reg, grace).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        renew(&reg, "n1", "2026-01-01T00:00:30.000000Z").await;
+        m.pass(&reg, grace).await;
+        assert_eq!(
+            ready_of(&reg, "n1").0,
+            "True",
+            "renewed within the grace period"
+        );
+
+        tokio::time::advance(Duration::from_secs(41)).await;
+        m.pass(&reg, grace).await;
+        assert_eq!(
+            ready_of(&reg, "n1"),
+            ("Unknown".into(), UNKNOWN_REASON.into())
+        );
+        assert_eq!(
+            ready_of(&reg, "n2"),
+            ("Unknown".into(), UNKNOWN_REASON.into())
+        );
+        // Another pass changes nothing.
+        let rev = reg.store().revision();
+        m.pass(&reg, grace).await;
+        assert_eq!(reg.store().revision(), rev);
+
+        renew(&reg, "n1", "2026-01-01T00:01:30.000000Z").await;
+        m.pass(&reg, grace).await;
+        assert_eq!(ready_of(&reg, "n1").0, "True");
+        assert_eq!(
+            ready_of(&reg, "n2").0,
+            "Unknown",
+            "no heartbeat, stays Unknown"
+        );
+    }
+}
