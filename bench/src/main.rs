@@ -38,9 +38,15 @@ enum Cmd {
         /// Services created while the watchers follow.
         #[arg(long, default_value_t = 2000)]
         writes: usize,
-        /// Concurrent create requests.
+        /// Concurrent create requests in the throughput phase.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Writes in the latency phase, paced at --rate.
+        #[arg(long, default_value_t = 1000)]
+        paced_writes: usize,
+        /// Writes per second in the latency phase.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
         /// Services stored for the RSS reading.
         #[arg(long, default_value_t = 10_000)]
         services: usize,
@@ -74,6 +80,24 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_s(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // /proc reports in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
+    let ticks = 100.0;
+    let t = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (t(11) + t(12)) / ticks
+}
+
 fn svc(name: &str) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"bench": "1"}},
@@ -99,14 +123,74 @@ where
     Ok(start.elapsed())
 }
 
-async fn watch_fanout(
+struct Params {
     watchers: usize,
     writes: usize,
     concurrency: usize,
+    paced_writes: usize,
+    rate: u64,
     services: usize,
     eps: usize,
     out: Option<PathBuf>,
-) -> anyhow::Result<()> {
+}
+
+/// Per-write timestamps (ns since the start) shared by the writer and the watchers.
+struct Tracker {
+    t0: Instant,
+    acked: Vec<AtomicU64>,
+    delivered: Vec<AtomicU64>,
+    counts: Vec<AtomicU32>,
+}
+
+impl Tracker {
+    /// Delivery latencies (ms) of writes `range` that every watcher saw, sorted, and how many
+    /// of them that is.
+    fn latencies(&self, range: std::ops::Range<usize>, watchers: usize) -> (Vec<f64>, usize) {
+        let mut lat: Vec<f64> = range
+            .filter(|&i| self.counts[i].load(Ordering::SeqCst) as usize >= watchers)
+            .map(|i| {
+                let d = self.delivered[i].load(Ordering::SeqCst) as f64;
+                let a = self.acked[i].load(Ordering::SeqCst) as f64;
+                ((d - a) / 1e6).max(0.0)
+            })
+            .collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let n = lat.len();
+        (lat, n)
+    }
+
+    async fn wait_all_seen(&self, range: std::ops::Range<usize>, watchers: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while range
+            .clone()
+            .any(|i| (self.counts[i].load(Ordering::SeqCst) as usize) < watchers)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn lat_json(lat: &[f64], complete: usize) -> serde_json::Value {
+    json!({
+        "p50": percentile(lat, 0.5),
+        "p99": percentile(lat, 0.99),
+        "max": lat.last().copied().unwrap_or(f64::NAN),
+        "writes_seen_by_all_watchers": complete,
+    })
+}
+
+async fn watch_fanout(p: Params) -> anyhow::Result<()> {
+    let Params {
+        watchers,
+        writes,
+        concurrency,
+        paced_writes,
+        rate,
+        services,
+        eps,
+        out,
+    } = p;
     // 2 fds per watcher on each side, plus slack.
     let _ =
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 65536, 65536);
@@ -123,16 +207,19 @@ async fn watch_fanout(
         .resource_version
         .unwrap_or_default();
 
-    let t0 = Instant::now();
-    let delivered: Arc<Vec<AtomicU64>> = Arc::new((0..writes).map(|_| AtomicU64::new(0)).collect());
-    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..writes).map(|_| AtomicU32::new(0)).collect());
+    let total = writes + paced_writes;
+    let tr = Arc::new(Tracker {
+        t0: Instant::now(),
+        acked: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        delivered: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        counts: (0..total).map(|_| AtomicU32::new(0)).collect(),
+    });
     let ready = Arc::new(AtomicU32::new(0));
     eprintln!("opening {watchers} watchers…");
     let mut tasks = Vec::with_capacity(watchers);
     for _ in 0..watchers {
         let client = cp.client().await?;
-        let delivered = delivered.clone();
-        let counts = counts.clone();
+        let tr = tr.clone();
         let ready = ready.clone();
         let rv = rv.clone();
         tasks.push(tokio::spawn(async move {
@@ -156,10 +243,10 @@ async fn watch_fanout(
                     let rest = &line[pos + 14..];
                     let end = rest.find('"').unwrap_or(rest.len());
                     if let Ok(i) = rest[..end].parse::<usize>() {
-                        if i < delivered.len() {
-                            let now = t0.elapsed().as_nanos() as u64;
-                            delivered[i].fetch_max(now, Ordering::SeqCst);
-                            counts[i].fetch_add(1, Ordering::SeqCst);
+                        if i < tr.delivered.len() {
+                            let now = tr.t0.elapsed().as_nanos() as u64;
+                            tr.delivered[i].fetch_max(now, Ordering::SeqCst);
+                            tr.counts[i].fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 }
@@ -174,46 +261,59 @@ async fn watch_fanout(
         rss_mb(pid)?
     );
 
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..writes).map(|_| AtomicU64::new(0)).collect());
+    // Phase 1: throughput — creates as fast as `concurrency` writers go.
+    let (srv_cpu0, cli_cpu0, wall0) = (cpu_s(&pid.to_string()), cpu_s("self"), Instant::now());
     let write_time = create_all(writes, concurrency, |i| {
         let api = api.clone();
-        let acked = acked.clone();
+        let tr = tr.clone();
         async move {
             api.create(&PostParams::default(), &svc(&format!("bench-{i}")))
                 .await?;
-            acked[i].store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
+            tr.acked[i].store(tr.t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
             Ok(())
         }
     })
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while counts
-        .iter()
-        .any(|c| (c.load(Ordering::SeqCst) as usize) < watchers)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let complete = counts
-        .iter()
-        .filter(|c| c.load(Ordering::SeqCst) as usize >= watchers)
-        .count();
-    let mut lat: Vec<f64> = (0..writes)
-        .filter(|&i| counts[i].load(Ordering::SeqCst) as usize >= watchers)
-        .map(|i| {
-            let d = delivered[i].load(Ordering::SeqCst) as f64;
-            let a = acked[i].load(Ordering::SeqCst) as f64;
-            ((d - a) / 1e6).max(0.0)
-        })
-        .collect();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let fanout_rss = rss_mb(pid)?;
-
-    // Throughput without watchers' CPU in the way is not measured: the number below is with
-    // all watchers attached, on the same 2 cores.
+    tr.wait_all_seen(0..writes, watchers).await;
+    let (sat_lat, sat_complete) = tr.latencies(0..writes, watchers);
     let throughput = writes as f64 / write_time.as_secs_f64();
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu_split = json!({
+        "wall_s": wall,
+        "server_cpu_s": cpu_s(&pid.to_string()) - srv_cpu0,
+        "bench_client_cpu_s": cpu_s("self") - cli_cpu0,
+    });
+    eprintln!("phase 1 CPU: {cpu_split}");
     eprintln!(
-        "writes: {throughput:.0}/s; last-watcher delivery p50 {:.1} ms p99 {:.1} ms ({complete}/{writes} writes seen by all)",
+        "saturated: {throughput:.0} creates/s; last-watcher delivery p50 {:.1} ms p99 {:.1} ms ({sat_complete}/{writes} seen by all)",
+        percentile(&sat_lat, 0.5),
+        percentile(&sat_lat, 0.99)
+    );
+
+    // Phase 2: latency at a steady rate.
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(paced_writes);
+    for k in 0..paced_writes {
+        let i = writes + k;
+        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate.max(1) as f64))
+            .await;
+        let api = api.clone();
+        let tr = tr.clone();
+        handles.push(tokio::spawn(async move {
+            api.create(&PostParams::default(), &svc(&format!("bench-{i}")))
+                .await?;
+            tr.acked[i].store(tr.t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    tr.wait_all_seen(writes..total, watchers).await;
+    let (lat, complete) = tr.latencies(writes..total, watchers);
+    let fanout_rss = rss_mb(pid)?;
+    eprintln!(
+        "at {rate} writes/s: last-watcher delivery p50 {:.1} ms p99 {:.1} ms ({complete}/{paced_writes} seen by all)",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
@@ -254,7 +354,7 @@ async fn watch_fanout(
         }
     })
     .await?;
-    let objects = services * 2 + writes;
+    let objects = services * 2 + total;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let big_rss = rss_mb(pid)?;
     let store_size = std::fs::metadata(dir.path().join("store.redb"))?.len() as f64 / 1e6;
@@ -265,18 +365,21 @@ async fn watch_fanout(
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "watchers": watchers,
-        "writes": writes,
-        "write_concurrency": concurrency,
-        "durable_creates_per_s_with_watchers": throughput.round(),
-        "last_watcher_delivery_ms": {
-            "p50": percentile(&lat, 0.5),
-            "p99": percentile(&lat, 0.99),
-            "max": lat.last().copied().unwrap_or(f64::NAN),
-            "writes_seen_by_all_watchers": complete,
+        "saturated": {
+            "writes": writes,
+            "write_concurrency": concurrency,
+            "durable_creates_per_s_with_watchers": throughput.round(),
+            "last_watcher_delivery_ms": lat_json(&sat_lat, sat_complete),
+            "cpu": cpu_split,
+        },
+        "paced": {
+            "writes": paced_writes,
+            "rate_per_s": rate,
+            "last_watcher_delivery_ms": lat_json(&lat, complete),
         },
         "rss_mb_with_watchers": fanout_rss,
         "large_store": {
-            "services": services + writes,
+            "services": services + total,
             "endpoints": services * eps,
             "objects": objects,
             "load_creates_per_s": ((services * 2) as f64 / load_time.as_secs_f64()).round(),
@@ -300,18 +403,22 @@ async fn main() -> anyhow::Result<()> {
             watchers,
             writes,
             concurrency,
+            paced_writes,
+            rate,
             services,
             endpoints_per_service,
             out,
         } => {
-            watch_fanout(
+            watch_fanout(Params {
                 watchers,
                 writes,
                 concurrency,
+                paced_writes,
+                rate,
                 services,
-                endpoints_per_service,
+                eps: endpoints_per_service,
                 out,
-            )
+            })
             .await
         }
     }

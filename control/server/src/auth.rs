@@ -135,25 +135,11 @@ pub fn mint_token(path: &Path, user: &User) -> Result<String, TokenError> {
         user: user.name.clone(),
         groups: user.groups.clone(),
     });
-    let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(&data).map_err(|source| TokenError::Corrupt {
         path: path.to_path_buf(),
         source,
     })?;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(&body).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    crate::fsutil::write_private(path, &body).map_err(io_err(path))?;
     Ok(token)
 }
 

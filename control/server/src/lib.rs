@@ -21,6 +21,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod fsutil;
 pub mod registry;
 pub mod resources;
 pub mod selectors;

@@ -1,28 +1,30 @@
 //! The watch endpoint: newline-delimited `WatchEvent`s over a long-lived chunked response.
 //!
-//! One task per watcher pulls from the store's event stream and pushes lines into a small
-//! channel that backs the HTTP body. A client that stops reading stalls only its own task; its
-//! store stream then lags and is closed with an `ERROR` event (410 Expired), so it relists —
-//! writers and other watchers never wait for it. Unfiltered JSON watchers send each event's
-//! shared, once-built line.
+//! The HTTP body pulls from the store's event stream directly. A client that stops reading
+//! stalls only its own connection; its store stream then lags and is closed with an `ERROR`
+//! event (410 Expired), so it relists — writers and other watchers never wait for it.
+//! Unfiltered JSON watchers send each event's shared, once-built line, and whatever is queued
+//! for a watcher goes out as one chunk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use serde_json::{json, Value};
 use sluice_printers::IncludeObject;
-use sluice_store::{frame, Event, EventType, StoreError, Stored, WatchError};
-use tokio::sync::mpsc;
+use sluice_store::{frame, Event, EventType, StoreError, Stored, WatchError, WatchStream};
 
 use super::AppState;
 use crate::resources::Resource;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
+
+/// Largest chunk a watcher writes at once.
+const MAX_CHUNK: usize = 256 * 1024;
 
 struct Filter {
     res: &'static Resource,
@@ -157,66 +159,118 @@ pub(super) fn serve(
         (Vec::new(), after)
     };
 
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
-    match store.watch(&prefix, after) {
+    let stream = match store.watch(&prefix, after) {
         Err(StoreError::Compacted { requested, oldest }) => {
             // The apiserver answers 200 and a single ERROR event carrying 410.
             let e = ApiError::gone(format!("too old resource version: {requested} ({oldest})"));
             return Ok(chunked(Body::from(error_line(&e))));
         }
         Err(e) => return Err(ApiError::internal(e.to_string())),
-        Ok(mut stream) => {
-            let bookmark_every = state.bookmark_interval;
-            tokio::spawn(async move {
-                let send = |b: Bytes| {
-                    let tx = tx.clone();
-                    async move { tx.send(Ok(b)).await.is_ok() }
-                };
-                for s in &initial {
-                    if !send(enc.line(EventType::Added, None, s)).await {
-                        return;
+        Ok(s) => s,
+    };
+    let mut tick = tokio::time::interval(state.bookmark_interval);
+    tick.reset();
+    let w = Watcher {
+        stream,
+        filter,
+        enc,
+        initial: initial.into(),
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        tick,
+        bookmarks,
+        last_rev: after,
+        done: false,
+    };
+    // The response body pulls straight from the store's stream: one task (the connection's)
+    // per watcher, and a client that goes away drops the whole chain.
+    let body = futures::stream::unfold(w, |mut w| async move {
+        let chunk = w.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), w))
+    });
+    Ok(chunked(Body::from_stream(body)))
+}
+
+/// One watch in progress.
+struct Watcher {
+    stream: WatchStream,
+    filter: Filter,
+    enc: Encoder,
+    initial: VecDeque<Arc<Stored>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    tick: tokio::time::Interval,
+    bookmarks: bool,
+    last_rev: u64,
+    done: bool,
+}
+
+impl Watcher {
+    /// The next chunk to send: everything already queued (up to [`MAX_CHUNK`]), so under load
+    /// a watcher costs one write — one TLS record, one syscall — per batch, not per event.
+    /// None ends the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if !self.initial.is_empty() {
+            let mut batch = Vec::new();
+            while let Some(s) = self.initial.pop_front() {
+                batch.extend_from_slice(&self.enc.line(EventType::Added, None, &s));
+                if batch.len() >= MAX_CHUNK {
+                    break;
+                }
+            }
+            return Some(Bytes::from(batch));
+        }
+        loop {
+            let first = tokio::select! {
+                _ = &mut self.deadline => return None,
+                _ = self.tick.tick(), if self.bookmarks => {
+                    return Some(bookmark_line(self.filter.res, self.last_rev));
+                }
+                next = self.stream.next() => next,
+            };
+            let mut batch: Vec<u8> = Vec::new();
+            let mut next = first;
+            loop {
+                match next {
+                    None => {
+                        self.done = true;
+                        break;
+                    }
+                    Some(Err(WatchError::Lagged(n))) => {
+                        let e = ApiError::gone(format!(
+                            "watch closed: the client fell {n} events behind; relist"
+                        ));
+                        batch.extend_from_slice(&error_line(&e));
+                        self.done = true;
+                        break;
+                    }
+                    Some(Ok(ev)) => {
+                        self.last_rev = ev.revision();
+                        if let Some(ty) = event_type_for(&self.filter, &ev) {
+                            // An object leaving the selection is sent in its new state as
+                            // DELETED, as the apiserver does.
+                            batch.extend_from_slice(&self.enc.line(ty, Some(&ev), &ev.object));
+                        }
                     }
                 }
-                let mut last_rev = after;
-                let deadline = tokio::time::sleep(timeout);
-                tokio::pin!(deadline);
-                let mut tick = tokio::time::interval(bookmark_every);
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = &mut deadline => return,
-                        // The client went away: stop now, not at the next event.
-                        _ = tx.closed() => return,
-                        _ = tick.tick(), if bookmarks => {
-                            if !send(bookmark_line(res, last_rev)).await { return; }
-                        }
-                        next = stream.next() => match next {
-                            None => return,
-                            Some(Err(WatchError::Lagged(n))) => {
-                                let e = ApiError::gone(format!(
-                                    "watch closed: the client fell {n} events behind; relist"
-                                ));
-                                let _ = send(error_line(&e)).await;
-                                return;
-                            }
-                            Some(Ok(ev)) => {
-                                last_rev = ev.revision();
-                                if let Some(ty) = event_type_for(&filter, &ev) {
-                                    // An object leaving the selection is sent in its new
-                                    // state as DELETED, as the apiserver does.
-                                    if !send(enc.line(ty, Some(&ev), &ev.object)).await {
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                    }
+                if batch.len() >= MAX_CHUNK {
+                    break;
                 }
-            });
+                match self.stream.next().now_or_never() {
+                    Some(n) => next = n,
+                    None => break,
+                }
+            }
+            if !batch.is_empty() {
+                return Some(Bytes::from(batch));
+            }
+            if self.done {
+                return None;
+            }
+            // Everything pulled was filtered out: wait for more.
         }
     }
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    Ok(chunked(body))
 }
 
 fn chunked(body: Body) -> Response {

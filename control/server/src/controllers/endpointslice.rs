@@ -322,10 +322,34 @@ pub async fn reconcile(
         "blockOwnerDeletion": true,
     }]);
 
-    // Reuse existing slices in order (same ports first), create the rest, delete surplus.
+    // Match desired contents to existing slices so that a resync rewrites nothing: first
+    // slices that already hold exactly a desired chunk, then slices with the same ports, then
+    // any other slice; create what is left over and delete surplus slices.
     let mut pool: Vec<Value> = existing;
     pool.sort_by(|a, b| name_of(a).cmp(name_of(b)));
-    for (ports, eps) in &want {
+    let render = |cur: &Value, ports: &[Value], eps: &[Value]| {
+        let mut next = cur.clone();
+        next["endpoints"] = json!(eps);
+        next["ports"] = json!(ports);
+        next["addressType"] = json!("IPv4");
+        next["metadata"]["labels"] = labels.clone();
+        next["metadata"]["ownerReferences"] = owner.clone();
+        next
+    };
+    let mut pending: Vec<&(Vec<Value>, Vec<Value>)> = Vec::new();
+    for chunk in &want {
+        let (ports, eps) = chunk;
+        match pool
+            .iter()
+            .position(|s| normalized(&render(s, ports, eps)) == normalized(s))
+        {
+            Some(i) => {
+                pool.remove(i);
+            }
+            None => pending.push(chunk),
+        }
+    }
+    for (ports, eps) in pending {
         let pos = pool
             .iter()
             .position(|s| s.get("ports").cloned().unwrap_or(json!([])) == json!(ports))
@@ -333,17 +357,10 @@ pub async fn reconcile(
         match pos {
             Some(i) => {
                 let cur = pool.remove(i);
-                let mut next = cur.clone();
-                next["endpoints"] = json!(eps);
-                next["ports"] = json!(ports);
-                next["addressType"] = json!("IPv4");
-                next["metadata"]["labels"] = labels.clone();
-                next["metadata"]["ownerReferences"] = owner.clone();
-                if normalized(&next) != normalized(&cur) {
-                    reg.update(slices_res, Some(ns), name_of(&cur), next, Part::Main)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
+                let next = render(&cur, ports, eps);
+                reg.update(slices_res, Some(ns), name_of(&cur), next, Part::Main)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             None => {
                 let obj = json!({
@@ -723,8 +740,18 @@ mod tests {
         }
         // Nothing changed: nothing written.
         let rev = reg.store().revision();
+        let mut w = reg.store().watch("/registry/", rev).unwrap();
         reconcile(&reg, "default", "web", 2).await.unwrap();
-        assert_eq!(reg.store().revision(), rev);
+        if reg.store().revision() != rev {
+            use futures::StreamExt;
+            let ev = w.next().await.unwrap().unwrap();
+            panic!(
+                "rewrote {}:\nbefore {}\nafter  {}",
+                ev.object.key,
+                String::from_utf8_lossy(&ev.prev.as_ref().unwrap().json),
+                String::from_utf8_lossy(&ev.object.json)
+            );
+        }
         // Service gone: slices and Endpoints go too.
         reg.delete(
             by_kind("Service"),

@@ -277,11 +277,14 @@ fn allocate_into(
         .and_then(|o| o.pointer("/spec/ports").and_then(|p| p.as_array()).cloned())
         .unwrap_or_default();
     let want = wants_node_ports(v);
+    // Ports the object holds after this write; a number may serve two service ports of
+    // different protocols (DNS on TCP and UDP), never two of the same protocol.
     let mut in_this_object: BTreeSet<u16> = BTreeSet::new();
+    let mut by_protocol: BTreeSet<(u16, String)> = BTreeSet::new();
     if let Some(ports) = v.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()) {
-        for (i, p) in ports.iter_mut().enumerate() {
-            let np = port_u16(p.get("nodePort"));
-            if !want {
+        if !want {
+            for p in ports.iter_mut() {
+                let np = port_u16(p.get("nodePort"));
                 if np != 0
                     && old_held.ports.contains(&np)
                     && svc_type(old.unwrap_or(&Value::Null)) != "ClusterIP"
@@ -291,35 +294,55 @@ fn allocate_into(
                         m.remove("nodePort");
                     }
                 }
-                continue;
             }
-            let field = format!("spec.ports[{i}].nodePort");
-            if np == 0 {
+        } else {
+            // Requested numbers first, so a random pick can never take one of them.
+            for (i, p) in ports.iter().enumerate() {
+                let np = port_u16(p.get("nodePort"));
+                if np == 0 {
+                    continue;
+                }
+                let field = format!("spec.ports[{i}].nodePort");
+                let proto = p.get("protocol").and_then(|x| x.as_str()).unwrap_or("TCP");
+                if !by_protocol.insert((np, proto.to_string())) {
+                    return Err(ApiError::invalid_field(
+                        res,
+                        name,
+                        &field,
+                        format!("Duplicate value: {np}"),
+                    ));
+                }
+                if old_held.ports.contains(&np) || in_this_object.contains(&np) {
+                    in_this_object.insert(np);
+                    continue;
+                }
+                tx.a.node_ports.allocate(np).map_err(|e| {
+                    ApiError::invalid_field(res, name, &field, format!("Invalid value: {np}: {e}"))
+                })?;
+                tx.taken.ports.push(np);
+                in_this_object.insert(np);
+            }
+            for (i, p) in ports.iter_mut().enumerate() {
+                if port_u16(p.get("nodePort")) != 0 {
+                    continue;
+                }
                 // Keep the node port of the same service port from the stored object.
                 let same = old_ports.iter().find(|op| {
                     op.get("port") == p.get("port") && op.get("protocol") == p.get("protocol")
                 });
                 let keep = same.map(|op| port_u16(op.get("nodePort"))).unwrap_or(0);
-                if keep != 0 {
+                if keep != 0 && !in_this_object.contains(&keep) {
                     p["nodePort"] = json!(keep);
                     in_this_object.insert(keep);
                     continue;
                 }
+                let field = format!("spec.ports[{i}].nodePort");
                 let got = tx.a.node_ports.allocate_next().map_err(|e| {
                     ApiError::invalid_field(res, name, &field, format!("Invalid value: 0: {e}"))
                 })?;
                 tx.taken.ports.push(got);
                 in_this_object.insert(got);
                 p["nodePort"] = json!(got);
-            } else if old_held.ports.contains(&np) || in_this_object.contains(&np) {
-                // Already ours (kept across the update, or shared by TCP and UDP of one port).
-                in_this_object.insert(np);
-            } else {
-                tx.a.node_ports.allocate(np).map_err(|e| {
-                    ApiError::invalid_field(res, name, &field, format!("Invalid value: {np}: {e}"))
-                })?;
-                tx.taken.ports.push(np);
-                in_this_object.insert(np);
             }
         }
     }

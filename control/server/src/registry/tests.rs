@@ -169,6 +169,16 @@ async fn node_ports_allocate_keep_and_release() {
     assert!((30000..=30002).contains(&p0));
     assert_eq!(s["spec"]["ports"][1]["nodePort"], 30003);
     assert_eq!(s["spec"]["externalTrafficPolicy"], "Cluster");
+    // The same node port twice for one protocol → 422.
+    let twice = svc(
+        "twice",
+        json!({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 30001}, {"name": "b", "port": 81, "nodePort": 30001}]}),
+    );
+    let e = r.create(res, Some("default"), twice).await.unwrap_err();
+    assert_eq!(
+        (e.code, e.causes()[0].field.as_str()),
+        (422, "spec.ports[1].nodePort")
+    );
     // Taken port → 422 naming the field.
     let dup = svc(
         "dup",
@@ -281,7 +291,8 @@ async fn status_and_main_are_written_separately() {
     let p = val(&r.create(res, Some("default"), pod).await.unwrap());
     assert_eq!(p["status"]["phase"], "Pending");
     let mut st = p.clone();
-    st["status"] = json!({"phase": "Running", "podIP": "10.244.0.5"});
+    st["status"]["phase"] = json!("Running");
+    st["status"]["podIP"] = json!("10.244.0.5");
     st["spec"]["containers"][0]["image"] = json!("ignored:1");
     let p2 = val(&r
         .update(res, Some("default"), "p", st, Part::Status)
@@ -290,7 +301,7 @@ async fn status_and_main_are_written_separately() {
     assert_eq!(p2["status"]["podIP"], "10.244.0.5");
     assert_eq!(p2["spec"]["containers"][0]["image"], "busybox");
     let mut main = p2.clone();
-    main["status"] = json!({"phase": "Failed"});
+    main["status"]["phase"] = json!("Failed");
     main["metadata"]["labels"] = json!({"a": "b"});
     let p3 = val(&r
         .update(res, Some("default"), "p", main, Part::Main)
