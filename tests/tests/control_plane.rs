@@ -848,3 +848,80 @@ async fn endpointslices_follow_pods_and_node_heartbeats() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watcher_is_closed_without_stalling_writers_or_others() {
+    use futures::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A small per-watcher allowance so the test needs little data to overflow it.
+    let cp = ControlPlane::start(dir.path(), &["--watch-buffer", "16"]).unwrap();
+    let client = cp.client().await.unwrap();
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let rv = svcs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let watch_req = || {
+        http::Request::get(format!(
+            "/api/v1/namespaces/default/services?watch=true&resourceVersion={rv}"
+        ))
+        .body(Vec::new())
+        .unwrap()
+    };
+    // The slow watcher: its own connection, never read until the end.
+    let slow_client = cp.client().await.unwrap();
+    let slow = slow_client.request_stream(watch_req()).await.unwrap();
+    // A healthy watcher reading everything.
+    let fast_client = cp.client().await.unwrap();
+    let fast = fast_client.request_stream(watch_req()).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut lines = fast.lines();
+        let mut n = 0;
+        while n < 300 {
+            match tokio::time::timeout(Duration::from_secs(20), lines.next()).await {
+                Ok(Some(Ok(l))) if l.contains("\"ADDED\"") => n += 1,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("fast watcher stopped after {n} events: {other:?}"),
+            }
+        }
+        n
+    });
+    // 300 services with 64 KiB annotations: ~20 MB, far more than socket buffers hold.
+    let big = "x".repeat(64 * 1024);
+    let start = std::time::Instant::now();
+    for i in 0..300 {
+        let mut s = svc_json(&format!("s{i}"), json!({}));
+        s.metadata.annotations = Some([("pad".to_string(), big.clone())].into());
+        svcs.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert_eq!(
+        reader.await.unwrap(),
+        300,
+        "the healthy watcher got every event"
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "writes were not held up: {took:?}"
+    );
+    // The slow watcher, read at last, ends with a 410 ERROR telling it to relist.
+    let mut lines = slow.lines();
+    let mut last = String::new();
+    let mut added = 0;
+    while let Ok(Some(Ok(l))) = tokio::time::timeout(Duration::from_secs(20), lines.next()).await {
+        if l.contains("\"ADDED\"") {
+            added += 1;
+        }
+        last = l;
+    }
+    let ev: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last:.200}"));
+    assert_eq!(ev["type"], "ERROR", "after {added} events");
+    assert_eq!(ev["object"]["code"], 410);
+    assert!(
+        added < 300,
+        "the slow watcher was cut off, not fed everything ({added})"
+    );
+}
