@@ -1,6 +1,19 @@
 //! Sluice node agent (`sluice-agent`).
 //!
-//! Role (to be built by the node-networking and service-proxy issues): register and heartbeat
-//! its Node against the control plane, run the pods bound to it through containerd's CRI, and
-//! implement Services in the chosen proxy mode. This crate is empty until then; nothing here is
-//! claimed to work yet.
+//! What works: node registration (addresses, nodeInfo, Ready), heartbeats (Lease renewals in
+//! `kube-node-lease` and the Ready condition), the node's CNI conflist once it has a podCIDR,
+//! one route per other node (`podCIDR via InternalIP`, marked with route protocol 92) kept in
+//! sync by a Node watcher, and masquerade of pod traffic leaving the cluster CIDR. Service
+//! proxying (`--proxy-mode` other than `none`) and running pods come with later issues.
+//!
+//! Layout: pure logic ([`routes`], [`conflist`], [`status`], [`masq::render`], [`cache`]) with
+//! unit tests; thin backends ([`netlink`], [`masq::apply`]); the loop in [`agent`].
+
+pub mod agent;
+pub mod cache;
+pub mod cli;
+pub mod conflist;
+pub mod masq;
+pub mod netlink;
+pub mod routes;
+pub mod status;

@@ -1,0 +1,685 @@
+//! `sluice-lab`: a whole Sluice cluster on one machine, each node a network namespace.
+//!
+//! Layout (all namespaces created here, none with an interface to the outside world):
+//! ```text
+//!  <lab> netns: bridge br0 172.31.0.1/24, sluice-control on 172.31.0.1:6443
+//!     ├── veth ── <lab>-n1 netns: eth0 172.31.0.11, sluice-agent n1, pods' bridge
+//!     └── veth ── <lab>-n2 netns: eth0 172.31.0.12, sluice-agent n2, …
+//!  pods: one netns each, wired by `sluice-cni` run inside their node's netns.
+//! ```
+//! State lives in `DIR/lab.json`; `DIR/cluster.json` is the contract for tests and benchmarks
+//! (`kubeconfig`, `nodes: [{name, netns, ip, podCIDR}]`). Processes are started detached
+//! (own session, logs in `DIR/logs/`), so `up` returns while the cluster keeps running.
+//! Namespaces and links are made with iproute2 (`ip`), the same commands an operator would
+//! type; the kernel state is the point of the lab, not the tool.
+
+mod api;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+const LAB_NET: &str = "172.31.0";
+const API_PORT: u16 = 6443;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-lab",
+    version,
+    about = "A local Sluice cluster: control plane + N nodes, each a network namespace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a cluster and write DIR/cluster.json.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Service proxy mode for the agents.
+        #[arg(long, default_value = "none")]
+        proxy_mode: String,
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop everything the lab started and remove every namespace and link it made.
+    Down {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Pods made the way a runtime would (netns, CNI ADD, command, Pod object and status).
+    Pod {
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// NAMESPACE/NAME.
+        #[arg(long)]
+        pod: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PodCmd {
+    /// Create a pod on a node running CMD.
+    Create {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node name (n1, n2, …).
+        #[arg(long)]
+        node: String,
+        /// Pod name.
+        #[arg(long)]
+        name: String,
+        /// Kubernetes namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Labels, `k=v,k2=v2`.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a pod, release its network (CNI DEL) and delete the Pod object.
+    Delete {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// NAMESPACE/NAME.
+        #[arg(long)]
+        pod: String,
+    },
+}
+
+/// One node of the lab.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct NodeRec {
+    name: String,
+    netns: String,
+    ip: String,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: String,
+    kubeconfig: PathBuf,
+    agent_pid: i32,
+    cni_conf_dir: PathBuf,
+}
+
+/// One pod of the lab.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct PodRec {
+    namespace: String,
+    name: String,
+    node: String,
+    netns: String,
+    container_id: String,
+    ip: String,
+    pid: i32,
+}
+
+/// Everything `down` needs.
+#[derive(Serialize, Deserialize, Debug)]
+struct LabState {
+    lab_netns: String,
+    control_pid: i32,
+    kubeconfig: PathBuf,
+    bin_dir: PathBuf,
+    nodes: Vec<NodeRec>,
+    pods: Vec<PodRec>,
+}
+
+impl LabState {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        let p = dir.join("lab.json");
+        let b = std::fs::read(&p)
+            .with_context(|| format!("reading {} (is the lab up?)", p.display()))?;
+        Ok(serde_json::from_slice(&b)?)
+    }
+
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    fn node(&self, name: &str) -> anyhow::Result<&NodeRec> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name} in this lab"))
+    }
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Our binaries sit beside this one (target/<profile>/).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .context("binary has a directory")?
+        .to_path_buf())
+}
+
+/// Starts a detached process (own session, stdio to a log file) and returns its pid.
+fn spawn_detached(args: &[String], log: &Path) -> anyhow::Result<i32> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut c = Command::new(&args[0]);
+    c.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = c
+        .spawn()
+        .with_context(|| format!("starting {}", args.join(" ")))?;
+    Ok(child.id() as i32)
+}
+
+fn alive(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// SIGTERM, then SIGKILL after a grace period.
+fn stop(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    if !alive(pid) {
+        return;
+    }
+    let p = nix::unistd::Pid::from_raw(pid);
+    let _ = kill(p, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while alive(pid) && Instant::now() < deadline {
+        // Reap if it is our child (it is not, after setsid from an earlier `up`, but be safe).
+        let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        let _ = kill(p, Signal::SIGKILL);
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn lab_name(dir: &Path) -> String {
+    // Short and stable per directory, unique enough for concurrent labs.
+    let mut h: u32 = 2166136261;
+    for b in dir.to_string_lossy().bytes() {
+        h = (h ^ b as u32).wrapping_mul(16777619);
+    }
+    format!("slab{:05x}", h & 0xfffff)
+}
+
+fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let dir = dir.canonicalize()?;
+    if dir.join("lab.json").exists() {
+        bail!(
+            "{} already holds a lab: run `sluice-lab down --dir {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let lab = lab_name(&dir);
+    let bins = bin_dir()?;
+    let gw = format!("{LAB_NET}.1");
+    let mut state = LabState {
+        lab_netns: lab.clone(),
+        control_pid: 0,
+        kubeconfig: dir.join("control/admin.kubeconfig"),
+        bin_dir: bins.clone(),
+        nodes: Vec::new(),
+        pods: Vec::new(),
+    };
+    // Save early so `down` can clean up a half-made lab.
+    state.save(&dir)?;
+
+    sh(&["ip", "netns", "add", &lab])?;
+    sh(&["ip", "-n", &lab, "link", "set", "lo", "up"])?;
+    sh(&["ip", "-n", &lab, "link", "add", "br0", "type", "bridge"])?;
+    sh(&[
+        "ip",
+        "-n",
+        &lab,
+        "addr",
+        "add",
+        &format!("{gw}/24"),
+        "dev",
+        "br0",
+    ])?;
+    sh(&["ip", "-n", &lab, "link", "set", "br0", "up"])?;
+
+    let control = bins.join("sluice-control");
+    let log = dir.join("logs/control.log");
+    state.control_pid = spawn_detached(
+        &[
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            lab.clone(),
+            control.to_string_lossy().into(),
+            "--data-dir".into(),
+            dir.join("control").to_string_lossy().into(),
+            "--listen".into(),
+            format!("{gw}:{API_PORT}"),
+            "--advertise-address".into(),
+            gw.clone(),
+        ],
+        &log,
+    )?;
+    state.save(&dir)?;
+    wait_for("the control plane", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sluice-control serving on"))
+    })?;
+
+    for i in 1..=nodes {
+        let name = format!("n{i}");
+        let ns = format!("{lab}-{name}");
+        let ip = format!("{LAB_NET}.{}", 10 + i);
+        let host_if = format!("{}v{i}", &lab[..lab.len().min(10)]);
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        sh(&[
+            "ip", "-n", &lab, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        sh(&[
+            "ip", "-n", &lab, "link", "set", &host_if, "master", "br0", "up",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        let ndir = dir.join("nodes").join(&name);
+        std::fs::create_dir_all(ndir.join("net.d"))?;
+        let kubeconfig = ndir.join("kubeconfig");
+        sh(&[
+            &control.to_string_lossy(),
+            "token",
+            "create",
+            "--node",
+            &name,
+            "--data-dir",
+            &dir.join("control").to_string_lossy(),
+            "--kubeconfig-out",
+            &kubeconfig.to_string_lossy(),
+        ])?;
+        let agent_pid = spawn_detached(
+            &[
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                ns.clone(),
+                bins.join("sluice-agent").to_string_lossy().into(),
+                "--kubeconfig".into(),
+                kubeconfig.to_string_lossy().into(),
+                "--node-name".into(),
+                name.clone(),
+                "--node-ip".into(),
+                ip.clone(),
+                "--proxy-mode".into(),
+                proxy_mode.to_string(),
+                "--cni-conf-dir".into(),
+                ndir.join("net.d").to_string_lossy().into(),
+                "--cni-bin-dir".into(),
+                bins.to_string_lossy().into(),
+            ],
+            &dir.join(format!("logs/agent-{name}.log")),
+        )?;
+        state.nodes.push(NodeRec {
+            name,
+            netns: ns,
+            ip,
+            pod_cidr: String::new(),
+            kubeconfig,
+            agent_pid,
+            cni_conf_dir: ndir.join("net.d"),
+        });
+        state.save(&dir)?;
+    }
+    // Each agent writes its conflist once its Node has a podCIDR.
+    for n in &mut state.nodes {
+        let conf = n.cni_conf_dir.join("10-sluice.conflist");
+        wait_for(
+            &format!("{}'s CNI config", n.name),
+            Duration::from_secs(60),
+            || conf.exists(),
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&conf)?)?;
+        n.pod_cidr = v
+            .pointer("/plugins/0/ipam/ranges/0/0/subnet")
+            .and_then(|s| s.as_str())
+            .context("conflist without a subnet")?
+            .to_string();
+    }
+    state.save(&dir)?;
+    let cluster = serde_json::json!({
+        "kubeconfig": state.kubeconfig,
+        "apiServer": format!("https://{gw}:{API_PORT}"),
+        "labNetns": lab,
+        "nodes": state.nodes.iter().map(|n| serde_json::json!({
+            "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        dir.join("cluster.json"),
+        serde_json::to_vec_pretty(&cluster)?,
+    )?;
+    println!(
+        "lab {lab} is up with {nodes} node(s); state in {}\n\
+         kubectl: ip netns exec {lab} kubectl --kubeconfig {} get nodes -o wide",
+        dir.display(),
+        state.kubeconfig.display()
+    );
+    Ok(())
+}
+
+fn cni_config(dir: &Path, node: &NodeRec) -> anyhow::Result<serde_json::Value> {
+    let conf: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node.cni_conf_dir.join("10-sluice.conflist"))
+            .context("reading the node's conflist")?,
+    )?;
+    let mut plugin = conf
+        .pointer("/plugins/0")
+        .cloned()
+        .context("conflist has no plugins")?;
+    plugin["cniVersion"] = conf["cniVersion"].clone();
+    plugin["name"] = conf["name"].clone();
+    // Leases per lab node, never in the machine's /var/lib/cni.
+    plugin["ipam"]["dataDir"] = serde_json::json!(dir.join("nodes").join(&node.name).join("ipam"));
+    Ok(plugin)
+}
+
+fn run_cni(
+    state: &LabState,
+    node: &NodeRec,
+    command: &str,
+    pod: &PodRec,
+    conf: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let netns_path =
+        if command == "DEL" && !Path::new(&format!("/run/netns/{}", pod.netns)).exists() {
+            String::new()
+        } else {
+            format!("/run/netns/{}", pod.netns)
+        };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(state.bin_dir.join("sluice-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &pod.container_id)
+        .env("CNI_NETNS", netns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_PATH",
+            format!("{}:/usr/lib/cni", state.bin_dir.display()),
+        )
+        .env(
+            "CNI_ARGS",
+            format!(
+                "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.namespace, pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running sluice-cni")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "CNI {command} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+fn split_pod(s: &str) -> (String, String) {
+    match s.split_once('/') {
+        Some((ns, n)) => (ns.to_string(), n.to_string()),
+        None => ("default".to_string(), s.to_string()),
+    }
+}
+
+fn pod_create(
+    dir: &Path,
+    node: &str,
+    name: &str,
+    namespace: &str,
+    labels: &str,
+    cmd: &[String],
+) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    if state
+        .pods
+        .iter()
+        .any(|p| p.name == name && p.namespace == namespace)
+    {
+        bail!("pod {namespace}/{name} already exists in the lab");
+    }
+    let n = state.node(node)?.clone();
+    let idx = state.pods.len() + 1;
+    let netns = format!("{}-p{idx}-{}", state.lab_netns, std::process::id() % 10000);
+    let mut pod = PodRec {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        node: node.to_string(),
+        netns: netns.clone(),
+        container_id: format!("lab{}{idx}{}", std::process::id(), name.len()),
+        ip: String::new(),
+        pid: 0,
+    };
+    sh(&["ip", "netns", "add", &netns])?;
+    sh(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
+    let conf = cni_config(&dir, &n)?;
+    let result = match run_cni(&state, &n, "ADD", &pod, &conf) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = sh(&["ip", "netns", "del", &netns]);
+            return Err(e);
+        }
+    };
+    let r: serde_json::Value = serde_json::from_str(&result).context("CNI result")?;
+    pod.ip = r
+        .pointer("/ips/0/address")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.split('/').next())
+        .context("CNI result without an IP")?
+        .to_string();
+    let mut args = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        netns.clone(),
+    ];
+    args.extend(cmd.iter().cloned());
+    pod.pid = spawn_detached(&args, &dir.join(format!("logs/pod-{namespace}-{name}.log")))?;
+    state.pods.push(pod.clone());
+    state.save(&dir)?;
+
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), serde_json::json!(v.trim())))
+        .collect();
+    api::create_running_pod(&state, &n, &pod, &labels, cmd)?;
+    println!("{namespace}/{name} on {node}: {}", pod.ip);
+    Ok(())
+}
+
+fn pod_delete_rec(state: &LabState, dir: &Path, pod: &PodRec) -> anyhow::Result<()> {
+    stop(pod.pid);
+    if let Ok(n) = state.node(&pod.node) {
+        let conf = cni_config(dir, n)?;
+        run_cni(state, n, "DEL", pod, &conf)?;
+    }
+    let _ = sh(&["ip", "netns", "del", &pod.netns]);
+    Ok(())
+}
+
+fn pod_delete(dir: &Path, pod: &str) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    let (ns, name) = split_pod(pod);
+    let i = state
+        .pods
+        .iter()
+        .position(|p| p.namespace == ns && p.name == name)
+        .with_context(|| format!("no pod {ns}/{name} in this lab"))?;
+    let rec = state.pods.remove(i);
+    pod_delete_rec(&state, &dir, &rec)?;
+    state.save(&dir)?;
+    api::delete_pod(&state, &rec)?;
+    println!("{ns}/{name} deleted");
+    Ok(())
+}
+
+fn exec(dir: &Path, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
+    let state = LabState::load(&dir.canonicalize()?)?;
+    let (ns, name) = split_pod(pod);
+    let p = state
+        .pods
+        .iter()
+        .find(|p| p.namespace == ns && p.name == name)
+        .with_context(|| format!("no pod {ns}/{name} in this lab"))?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", &p.netns])
+        .args(cmd)
+        .status()?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let state = LabState::load(&dir)?;
+    for p in &state.pods {
+        if let Err(e) = pod_delete_rec(&state, &dir, p) {
+            eprintln!("pod {}/{}: {e:#}", p.namespace, p.name);
+            let _ = sh(&["ip", "netns", "del", &p.netns]);
+        }
+    }
+    for n in &state.nodes {
+        stop(n.agent_pid);
+    }
+    stop(state.control_pid);
+    for n in &state.nodes {
+        let _ = sh(&["ip", "netns", "del", &n.netns]);
+    }
+    let _ = sh(&["ip", "netns", "del", &state.lab_netns]);
+    // Anything else carrying the lab's prefix (a half-made pod, say).
+    if let Ok(list) = sh(&["ip", "netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with(&state.lab_netns) {
+                let _ = sh(&["ip", "netns", "del", ns]);
+            }
+        }
+    }
+    std::fs::remove_file(dir.join("lab.json"))?;
+    let _ = std::fs::remove_file(dir.join("cluster.json"));
+    println!("lab {} is down", state.lab_netns);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Up {
+            nodes,
+            proxy_mode,
+            dir,
+        } => up(nodes, &proxy_mode, &dir),
+        Cmd::Down { dir } => down(&dir),
+        Cmd::Pod {
+            cmd:
+                PodCmd::Create {
+                    dir,
+                    node,
+                    name,
+                    namespace,
+                    labels,
+                    cmd,
+                },
+        } => pod_create(&dir, &node, &name, &namespace, &labels, &cmd),
+        Cmd::Pod {
+            cmd: PodCmd::Delete { dir, pod },
+        } => pod_delete(&dir, &pod),
+        Cmd::Exec { dir, pod, cmd } => std::process::exit(exec(&dir, &pod, &cmd)?),
+    }
+}

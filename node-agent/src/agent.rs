@@ -1,0 +1,292 @@
+//! The agent's loops: registration and heartbeats against the API, and one Node watcher
+//! that drives the routes, the CNI conflist and the masquerade rules.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+
+use crate::cache::NodeCache;
+use crate::cli::{Cli, ProxyMode};
+use crate::netlink::Netlink;
+use crate::status::{self, Identity};
+use crate::{conflist, masq, routes};
+
+/// The Ready condition's lastHeartbeatTime is refreshed every this many Lease renewals.
+pub const STATUS_EVERY: u64 = 4;
+/// Full resync of routes and the conflist (also the retry delay after a failed apply).
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// Builds a client from a kubeconfig file.
+pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .context("loading kubeconfig")?;
+    Client::try_from(cfg).context("building the API client")
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.proxy_mode != ProxyMode::None {
+        let name = clap::ValueEnum::to_possible_value(&cli.proxy_mode)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        bail!("--proxy-mode {name} is not implemented yet (only `none` is)");
+    }
+    let client = client(&cli.kubeconfig).await?;
+    let nl = Netlink::connect()?;
+    let node_ip: IpAddr = match cli.node_ip {
+        Some(ip) => ip,
+        None => nl
+            .first_global_ipv4()
+            .await?
+            .map(IpAddr::V4)
+            .context("no global IPv4 address in this network namespace: pass --node-ip")?,
+    };
+    let id = Identity::probe(&cli.node_name, node_ip);
+    tracing::info!(node = %id.name, %node_ip, "starting sluice-agent");
+    enable_forwarding();
+
+    // Register before anything else, retrying while the API server is unreachable.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match sync_status(&client, &id, true).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "registering the node failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::info!(node = %id.name, "node registered");
+
+    let hb = tokio::spawn(heartbeat(
+        client.clone(),
+        id.clone(),
+        cli.heartbeat_interval,
+    ));
+    let mut sync = Syncer::new(nl, cli.clone());
+    let mut stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut cache = NodeCache::default();
+    let mut tick = tokio::time::interval(RESYNC);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let dirty = tokio::select! {
+            ev = stream.next() => match ev {
+                Some(Ok(ev)) => cache.apply(ev),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "node watch failed; retrying with backoff");
+                    false
+                }
+                None => bail!("node watch ended"),
+            },
+            _ = tick.tick() => cache.synced(),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        if dirty {
+            sync.sync(&cache).await;
+        }
+    }
+    hb.abort();
+    tracing::info!("shutting down (routes and CNI configuration are left in place)");
+    Ok(())
+}
+
+fn enable_forwarding() {
+    const P: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(P).is_ok_and(|s| s.trim() == "1") {
+        return;
+    }
+    match std::fs::write(P, "1") {
+        Ok(()) => tracing::info!("enabled IPv4 forwarding"),
+        Err(e) => tracing::warn!(error = %e, "could not enable IPv4 forwarding"),
+    }
+}
+
+/// Creates the Node if missing and writes its status when it differs from what `id` says
+/// (always when `heartbeat`). Returns whether status was written. A write that loses an
+/// optimistic-concurrency race (409, e.g. against the podCIDR allocator) is retried on a
+/// fresh read.
+pub async fn sync_status(client: &Client, id: &Identity, heartbeat: bool) -> anyhow::Result<bool> {
+    let mut attempt = 0;
+    loop {
+        match sync_status_once(client, id, heartbeat).await {
+            Err(SyncError::Conflict) if attempt < 5 => attempt += 1,
+            Err(SyncError::Conflict) => bail!("updating node status: repeated 409 conflicts"),
+            Err(SyncError::Other(e)) => return Err(e),
+            Ok(written) => return Ok(written),
+        }
+    }
+}
+
+enum SyncError {
+    Conflict,
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SyncError {
+    fn from(e: E) -> Self {
+        SyncError::Other(e.into())
+    }
+}
+
+async fn sync_status_once(
+    client: &Client,
+    id: &Identity,
+    heartbeat: bool,
+) -> Result<bool, SyncError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut node = match nodes.get_opt(&id.name).await.context("getting the node")? {
+        Some(n) => n,
+        None => {
+            tracing::info!(node = %id.name, "creating the node");
+            match nodes.create(&PostParams::default(), &id.new_node()).await {
+                Ok(n) => n,
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    nodes.get(&id.name).await.context("getting the node")?
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context("creating the node").into()),
+            }
+        }
+    };
+    let st = node.status.get_or_insert_with(Default::default);
+    if !status::apply_status(st, id, Timestamp::now(), heartbeat) {
+        return Ok(false);
+    }
+    match nodes
+        .replace_status(&id.name, &PostParams::default(), &node)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(SyncError::Conflict),
+        Err(e) => Err(anyhow::Error::from(e)
+            .context("updating node status")
+            .into()),
+    }
+}
+
+/// Renews (or creates) the node's Lease.
+pub async fn renew_lease(client: &Client, name: &str) -> anyhow::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), status::LEASE_NAMESPACE);
+    let existing = leases.get_opt(name).await.context("getting the lease")?;
+    let create = existing.is_none();
+    let lease = status::renew_lease(existing, name, Timestamp::now());
+    if create {
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .context("creating the lease")?;
+    } else {
+        leases
+            .replace(name, &PostParams::default(), &lease)
+            .await
+            .context("renewing the lease")?;
+    }
+    Ok(())
+}
+
+async fn heartbeat(client: Client, id: Identity, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        if let Err(e) = renew_lease(&client, &id.name).await {
+            tracing::warn!(error = %format!("{e:#}"), "lease renewal failed");
+        }
+        // Every tick: restores Ready=True at once if the lifecycle controller changed it
+        // (and re-registers a deleted node); every STATUS_EVERY ticks: heartbeat time too.
+        match sync_status(&client, &id, n.is_multiple_of(STATUS_EVERY)).await {
+            Ok(true) => tracing::debug!("node status written"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "node status update failed"),
+        }
+        n += 1;
+    }
+}
+
+/// Applies the cache's view to the kernel and the CNI directory.
+struct Syncer {
+    nl: Netlink,
+    cli: Cli,
+    masq_done: Option<Ipv4Net>,
+    waiting_logged: bool,
+}
+
+impl Syncer {
+    fn new(nl: Netlink, cli: Cli) -> Syncer {
+        Syncer {
+            nl,
+            cli,
+            masq_done: None,
+            waiting_logged: false,
+        }
+    }
+
+    async fn sync(&mut self, cache: &NodeCache) {
+        let me = self.cli.node_name.clone();
+        if let Err(e) = self.sync_routes(cache, &me).await {
+            tracing::warn!(error = %format!("{e:#}"), "route sync failed; retrying");
+        }
+        match cache.get(&me).and_then(routes::pod_cidr) {
+            Some(cidr) => self.sync_local(cidr),
+            None if !self.waiting_logged => {
+                tracing::info!(node = %me, "waiting for the node's spec.podCIDR");
+                self.waiting_logged = true;
+            }
+            None => {}
+        }
+    }
+
+    async fn sync_routes(&self, cache: &NodeCache, me: &str) -> anyhow::Result<()> {
+        let want = routes::desired(cache.nodes(), me);
+        routes::reconcile(&self.nl, &want).await?;
+        Ok(())
+    }
+
+    fn sync_local(&mut self, cidr: Ipv4Net) {
+        match conflist::render(cidr, &self.cli.bridge)
+            .and_then(|c| conflist::write_if_changed(&self.cli.cni_conf_dir, &c))
+        {
+            Ok(true) => tracing::info!(
+                pod_cidr = %cidr,
+                path = %self.cli.cni_conf_dir.join(conflist::FILE_NAME).display(),
+                "CNI configuration written"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "writing the CNI configuration failed")
+            }
+        }
+        if self.masq_done != Some(cidr) {
+            match masq::apply(cidr, self.cli.cluster_cidr) {
+                Ok(true) => {
+                    tracing::info!(pod_cidr = %cidr, "masquerade rules installed");
+                    self.masq_done = Some(cidr);
+                }
+                Ok(false) => {
+                    tracing::info!("iptables not found: no masquerade rules");
+                    self.masq_done = Some(cidr);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "installing masquerade rules failed")
+                }
+            }
+        }
+    }
+}

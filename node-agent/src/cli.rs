@@ -1,0 +1,153 @@
+//! Command-line flags of `sluice-agent`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ipnet::Ipv4Net;
+
+/// Sluice node agent: registers this node with the control plane (sluice-control or any
+/// Kubernetes API server), heartbeats it (Lease + Ready condition), writes the node's CNI
+/// network configuration once the node has a podCIDR, and routes every other node's podCIDR
+/// via that node's InternalIP (no overlay, no NAT inside the cluster CIDR; traffic from pods to
+/// outside the cluster CIDR is masqueraded).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "sluice-agent", version)]
+pub struct Cli {
+    /// Kubeconfig with this node's credentials (e.g. from `sluice-control token create`).
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Name of this node (the Node object and its Lease in kube-node-lease).
+    #[arg(long)]
+    pub node_name: String,
+    /// InternalIP to report; other nodes route this node's podCIDR via it. Default: the first
+    /// global IPv4 address in the agent's network namespace.
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// Service proxy mode. Only `none` (no Service proxying) is implemented so far.
+    #[arg(long, value_enum, default_value_t = ProxyMode::None)]
+    pub proxy_mode: ProxyMode,
+    /// Directory the CNI network configuration (10-sluice.conflist) is written to.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Directory holding the CNI plugin binaries (sluice-cni, portmap). Recorded for the pod
+    /// runtime; the agent itself does not run plugins yet.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// Name of the pod bridge written into the CNI configuration.
+    #[arg(long, default_value = "sluice0")]
+    pub bridge: String,
+    /// Interval between Lease renewals (e.g. `10s`, `500ms`, `1m`); the Ready condition's
+    /// lastHeartbeatTime is refreshed every 4 intervals.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// The cluster's pod CIDR: traffic from this node's pods to destinations outside it is
+    /// masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+}
+
+/// Service proxy modes (`--proxy-mode`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// No Service proxying.
+    None,
+    /// Userspace proxy (not implemented yet).
+    Userspace,
+    /// iptables rules (not implemented yet).
+    Iptables,
+    /// IPVS virtual servers (not implemented yet).
+    Ipvs,
+    /// nftables rules (not implemented yet).
+    Nftables,
+    /// eBPF connect-time load balancing (not implemented yet).
+    Ebpf,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 500ms, 1m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    let d = Duration::from_secs_f64(secs);
+    if d < Duration::from_millis(100) {
+        return Err(format!("duration {s:?} is too short (minimum 100ms)"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        Cli::command().debug_assert();
+        let c =
+            Cli::try_parse_from(["sluice-agent", "--kubeconfig", "k", "--node-name", "n"]).unwrap();
+        assert_eq!(c.proxy_mode, ProxyMode::None);
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(c.bridge, "sluice0");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
+        let c = Cli::try_parse_from([
+            "sluice-agent",
+            "--kubeconfig",
+            "k",
+            "--node-name",
+            "n",
+            "--proxy-mode",
+            "iptables",
+            "--node-ip",
+            "172.30.0.11",
+            "--heartbeat-interval",
+            "1s",
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_mode, ProxyMode::Iptables);
+        assert!(Cli::try_parse_from(["sluice-agent", "--node-name", "n"]).is_err());
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--kubeconfig",
+            "--node-name",
+            "--node-ip",
+            "--proxy-mode",
+            "--cni-conf-dir",
+            "--cni-bin-dir",
+            "--bridge",
+            "--heartbeat-interval",
+            "--cluster-cidr",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
+}

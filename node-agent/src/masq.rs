@@ -1,0 +1,161 @@
+//! Masquerade for traffic from this node's pods to destinations outside the cluster CIDR:
+//! a `SLUICE-POSTROUTING` chain in the nat table, written in one `iptables-restore --noflush`
+//! transaction (pure render + a thin apply that shells out).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+/// Our chain in the nat table.
+pub const CHAIN: &str = "SLUICE-POSTROUTING";
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tool could not be run.
+    #[error("running {tool}")]
+    Spawn {
+        /// The tool.
+        tool: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{tool} failed: {stderr}")]
+    Failed {
+        /// The tool.
+        tool: String,
+        /// Its stderr.
+        stderr: String,
+    },
+}
+
+/// True if `iptables-save -t nat` output already jumps from POSTROUTING to our chain.
+pub fn has_jump(save: &str) -> bool {
+    save.lines().any(|l| {
+        l.starts_with("-A POSTROUTING ")
+            && l.split_whitespace()
+                .collect::<Vec<_>>()
+                .ends_with(&["-j", CHAIN])
+    })
+}
+
+/// The `iptables-restore --noflush` input. Declaring the chain flushes it (and only it), so
+/// the transaction replaces our rules atomically and leaves every other chain alone; the jump
+/// from POSTROUTING is added only when `jump_present` is false.
+pub fn render(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net, jump_present: bool) -> String {
+    let mut s = String::from("*nat\n");
+    s.push_str(&format!(":{CHAIN} - [0:0]\n"));
+    if !jump_present {
+        s.push_str(&format!(
+            "-A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j {CHAIN}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "-A {CHAIN} -s {} ! -d {} -m comment --comment \"sluice: pods to outside the cluster\" -j MASQUERADE\n",
+        pod_cidr.trunc(),
+        cluster_cidr.trunc()
+    ));
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Finds an executable on PATH (plus the sbin directories, which PATH often lacks).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn run(tool: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+    let name = tool.display().to_string();
+    let spawn = |source| Error::Spawn {
+        tool: name.clone(),
+        source,
+    };
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .map_err(spawn)?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().map_err(spawn)?;
+    if !out.status.success() {
+        return Err(Error::Failed {
+            tool: name,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs the rules in the current network namespace. Returns Ok(false) when iptables is
+/// not installed (nothing to do).
+pub fn apply(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<bool, Error> {
+    let (Some(save), Some(restore)) = (which("iptables-save"), which("iptables-restore")) else {
+        return Ok(false);
+    };
+    let current = run(&save, &["-t", "nat"], None)?;
+    let input = render(pod_cidr, cluster_cidr, has_jump(&current));
+    run(&restore, &["--noflush", "--wait"], Some(&input))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_transaction() {
+        let got = render(
+            "10.244.1.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+            false,
+        );
+        assert_eq!(
+            got,
+            "*nat\n\
+             :SLUICE-POSTROUTING - [0:0]\n\
+             -A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j SLUICE-POSTROUTING\n\
+             -A SLUICE-POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment \"sluice: pods to outside the cluster\" -j MASQUERADE\n\
+             COMMIT\n"
+        );
+        let again = render(
+            "10.244.1.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+            true,
+        );
+        assert!(!again.contains("-A POSTROUTING"));
+    }
+
+    #[test]
+    fn detects_the_jump_in_iptables_save_output() {
+        let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:SLUICE-POSTROUTING - [0:0]\n\
+                    -A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j SLUICE-POSTROUTING\nCOMMIT\n";
+        assert!(has_jump(save));
+        assert!(!has_jump(
+            "*nat\n:SLUICE-POSTROUTING - [0:0]\n-A SLUICE-POSTROUTING -j RETURN\nCOMMIT\n"
+        ));
+        assert!(!has_jump("-A POSTROUTING -j SLUICE-POSTROUTING-OLD\n"));
+    }
+}
