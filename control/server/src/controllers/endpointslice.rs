@@ -20,9 +20,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{name_of, ns_of, str_at};
-use crate::registry::{object_labels, DeleteOptions, Part, Registry};
+use crate::registry::{DeleteOptions, Part, Registry};
 use crate::resources::by_kind;
-use crate::selectors::LabelSelector;
+use crate::selectors::{labels_of as object_labels, LabelSelector};
 
 /// Label naming the Service of a slice.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -261,13 +261,12 @@ pub async fn reconcile(
         })
         .collect();
     let svc = reg.get_value(by_kind("Service"), Some(ns), name).ok();
-    let managed = svc.as_ref().is_some_and(|s| {
-        s.pointer("/spec/selector")
-            .and_then(|x| x.as_object())
-            .is_some_and(|m| !m.is_empty())
-            && str_at(s, "/spec/type") != Some("ExternalName")
+    // Selector-less and ExternalName Services have no managed slices.
+    let managed = svc.and_then(|s| {
+        let sel = service_selector(&s)?;
+        (str_at(&s, "/spec/type") != Some("ExternalName")).then_some((s, sel))
     });
-    let Some(svc) = svc.filter(|_| managed) else {
+    let Some((svc, selector)) = managed else {
         for s in existing {
             let _ = reg
                 .delete(slices_res, Some(ns), name_of(&s), &DeleteOptions::default())
@@ -286,9 +285,6 @@ pub async fn reconcile(
         return Ok(());
     };
 
-    let selector = LabelSelector::from_map(&object_labels(
-        &json!({"metadata": {"labels": svc["spec"]["selector"]}}),
-    ));
     let pods: Vec<Value> = reg
         .store()
         .list(&by_kind("Pod").ns_prefix(Some(ns)))
@@ -476,18 +472,21 @@ fn services_in(reg: &Registry, ns: Option<&str>) -> Vec<(String, LabelSelector)>
         .0
         .iter()
         .filter_map(|s| s.value().ok())
-        .filter_map(|v| {
-            let sel = v.pointer("/spec/selector")?.as_object()?;
-            if sel.is_empty() {
-                return None;
-            }
-            let m: BTreeMap<String, String> = sel
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect();
-            Some((name_of(&v).to_string(), LabelSelector::from_map(&m)))
-        })
+        .filter_map(|v| Some((name_of(&v).to_string(), service_selector(&v)?)))
         .collect()
+}
+
+/// The selector of a Service, when it has a non-empty one.
+fn service_selector(svc: &Value) -> Option<LabelSelector> {
+    let sel = svc.pointer("/spec/selector")?.as_object()?;
+    if sel.is_empty() {
+        return None;
+    }
+    let m: BTreeMap<String, String> = sel
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    Some(LabelSelector::from_map(&m))
 }
 
 /// Every Service (namespace, name), for full resyncs and node changes.

@@ -10,7 +10,6 @@
 
 mod service;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -871,11 +870,6 @@ pub fn matches(res: &Resource, s: &Stored, labels: &LabelSelector, fields: &Fiel
     }
     let Ok(v) = s.value() else { return false };
     labels.matches(&labels_of(&v)) && fields.matches(ns, name, Some(&v))
-}
-
-/// Labels of an object as a map (helper for controllers).
-pub fn object_labels(v: &Value) -> BTreeMap<String, String> {
-    labels_of(v)
 }
 
 #[cfg(test)]
