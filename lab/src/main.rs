@@ -136,6 +136,9 @@ struct PodRec {
     container_id: String,
     ip: String,
     pid: i32,
+    /// The pod's cgroup v2 directory.
+    #[serde(default)]
+    cgroup: PathBuf,
 }
 
 /// Everything `down` needs.
@@ -196,21 +199,59 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-/// Starts a detached process (own session, stdio to a log file) and returns its pid.
-fn spawn_detached(args: &[String], log: &Path) -> anyhow::Result<i32> {
+/// Where cgroup v2 is mounted on this machine kind (cgroup v1 host with a unified hierarchy).
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+/// The lab's cgroup v2 root: `<cgroup2 mount>/<lab>`.
+fn cgroup_root(lab: &str) -> PathBuf {
+    Path::new(CGROUP2).join(lab)
+}
+
+/// Starts a detached process (own session, stdio to a log file), optionally inside a cgroup
+/// v2 group, and returns its pid.
+fn spawn_detached(args: &[String], log: &Path, cgroup: Option<&Path>) -> anyhow::Result<i32> {
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
+    let procs = match cgroup {
+        Some(cg) => {
+            std::fs::create_dir_all(cg)
+                .with_context(|| format!("creating cgroup {}", cg.display()))?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(cg.join("cgroup.procs"))
+                    .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?,
+            )
+        }
+        None => None,
+    };
     let mut c = Command::new(&args[0]);
     c.args(&args[1..])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: only async-signal-safe calls between fork and exec: setsid, getpid, and write on
+    // an fd opened before the fork, with the pid formatted into a stack buffer. The child joins
+    // the cgroup *before* `ip netns exec` runs, because that command remounts /sys and hides
+    // the cgroup tree.
     unsafe {
-        c.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
+        c.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(f) = &procs {
+                let mut buf = [0u8; 12];
+                let mut n = nix::unistd::getpid().as_raw() as u32;
+                let mut i = buf.len();
+                loop {
+                    i -= 1;
+                    buf[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                nix::unistd::write(f, &buf[i..]).map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
     let child = c
@@ -318,6 +359,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
             gw.clone(),
         ],
         &log,
+        None,
     )?;
     state.save(&dir)?;
     wait_for("the control plane", Duration::from_secs(30), || {
@@ -394,6 +436,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
                 bins.to_string_lossy().into(),
             ],
             &dir.join(format!("logs/agent-{name}.log")),
+            None,
         )?;
         state.nodes.push(NodeRec {
             name,
@@ -546,6 +589,7 @@ fn pod_create(
         container_id: format!("lab{}{idx}{}", std::process::id(), name.len()),
         ip: String::new(),
         pid: 0,
+        cgroup: cgroup_root(&state.lab_netns).join(node).join(&netns),
     };
     sh(&["ip", "netns", "add", &netns])?;
     sh(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
@@ -571,7 +615,13 @@ fn pod_create(
         netns.clone(),
     ];
     args.extend(cmd.iter().cloned());
-    pod.pid = spawn_detached(&args, &dir.join(format!("logs/pod-{namespace}-{name}.log")))?;
+    // Pods run in their node's cgroup (`<lab>/<node>/<pod netns>`), where cgroup hooks such as
+    // the eBPF proxy mode's attach.
+    pod.pid = spawn_detached(
+        &args,
+        &dir.join(format!("logs/pod-{namespace}-{name}.log")),
+        Some(&pod.cgroup),
+    )?;
     state.pods.push(pod.clone());
     state.save(&dir)?;
 
@@ -587,6 +637,7 @@ fn pod_create(
 
 fn pod_delete_rec(state: &LabState, dir: &Path, pod: &PodRec) -> anyhow::Result<()> {
     stop(pod.pid);
+    let _ = std::fs::remove_dir(&pod.cgroup);
     if let Ok(n) = state.node(&pod.node) {
         let conf = cni_config(dir, n)?;
         run_cni(state, n, "DEL", pod, &conf)?;
@@ -652,10 +703,23 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    remove_cgroups(&cgroup_root(&state.lab_netns));
     std::fs::remove_file(dir.join("lab.json"))?;
     let _ = std::fs::remove_file(dir.join("cluster.json"));
     println!("lab {} is down", state.lab_netns);
     Ok(())
+}
+
+/// Removes a cgroup tree bottom-up (cgroup directories are removed with rmdir once empty).
+fn remove_cgroups(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroups(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn main() -> anyhow::Result<()> {

@@ -153,6 +153,18 @@ fn lab_up_cross_node_pod_traffic_and_down() {
             .unwrap_or_else(|| panic!("no podIP for {name}: {pods}"))
             .to_string()
     };
+    // Pod processes run in their node's cgroup (joined before `ip netns exec` hides /sys).
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    for p in state["pods"].as_array().unwrap() {
+        let pid = p["pid"].as_i64().unwrap();
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let want = format!("0::/{lab_ns}/{}/", p["node"].as_str().unwrap());
+        assert!(
+            cg.lines().any(|l| l.starts_with(&want)),
+            "pod {p} cgroup: {cg}"
+        );
+    }
     let server_ip = ip_of("server");
     let client_ip = ip_of("client");
     let in_cidr = |ip: &str, cidr: &str| ip.starts_with(cidr.trim_end_matches("0/24"));
