@@ -260,8 +260,17 @@ fn spawn_detached(args: &[String], log: &Path, cgroup: Option<&Path>) -> anyhow:
     Ok(child.id() as i32)
 }
 
+/// Whether a process still runs. Detached processes outlive the `sluice-lab` that started
+/// them and may linger as zombies until an init reaps them; a zombie counts as gone.
 fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next());
+    !matches!(state, Some("Z") | None)
 }
 
 /// SIGTERM, then SIGKILL after a grace period.

@@ -40,8 +40,10 @@ pub fn gateway(pod_cidr: Ipv4Net) -> Result<std::net::Ipv4Addr, Error> {
 pub fn render(pod_cidr: Ipv4Net, bridge: &str) -> Result<String, Error> {
     let cidr = pod_cidr.trunc();
     let gw = gateway(cidr)?;
+    // 1.0.0, not 1.1.0: containerd 1.6 cannot read a 1.1.0 result ("unsupported CNI result
+    // version") and Debian's portmap refuses 1.1.0 configs. sluice-cni serves both.
     let v = json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": "1.0.0",
         "name": "sluice",
         "plugins": [
             {
@@ -97,7 +99,7 @@ mod tests {
     fn renders_the_documented_conflist() {
         let s = render("10.244.3.0/24".parse().unwrap(), "sluice0").unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        let want = json!({"cniVersion":"1.1.0","name":"sluice","plugins":[{"type":"sluice-cni","bridge":"sluice0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.3.0/24","gateway":"10.244.3.1"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/cni/networks"}},{"type":"portmap","capabilities":{"portMappings":true}}]});
+        let want = json!({"cniVersion":"1.0.0","name":"sluice","plugins":[{"type":"sluice-cni","bridge":"sluice0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.3.0/24","gateway":"10.244.3.1"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/cni/networks"}},{"type":"portmap","capabilities":{"portMappings":true}}]});
         assert_eq!(v, want);
         assert!(s.ends_with("}\n"));
     }

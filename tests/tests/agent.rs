@@ -502,7 +502,7 @@ fn agents_register_route_pod_cidrs_and_heartbeat() {
             || std::fs::read_to_string(&path).ok(),
         );
         let v: Value = serde_json::from_str(&body).expect("conflist JSON");
-        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["name"], "sluice");
         let p = &v["plugins"][0];
         assert_eq!(p["type"], "sluice-cni");

@@ -763,17 +763,20 @@ async fn endpointslices_follow_pods_and_node_heartbeats() {
     );
     assert_eq!(s.endpoints[0].zone.as_deref(), Some("z1"));
     assert_eq!(s.endpoints[0].node_name.as_deref(), Some("n1"));
-    // Legacy Endpoints mirror.
-    let ep: Endpoints = Api::namespaced(client.clone(), "default")
-        .get("web")
-        .await
-        .unwrap();
-    let subset = &ep.subsets.unwrap()[0];
-    assert_eq!(subset.addresses.as_ref().unwrap()[0].ip, "10.244.0.1");
-    assert_eq!(
-        subset.not_ready_addresses.as_ref().unwrap()[0].ip,
-        "10.244.0.2"
-    );
+    // Legacy Endpoints mirror (written after the slices, so wait for it too).
+    let eps_api: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    eventually(Duration::from_secs(10), "legacy Endpoints", || async {
+        let ep = eps_api.get("web").await.ok()?;
+        let subset = ep.subsets?.into_iter().next()?;
+        let ready: Vec<String> = subset.addresses?.into_iter().map(|a| a.ip).collect();
+        let not_ready: Vec<String> = subset
+            .not_ready_addresses?
+            .into_iter()
+            .map(|a| a.ip)
+            .collect();
+        (ready == ["10.244.0.1"] && not_ready == ["10.244.0.2"]).then_some(())
+    })
+    .await;
 
     // Heartbeats stop → Ready Unknown → endpoints on n1 not ready; resume → recover.
     beating.store(false, std::sync::atomic::Ordering::SeqCst);
