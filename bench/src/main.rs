@@ -6,6 +6,13 @@
 //! concurrency and measures, per write, the time from the write's acknowledgement (the create
 //! response reaching the writer) to its delivery at the *last* watcher. Then it loads 10,000
 //! services and 100,000 endpoints (EndpointSlices) and reads the server's RSS.
+//!
+//! `cni-latency` times CNI ADD/DEL of `sluice-cni` against the reference `bridge` plugin
+//! (see `cni_latency.rs`); `pod-network` runs netperf between pods of a 2-node `sluice-lab`
+//! (see `pod_network.rs`).
+
+mod cni_latency;
+mod pod_network;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -57,6 +64,72 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// CNI ADD/DEL latency: sluice-cni against the reference bridge + host-local plugins.
+    CniLatency {
+        /// Sandboxes (container namespaces) per implementation and round.
+        #[arg(long, default_value_t = 200)]
+        sandboxes: usize,
+        /// Rounds (ADD all, then DEL all), the implementations interleaved in each.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pod-to-pod netperf TCP_RR / TCP_STREAM in a 2-node lab, same node vs across nodes.
+    PodNetwork {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per netperf run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// A sorted copy (NaNs last).
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s
+}
+
+/// Rounded to 3 decimals (µs when the unit is ms), for readable JSON.
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Prints the result and writes it to `out` if given.
+fn emit(result: &serde_json::Value, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(result)?;
+    println!("{text}");
+    if let Some(p) = out {
+        std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -421,5 +494,15 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Cmd::CniLatency {
+            sandboxes,
+            rounds,
+            out,
+        } => cni_latency::run(sandboxes, rounds, out),
+        Cmd::PodNetwork {
+            rounds,
+            seconds,
+            out,
+        } => pod_network::run(rounds, seconds, out),
     }
 }
