@@ -134,6 +134,31 @@ impl Kubectl {
     }
 }
 
+/// Whether this process runs as root (the privileged tiers need it).
+pub fn is_root() -> bool {
+    status_says_root(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+fn status_says_root(status: &str) -> bool {
+    status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Runs `sluice-lab` with `args`.
+pub fn lab(args: &[&str]) -> Output {
+    Command::new(bin("sluice-lab"))
+        .args(args)
+        .output()
+        .expect("running sluice-lab")
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
 /// Output as text (stdout + stderr), for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{bin, skip, text, Kubectl};
+use sluice_tests::{bin, is_root, skip, text, Kubectl};
 
 /// Polls `f` every 100 ms until it returns Some; panics with `what` (and `ctx()`) after `timeout`.
 fn wait_for<T>(
@@ -55,18 +55,6 @@ fn ip_ok(args: &[&str]) {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:")
-                    .map(|r| r.split_whitespace().nth(1) == Some("0"))
-            })
-        })
-        .unwrap_or(false)
 }
 
 fn kubectl_path() -> Option<PathBuf> {

@@ -13,7 +13,7 @@
 mod image;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -22,32 +22,11 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::Value;
-use sluice_tests::{bin, skip, target_dir, text};
+use sluice_tests::{bin, is_root, lab, ok, skip, target_dir, text};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const PAUSE: &str = "registry.k8s.io/pause:3.6";
 const BUSYBOX: &str = "docker.io/library/busybox:sluice-cri";
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(bin("sluice-lab"))
-        .args(args)
-        .output()
-        .expect("running sluice-lab")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")

@@ -3,23 +3,11 @@
 //! `sluice-lab down` leaves no namespace or process behind.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{bin, skip, text, Kubectl};
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(bin("sluice-lab"))
-        .args(args)
-        .output()
-        .expect("running sluice-lab")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
+use sluice_tests::{is_root, lab, ok, skip, text, Kubectl};
 
 fn netns_list() -> Vec<String> {
     let o = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -56,7 +44,7 @@ fn kubectl_json(k: &Kubectl, lab_ns: &str, kubeconfig: &str, home: &Path, args: 
 
 #[test]
 fn lab_up_cross_node_pod_traffic_and_down() {
-    if !nix_is_root() {
+    if !is_root() {
         return skip("the lab needs root (network namespaces)");
     }
     if Command::new("ip").args(["netns", "list"]).output().is_err() {
@@ -243,13 +231,4 @@ fn lab_up_cross_node_pod_traffic_and_down() {
         "processes left behind: {}",
         String::from_utf8_lossy(&procs.stdout)
     );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
