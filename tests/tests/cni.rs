@@ -776,17 +776,17 @@ fn error_codes() {
     std::fs::create_dir_all(lab.lease_dir()).unwrap();
     let lock = lab.lease_dir().join("lock");
     std::fs::write(&lock, "").unwrap();
-    let mut holder = Command::new("flock")
-        .arg(&lock)
-        .args(["sleep", "30"])
-        .spawn()
-        .expect("flock");
-    std::thread::sleep(Duration::from_millis(300));
+    // Held by this process (flock locks are per open file, so the plugin process blocks).
+    let holder = nix::fcntl::Flock::lock(
+        std::fs::File::open(&lock).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| e)
+    .expect("flock");
     let mut e11 = env(&p);
     e11.push(("SLUICE_CNI_LOCK_TIMEOUT_MS", "200".into()));
     let e = run("ADD", &conf, e11);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
     assert_eq!(e.code(), 11, "{}", text(&e.out));
     assert_eq!(
         ctr.links(),
