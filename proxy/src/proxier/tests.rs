@@ -1,0 +1,278 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::model::{Endpoint, Protocol, ServicePort};
+use crate::testutil::{service, slice, Cond};
+
+type Programmed = BTreeMap<ServicePortName, (Arc<ServicePort>, Vec<Arc<Endpoint>>)>;
+
+/// A validating fake: keeps its own "programmed" state, applying full syncs wholesale and
+/// partial syncs only for the listed services, and refuses a partial sync before any full one.
+/// Tests compare its state with the proxier's maps, which proves partial syncs are sufficient.
+#[derive(Default)]
+struct FakeDataplane {
+    calls: Vec<Changes>,
+    programmed: Programmed,
+    fully_synced: bool,
+    fail_next: bool,
+    cleaned: bool,
+}
+
+fn render(
+    services: &ServicePortMap,
+    endpoints: &EndpointsMap,
+    only: Option<&NamespacedName>,
+) -> Programmed {
+    services
+        .iter()
+        .filter(|(k, _)| only.is_none_or(|s| *s == k.service()))
+        .map(|(k, sp)| {
+            (
+                k.clone(),
+                (sp.clone(), endpoints.get(k).cloned().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+impl Dataplane for FakeDataplane {
+    fn sync(
+        &mut self,
+        services: &ServicePortMap,
+        endpoints: &EndpointsMap,
+        changes: &Changes,
+    ) -> Result<(), Error> {
+        self.calls.push(changes.clone());
+        if std::mem::take(&mut self.fail_next) {
+            return Err(Error::Sync {
+                dataplane: "fake",
+                message: "injected failure".into(),
+                source: None,
+            });
+        }
+        if changes.full {
+            self.programmed = render(services, endpoints, None);
+            self.fully_synced = true;
+            return Ok(());
+        }
+        if !self.fully_synced {
+            return Err(Error::Sync {
+                dataplane: "fake",
+                message: "partial sync before any full sync".into(),
+                source: None,
+            });
+        }
+        for svc in &changes.services {
+            self.programmed.retain(|k, _| k.service() != *svc);
+            self.programmed
+                .extend(render(services, endpoints, Some(svc)));
+        }
+        Ok(())
+    }
+
+    fn cleanup(&mut self) -> Result<(), Error> {
+        self.programmed.clear();
+        self.cleaned = true;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn proxier() -> Proxier<FakeDataplane> {
+    Proxier::new(ProxyConfig::new("node-a"), HOUR, FakeDataplane::default())
+}
+
+fn nn(name: &str) -> NamespacedName {
+    NamespacedName::new("ns", name)
+}
+
+fn assert_consistent(p: &Proxier<FakeDataplane>) {
+    assert_eq!(
+        p.dataplane().programmed,
+        render(p.services(), p.endpoints(), None)
+    );
+}
+
+fn web() -> Service {
+    service("ns", "web", "10.96.0.1", &[("http", 80, "TCP")])
+}
+
+fn web_slice(ips: &[&str]) -> EndpointSlice {
+    let eps: Vec<(&str, &str, Cond)> = ips.iter().map(|ip| (*ip, "node-a", Cond::Ready)).collect();
+    slice("ns", "web", "web-1", &[("http", 8080, "TCP")], &eps)
+}
+
+/// A proxier that has done its initial full sync of `web` with one endpoint.
+fn initialized(t0: Instant) -> Proxier<FakeDataplane> {
+    let mut p = proxier();
+    p.on_service_add(&web());
+    p.on_endpoint_slice_add(&web_slice(&["10.0.0.1"]));
+    p.on_services_synced();
+    p.on_endpoint_slices_synced();
+    assert_eq!(p.sync_at(t0).unwrap(), SyncOutcome::Synced { full: true });
+    p
+}
+
+#[test]
+fn nothing_programmed_until_both_synced() {
+    let t0 = Instant::now();
+    let mut p = proxier();
+    assert!(!p.on_service_add(&web()), "no sync wanted before init");
+    p.on_endpoint_slice_add(&web_slice(&["10.0.0.1"]));
+    assert_eq!(p.sync_at(t0).unwrap(), SyncOutcome::NotInitialized);
+    assert!(!p.on_services_synced());
+    assert_eq!(p.sync_at(t0).unwrap(), SyncOutcome::NotInitialized);
+    assert!(p.dataplane().calls.is_empty());
+    assert!(p.services().is_empty(), "trackers not applied before init");
+
+    assert!(p.on_endpoint_slices_synced());
+    assert_eq!(p.sync_at(t0).unwrap(), SyncOutcome::Synced { full: true });
+    assert_eq!(p.dataplane().calls.len(), 1);
+    assert_eq!(p.services().len(), 1);
+    let eps = &p.endpoints()[&ServicePortName::new("ns", "web", "http", Protocol::Tcp)];
+    assert_eq!(eps[0].addr(), "10.0.0.1:8080".parse().unwrap());
+    assert!(eps[0].is_local);
+    assert_consistent(&p);
+}
+
+#[test]
+fn netted_changes_do_not_call_the_dataplane() {
+    let t0 = Instant::now();
+    let mut p = initialized(t0);
+    let tmp = service("ns", "tmp", "10.96.0.2", &[("", 80, "TCP")]);
+    assert!(p.on_service_add(&tmp));
+    assert!(!p.on_service_delete(&tmp));
+    let s = web_slice(&["10.0.0.1", "10.0.0.9"]);
+    p.on_endpoint_slice_update(Some(&web_slice(&["10.0.0.1"])), Some(&s));
+    p.on_endpoint_slice_update(Some(&s), Some(&web_slice(&["10.0.0.1"])));
+    assert_eq!(
+        p.sync_at(t0 + Duration::from_secs(1)).unwrap(),
+        SyncOutcome::NoChanges
+    );
+    assert_eq!(p.dataplane().calls.len(), 1);
+}
+
+#[test]
+fn partial_sync_lists_only_changed_services() {
+    let t0 = Instant::now();
+    let mut p = initialized(t0);
+    let db = service("ns", "db", "10.96.0.3", &[("pg", 5432, "TCP")]);
+    p.on_service_add(&db);
+    p.on_endpoint_slice_update(
+        Some(&web_slice(&["10.0.0.1"])),
+        Some(&web_slice(&["10.0.0.2"])),
+    );
+    assert_eq!(
+        p.sync_at(t0 + Duration::from_secs(1)).unwrap(),
+        SyncOutcome::Synced { full: false }
+    );
+    let last = p.dataplane().calls.last().unwrap();
+    assert!(!last.full);
+    assert_eq!(last.services, BTreeSet::from([nn("db"), nn("web")]));
+    assert_consistent(&p);
+
+    p.on_service_delete(&web());
+    p.sync_at(t0 + Duration::from_secs(2)).unwrap();
+    let last = p.dataplane().calls.last().unwrap();
+    assert_eq!(last.services, BTreeSet::from([nn("web")]));
+    assert_consistent(&p);
+}
+
+#[test]
+fn failure_forces_full_sync_and_keeps_changes() {
+    let t0 = Instant::now();
+    let mut p = initialized(t0);
+    let dns = service("ns", "dns", "10.96.0.10", &[("dns", 53, "UDP")]);
+    p.on_service_add(&dns);
+    p.sync_at(t0 + Duration::from_secs(1)).unwrap();
+    assert_consistent(&p);
+
+    p.on_service_delete(&dns);
+    p.dataplane_mut().fail_next = true;
+    let err = p.sync_at(t0 + Duration::from_secs(2)).unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert!(!p.dataplane().calls.last().unwrap().full);
+
+    // Nothing new happened, but the retry is full and still carries the UDP cleanup.
+    assert_eq!(
+        p.sync_at(t0 + Duration::from_secs(3)).unwrap(),
+        SyncOutcome::Synced { full: true }
+    );
+    let last = p.dataplane().calls.last().unwrap();
+    assert!(last.full);
+    assert_eq!(last.services, BTreeSet::from([nn("dns")]));
+    assert_eq!(
+        last.deleted_udp_cluster_ips,
+        BTreeSet::from(["10.96.0.10".parse().unwrap()])
+    );
+    assert_consistent(&p);
+
+    // Then back to partial syncs.
+    p.on_endpoint_slice_update(
+        Some(&web_slice(&["10.0.0.1"])),
+        Some(&web_slice(&["10.0.0.5"])),
+    );
+    assert_eq!(
+        p.sync_at(t0 + Duration::from_secs(4)).unwrap(),
+        SyncOutcome::Synced { full: false }
+    );
+    assert!(p
+        .dataplane()
+        .calls
+        .last()
+        .unwrap()
+        .deleted_udp_cluster_ips
+        .is_empty());
+    assert_consistent(&p);
+}
+
+#[test]
+fn periodic_full_sync() {
+    let t0 = Instant::now();
+    let mut p = initialized(t0);
+    assert_eq!(
+        p.sync_at(t0 + HOUR - Duration::from_secs(1)).unwrap(),
+        SyncOutcome::NoChanges
+    );
+    assert_eq!(
+        p.sync_at(t0 + HOUR).unwrap(),
+        SyncOutcome::Synced { full: true }
+    );
+    assert_eq!(
+        p.sync_at(t0 + HOUR + Duration::from_secs(1)).unwrap(),
+        SyncOutcome::NoChanges
+    );
+}
+
+#[test]
+fn zone_change_forces_full_sync_and_labels_reach_dataplane() {
+    let t0 = Instant::now();
+    let mut p = initialized(t0);
+    let labels = BTreeMap::from([(LABEL_TOPOLOGY_ZONE.to_string(), "zone-a".to_string())]);
+    assert!(p.on_node_labels(labels.clone()));
+    assert!(!p.on_node_labels(labels.clone()), "same zone again");
+    assert_eq!(
+        p.sync_at(t0 + Duration::from_secs(1)).unwrap(),
+        SyncOutcome::Synced { full: true }
+    );
+    assert_eq!(p.dataplane().calls.last().unwrap().node_labels, labels);
+    p.on_service_add(&service("ns", "x", "10.96.0.4", &[("", 80, "TCP")]));
+    p.sync_at(t0 + Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        p.dataplane().calls.last().unwrap().node_labels,
+        labels,
+        "labels persist"
+    );
+}
+
+#[test]
+fn cleanup_delegates() {
+    let mut p = initialized(Instant::now());
+    p.cleanup().unwrap();
+    assert!(p.dataplane().cleaned && p.dataplane().programmed.is_empty());
+}

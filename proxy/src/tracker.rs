@@ -1,0 +1,508 @@
+//! Change trackers: Kubernetes `Service` / `EndpointSlice` events → pending changes → merged maps.
+//!
+//! Informer handlers call `update(prev, cur)` (add = `(None, Some)`, delete = `(Some, None)`).
+//! Each tracker keeps, per object, the state last applied and the state now wanted, and nets the
+//! two: an add followed by a delete before the next sync (or an update that is reverted) leaves
+//! nothing pending. At sync time `apply()` folds the pending changes into the
+//! [`ServicePortMap`] / [`EndpointsMap`] and reports which services changed plus what UDP state
+//! went away (for conntrack cleanup).
+//!
+//! Filtering (what kube-proxy does with informer label selectors and `ShouldSkipService`):
+//! services labelled `service.kubernetes.io/service-proxy-name` with a name other than ours,
+//! headless (`clusterIP: None`) and `ExternalName` services, and EndpointSlices labelled
+//! `service.kubernetes.io/headless` or of address type `FQDN` are ignored. A filtered object is
+//! treated like an absent one, so an object that becomes filtered is removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tracing::warn;
+
+use crate::model::{
+    Endpoint, EndpointsMap, IpFamily, NamespacedName, Protocol, ProxyConfig, ServicePort,
+    ServicePortMap, ServicePortName, DEFAULT_AFFINITY_TIMEOUT_SECONDS, LABEL_HEADLESS,
+    LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+};
+
+/// Outcome of [`ServiceChangeTracker::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceUpdateResult {
+    /// Services whose ports were added, changed or removed.
+    pub updated_services: BTreeSet<NamespacedName>,
+    /// Cluster IPs of UDP service ports that no longer exist (flush their conntrack entries).
+    pub deleted_udp_cluster_ips: BTreeSet<IpAddr>,
+}
+
+/// Outcome of [`EndpointsChangeTracker::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointsUpdateResult {
+    /// Services whose endpoints changed.
+    pub updated_services: BTreeSet<NamespacedName>,
+    /// UDP endpoints that were serving and no longer are (or are gone).
+    pub deleted_udp_endpoints: BTreeSet<(ServicePortName, SocketAddr)>,
+    /// UDP service ports that went from 0 to ≥1 serving endpoints (flush cached rejects).
+    pub newly_active_udp_services: BTreeSet<ServicePortName>,
+}
+
+#[derive(Debug)]
+struct ServiceChange {
+    previous: ServicePortMap,
+    current: ServicePortMap,
+}
+
+/// Accumulates Service changes between syncs, netted per Service.
+#[derive(Debug)]
+pub struct ServiceChangeTracker {
+    config: Arc<ProxyConfig>,
+    items: BTreeMap<NamespacedName, ServiceChange>,
+}
+
+impl ServiceChangeTracker {
+    /// A tracker for this proxy's identity and family.
+    pub fn new(config: Arc<ProxyConfig>) -> Self {
+        Self {
+            config,
+            items: BTreeMap::new(),
+        }
+    }
+
+    /// Records a Service event. Returns true if any change is pending afterwards.
+    pub fn update(&mut self, prev: Option<&Service>, cur: Option<&Service>) -> bool {
+        let Some(key) = cur.or(prev).and_then(service_key) else {
+            return !self.items.is_empty();
+        };
+        let current = cur
+            .map(|s| service_to_ports(&self.config, s))
+            .unwrap_or_default();
+        let change = self
+            .items
+            .entry(key.clone())
+            .or_insert_with(|| ServiceChange {
+                previous: prev
+                    .map(|s| service_to_ports(&self.config, s))
+                    .unwrap_or_default(),
+                current: ServicePortMap::new(),
+            });
+        change.current = current;
+        if change.previous == change.current {
+            self.items.remove(&key);
+        }
+        !self.items.is_empty()
+    }
+
+    /// Number of services with pending changes.
+    pub fn pending(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Folds all pending changes into `map`.
+    pub fn apply(&mut self, map: &mut ServicePortMap) -> ServiceUpdateResult {
+        let mut result = ServiceUpdateResult::default();
+        for (svc, change) in std::mem::take(&mut self.items) {
+            result.updated_services.insert(svc);
+            for (name, port) in &change.previous {
+                map.remove(name);
+                if port.protocol == Protocol::Udp && !change.current.contains_key(name) {
+                    result
+                        .deleted_udp_cluster_ips
+                        .extend(port.cluster_ips.iter().copied());
+                }
+            }
+            map.extend(change.current);
+        }
+        result
+    }
+}
+
+fn service_key(svc: &Service) -> Option<NamespacedName> {
+    Some(NamespacedName::new(
+        svc.metadata.namespace.clone().unwrap_or_default(),
+        svc.metadata.name.clone()?,
+    ))
+}
+
+/// Whether this proxy handles `svc` at all (proxy-name label, headless, ExternalName).
+pub fn should_handle_service(config: &ProxyConfig, svc: &Service) -> bool {
+    let label = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_PROXY_NAME));
+    if let Some(wanted) = label {
+        if config.proxy_name.as_deref() != Some(wanted.as_str()) {
+            return false;
+        }
+    }
+    let Some(spec) = &svc.spec else { return false };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return false;
+    }
+    !matches!(spec.cluster_ip.as_deref(), None | Some("") | Some("None"))
+}
+
+fn parse_ips(
+    config: &ProxyConfig,
+    svc: &NamespacedName,
+    what: &str,
+    raw: &[String],
+) -> Vec<IpAddr> {
+    raw.iter()
+        .filter_map(|s| match s.trim().parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                warn!(service = %svc, value = %s, "ignoring unparsable {what}");
+                None
+            }
+        })
+        .filter(|ip| config.family_matches(ip))
+        .collect()
+}
+
+/// Converts a Service into its service ports (empty if the service is not handled).
+pub fn service_to_ports(config: &ProxyConfig, svc: &Service) -> ServicePortMap {
+    let mut out = ServicePortMap::new();
+    let (Some(key), Some(spec)) = (service_key(svc), svc.spec.as_ref()) else {
+        return out;
+    };
+    if !should_handle_service(config, svc) {
+        return out;
+    }
+    let raw_cluster_ips = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.clone(),
+        _ => spec.cluster_ip.iter().cloned().collect(),
+    };
+    let cluster_ips = parse_ips(config, &key, "cluster IP", &raw_cluster_ips);
+    if cluster_ips.is_empty() {
+        return out;
+    }
+    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let is_lb = svc_type == "LoadBalancer";
+    let external_policy_local = matches!(svc_type, "NodePort" | "LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_ips = parse_ips(
+        config,
+        &key,
+        "external IP",
+        spec.external_ips.as_deref().unwrap_or(&[]),
+    );
+    let load_balancer_ips = if is_lb {
+        let raw: Vec<String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|ing| matches!(ing.ip_mode.as_deref(), None | Some("VIP")))
+            .filter_map(|ing| ing.ip.clone())
+            .collect();
+        parse_ips(config, &key, "load-balancer IP", &raw)
+    } else {
+        Vec::new()
+    };
+    let load_balancer_source_ranges: Vec<IpNet> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|s| match s.trim().parse::<IpNet>() {
+            Ok(net) => Some(net),
+            Err(_) => {
+                warn!(service = %key, value = %s, "ignoring unparsable loadBalancerSourceRange");
+                None
+            }
+        })
+        .filter(|net| config.family_matches(&net.addr()))
+        .collect();
+    let session_affinity_timeout =
+        (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS)
+        });
+    let health_check_node_port = if is_lb && external_policy_local {
+        spec.health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+    } else {
+        None
+    };
+
+    for p in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::from_k8s(p.protocol.as_deref()) else {
+            warn!(service = %key, protocol = ?p.protocol, "ignoring port with unknown protocol");
+            continue;
+        };
+        let Ok(port) = u16::try_from(p.port) else {
+            warn!(service = %key, port = p.port, "ignoring out-of-range port");
+            continue;
+        };
+        let name = ServicePortName::new(
+            key.namespace.clone(),
+            key.name.clone(),
+            p.name.clone().unwrap_or_default(),
+            protocol,
+        );
+        let sp = ServicePort {
+            cluster_ips: cluster_ips.clone(),
+            port,
+            protocol,
+            node_port: p
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0),
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            session_affinity_timeout,
+            external_policy_local,
+            internal_policy_local,
+            health_check_node_port,
+            load_balancer_source_ranges: load_balancer_source_ranges.clone(),
+        };
+        out.insert(name, Arc::new(sp));
+    }
+    out
+}
+
+/// One EndpointSlice reduced to what the proxy uses (value-comparable for netting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SliceInfo {
+    /// (name, port, protocol), sorted.
+    ports: Vec<(String, u16, Protocol)>,
+    /// Endpoints with `port` = 0 (filled in per slice port), sorted by IP.
+    endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Default)]
+struct SliceSet {
+    applied: BTreeMap<String, Arc<SliceInfo>>,
+    /// `None` = slice deleted.
+    pending: BTreeMap<String, Option<Arc<SliceInfo>>>,
+}
+
+/// Accumulates EndpointSlice changes between syncs, netted per slice, merged per service.
+#[derive(Debug)]
+pub struct EndpointsChangeTracker {
+    config: Arc<ProxyConfig>,
+    services: BTreeMap<NamespacedName, SliceSet>,
+}
+
+impl EndpointsChangeTracker {
+    /// A tracker for this proxy's identity and family.
+    pub fn new(config: Arc<ProxyConfig>) -> Self {
+        Self {
+            config,
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// Records an EndpointSlice event. Returns true if any change is pending afterwards.
+    pub fn update(&mut self, prev: Option<&EndpointSlice>, cur: Option<&EndpointSlice>) -> bool {
+        let prev_key = prev.and_then(slice_key);
+        let cur_key = cur.and_then(slice_key);
+        if let Some(pk) = &prev_key {
+            if cur_key.as_ref() != Some(pk) {
+                self.set_pending(pk, None);
+            }
+        }
+        if let Some(ck) = &cur_key {
+            let info = cur.and_then(|s| slice_info(&self.config, s)).map(Arc::new);
+            self.set_pending(ck, info);
+        }
+        self.has_pending()
+    }
+
+    fn set_pending(
+        &mut self,
+        (svc, slice): &(NamespacedName, String),
+        info: Option<Arc<SliceInfo>>,
+    ) {
+        let set = self.services.entry(svc.clone()).or_default();
+        if set.applied.get(slice) == info.as_ref() {
+            set.pending.remove(slice);
+        } else {
+            set.pending.insert(slice.clone(), info);
+        }
+        if set.applied.is_empty() && set.pending.is_empty() {
+            self.services.remove(svc);
+        }
+    }
+
+    /// Whether any service has pending endpoint changes.
+    pub fn has_pending(&self) -> bool {
+        self.services.values().any(|s| !s.pending.is_empty())
+    }
+
+    /// Folds all pending changes into `map`.
+    pub fn apply(&mut self, map: &mut EndpointsMap) -> EndpointsUpdateResult {
+        let mut result = EndpointsUpdateResult::default();
+        let mut emptied = Vec::new();
+        for (svc, set) in &mut self.services {
+            if set.pending.is_empty() {
+                continue;
+            }
+            let old = merge_slices(svc, &set.applied);
+            for (slice, info) in std::mem::take(&mut set.pending) {
+                match info {
+                    Some(info) => set.applied.insert(slice, info),
+                    None => set.applied.remove(&slice),
+                };
+            }
+            let new = merge_slices(svc, &set.applied);
+            if set.applied.is_empty() {
+                emptied.push(svc.clone());
+            }
+            if old == new {
+                continue;
+            }
+            result.updated_services.insert(svc.clone());
+            diff_udp(&old, &new, &mut result);
+            for name in old.keys() {
+                map.remove(name);
+            }
+            map.extend(new);
+        }
+        for svc in emptied {
+            self.services.remove(&svc);
+        }
+        result
+    }
+}
+
+fn diff_udp(old: &EndpointsMap, new: &EndpointsMap, result: &mut EndpointsUpdateResult) {
+    let serving = |m: &EndpointsMap, k: &ServicePortName| -> BTreeSet<SocketAddr> {
+        m.get(k)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.serving)
+            .map(|e| e.addr())
+            .collect()
+    };
+    let keys: BTreeSet<&ServicePortName> = old.keys().chain(new.keys()).collect();
+    for k in keys.into_iter().filter(|k| k.protocol == Protocol::Udp) {
+        let (before, after) = (serving(old, k), serving(new, k));
+        for addr in before.difference(&after) {
+            result.deleted_udp_endpoints.insert((k.clone(), *addr));
+        }
+        if before.is_empty() && !after.is_empty() {
+            result.newly_active_udp_services.insert(k.clone());
+        }
+    }
+}
+
+/// Merges a service's slices (in slice-name order) into per-port endpoint lists, deduplicating
+/// by `ip:port` and preferring a local copy, as kube-proxy's endpointslicecache does.
+fn merge_slices(svc: &NamespacedName, slices: &BTreeMap<String, Arc<SliceInfo>>) -> EndpointsMap {
+    let mut merged: BTreeMap<ServicePortName, BTreeMap<SocketAddr, Arc<Endpoint>>> =
+        BTreeMap::new();
+    for info in slices.values() {
+        for (port_name, port, protocol) in &info.ports {
+            for ep in &info.endpoints {
+                let key = ServicePortName::new(
+                    svc.namespace.clone(),
+                    svc.name.clone(),
+                    port_name.clone(),
+                    *protocol,
+                );
+                let mut e = ep.clone();
+                e.port = *port;
+                let set = merged.entry(key).or_default();
+                let addr = e.addr();
+                if !set.contains_key(&addr) || e.is_local {
+                    set.insert(addr, Arc::new(e));
+                }
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(k, v)| (k, v.into_values().collect()))
+        .collect()
+}
+
+fn slice_key(slice: &EndpointSlice) -> Option<(NamespacedName, String)> {
+    let name = slice.metadata.name.clone()?;
+    let svc = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some((
+        NamespacedName::new(
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            svc.clone(),
+        ),
+        name,
+    ))
+}
+
+/// Reduces a slice to [`SliceInfo`]; `None` if the slice is filtered out.
+fn slice_info(config: &ProxyConfig, slice: &EndpointSlice) -> Option<SliceInfo> {
+    let labels = slice.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS)) {
+        return None;
+    }
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        _ => return None,
+    };
+    if config.ip_family.is_some_and(|f| f != family) {
+        return None;
+    }
+    let mut ports: Vec<(String, u16, Protocol)> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p.port?).ok().filter(|p| *p != 0)?;
+            let protocol = Protocol::from_k8s(p.protocol.as_deref())?;
+            Some((p.name.clone().unwrap_or_default(), port, protocol))
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    let mut endpoints: Vec<Endpoint> = slice
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            let ip: IpAddr = ep.addresses.first()?.parse().ok()?;
+            if !family.matches(&ip) {
+                return None;
+            }
+            let cond = ep.conditions.clone().unwrap_or_default();
+            let hints = ep.hints.as_ref();
+            Some(Endpoint {
+                ip,
+                port: 0,
+                ready: cond.ready.unwrap_or(true),
+                serving: cond.serving.unwrap_or(true),
+                terminating: cond.terminating.unwrap_or(false),
+                is_local: ep.node_name.as_deref() == Some(config.node_name.as_str()),
+                node_name: ep.node_name.clone(),
+                zone: ep.zone.clone(),
+                zone_hints: hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| z.name.clone())
+                    .collect(),
+                node_hints: hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n.name.clone())
+                    .collect(),
+            })
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a.ip.cmp(&b.ip).then(a.is_local.cmp(&b.is_local)));
+    Some(SliceInfo { ports, endpoints })
+}
+
+#[cfg(test)]
+mod tests;
