@@ -46,6 +46,17 @@ pub struct Cli {
     /// masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: Ipv4Net,
+    /// Least time between the end of one proxy sync and the start of the next (changes arriving
+    /// meanwhile coalesce into one sync).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+    /// Longest time between proxy syncs; also the period of full resyncs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+    /// Handle only Services labelled `service.kubernetes.io/service-proxy-name=<this>` (by
+    /// default only Services without that label).
+    #[arg(long)]
+    pub proxy_name: Option<String>,
 }
 
 /// Service proxy modes (`--proxy-mode`).
@@ -119,6 +130,9 @@ mod tests {
         assert_eq!(c.bridge, "sluice0");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(c.min_sync_period, Duration::from_secs(1));
+        assert_eq!(c.sync_period, Duration::from_secs(30));
+        assert_eq!(c.proxy_name, None);
         let c = Cli::try_parse_from([
             "sluice-agent",
             "--kubeconfig",

@@ -15,5 +15,6 @@ pub mod cli;
 pub mod conflist;
 pub mod masq;
 pub mod netlink;
+pub mod proxy;
 pub mod routes;
 pub mod status;

@@ -1,0 +1,173 @@
+//! The Service proxy loop: kube-rs watchers on Services, EndpointSlices and this Node feed
+//! `sluice-proxy`'s [`Proxier`]; a bounded-frequency runner (`--min-sync-period`,
+//! `--sync-period`) calls its sync, which programs the chosen [`Dataplane`].
+//!
+//! The watchers work the same against sluice-control and a real kube-apiserver. Each keeps
+//! the last object per key so an update is handed over as previous → current; a relist
+//! (`Init` … `InitDone`) turns objects that vanished meanwhile into deletes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use sluice_proxy::model::{IpFamily, ProxyConfig};
+use sluice_proxy::proxier::{Dataplane, Proxier};
+use sluice_proxy::runner::{BoundedFrequencyRunner, RunnerHandle, RunnerIntervals};
+use tokio::sync::Mutex;
+
+/// Proxy settings from the command line.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// This node.
+    pub node_name: String,
+    /// `service.kubernetes.io/service-proxy-name` this proxy answers to (None: unlabelled only).
+    pub proxy_name: Option<String>,
+    /// `--min-sync-period`.
+    pub min_sync_period: Duration,
+    /// `--sync-period` (also the full-resync period).
+    pub sync_period: Duration,
+}
+
+type Shared<D> = Arc<Mutex<Proxier<D>>>;
+
+/// Feeds one kind's watch events into the proxier through `update(prev, cur)` and `synced()`.
+async fn follow<K, D, U, S>(
+    api: Api<K>,
+    proxier: Shared<D>,
+    kick: RunnerHandle,
+    update: U,
+    synced: S,
+) where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+    D: Dataplane + Send + 'static,
+    U: Fn(&mut Proxier<D>, Option<&K>, Option<&K>) -> bool,
+    S: Fn(&mut Proxier<D>) -> bool,
+{
+    let key = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+    let mut cache: HashMap<String, K> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch error; retrying with backoff");
+                continue;
+            }
+        };
+        let mut p = proxier.lock().await;
+        let want = match ev {
+            watcher::Event::Init => {
+                seen.clear();
+                false
+            }
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                let k = key(&o);
+                seen.insert(k.clone());
+                let prev = cache.insert(k, o.clone());
+                update(&mut p, prev.as_ref(), Some(&o))
+            }
+            watcher::Event::Delete(o) => {
+                let prev = cache.remove(&key(&o));
+                update(&mut p, prev.as_ref().or(Some(&o)), None)
+            }
+            watcher::Event::InitDone => {
+                // Objects gone while we were relisting.
+                let gone: Vec<String> = cache
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                let mut want = false;
+                for k in gone {
+                    if let Some(o) = cache.remove(&k) {
+                        want |= update(&mut p, Some(&o), None);
+                    }
+                }
+                synced(&mut p) | want
+            }
+        };
+        drop(p);
+        if want {
+            kick.run();
+        }
+    }
+}
+
+/// Runs the proxy until the process ends. The dataplane's state is cleaned up only by
+/// `--cleanup`-style calls, never on exit: an agent restart must not drop connections.
+pub async fn run<D: Dataplane + Send + 'static>(
+    client: Client,
+    opts: ProxyOptions,
+    dataplane: D,
+) -> anyhow::Result<()> {
+    let config = ProxyConfig {
+        node_name: opts.node_name.clone(),
+        proxy_name: opts.proxy_name.clone(),
+        ip_family: Some(IpFamily::V4),
+    };
+    let proxier: Shared<D> = Arc::new(Mutex::new(Proxier::new(
+        config,
+        opts.sync_period,
+        dataplane,
+    )));
+    let for_sync = proxier.clone();
+    let (runner, kick) = BoundedFrequencyRunner::new(
+        "proxy-sync",
+        RunnerIntervals {
+            min_interval: opts.min_sync_period,
+            max_interval: opts.sync_period,
+            retry_interval: Duration::from_secs(1),
+        },
+        move || {
+            let p = for_sync.clone();
+            async move {
+                let start = std::time::Instant::now();
+                let out = p.lock().await.sync();
+                tracing::debug!(took = ?start.elapsed(), outcome = ?out, "proxy sync");
+                out.map(|_| ())
+            }
+        },
+    )?;
+    tokio::spawn(runner.run());
+
+    let services = tokio::spawn(follow::<Service, D, _, _>(
+        Api::all(client.clone()),
+        proxier.clone(),
+        kick.clone(),
+        |p, prev, cur| p.on_service_update(prev, cur),
+        |p| p.on_services_synced(),
+    ));
+    let slices = tokio::spawn(follow::<EndpointSlice, D, _, _>(
+        Api::all(client.clone()),
+        proxier.clone(),
+        kick.clone(),
+        |p, prev, cur| p.on_endpoint_slice_update(prev, cur),
+        |p| p.on_endpoint_slices_synced(),
+    ));
+    let node_name = opts.node_name.clone();
+    let nodes = tokio::spawn(follow::<Node, D, _, _>(
+        Api::all(client),
+        proxier,
+        kick,
+        move |p, _prev, cur| match cur {
+            Some(n) if n.name_any() == node_name => {
+                let labels: BTreeMap<String, String> = n.labels().clone();
+                p.on_node_labels(labels)
+            }
+            _ => false,
+        },
+        |_| false,
+    ));
+    let _ = tokio::try_join!(services, slices, nodes)?;
+    Ok(())
+}
