@@ -38,11 +38,11 @@ pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.proxy_mode != ProxyMode::None {
+    if !matches!(cli.proxy_mode, ProxyMode::None | ProxyMode::Iptables) {
         let name = clap::ValueEnum::to_possible_value(&cli.proxy_mode)
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
-        bail!("--proxy-mode {name} is not implemented yet (only `none` is)");
+        bail!("--proxy-mode {name} is not implemented yet (`none` and `iptables` are)");
     }
     let client = client(&cli.kubeconfig).await?;
     let nl = Netlink::connect()?;
@@ -77,6 +77,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         id.clone(),
         cli.heartbeat_interval,
     ));
+    let proxy = match cli.proxy_mode {
+        ProxyMode::Iptables => {
+            let mut cfg = sluice_proxy_iptables::RenderConfig::new(id.name.clone());
+            cfg.node_ips = vec![node_ip];
+            cfg.cluster_cidr = Some(cli.cluster_cidr.into());
+            let dataplane = sluice_proxy_iptables::IptablesDataplane::new(cfg, Default::default());
+            let opts = crate::proxy::ProxyOptions {
+                node_name: id.name.clone(),
+                proxy_name: cli.proxy_name.clone(),
+                min_sync_period: cli.min_sync_period,
+                sync_period: cli.sync_period,
+            };
+            Some(tokio::spawn(crate::proxy::run(
+                client.clone(),
+                opts,
+                dataplane,
+            )))
+        }
+        _ => None,
+    };
+
     let mut sync = Syncer::new(nl, cli.clone());
     let mut stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -103,7 +124,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     hb.abort();
-    tracing::info!("shutting down (routes and CNI configuration are left in place)");
+    if let Some(p) = proxy {
+        p.abort();
+    }
+    tracing::info!("shutting down (routes, CNI configuration and proxy rules are left in place)");
     Ok(())
 }
 

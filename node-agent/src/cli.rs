@@ -25,7 +25,7 @@ pub struct Cli {
     /// global IPv4 address in the agent's network namespace.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Service proxy mode. Only `none` (no Service proxying) is implemented so far.
+    /// Service proxy mode: `none` (no Service proxying) or `iptables`; the others come later.
     #[arg(long, value_enum, default_value_t = ProxyMode::None)]
     pub proxy_mode: ProxyMode,
     /// Directory the CNI network configuration (10-sluice.conflist) is written to.
@@ -66,7 +66,7 @@ pub enum ProxyMode {
     None,
     /// Userspace proxy (not implemented yet).
     Userspace,
-    /// iptables rules (not implemented yet).
+    /// iptables rules: one iptables-restore transaction per sync, Sluice-owned chains only.
     Iptables,
     /// IPVS virtual servers (not implemented yet).
     Ipvs,

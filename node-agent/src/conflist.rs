@@ -50,6 +50,9 @@ pub fn render(pod_cidr: Ipv4Net, bridge: &str) -> Result<String, Error> {
                 "type": "sluice-cni",
                 "bridge": bridge,
                 "isGateway": true,
+                // A pod reaching itself through its own Service (DNAT back to the same bridge
+                // port) needs the port to reflect frames: hairpin mode.
+                "hairpinMode": true,
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",
@@ -99,7 +102,7 @@ mod tests {
     fn renders_the_documented_conflist() {
         let s = render("10.244.3.0/24".parse().unwrap(), "sluice0").unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        let want = json!({"cniVersion":"1.0.0","name":"sluice","plugins":[{"type":"sluice-cni","bridge":"sluice0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.3.0/24","gateway":"10.244.3.1"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/cni/networks"}},{"type":"portmap","capabilities":{"portMappings":true}}]});
+        let want = json!({"cniVersion":"1.0.0","name":"sluice","plugins":[{"type":"sluice-cni","bridge":"sluice0","isGateway":true,"hairpinMode":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.3.0/24","gateway":"10.244.3.1"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/cni/networks"}},{"type":"portmap","capabilities":{"portMappings":true}}]});
         assert_eq!(v, want);
         assert!(s.ends_with("}\n"));
     }

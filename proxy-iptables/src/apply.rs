@@ -1,0 +1,603 @@
+//! The thin apply side: pipe the render to `iptables-restore --noflush` and keep the jumps from
+//! the built-in chains into the Sluice chains in place.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use sluice_proxy::model::{EndpointsMap, ServicePortMap};
+use sluice_proxy::proxier::{Changes, Dataplane, Error};
+use tracing::debug;
+
+use crate::chains;
+use crate::render::{render, ExistingChains, RenderConfig};
+
+/// A jump from a built-in chain into a Sluice chain, installed outside the restore transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseJump {
+    /// Table.
+    pub table: &'static str,
+    /// Built-in chain.
+    pub chain: &'static str,
+    /// Rule specification (without `-A chain`); quoted comment words stay single arguments.
+    pub rule: &'static [&'static str],
+}
+
+const NEW: [&str; 4] = ["-m", "conntrack", "--ctstate", "NEW"];
+
+macro_rules! jump {
+    ($table:expr, $chain:expr, [$($w:expr),*]) => {
+        BaseJump { table: $table, chain: $chain, rule: &[$($w),*] }
+    };
+}
+
+/// The jumps into Sluice chains, in the order they are inserted (each at position 1 of its
+/// chain, so later entries end up first within a chain — see [`IptablesDataplane::ensure_jumps`]).
+pub const BASE_JUMPS: &[BaseJump] = &[
+    jump!(
+        "nat",
+        "PREROUTING",
+        [
+            "-m",
+            "comment",
+            "--comment",
+            "sluice service portals",
+            "-j",
+            chains::SERVICES
+        ]
+    ),
+    jump!(
+        "nat",
+        "OUTPUT",
+        [
+            "-m",
+            "comment",
+            "--comment",
+            "sluice service portals",
+            "-j",
+            chains::SERVICES
+        ]
+    ),
+    jump!(
+        "nat",
+        "POSTROUTING",
+        [
+            "-m",
+            "comment",
+            "--comment",
+            "sluice postrouting rules",
+            "-j",
+            chains::POSTROUTING
+        ]
+    ),
+    jump!(
+        "filter",
+        "INPUT",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice load balancer firewall",
+            "-j",
+            chains::FIREWALL
+        ]
+    ),
+    jump!(
+        "filter",
+        "INPUT",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice externally-visible service portals",
+            "-j",
+            chains::EXTERNAL_SERVICES
+        ]
+    ),
+    jump!(
+        "filter",
+        "FORWARD",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice load balancer firewall",
+            "-j",
+            chains::FIREWALL
+        ]
+    ),
+    jump!(
+        "filter",
+        "FORWARD",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice service portals",
+            "-j",
+            chains::SERVICES
+        ]
+    ),
+    jump!(
+        "filter",
+        "FORWARD",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice externally-visible service portals",
+            "-j",
+            chains::EXTERNAL_SERVICES
+        ]
+    ),
+    jump!(
+        "filter",
+        "FORWARD",
+        [
+            "-m",
+            "comment",
+            "--comment",
+            "sluice forwarding rules",
+            "-j",
+            chains::FORWARD
+        ]
+    ),
+    jump!(
+        "filter",
+        "OUTPUT",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice load balancer firewall",
+            "-j",
+            chains::FIREWALL
+        ]
+    ),
+    jump!(
+        "filter",
+        "OUTPUT",
+        [
+            NEW[0],
+            NEW[1],
+            NEW[2],
+            NEW[3],
+            "-m",
+            "comment",
+            "--comment",
+            "sluice service portals",
+            "-j",
+            chains::SERVICES
+        ]
+    ),
+];
+
+/// The base jumps as restore text that appends them in order (used to set up [`crate::Fake`]).
+pub fn base_jumps_restore_text() -> String {
+    let mut out = String::new();
+    for table in ["filter", "nat"] {
+        out.push_str(&format!("*{table}\n"));
+        for j in BASE_JUMPS.iter().filter(|j| j.table == table) {
+            let words: Vec<String> = j
+                .rule
+                .iter()
+                .map(|w| {
+                    if w.contains(' ') {
+                        format!("\"{w}\"")
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect();
+            out.push_str(&format!("-A {} {}\n", j.chain, words.join(" ")));
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// Commands used by [`IptablesDataplane`] (`ip6tables*` for an IPv6 proxier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commands {
+    /// `iptables-restore`.
+    pub restore: PathBuf,
+    /// `iptables-save`.
+    pub save: PathBuf,
+    /// `iptables`.
+    pub iptables: PathBuf,
+}
+
+impl Default for Commands {
+    fn default() -> Self {
+        Self {
+            restore: "iptables-restore".into(),
+            save: "iptables-save".into(),
+            iptables: "iptables".into(),
+        }
+    }
+}
+
+/// The iptables proxy mode.
+pub struct IptablesDataplane {
+    config: RenderConfig,
+    commands: Commands,
+    /// Sluice chains after the last successful sync; `None` = unknown (read from the kernel).
+    known: Option<ExistingChains>,
+}
+
+impl IptablesDataplane {
+    /// A dataplane rendering with `config` and running `commands`.
+    pub fn new(config: RenderConfig, commands: Commands) -> Self {
+        Self {
+            config,
+            commands,
+            known: None,
+        }
+    }
+
+    fn sync_err(&self, message: String, source: Option<std::io::Error>) -> Error {
+        Error::Sync {
+            dataplane: "iptables",
+            message,
+            source: source.map(|e| e.into()),
+        }
+    }
+
+    fn run(
+        &self,
+        cmd: &mut Command,
+        input: Option<&str>,
+    ) -> Result<String, (String, Option<std::io::Error>)> {
+        let what = format!("{cmd:?}");
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| (format!("spawning {what}"), Some(e)))?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| (format!("writing to {what}"), Some(e)))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| (format!("waiting for {what}"), Some(e)))?;
+        if !out.status.success() {
+            return Err((
+                format!(
+                    "{what} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                None,
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sluice chains present in the kernel, from `iptables-save`.
+    pub fn read_chains(&self) -> Result<ExistingChains, Error> {
+        let mut existing = ExistingChains::default();
+        for (table, set) in [("filter", &mut existing.filter), ("nat", &mut existing.nat)] {
+            let text = self
+                .run(Command::new(&self.commands.save).args(["-t", table]), None)
+                .map_err(|(m, e)| self.sync_err(m, e))?;
+            set.extend(parse_save_chains(&text));
+        }
+        Ok(existing)
+    }
+
+    /// Inserts each missing [`BASE_JUMPS`] entry at the top of its built-in chain.
+    pub fn ensure_jumps(&self) -> Result<(), Error> {
+        for j in BASE_JUMPS.iter().rev() {
+            let check = self.run(
+                Command::new(&self.commands.iptables)
+                    .args(["-w", "-t", j.table, "-C", j.chain])
+                    .args(j.rule),
+                None,
+            );
+            if check.is_ok() {
+                continue;
+            }
+            self.run(
+                Command::new(&self.commands.iptables)
+                    .args(["-w", "-t", j.table, "-I", j.chain, "1"])
+                    .args(j.rule),
+                None,
+            )
+            .map_err(|(m, e)| self.sync_err(m, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// One restore transaction removing every Sluice chain, and every rule of another chain that
+/// jumps into one, from `iptables-save` output (any number of tables).
+pub fn cleanup_text(saved: &str) -> String {
+    let mut out = String::new();
+    let mut table: Option<(String, Vec<String>, BTreeSet<String>)> = None;
+    let flush = |out: &mut String, t: (String, Vec<String>, BTreeSet<String>)| {
+        out.push_str(&format!("*{}\n", t.0));
+        for d in &t.1 {
+            out.push_str(d);
+            out.push('\n');
+        }
+        for c in &t.2 {
+            out.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for c in &t.2 {
+            out.push_str(&format!("-X {c}\n"));
+        }
+        out.push_str("COMMIT\n");
+    };
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            if let Some(t) = table.take() {
+                flush(&mut out, t);
+            }
+            table = Some((name.trim().to_string(), Vec::new(), BTreeSet::new()));
+            continue;
+        }
+        let Some((_, deletes, owned)) = table.as_mut() else {
+            continue;
+        };
+        if let Some(decl) = line.strip_prefix(':') {
+            if let Some(c) = decl
+                .split_whitespace()
+                .next()
+                .filter(|c| chains::is_sluice_chain(c))
+            {
+                owned.insert(c.to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let Ok(ws) = crate::fake::words(rest) else {
+                continue;
+            };
+            let from_ours = ws.first().is_some_and(|c| chains::is_sluice_chain(c));
+            let into_ours = ws
+                .windows(2)
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && chains::is_sluice_chain(&w[1]));
+            if into_ours && !from_ours {
+                deletes.push(format!("-D {rest}"));
+            }
+        }
+    }
+    if let Some(t) = table.take() {
+        flush(&mut out, t);
+    }
+    out
+}
+
+/// Sluice chain names declared in `iptables-save` output.
+pub fn parse_save_chains(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| chains::is_sluice_chain(c))
+        .map(str::to_string)
+        .collect()
+}
+
+impl Dataplane for IptablesDataplane {
+    fn sync(
+        &mut self,
+        services: &ServicePortMap,
+        endpoints: &EndpointsMap,
+        changes: &Changes,
+    ) -> Result<(), Error> {
+        let existing = match (&self.known, changes.full) {
+            (Some(k), false) => k.clone(),
+            _ => self.read_chains()?,
+        };
+        let rendered = render(services, endpoints, &self.config, changes, &existing);
+        debug!(
+            bytes = rendered.text.len(),
+            full = changes.full,
+            "iptables-restore"
+        );
+        self.known = None;
+        self.run(
+            Command::new(&self.commands.restore).args(["-w", "--noflush"]),
+            Some(&rendered.text),
+        )
+        .map_err(|(m, e)| self.sync_err(m, e))?;
+        if changes.full {
+            self.ensure_jumps()?;
+        }
+        self.known = Some(rendered.chains);
+        Ok(())
+    }
+
+    fn cleanup(&mut self) -> Result<(), Error> {
+        let cerr = |(message, source): (String, Option<std::io::Error>)| Error::Cleanup {
+            dataplane: "iptables",
+            message,
+            source: source.map(|e| e.into()),
+        };
+        let mut saved = Vec::new();
+        for table in ["filter", "nat"] {
+            let text = self
+                .run(Command::new(&self.commands.save).args(["-t", table]), None)
+                .map_err(cerr)?;
+            saved.push(text);
+        }
+        let text = cleanup_text(&saved.join("\n"));
+        self.run(
+            Command::new(&self.commands.restore).args(["-w", "--noflush"]),
+            Some(&text),
+        )
+        .map_err(cerr)?;
+        self.known = None;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use sluice_proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn dataplane(dir: &Path, restore_exit: u8) -> IptablesDataplane {
+        let d = dir.display();
+        let commands = Commands {
+            restore: script(
+                dir,
+                "restore",
+                &format!("cat >> {d}/restore.log\nexit {restore_exit}"),
+            ),
+            save: script(
+                dir,
+                "save",
+                &format!("echo \"$@\" >> {d}/save.log\ncat {d}/saved 2>/dev/null; true"),
+            ),
+            iptables: script(
+                dir,
+                "iptables",
+                &format!("echo \"$@\" >> {d}/iptables.log\ncase \"$*\" in *' -C '*) exit 1;; esac"),
+            ),
+        };
+        IptablesDataplane::new(RenderConfig::new("node-a"), commands)
+    }
+
+    fn maps() -> (ServicePortMap, EndpointsMap) {
+        let spn = ServicePortName::new("default", "web", "", Protocol::Tcp);
+        let mut s = ServicePortMap::new();
+        s.insert(
+            spn.clone(),
+            Arc::new(ServicePort::cluster_ip(
+                "10.96.0.1".parse().unwrap(),
+                80,
+                Protocol::Tcp,
+            )),
+        );
+        let mut e = EndpointsMap::new();
+        e.insert(
+            spn,
+            vec![Arc::new(Endpoint::ready("10.244.1.1".parse().unwrap(), 80))],
+        );
+        (s, e)
+    }
+
+    fn read(dir: &Path, f: &str) -> String {
+        std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+    }
+
+    #[test]
+    fn sync_pipes_the_render_and_installs_jumps_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dp = dataplane(dir.path(), 0);
+        let (s, e) = maps();
+        dp.sync(
+            &s,
+            &e,
+            &Changes {
+                full: true,
+                ..Changes::default()
+            },
+        )
+        .unwrap();
+        let restored = read(dir.path(), "restore.log");
+        assert!(
+            restored.starts_with("*filter\n") && restored.contains("-j DNAT"),
+            "{restored}"
+        );
+        assert_eq!(
+            read(dir.path(), "save.log").lines().count(),
+            2,
+            "existing chains read on full"
+        );
+        let ipt = read(dir.path(), "iptables.log");
+        assert_eq!(
+            ipt.lines().filter(|l| l.contains(" -I ")).count(),
+            BASE_JUMPS.len()
+        );
+
+        // Partial: no iptables-save, no jump checks.
+        dp.sync(&s, &e, &Changes::default()).unwrap();
+        assert_eq!(read(dir.path(), "save.log").lines().count(), 2);
+        assert_eq!(read(dir.path(), "iptables.log"), ipt);
+        assert_eq!(read(dir.path(), "restore.log").matches("*nat").count(), 2);
+    }
+
+    #[test]
+    fn failed_restore_is_a_sync_error_and_forgets_known_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dp = dataplane(dir.path(), 1);
+        let (s, e) = maps();
+        let err = dp
+            .sync(
+                &s,
+                &e,
+                &Changes {
+                    full: true,
+                    ..Changes::default()
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Sync { .. }), "{err}");
+        assert!(dp.known.is_none());
+    }
+
+    #[test]
+    fn cleanup_deletes_jumps_and_chains_from_saved_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("saved"),
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:SLUICE-SERVICES - [0:0]\n\
+             -A PREROUTING -m comment --comment \"sluice service portals\" -j SLUICE-SERVICES\nCOMMIT\n",
+        )
+        .unwrap();
+        let mut dp = dataplane(dir.path(), 0);
+        dp.cleanup().unwrap();
+        let restored = read(dir.path(), "restore.log");
+        assert!(restored.contains(
+            "-D PREROUTING -m comment --comment \"sluice service portals\" -j SLUICE-SERVICES"
+        ));
+        assert!(restored.contains("-X SLUICE-SERVICES"), "{restored}");
+    }
+}
