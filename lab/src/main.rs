@@ -15,7 +15,6 @@
 
 mod api;
 
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -65,6 +64,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PodCmd,
     },
+    /// Node agents.
+    Agent {
+        #[command(subcommand)]
+        cmd: AgentCmd,
+    },
     /// Run a command inside a pod's network namespace.
     Exec {
         /// State directory.
@@ -76,6 +80,23 @@ enum Cmd {
         /// The command.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Restart the agents (established connections must survive), optionally switching the
+    /// proxy mode.
+    Restart {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only this node (default: all).
+        #[arg(long)]
+        node: Option<String>,
+        /// New `--proxy-mode`.
+        #[arg(long)]
+        proxy_mode: Option<String>,
     },
 }
 
@@ -148,6 +169,9 @@ struct LabState {
     control_pid: i32,
     kubeconfig: PathBuf,
     bin_dir: PathBuf,
+    /// The agents' current `--proxy-mode`.
+    #[serde(default)]
+    proxy_mode: String,
     nodes: Vec<NodeRec>,
     pods: Vec<PodRec>,
 }
@@ -210,7 +234,11 @@ fn cgroup_root(lab: &str) -> PathBuf {
 /// Starts a detached process (own session, stdio to a log file), optionally inside a cgroup
 /// v2 group, and returns its pid.
 fn spawn_detached(args: &[String], log: &Path, cgroup: Option<&Path>) -> anyhow::Result<i32> {
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let procs = match cgroup {
         Some(cg) => {
@@ -330,6 +358,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
         control_pid: 0,
         kubeconfig: dir.join("control/admin.kubeconfig"),
         bin_dir: bins.clone(),
+        proxy_mode: proxy_mode.to_string(),
         nodes: Vec::new(),
         pods: Vec::new(),
     };
@@ -424,28 +453,15 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
             "--kubeconfig-out",
             &kubeconfig.to_string_lossy(),
         ])?;
-        let agent_pid = spawn_detached(
-            &[
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                ns.clone(),
-                bins.join("sluice-agent").to_string_lossy().into(),
-                "--kubeconfig".into(),
-                kubeconfig.to_string_lossy().into(),
-                "--node-name".into(),
-                name.clone(),
-                "--node-ip".into(),
-                ip.clone(),
-                "--proxy-mode".into(),
-                proxy_mode.to_string(),
-                "--cni-conf-dir".into(),
-                ndir.join("net.d").to_string_lossy().into(),
-                "--cni-bin-dir".into(),
-                bins.to_string_lossy().into(),
-            ],
-            &dir.join(format!("logs/agent-{name}.log")),
-            None,
+        let agent_pid = start_agent(
+            &bins,
+            &dir,
+            &ns,
+            &name,
+            &ip,
+            &kubeconfig,
+            &ndir.join("net.d"),
+            proxy_mode,
         )?;
         state.nodes.push(NodeRec {
             name,
@@ -493,6 +509,83 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
         state.kubeconfig.display()
     );
     Ok(())
+}
+
+/// Starts a node's agent inside its namespace.
+#[allow(clippy::too_many_arguments)]
+fn start_agent(
+    bins: &Path,
+    dir: &Path,
+    ns: &str,
+    name: &str,
+    ip: &str,
+    kubeconfig: &Path,
+    cni_conf_dir: &Path,
+    proxy_mode: &str,
+) -> anyhow::Result<i32> {
+    spawn_detached(
+        &[
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            ns.to_string(),
+            bins.join("sluice-agent").to_string_lossy().into(),
+            "--kubeconfig".into(),
+            kubeconfig.to_string_lossy().into(),
+            "--node-name".into(),
+            name.to_string(),
+            "--node-ip".into(),
+            ip.to_string(),
+            "--proxy-mode".into(),
+            proxy_mode.to_string(),
+            "--min-sync-period".into(),
+            "200ms".into(),
+            "--cni-conf-dir".into(),
+            cni_conf_dir.to_string_lossy().into(),
+            "--cni-bin-dir".into(),
+            bins.to_string_lossy().into(),
+        ],
+        // Appended, so a restart keeps the earlier log.
+        &dir.join(format!("logs/agent-{name}.log")),
+        None,
+    )
+}
+
+/// Restarts agents (all, or one node's), optionally in another proxy mode.
+fn agent_restart(dir: &Path, node: Option<&str>, proxy_mode: Option<&str>) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    if let Some(m) = proxy_mode {
+        state.proxy_mode = m.to_string();
+    }
+    let mode = if state.proxy_mode.is_empty() {
+        "none".to_string()
+    } else {
+        state.proxy_mode.clone()
+    };
+    let bins = state.bin_dir.clone();
+    for n in state
+        .nodes
+        .iter_mut()
+        .filter(|n| node.is_none_or(|w| w == n.name))
+    {
+        stop(n.agent_pid);
+        n.agent_pid = start_agent(
+            &bins,
+            &dir,
+            &n.netns,
+            &n.name,
+            &n.ip,
+            &n.kubeconfig,
+            &n.cni_conf_dir,
+            &mode,
+        )?;
+        println!(
+            "agent on {} restarted (pid {}, --proxy-mode {mode})",
+            n.name, n.agent_pid
+        );
+    }
+    state.save(&dir)
 }
 
 fn cni_config(dir: &Path, node: &NodeRec) -> anyhow::Result<serde_json::Value> {
@@ -753,6 +846,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Pod {
             cmd: PodCmd::Delete { dir, pod },
         } => pod_delete(&dir, &pod),
+        Cmd::Agent {
+            cmd:
+                AgentCmd::Restart {
+                    dir,
+                    node,
+                    proxy_mode,
+                },
+        } => agent_restart(&dir, node.as_deref(), proxy_mode.as_deref()),
         Cmd::Exec { dir, pod, cmd } => std::process::exit(exec(&dir, &pod, &cmd)?),
     }
 }

@@ -57,6 +57,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let id = Identity::probe(&cli.node_name, node_ip);
     tracing::info!(node = %id.name, %node_ip, "starting sluice-agent");
     enable_forwarding();
+    if cli.proxy_mode != ProxyMode::Iptables {
+        remove_iptables_proxy_rules(&id.name);
+    }
 
     // Register before anything else, retrying while the API server is unreachable.
     let mut delay = Duration::from_millis(200);
@@ -129,6 +132,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down (routes, CNI configuration and proxy rules are left in place)");
     Ok(())
+}
+
+/// Switching modes leaves nothing of the old one: every `SLUICE-` chain of the iptables mode
+/// (and the jumps into them) goes when the agent runs in another mode.
+fn remove_iptables_proxy_rules(node: &str) {
+    use sluice_proxy::proxier::Dataplane;
+    let saved = match std::process::Command::new("iptables-save").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return, // no iptables here: nothing of that mode can exist
+    };
+    if !saved.contains(":SLUICE-") {
+        return;
+    }
+    let mut dp = sluice_proxy_iptables::IptablesDataplane::new(
+        sluice_proxy_iptables::RenderConfig::new(node),
+        Default::default(),
+    );
+    match dp.cleanup() {
+        Ok(()) => tracing::info!("removed the iptables proxy mode's rules"),
+        Err(e) => tracing::warn!(error = %e, "removing the iptables proxy mode's rules failed"),
+    }
 }
 
 fn enable_forwarding() {

@@ -1,5 +1,5 @@
 //! Masquerade for traffic from this node's pods to destinations outside the cluster CIDR:
-//! a `SLUICE-POSTROUTING` chain in the nat table, written in one `iptables-restore --noflush`
+//! a `SLUICENODE-MASQ` chain in the nat table, written in one `iptables-restore --noflush`
 //! transaction (pure render + a thin apply that shells out).
 
 use std::io::Write;
@@ -8,8 +8,10 @@ use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 
-/// Our chain in the nat table.
-pub const CHAIN: &str = "SLUICE-POSTROUTING";
+/// Our chain in the nat table. Deliberately outside the `SLUICE-` prefix the iptables proxy
+/// mode owns: proxy syncs rewrite, and mode switches delete, every `SLUICE-` chain, and node
+/// networking must survive both.
+pub const CHAIN: &str = "SLUICENODE-MASQ";
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +137,9 @@ mod tests {
         assert_eq!(
             got,
             "*nat\n\
-             :SLUICE-POSTROUTING - [0:0]\n\
-             -A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j SLUICE-POSTROUTING\n\
-             -A SLUICE-POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment \"sluice: pods to outside the cluster\" -j MASQUERADE\n\
+             :SLUICENODE-MASQ - [0:0]\n\
+             -A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j SLUICENODE-MASQ\n\
+             -A SLUICENODE-MASQ -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment \"sluice: pods to outside the cluster\" -j MASQUERADE\n\
              COMMIT\n"
         );
         let again = render(
@@ -150,12 +152,12 @@ mod tests {
 
     #[test]
     fn detects_the_jump_in_iptables_save_output() {
-        let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:SLUICE-POSTROUTING - [0:0]\n\
-                    -A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j SLUICE-POSTROUTING\nCOMMIT\n";
+        let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:SLUICENODE-MASQ - [0:0]\n\
+                    -A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j SLUICENODE-MASQ\nCOMMIT\n";
         assert!(has_jump(save));
         assert!(!has_jump(
-            "*nat\n:SLUICE-POSTROUTING - [0:0]\n-A SLUICE-POSTROUTING -j RETURN\nCOMMIT\n"
+            "*nat\n:SLUICENODE-MASQ - [0:0]\n-A SLUICENODE-MASQ -j RETURN\nCOMMIT\n"
         ));
-        assert!(!has_jump("-A POSTROUTING -j SLUICE-POSTROUTING-OLD\n"));
+        assert!(!has_jump("-A POSTROUTING -j SLUICENODE-MASQ-OLD\n"));
     }
 }

@@ -513,7 +513,7 @@ fn agents_register_route_pod_cidrs_and_heartbeat() {
             "-t",
             "nat",
             "-S",
-            "SLUICE-POSTROUTING",
+            "SLUICENODE-MASQ",
         ])
         .output();
     match ipt {
@@ -602,7 +602,7 @@ fn agents_register_route_pod_cidrs_and_heartbeat() {
     ]));
     if o.status.success() {
         let s = stdout(&o);
-        assert_eq!(s.matches("-j SLUICE-POSTROUTING").count(), 1, "{s}");
+        assert_eq!(s.matches("-j SLUICENODE-MASQ").count(), 1, "{s}");
     }
 
     // Node 2 goes away for good: node 1's route to it goes too (the stray foreign route stays).

@@ -220,6 +220,106 @@ fn conformance(mode: &str) {
     wait_until("hairpin", Duration::from_secs(20), || {
         count(&l.connect_many("default/solo-1", &solo, 80, 3)).contains_key("solo-1")
     });
+
+    // Restarting the agents keeps an established connection through the ClusterIP open.
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", "n2", "--name", "cat-1", "--labels", "app=cat",
+        "--", BB, "nc", "-ll", "-p", "8080", "-e", BB, "cat",
+    ]));
+    let cat = l.service("cat", "cat", "");
+    wait_until("cat programmed", Duration::from_secs(20), || {
+        let o = lab(&[
+            "exec",
+            "--dir",
+            &l.d,
+            "--pod",
+            "default/client",
+            "--",
+            BB,
+            "sh",
+            "-c",
+            &format!("echo hi | {BB} nc -w 2 {cat} 80"),
+        ]);
+        String::from_utf8_lossy(&o.stdout).contains("hi")
+    });
+    let out = l.dir.join("long.out");
+    let script = format!(
+        "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done | {BB} nc {cat} 80 > {}",
+        out.display()
+    );
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "long", "--", BB, "sh", "-c",
+        &script,
+    ]));
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until("long connection flowing", Duration::from_secs(10), || {
+        lines() >= 3
+    });
+    ok(lab(&["agent", "restart", "--dir", &l.d]));
+    std::thread::sleep(Duration::from_secs(2));
+    let before = lines();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lines() > before + 3,
+        "the established connection stalled after the restart ({before} → {})",
+        lines()
+    );
+    // The programmed state is the same after the restart: the same chains in each node.
+    let chains = |ns: &str| -> Vec<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables-save"])
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with(":SLUICE-"))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let nodes: Vec<String> = {
+        let c: Value =
+            serde_json::from_slice(&std::fs::read(l.dir.join("cluster.json")).unwrap()).unwrap();
+        c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["netns"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for ns in &nodes {
+        assert!(!chains(ns).is_empty(), "{ns} has the mode's chains");
+    }
+
+    // Switching modes leaves nothing of the old one (node masquerade stays: it is not the proxy's).
+    ok(lab(&[
+        "agent",
+        "restart",
+        "--dir",
+        &l.d,
+        "--proxy-mode",
+        "none",
+    ]));
+    for ns in &nodes {
+        wait_until("iptables mode removed", Duration::from_secs(10), || {
+            chains(ns).is_empty()
+        });
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables-save"])
+            .output()
+            .unwrap();
+        let saved = String::from_utf8_lossy(&o.stdout);
+        assert!(!saved.contains("SLUICE-"), "{ns}: {saved}");
+        assert!(
+            saved.contains("SLUICENODE-MASQ"),
+            "{ns} lost node masquerade: {saved}"
+        );
+    }
 }
 
 #[test]
