@@ -9,10 +9,12 @@
 //!
 //! `cni-latency` times CNI ADD/DEL of `sluice-cni` against the reference `bridge` plugin
 //! (see `cni_latency.rs`); `pod-network` runs netperf between pods of a 2-node `sluice-lab`
-//! (see `pod_network.rs`).
+//! (see `pod_network.rs`); `service` compares pod → pod direct, through a Service's
+//! ClusterIP and through HAProxy on the node (see `service.rs`).
 
 mod cni_latency;
 mod pod_network;
+mod service;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -78,6 +80,22 @@ enum Cmd {
     },
     /// Pod-to-pod netperf TCP_RR / TCP_STREAM in a 2-node lab, same node vs across nodes.
     PodNetwork {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per netperf run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// netperf TCP_CRR / TCP_RR / TCP_STREAM pod → pod directly, through a Service (the lab's
+    /// proxy mode) and through HAProxy on the node, interleaved; ratios of direct.
+    Service {
+        /// The lab's proxy mode (`sluice-lab up --proxy-mode`).
+        #[arg(long, default_value = "iptables")]
+        mode: String,
         /// Interleaved rounds.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
@@ -504,5 +522,11 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             out,
         } => pod_network::run(rounds, seconds, out),
+        Cmd::Service {
+            mode,
+            rounds,
+            seconds,
+            out,
+        } => service::run(&mode, rounds, seconds, out),
     }
 }

@@ -17,20 +17,20 @@ use serde_json::{json, Value};
 use crate::{percentile, r3, sorted};
 
 /// Brings the lab down on drop if it is (still) up.
-struct Lab {
-    bin: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Lab {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 impl Lab {
-    fn cmd(&self, args: &[&str]) -> anyhow::Result<Output> {
+    pub(crate) fn cmd(&self, args: &[&str]) -> anyhow::Result<Output> {
         Command::new(&self.bin)
             .args(args)
             .output()
             .with_context(|| format!("running sluice-lab {}", args.join(" ")))
     }
 
-    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.cmd(args)?;
         if !o.status.success() {
             bail!(
@@ -43,15 +43,26 @@ impl Lab {
         Ok(String::from_utf8_lossy(&o.stdout).to_string())
     }
 
-    fn d(&self) -> String {
+    pub(crate) fn d(&self) -> String {
         self.dir.to_string_lossy().to_string()
     }
 
     /// Creates a pod and returns its IP (parsed from `ns/name on node: IP`).
-    fn pod(&self, node: &str, name: &str, cmd: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn pod(&self, node: &str, name: &str, cmd: &[&str]) -> anyhow::Result<String> {
+        self.pod_labelled(node, name, "", cmd)
+    }
+
+    /// Like [`Lab::pod`] with labels (`k=v,k2=v2`).
+    pub(crate) fn pod_labelled(
+        &self,
+        node: &str,
+        name: &str,
+        labels: &str,
+        cmd: &[&str],
+    ) -> anyhow::Result<String> {
         let d = self.d();
         let mut args = vec![
-            "pod", "create", "--dir", &d, "--node", node, "--name", name, "--",
+            "pod", "create", "--dir", &d, "--node", node, "--name", name, "--labels", labels, "--",
         ];
         args.extend_from_slice(cmd);
         let out = self.ok(&args)?;
@@ -63,7 +74,7 @@ impl Lab {
         Ok(ip)
     }
 
-    fn exec(&self, pod: &str, cmd: &[&str]) -> anyhow::Result<Output> {
+    pub(crate) fn exec(&self, pod: &str, cmd: &[&str]) -> anyhow::Result<Output> {
         let d = self.d();
         let pod = format!("default/{pod}");
         let mut args = vec!["exec", "--dir", &d, "--pod", &pod, "--"];
@@ -71,7 +82,7 @@ impl Lab {
         self.cmd(&args)
     }
 
-    fn down(&self) -> anyhow::Result<()> {
+    pub(crate) fn down(&self) -> anyhow::Result<()> {
         if self.dir.join("lab.json").exists() {
             self.ok(&["down", "--dir", &self.d()])?;
         }
@@ -153,7 +164,7 @@ fn netperf(lab: &Lab, server: &str, test: &str, seconds: u64) -> anyhow::Result<
     })
 }
 
-fn spread(v: &[f64]) -> Value {
+pub(crate) fn spread(v: &[f64]) -> Value {
     let s = sorted(v);
     json!({
         "median": percentile(&s, 0.5),
@@ -163,7 +174,7 @@ fn spread(v: &[f64]) -> Value {
     })
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     percentile(&sorted(v), 0.5)
 }
 
