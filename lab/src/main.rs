@@ -429,6 +429,19 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
             "eth0",
         ])?;
         sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        // Like a real node, a default route (into the lab namespace, which has no way out): a
+        // packet to an unprogrammed or endpoint-less ClusterIP is then forwarded and meets the
+        // proxy's filter rules, instead of failing routing on the node.
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{LAB_NET}.1"),
+        ])?;
         sh(&[
             "ip",
             "netns",

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use sluice_proxy::conntrack::Conntrack;
 use sluice_proxy::model::{EndpointsMap, ServicePortMap};
 use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use tracing::debug;
@@ -230,6 +231,8 @@ pub struct Commands {
     pub save: PathBuf,
     /// `iptables`.
     pub iptables: PathBuf,
+    /// `conntrack` (conntrack-tools), for UDP flow cleanup.
+    pub conntrack: PathBuf,
 }
 
 impl Default for Commands {
@@ -238,6 +241,7 @@ impl Default for Commands {
             restore: "iptables-restore".into(),
             save: "iptables-save".into(),
             iptables: "iptables".into(),
+            conntrack: "conntrack".into(),
         }
     }
 }
@@ -248,6 +252,7 @@ pub struct IptablesDataplane {
     commands: Commands,
     /// Sluice chains after the last successful sync; `None` = unknown (read from the kernel).
     known: Option<ExistingChains>,
+    conntrack: Conntrack,
 }
 
 impl IptablesDataplane {
@@ -255,6 +260,7 @@ impl IptablesDataplane {
     pub fn new(config: RenderConfig, commands: Commands) -> Self {
         Self {
             config,
+            conntrack: Conntrack::with_binary(&commands.conntrack),
             commands,
             known: None,
         }
@@ -435,6 +441,9 @@ impl Dataplane for IptablesDataplane {
             self.ensure_jumps()?;
         }
         self.known = Some(rendered.chains);
+        // Only now do the rules send new UDP flows to the right endpoints; flows pinned to the
+        // old ones by conntrack must go.
+        self.conntrack.clear(services, changes);
         Ok(())
     }
 
@@ -499,6 +508,11 @@ mod tests {
                 dir,
                 "iptables",
                 &format!("echo \"$@\" >> {d}/iptables.log\ncase \"$*\" in *' -C '*) exit 1;; esac"),
+            ),
+            conntrack: script(
+                dir,
+                "conntrack",
+                &format!("echo \"$@\" >> {d}/conntrack.log"),
             ),
         };
         IptablesDataplane::new(RenderConfig::new("node-a"), commands)
@@ -581,6 +595,38 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
         assert!(dp.known.is_none());
+    }
+
+    /// A UDP service port whose endpoint 10.244.1.1 went away in `changes`.
+    fn udp_changes(s: &mut ServicePortMap) -> Changes {
+        let spn = ServicePortName::new("default", "dns", "", Protocol::Udp);
+        s.insert(
+            spn.clone(),
+            Arc::new(ServicePort::cluster_ip(
+                "10.96.0.10".parse().unwrap(),
+                53,
+                Protocol::Udp,
+            )),
+        );
+        let mut c = Changes::default();
+        c.services.insert(spn.service());
+        c.deleted_udp_endpoints
+            .insert((spn, "10.244.1.1:53".parse().unwrap()));
+        c
+    }
+
+    #[test]
+    fn stale_udp_flows_are_deleted_after_the_rules_and_not_when_they_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, e) = maps();
+        let changes = udp_changes(&mut s);
+        dataplane(dir.path(), 1).sync(&s, &e, &changes).unwrap_err();
+        assert_eq!(read(dir.path(), "conntrack.log"), "");
+        dataplane(dir.path(), 0).sync(&s, &e, &changes).unwrap();
+        assert_eq!(
+            read(dir.path(), "conntrack.log"),
+            "-D -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.1\n"
+        );
     }
 
     #[test]

@@ -20,10 +20,13 @@
 //!   accumulates pending changes between syncs.
 //! * [`categorize`] — kube-proxy's endpoint categorisation (ready → serving-terminating fallback,
 //!   Cluster vs Local sets, topology hints).
+//! * [`conntrack`] — UDP conntrack cleanup after a sync (removed endpoints, removed IPs,
+//!   services that just got endpoints), for the NAT-based modes.
 //! * [`runner`] — bounded-frequency sync runner (min interval, max interval, coalescing, retry).
 //! * [`proxier`] — `Proxier<D: Dataplane>`: the one place that owns trackers, maps and sync policy.
 
 pub mod categorize;
+pub mod conntrack;
 pub mod model;
 pub mod proxier;
 pub mod runner;

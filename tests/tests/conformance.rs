@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{is_root, lab, ok, skip, text, Kubectl};
+use sluice_tests::{bin, is_root, lab, ok, skip, text, Kubectl};
 
 const BB: &str = "/bin/busybox";
 
@@ -110,14 +110,87 @@ impl Lab {
     }
 
     fn service(&self, name: &str, app: &str, extra_spec: &str) -> String {
+        self.service_with_ports(
+            name,
+            app,
+            "  - name: tcp\n    port: 80\n    targetPort: 8080\n",
+            extra_spec,
+        )
+    }
+
+    /// Applies a Service selecting `app=<app>` with the given `ports:` items; returns its ClusterIP.
+    fn service_with_ports(&self, name: &str, app: &str, ports: &str, extra_spec: &str) -> String {
         let yaml = format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector:\n    app: {app}\n  ports:\n  - name: tcp\n    port: 80\n    targetPort: 8080\n{extra_spec}"
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector:\n    app: {app}\n  ports:\n{ports}{extra_spec}"
         );
         self.kubectl(&["apply", "-f", "-"], Some(&yaml));
         self.kubectl(
             &["get", "service", name, "-o", "jsonpath={.spec.clusterIP}"],
             None,
         )
+    }
+
+    fn node_port(&self, name: &str) -> u16 {
+        self.kubectl(
+            &[
+                "get",
+                "service",
+                name,
+                "-o",
+                "jsonpath={.spec.ports[0].nodePort}",
+            ],
+            None,
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
+    /// `(name, netns, ip)` of each node.
+    fn nodes(&self) -> Vec<(String, String, String)> {
+        let c: Value =
+            serde_json::from_slice(&std::fs::read(self.dir.join("cluster.json")).unwrap()).unwrap();
+        c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let f = |k: &str| n[k].as_str().unwrap().to_string();
+                (f("name"), f("netns"), f("ip"))
+            })
+            .collect()
+    }
+
+    /// Runs `n` connections to `ip:port` from the lab namespace — a client outside every node.
+    fn connect_many_outside(&self, ip: &str, port: u16, n: usize) -> Vec<String> {
+        let script = format!("i=0; while [ $i -lt {n} ]; do {BB} nc -w 2 {ip} {port} </dev/null; echo \"|$?\"; i=$((i+1)); done");
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns, BB, "sh", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split('|')
+            .map(|s| s.trim().to_string())
+            .collect()
+    }
+
+    /// One UDP request from `pod` to `addr` from source port `src`; the reply, `timeout` or
+    /// `error: …`.
+    fn udp_ask(&self, pod: &str, addr: &str, src: u16) -> String {
+        let udp = bin("sluice-udp");
+        let o = lab(&[
+            "exec",
+            "--dir",
+            &self.d,
+            "--pod",
+            pod,
+            "--",
+            &udp.to_string_lossy(),
+            "ask",
+            addr,
+            &src.to_string(),
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
     /// Runs `n` connections from `pod` to `ip:port` in one shell loop; returns each reply.
@@ -154,9 +227,44 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// What a proxy mode can promise beyond the common contract.
+struct Mode {
+    /// `--proxy-mode` value.
+    name: &'static str,
+    /// Prefix of the iptables chains the mode owns (what must vanish on a mode switch).
+    chain_prefix: &'static str,
+    /// The mode's state lives in the kernel: an agent restart keeps established connections and
+    /// reprograms exactly the same rules. (A userspace proxy's connections live in the agent.)
+    kernel_datapath: bool,
+}
+
+/// The client address a `peer` pod saw, from `ss -tnH` output (`… [::ffff:172.31.0.1]:4242`).
+fn peer_ip(ss: &str) -> Option<String> {
+    let line = ss.lines().find(|l| !l.trim().is_empty())?;
+    let peer = line.split_whitespace().last()?;
+    let (host, _port) = peer.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(host.trim_start_matches("::ffff:").to_string())
+}
+
+/// The Sluice rules of a node namespace (`iptables-save` lines naming `prefix`, counters cut).
+fn programmed(ns: &str, prefix: &str) -> Vec<String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-save"])
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains(prefix))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+        .collect();
+    v.sort();
+    v
+}
+
 /// The suite, for one mode.
-fn conformance(mode: &str) {
-    let Some(l) = Lab::up(mode) else { return };
+fn conformance(mode: Mode) {
+    let Some(l) = Lab::up(mode.name) else { return };
     for (node, name) in [("n1", "web-1"), ("n2", "web-2"), ("n2", "web-3")] {
         l.echo_pod(node, name, "web");
     }
@@ -178,6 +286,91 @@ fn conformance(mode: &str) {
     for (name, n) in &got {
         assert!(*n * 100 >= total * 15, "{name} got {n} of {total}: {got:?}");
     }
+    let nodes = l.nodes();
+
+    // NodePort from a client outside the nodes reaches backends on both nodes, via either node.
+    l.service("web-np", "web", "  type: NodePort\n");
+    let np = l.node_port("web-np");
+    for (node, _, node_ip) in &nodes {
+        let mut seen = BTreeMap::new();
+        wait_until(
+            &format!("NodePort {np} on {node} reaches every backend"),
+            Duration::from_secs(20),
+            || {
+                for (k, v) in count(&l.connect_many_outside(node_ip, np, 20)) {
+                    *seen.entry(k).or_insert(0) += v;
+                }
+                seen.len() == 3
+            },
+        );
+    }
+
+    // externalTrafficPolicy: Local — served by the node with an endpoint (client address kept),
+    // dropped (not refused) by the node without one.
+    let (n1, _, n1_ip) = &nodes[0];
+    let (n2, _, n2_ip) = &nodes[1];
+    ok(lab(&[
+        "pod",
+        "create",
+        "--dir",
+        &l.d,
+        "--node",
+        n2,
+        "--name",
+        "local-1",
+        "--labels",
+        "app=local",
+        "--",
+        BB,
+        "nc",
+        "-ll",
+        "-p",
+        "8080",
+        "-e",
+        "/usr/bin/ss",
+        "-tnH",
+        "state",
+        "established",
+    ]));
+    l.service(
+        "local",
+        "local",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+    );
+    let lnp = l.node_port("local");
+    let mut reply = Vec::new();
+    wait_until(
+        &format!("ETP Local NodePort served by {n2}"),
+        Duration::from_secs(20),
+        || {
+            reply = l.connect_many_outside(n2_ip, lnp, 1);
+            count(&reply).len() == 1
+        },
+    );
+    let seen_ip = peer_ip(&reply[0]);
+    if mode.kernel_datapath {
+        assert_eq!(
+            seen_ip.as_deref(),
+            Some("172.31.0.1"),
+            "client address not preserved: {reply:?}"
+        );
+    } else {
+        println!(
+            "SKIP: client address preservation for ETP Local: the {} mode proxies in the agent, the backend sees {seen_ip:?}",
+            mode.name
+        );
+    }
+    let start = Instant::now();
+    let dropped = l.connect_many_outside(n1_ip, lnp, 1);
+    assert!(
+        count(&dropped).is_empty(),
+        "{n1} has no local endpoint but answered: {dropped:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1800),
+        "{n1} refused instead of dropping (after {:?}): {dropped:?}",
+        start.elapsed()
+    );
 
     // Zero endpoints: refused at once (REJECT), not a timeout.
     let empty = l.service("empty", "nothing", "");
@@ -205,6 +398,72 @@ fn conformance(mode: &str) {
     let got = count(&l.connect_many("default/client", &ip, 80, 60));
     assert!(!got.contains_key("web-3"), "{got:?}");
     assert_eq!(got.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"]);
+
+    // UDP: answered through the ClusterIP; a flow (same client port) whose backend goes away
+    // moves to the remaining backend; a UDP service without endpoints refuses, and once it gets
+    // an endpoint the same flow is answered.
+    let udp = bin("sluice-udp");
+    let udp = udp.to_string_lossy();
+    for (node, name) in [(n1, "dns-1"), (n2, "dns-2")] {
+        ok(lab(&[
+            "pod", "create", "--dir", &l.d, "--node", node, "--name", name, "--labels", "app=dns",
+            "--", &udp, "serve", "5353", name,
+        ]));
+    }
+    let dns = l.service_with_ports(
+        "dns",
+        "dns",
+        "  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n",
+        "",
+    );
+    let dns_addr = format!("{dns}:53");
+    let mut first = String::new();
+    wait_until("UDP service answers", Duration::from_secs(20), || {
+        first = l.udp_ask("default/client", &dns_addr, 40000);
+        first.starts_with("dns-")
+    });
+    ok(lab(&[
+        "pod",
+        "delete",
+        "--dir",
+        &l.d,
+        "--pod",
+        &format!("default/{first}"),
+    ]));
+    let other = if first == "dns-1" { "dns-2" } else { "dns-1" };
+    let mut last = String::new();
+    wait_until(
+        &format!("the UDP flow moves from {first} to {other}"),
+        Duration::from_secs(20),
+        || {
+            last = l.udp_ask("default/client", &dns_addr, 40000);
+            last == other
+        },
+    );
+    let late = l.service_with_ports(
+        "late",
+        "late",
+        "  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n",
+        "",
+    );
+    let late_addr = format!("{late}:53");
+    wait_until(
+        "UDP service without endpoints refuses",
+        Duration::from_secs(20),
+        || {
+            l.udp_ask("default/client", &late_addr, 40001)
+                .contains("refused")
+        },
+    );
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", n2, "--name", "late-1", "--labels", "app=late",
+        "--", &udp, "serve", "5353", "late-1",
+    ]));
+    wait_until(
+        "UDP service answers on the same flow after 0 → 1 endpoints",
+        Duration::from_secs(20),
+        || l.udp_ask("default/client", &late_addr, 40001) == "late-1",
+    );
 
     // ClientIP affinity pins the client to one backend.
     let sticky = l.service("sticky", "web", "  sessionAffinity: ClientIP\n");
@@ -259,41 +518,38 @@ fn conformance(mode: &str) {
     wait_until("long connection flowing", Duration::from_secs(10), || {
         lines() >= 3
     });
+    let before_restart: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|(_, ns, _)| programmed(ns, mode.chain_prefix))
+        .collect();
     ok(lab(&["agent", "restart", "--dir", &l.d]));
     std::thread::sleep(Duration::from_secs(2));
     let before = lines();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        lines() > before + 3,
-        "the established connection stalled after the restart ({before} → {})",
-        lines()
-    );
-    // The programmed state is the same after the restart: the same chains in each node.
-    let chains = |ns: &str| -> Vec<String> {
-        let o = Command::new("ip")
-            .args(["netns", "exec", ns, "iptables-save"])
-            .output()
-            .unwrap();
-        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.starts_with(":SLUICE-"))
-            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-            .collect();
-        v.sort();
-        v
-    };
-    let nodes: Vec<String> = {
-        let c: Value =
-            serde_json::from_slice(&std::fs::read(l.dir.join("cluster.json")).unwrap()).unwrap();
-        c["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["netns"].as_str().unwrap().to_string())
-            .collect()
-    };
-    for ns in &nodes {
-        assert!(!chains(ns).is_empty(), "{ns} has the mode's chains");
+    if mode.kernel_datapath {
+        assert!(
+            lines() > before + 3,
+            "the established connection stalled after the restart ({before} → {})",
+            lines()
+        );
+    } else {
+        println!(
+            "SKIP: established connections across an agent restart: the {} mode's connections live in the agent process",
+            mode.name
+        );
+    }
+    for ((_, ns, _), was) in nodes.iter().zip(&before_restart) {
+        assert!(!was.is_empty(), "{ns} has the mode's rules");
+        if mode.kernel_datapath {
+            // The restarted agent's full sync reprograms exactly the same rules.
+            wait_until("same rules after restart", Duration::from_secs(10), || {
+                &programmed(ns, mode.chain_prefix) == was
+            });
+        } else {
+            wait_until("rules back after restart", Duration::from_secs(10), || {
+                programmed(ns, mode.chain_prefix).len() == was.len()
+            });
+        }
     }
 
     // Switching modes leaves nothing of the old one (node masquerade stays: it is not the proxy's).
@@ -305,9 +561,9 @@ fn conformance(mode: &str) {
         "--proxy-mode",
         "none",
     ]));
-    for ns in &nodes {
-        wait_until("iptables mode removed", Duration::from_secs(10), || {
-            chains(ns).is_empty()
+    for (_, ns, _) in &nodes {
+        wait_until("old mode removed", Duration::from_secs(10), || {
+            programmed(ns, mode.chain_prefix).is_empty()
         });
         let o = Command::new("ip")
             .args(["netns", "exec", ns, "iptables-save"])
@@ -315,6 +571,7 @@ fn conformance(mode: &str) {
             .unwrap();
         let saved = String::from_utf8_lossy(&o.stdout);
         assert!(!saved.contains("SLUICE-"), "{ns}: {saved}");
+        assert!(!saved.contains("SLUICEUS-"), "{ns}: {saved}");
         assert!(
             saved.contains("SLUICENODE-MASQ"),
             "{ns} lost node masquerade: {saved}"
@@ -324,5 +581,22 @@ fn conformance(mode: &str) {
 
 #[test]
 fn iptables_mode() {
-    conformance("iptables");
+    conformance(Mode {
+        name: "iptables",
+        chain_prefix: "SLUICE-",
+        kernel_datapath: true,
+    });
+}
+
+#[test]
+fn peer_ip_parses_ss_lines() {
+    assert_eq!(
+        peer_ip("0      0      [::ffff:10.244.1.3]:8080 [::ffff:172.31.0.1]:43012\n").as_deref(),
+        Some("172.31.0.1")
+    );
+    assert_eq!(
+        peer_ip("0 0 10.244.1.3:8080 172.31.0.12:5000").as_deref(),
+        Some("172.31.0.12")
+    );
+    assert_eq!(peer_ip(""), None);
 }
