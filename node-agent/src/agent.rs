@@ -1,7 +1,8 @@
 //! The agent's loops: registration and heartbeats against the API, and one Node watcher
 //! that drives the routes, the CNI conflist and the masquerade rules.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,6 +17,8 @@ use kube::Client;
 
 use crate::cache::NodeCache;
 use crate::cli::{Cli, ProxyMode};
+use crate::health::{self, ProxyHealth};
+use crate::healthcheck::ServiceHealthServer;
 use crate::netlink::Netlink;
 use crate::status::{self, Identity};
 use crate::{conflist, masq, routes};
@@ -43,6 +46,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
         bail!("--proxy-mode {name} is not implemented yet (`none` and `iptables` are)");
+    }
+    // Health and metrics first, so probes see 503 (not a refused connection) while starting.
+    let proxying = cli.proxy_mode != ProxyMode::None;
+    let proxy_health = Arc::new(if proxying {
+        // kube-proxy's healthz timeout: twice the sync period.
+        ProxyHealth::new(cli.sync_period.saturating_mul(2))
+    } else {
+        ProxyHealth::always_healthy()
+    });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let proxy_metrics = proxying.then(|| {
+        let m = sluice_proxy::metrics::ProxyMetrics::new();
+        m.register(&mut registry);
+        m
+    });
+    let mut servers = Vec::new();
+    if let Some(addr) = cli.healthz_bind_address.0 {
+        servers.push(tokio::spawn(health::serve(
+            "healthz",
+            addr,
+            health::healthz_router(proxy_health.clone()),
+        )));
+    }
+    if let Some(addr) = cli.metrics_bind_address.0 {
+        servers.push(tokio::spawn(health::serve(
+            "metrics",
+            addr,
+            health::metrics_router(registry),
+        )));
     }
     let client = client(&cli.kubeconfig).await?;
     let nl = Netlink::connect()?;
@@ -92,10 +124,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 min_sync_period: cli.min_sync_period,
                 sync_period: cli.sync_period,
             };
-            Some(tokio::spawn(crate::proxy::run(
+            let extras = crate::proxy::ProxyExtras {
+                metrics: proxy_metrics.clone(),
+                health: Some(proxy_health.clone()),
+                service_health: Some(Arc::new(ServiceHealthServer::new(
+                    Ipv4Addr::UNSPECIFIED.into(),
+                    proxy_health.clone(),
+                ))),
+            };
+            Some(tokio::spawn(crate::proxy::run_with(
                 client.clone(),
                 opts,
                 dataplane,
+                extras,
             )))
         }
         _ => None,
@@ -129,6 +170,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     hb.abort();
     if let Some(p) = proxy {
         p.abort();
+    }
+    for s in servers {
+        s.abort();
     }
     tracing::info!("shutting down (routes, CNI configuration and proxy rules are left in place)");
     Ok(())

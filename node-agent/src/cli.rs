@@ -1,11 +1,58 @@
 //! Command-line flags of `sluice-agent`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
+
+/// Sluice node agent: registers this node with the control plane (sluice-control or any
+/// Kubernetes API server), heartbeats it (Lease + Ready condition), writes the node's CNI
+/// network configuration once the node has a podCIDR, routes every other node's podCIDR via that
+/// node's InternalIP, and proxies Services (`--proxy-mode`). Without a subcommand the agent runs
+/// with the flags below; `sluice-agent debug dump` prints what a proxy mode programmed.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sluice-agent",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Invocation {
+    /// A subcommand; without one the agent runs with the flags below.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The agent's flags.
+    #[command(flatten)]
+    pub run: Option<Cli>,
+}
+
+/// `sluice-agent` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Troubleshooting helpers that read this node's state; they change nothing.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+/// `sluice-agent debug …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum DebugCommand {
+    /// Prints what a proxy mode programmed into the kernel of the current network namespace,
+    /// in the same text as that mode's golden render files (iptables: the `SLUICE-` chains of
+    /// the nat and filter tables as iptables-restore input, fixed chains first, then the rest
+    /// by name; the jumps from the built-in chains are left out).
+    Dump(DumpArgs),
+}
+
+/// Flags of `sluice-agent debug dump`.
+#[derive(Args, Debug, Clone)]
+pub struct DumpArgs {
+    /// Proxy mode whose kernel state to print.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
+    pub proxy_mode: ProxyMode,
+}
 
 /// Sluice node agent: registers this node with the control plane (sluice-control or any
 /// Kubernetes API server), heartbeats it (Lease + Ready condition), writes the node's CNI
@@ -57,6 +104,50 @@ pub struct Cli {
     /// default only Services without that label).
     #[arg(long)]
     pub proxy_name: Option<String>,
+    /// Address of the proxy health server (`/healthz`, `/livez`, as kube-proxy's): 200 while
+    /// the proxy is healthy — it has synced, and no change has waited more than twice
+    /// `--sync-period` for a sync — else 503. `IP:PORT`, or `IP` for port 10256; empty or `0`
+    /// disables it.
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_healthz_bind)]
+    pub healthz_bind_address: BindAddress,
+    /// Address of the metrics server (`/metrics`, OpenMetrics text: the proxy's sync metrics and
+    /// process memory). `IP:PORT`, or `IP` for port 10249; empty or `0` disables it.
+    #[arg(long, default_value = "127.0.0.1:10249", value_parser = parse_metrics_bind)]
+    pub metrics_bind_address: BindAddress,
+}
+
+/// Default port of `--healthz-bind-address` (kube-proxy's).
+pub const DEFAULT_HEALTHZ_PORT: u16 = 10256;
+/// Default port of `--metrics-bind-address` (kube-proxy's).
+pub const DEFAULT_METRICS_PORT: u16 = 10249;
+
+/// A listen address that may be switched off (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+/// Parses `IP:PORT`, `IP` (with `default_port`), or empty / `0` (disabled).
+pub fn parse_bind_address(s: &str, default_port: u16) -> Result<BindAddress, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "0" {
+        return Ok(BindAddress(None));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(BindAddress(Some(addr)));
+    }
+    let ip: IpAddr = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("invalid bind address {s:?}: expected IP:PORT, IP, or empty/0"))?;
+    Ok(BindAddress(Some(SocketAddr::new(ip, default_port))))
+}
+
+fn parse_healthz_bind(s: &str) -> Result<BindAddress, String> {
+    parse_bind_address(s, DEFAULT_HEALTHZ_PORT)
+}
+
+fn parse_metrics_bind(s: &str) -> Result<BindAddress, String> {
+    parse_bind_address(s, DEFAULT_METRICS_PORT)
 }
 
 /// Service proxy modes (`--proxy-mode`).
@@ -133,6 +224,14 @@ mod tests {
         assert_eq!(c.min_sync_period, Duration::from_secs(1));
         assert_eq!(c.sync_period, Duration::from_secs(30));
         assert_eq!(c.proxy_name, None);
+        assert_eq!(
+            c.healthz_bind_address.0,
+            Some("0.0.0.0:10256".parse().unwrap())
+        );
+        assert_eq!(
+            c.metrics_bind_address.0,
+            Some("127.0.0.1:10249".parse().unwrap())
+        );
         let c = Cli::try_parse_from([
             "sluice-agent",
             "--kubeconfig",
@@ -160,8 +259,82 @@ mod tests {
             "--bridge",
             "--heartbeat-interval",
             "--cluster-cidr",
+            "--healthz-bind-address",
+            "--metrics-bind-address",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(parse_bind_address("", 1), Ok(BindAddress(None)));
+        assert_eq!(parse_bind_address("0", 1), Ok(BindAddress(None)));
+        assert_eq!(
+            parse_bind_address("10.0.0.1", 7).unwrap().0,
+            Some("10.0.0.1:7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_bind_address("[::1]:9", 7).unwrap().0,
+            Some("[::1]:9".parse().unwrap())
+        );
+        assert!(parse_bind_address("nope:1", 7).is_err());
+        let c = Cli::try_parse_from([
+            "sluice-agent",
+            "--kubeconfig",
+            "k",
+            "--node-name",
+            "n",
+            "--healthz-bind-address",
+            "",
+            "--metrics-bind-address",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.healthz_bind_address.0, None);
+        assert_eq!(c.metrics_bind_address.0, None);
+    }
+
+    #[test]
+    fn run_is_the_default_and_debug_dump_needs_no_agent_flags() {
+        Invocation::command().debug_assert();
+        let i =
+            Invocation::try_parse_from(["sluice-agent", "--kubeconfig", "k", "--node-name", "n"])
+                .unwrap();
+        assert!(i.command.is_none());
+        let run = i.run.expect("agent flags");
+        assert_eq!(run.node_name, "n");
+        assert_eq!(run.proxy_mode, ProxyMode::None);
+        assert!(Invocation::try_parse_from(["sluice-agent", "--node-name", "n"]).is_err());
+        assert!(Invocation::try_parse_from(["sluice-agent"]).is_err());
+
+        let i = Invocation::try_parse_from(["sluice-agent", "debug", "dump"]).unwrap();
+        assert!(i.run.is_none());
+        let Some(Command::Debug(DebugCommand::Dump(d))) = i.command else {
+            panic!("{i:?}")
+        };
+        assert_eq!(d.proxy_mode, ProxyMode::Iptables);
+        let i = Invocation::try_parse_from([
+            "sluice-agent",
+            "debug",
+            "dump",
+            "--proxy-mode",
+            "userspace",
+        ])
+        .unwrap();
+        let Some(Command::Debug(DebugCommand::Dump(d))) = i.command else {
+            panic!("{i:?}")
+        };
+        assert_eq!(d.proxy_mode, ProxyMode::Userspace);
+        // Agent flags and a subcommand do not mix.
+        assert!(
+            Invocation::try_parse_from(["sluice-agent", "--kubeconfig", "k", "debug", "dump"])
+                .is_err()
+        );
+        let help = Invocation::command().render_long_help().to_string();
+        assert!(
+            help.contains("debug") && help.contains("--kubeconfig"),
+            "{help}"
+        );
     }
 }

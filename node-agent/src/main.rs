@@ -1,10 +1,13 @@
 //! `sluice-agent`: the Sluice node agent binary.
+//!
+//! Without a subcommand it runs the agent (the flags of [`sluice_agent::cli::Cli`]);
+//! `sluice-agent debug dump` prints a proxy mode's kernel state and exits.
 
 use clap::Parser;
-use sluice_agent::cli::Cli;
+use sluice_agent::cli::{Command, DebugCommand, Invocation};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let inv = Invocation::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -13,6 +16,26 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    let cli = match (inv.command, inv.run) {
+        (Some(Command::Debug(DebugCommand::Dump(args))), _) => {
+            return match sluice_agent::debug::dump(args.proxy_mode) {
+                Ok(text) => {
+                    print!("{text}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice-agent: debug dump: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        (None, Some(cli)) => cli,
+        // clap requires the agent's flags when there is no subcommand.
+        (None, None) => {
+            eprintln!("sluice-agent: missing --kubeconfig and --node-name (see --help)");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -5,6 +5,10 @@
 //! The watchers work the same against sluice-control and a real kube-apiserver. Each keeps
 //! the last object per key so an update is handed over as previous → current; a relist
 //! (`Init` … `InitDone`) turns objects that vanished meanwhile into deletes.
+//!
+//! Observability ([`ProxyExtras`], all optional): the proxier records its metrics; every queued
+//! sync and every successful sync is reported to [`ProxyHealth`] (`/healthz`); after each
+//! successful sync the HealthCheckNodePort listeners are reconciled from the proxier's maps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -16,10 +20,15 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
+use sluice_proxy::metrics::ProxyMetrics;
 use sluice_proxy::model::{IpFamily, ProxyConfig};
+use sluice_proxy::proxier::SyncOutcome;
 use sluice_proxy::proxier::{Dataplane, Proxier};
 use sluice_proxy::runner::{BoundedFrequencyRunner, RunnerHandle, RunnerIntervals};
 use tokio::sync::Mutex;
+
+use crate::health::ProxyHealth;
+use crate::healthcheck::{self, ServiceHealthServer};
 
 /// Proxy settings from the command line.
 #[derive(Debug, Clone)]
@@ -34,6 +43,17 @@ pub struct ProxyOptions {
     pub sync_period: Duration,
 }
 
+/// Optional observers of the proxy loop.
+#[derive(Default, Clone)]
+pub struct ProxyExtras {
+    /// Sync metrics the proxier records.
+    pub metrics: Option<ProxyMetrics>,
+    /// Told about queued and successful syncs.
+    pub health: Option<Arc<ProxyHealth>>,
+    /// HealthCheckNodePort listeners, reconciled after each successful sync.
+    pub service_health: Option<Arc<ServiceHealthServer>>,
+}
+
 type Shared<D> = Arc<Mutex<Proxier<D>>>;
 
 /// Feeds one kind's watch events into the proxier through `update(prev, cur)` and `synced()`.
@@ -41,6 +61,7 @@ async fn follow<K, D, U, S>(
     api: Api<K>,
     proxier: Shared<D>,
     kick: RunnerHandle,
+    health: Option<Arc<ProxyHealth>>,
     update: U,
     synced: S,
 ) where
@@ -98,6 +119,9 @@ async fn follow<K, D, U, S>(
         };
         drop(p);
         if want {
+            if let Some(h) = &health {
+                h.queued_update();
+            }
             kick.run();
         }
     }
@@ -110,17 +134,30 @@ pub async fn run<D: Dataplane + Send + 'static>(
     opts: ProxyOptions,
     dataplane: D,
 ) -> anyhow::Result<()> {
+    run_with(client, opts, dataplane, ProxyExtras::default()).await
+}
+
+/// [`run`] with metrics, health reporting and HealthCheckNodePort listeners.
+pub async fn run_with<D: Dataplane + Send + 'static>(
+    client: Client,
+    opts: ProxyOptions,
+    dataplane: D,
+    extras: ProxyExtras,
+) -> anyhow::Result<()> {
     let config = ProxyConfig {
         node_name: opts.node_name.clone(),
         proxy_name: opts.proxy_name.clone(),
         ip_family: Some(IpFamily::V4),
     };
-    let proxier: Shared<D> = Arc::new(Mutex::new(Proxier::new(
-        config,
-        opts.sync_period,
-        dataplane,
-    )));
+    let mut p = Proxier::new(config, opts.sync_period, dataplane);
+    if let Some(m) = extras.metrics.clone() {
+        p.set_metrics(m);
+    }
+    let proxier: Shared<D> = Arc::new(Mutex::new(p));
     let for_sync = proxier.clone();
+    let health = extras.health.clone();
+    let service_health = extras.service_health.clone();
+    let node_name = opts.node_name.clone();
     let (runner, kick) = BoundedFrequencyRunner::new(
         "proxy-sync",
         RunnerIntervals {
@@ -130,10 +167,26 @@ pub async fn run<D: Dataplane + Send + 'static>(
         },
         move || {
             let p = for_sync.clone();
+            let health = health.clone();
+            let service_health = service_health.clone();
+            let node_name = node_name.clone();
             async move {
                 let start = std::time::Instant::now();
-                let out = p.lock().await.sync();
+                let mut guard = p.lock().await;
+                let out = guard.sync();
                 tracing::debug!(took = ?start.elapsed(), outcome = ?out, "proxy sync");
+                if matches!(out, Ok(SyncOutcome::Synced { .. } | SyncOutcome::NoChanges)) {
+                    let want = service_health.as_ref().map(|_| {
+                        healthcheck::desired(guard.services(), guard.endpoints(), &node_name)
+                    });
+                    drop(guard);
+                    if let Some(h) = &health {
+                        h.updated();
+                    }
+                    if let (Some(srv), Some(want)) = (&service_health, want) {
+                        srv.update(&want);
+                    }
+                }
                 out.map(|_| ())
             }
         },
@@ -144,6 +197,7 @@ pub async fn run<D: Dataplane + Send + 'static>(
         Api::all(client.clone()),
         proxier.clone(),
         kick.clone(),
+        extras.health.clone(),
         |p, prev, cur| p.on_service_update(prev, cur),
         |p| p.on_services_synced(),
     ));
@@ -151,6 +205,7 @@ pub async fn run<D: Dataplane + Send + 'static>(
         Api::all(client.clone()),
         proxier.clone(),
         kick.clone(),
+        extras.health.clone(),
         |p, prev, cur| p.on_endpoint_slice_update(prev, cur),
         |p| p.on_endpoint_slices_synced(),
     ));
@@ -159,6 +214,7 @@ pub async fn run<D: Dataplane + Send + 'static>(
         Api::all(client),
         proxier,
         kick,
+        extras.health.clone(),
         move |p, _prev, cur| match cur {
             Some(n) if n.name_any() == node_name => {
                 let labels: BTreeMap<String, String> = n.labels().clone();

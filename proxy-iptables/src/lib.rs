@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod chains;
+pub mod dump;
 pub mod fake;
 pub mod render;
 

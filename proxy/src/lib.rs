@@ -27,6 +27,7 @@
 
 pub mod categorize;
 pub mod conntrack;
+pub mod metrics;
 pub mod model;
 pub mod proxier;
 pub mod runner;

@@ -15,16 +15,20 @@
 //!
 //! Driving it: call the `on_*` handlers from informers; each returns whether a sync is wanted,
 //! in which case poke a [`crate::runner::RunnerHandle`] whose function calls [`Proxier::sync`].
+//!
+//! Metrics: with [`Proxier::with_metrics`] the proxier records kube-proxy's sync metrics (see
+//! [`crate::metrics`]); without, it records nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{debug, warn};
 
+use crate::metrics::{unix_seconds, ProxyMetrics};
 use crate::model::{
     EndpointsMap, NamespacedName, ProxyConfig, ServicePortMap, ServicePortName, LABEL_TOPOLOGY_ZONE,
 };
@@ -135,6 +139,9 @@ pub struct Proxier<D: Dataplane> {
     pending: Changes,
     last_full_sync: Option<Instant>,
     full_sync_every: Duration,
+    metrics: Option<ProxyMetrics>,
+    /// Trigger times of endpoint changes folded into the maps but not yet programmed.
+    pending_trigger_times: Vec<SystemTime>,
 }
 
 impl<D: Dataplane> Proxier<D> {
@@ -157,7 +164,48 @@ impl<D: Dataplane> Proxier<D> {
             },
             last_full_sync: None,
             full_sync_every,
+            metrics: None,
+            pending_trigger_times: Vec::new(),
         }
+    }
+
+    /// Records sync metrics into `metrics` from now on (builder form of
+    /// [`Proxier::set_metrics`]).
+    pub fn with_metrics(mut self, metrics: ProxyMetrics) -> Self {
+        self.set_metrics(metrics);
+        self
+    }
+
+    /// Records sync metrics into `metrics` from now on. The failure counter for this dataplane's
+    /// mode is created at zero so it is exported before the first failure.
+    pub fn set_metrics(&mut self, metrics: ProxyMetrics) {
+        let _ = metrics.failures(self.dataplane.name());
+        self.metrics = Some(metrics);
+        self.update_pending_gauges();
+    }
+
+    /// The metrics handle, if any.
+    pub fn metrics(&self) -> Option<&ProxyMetrics> {
+        self.metrics.as_ref()
+    }
+
+    fn update_pending_gauges(&self) {
+        if let Some(m) = &self.metrics {
+            m.service_changes_pending
+                .set(i64::try_from(self.service_tracker.pending()).unwrap_or(i64::MAX));
+            m.endpoint_changes_pending
+                .set(i64::try_from(self.endpoints_tracker.pending_services()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Marks a sync as queued when `want` (for the last-queued metric) and passes `want` on.
+    fn queued(&self, want: bool) -> bool {
+        if want {
+            if let Some(m) = &self.metrics {
+                m.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
+            }
+        }
+        want
     }
 
     /// This proxy's identity.
@@ -172,7 +220,12 @@ impl<D: Dataplane> Proxier<D> {
 
     /// Service changed (`prev` → `cur`; either may be `None`). Returns whether a sync is wanted.
     pub fn on_service_update(&mut self, prev: Option<&Service>, cur: Option<&Service>) -> bool {
-        self.service_tracker.update(prev, cur) && self.is_initialized()
+        let want = self.service_tracker.update(prev, cur) && self.is_initialized();
+        if let Some(m) = &self.metrics {
+            m.service_changes_total.inc();
+        }
+        self.update_pending_gauges();
+        self.queued(want)
     }
 
     /// Service deleted. Returns whether a sync is wanted.
@@ -183,7 +236,7 @@ impl<D: Dataplane> Proxier<D> {
     /// The initial list of Services has been delivered. Returns whether a sync is wanted.
     pub fn on_services_synced(&mut self) -> bool {
         self.services_synced = true;
-        self.is_initialized()
+        self.queued(self.is_initialized())
     }
 
     /// EndpointSlice added. Returns whether a sync is wanted.
@@ -197,7 +250,12 @@ impl<D: Dataplane> Proxier<D> {
         prev: Option<&EndpointSlice>,
         cur: Option<&EndpointSlice>,
     ) -> bool {
-        self.endpoints_tracker.update(prev, cur) && self.is_initialized()
+        let want = self.endpoints_tracker.update(prev, cur) && self.is_initialized();
+        if let Some(m) = &self.metrics {
+            m.endpoint_changes_total.inc();
+        }
+        self.update_pending_gauges();
+        self.queued(want)
     }
 
     /// EndpointSlice deleted. Returns whether a sync is wanted.
@@ -208,7 +266,7 @@ impl<D: Dataplane> Proxier<D> {
     /// The initial list of EndpointSlices has been delivered. Returns whether a sync is wanted.
     pub fn on_endpoint_slices_synced(&mut self) -> bool {
         self.endpoints_synced = true;
-        self.is_initialized()
+        self.queued(self.is_initialized())
     }
 
     /// This node's labels changed. A zone change forces a full sync (topology hints depend on
@@ -220,7 +278,7 @@ impl<D: Dataplane> Proxier<D> {
         if zone_changed {
             self.pending.full = true;
         }
-        zone_changed && self.is_initialized()
+        self.queued(zone_changed && self.is_initialized())
     }
 
     /// Both services and endpoint slices have synced once.
@@ -263,8 +321,13 @@ impl<D: Dataplane> Proxier<D> {
             );
             return Ok(SyncOutcome::NotInitialized);
         }
+        // Wall-clock duration, independent of the `now` the caller chose for the sync policy.
+        let started = Instant::now();
         let svc = self.service_tracker.apply(&mut self.services);
         let eps = self.endpoints_tracker.apply(&mut self.endpoints);
+        self.pending_trigger_times
+            .extend(self.endpoints_tracker.take_trigger_times());
+        self.update_pending_gauges();
         let p = &mut self.pending;
         p.services.extend(svc.updated_services);
         p.services.extend(eps.updated_services);
@@ -280,10 +343,22 @@ impl<D: Dataplane> Proxier<D> {
             p.full = true;
         }
         if !p.full && p.is_empty() {
+            // Nothing to program: the rules are current, which is a successful sync.
+            self.record_success();
             return Ok(SyncOutcome::NoChanges);
         }
         let full = p.full;
-        match self.dataplane.sync(&self.services, &self.endpoints, p) {
+        let result = self.dataplane.sync(&self.services, &self.endpoints, p);
+        if let Some(m) = &self.metrics {
+            let took = started.elapsed().as_secs_f64();
+            m.sync_duration.observe(took);
+            if full {
+                m.sync_full_duration.observe(took);
+            } else {
+                m.sync_partial_duration.observe(took);
+            }
+        }
+        match result {
             Ok(()) => {
                 let node_labels = std::mem::take(&mut p.node_labels);
                 *p = Changes {
@@ -293,13 +368,31 @@ impl<D: Dataplane> Proxier<D> {
                 if full {
                     self.last_full_sync = Some(now);
                 }
+                self.record_success();
                 Ok(SyncOutcome::Synced { full })
             }
             Err(e) => {
                 warn!(dataplane = self.dataplane.name(), error = %e, "sync failed; next sync is full");
                 p.full = true;
+                if let Some(m) = &self.metrics {
+                    m.failures(self.dataplane.name()).inc();
+                }
                 Err(e)
             }
+        }
+    }
+
+    /// After a successful sync: last-sync time and the programming latency of every endpoint
+    /// change it covered (kept across failed syncs until one succeeds).
+    fn record_success(&mut self) {
+        let trigger_times = std::mem::take(&mut self.pending_trigger_times);
+        let Some(m) = &self.metrics else { return };
+        let end = SystemTime::now();
+        m.last_sync_timestamp.set(unix_seconds(end));
+        for t in trigger_times {
+            let latency = end.duration_since(t).unwrap_or(Duration::ZERO);
+            m.network_programming_duration
+                .observe(latency.as_secs_f64());
         }
     }
 
@@ -311,3 +404,182 @@ impl<D: Dataplane> Proxier<D> {
 
 #[cfg(test)]
 mod tests;
+
+/// Metrics recorded by the proxier (a fake dataplane; values read back from the handles).
+#[cfg(test)]
+mod metrics_tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::testutil::{service, slice, Cond};
+    use crate::tracker::ANNOTATION_LAST_CHANGE_TRIGGER_TIME;
+
+    /// Sleeps `delay` inside each sync; fails when told to.
+    #[derive(Default)]
+    struct Slow {
+        delay: Duration,
+        fail_next: bool,
+    }
+
+    impl Dataplane for Slow {
+        fn sync(&mut self, _: &ServicePortMap, _: &EndpointsMap, _: &Changes) -> Result<(), Error> {
+            std::thread::sleep(self.delay);
+            if std::mem::take(&mut self.fail_next) {
+                return Err(Error::Sync {
+                    dataplane: "slow",
+                    message: "injected".into(),
+                    source: None,
+                });
+            }
+            Ok(())
+        }
+
+        fn cleanup(&mut self) -> Result<(), Error> {
+            Ok(())
+        }
+
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+    }
+
+    /// `_count` / `_sum` of a histogram, read back through the text encoder (the crate keeps
+    /// direct getters behind a feature).
+    fn read(h: &prometheus_client::metrics::histogram::Histogram, what: &str) -> f64 {
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register("h", "", h.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let prefix = format!("h_{what} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no h_{what} in {text}"))
+    }
+
+    fn count(h: &prometheus_client::metrics::histogram::Histogram) -> u64 {
+        read(h, "count") as u64
+    }
+
+    fn sum(h: &prometheus_client::metrics::histogram::Histogram) -> f64 {
+        read(h, "sum")
+    }
+
+    fn annotated(mut s: EndpointSlice, at: SystemTime) -> EndpointSlice {
+        let ns = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let ts = Timestamp::from_nanosecond(i128::try_from(ns).unwrap()).unwrap();
+        s.metadata.annotations = Some(BTreeMap::from([(
+            ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(),
+            ts.to_string(),
+        )]));
+        s
+    }
+
+    #[test]
+    fn sync_records_duration_failures_and_latency() {
+        let metrics = ProxyMetrics::new();
+        let mut p = Proxier::new(
+            ProxyConfig::new("n1"),
+            Duration::from_secs(3600),
+            Slow {
+                delay: Duration::from_millis(20),
+                fail_next: false,
+            },
+        )
+        .with_metrics(metrics.clone());
+        assert!(!p.on_service_add(&service("ns", "a", "10.0.0.1", &[("p", 80, "TCP")])));
+        assert_eq!(metrics.service_changes_pending.get(), 1);
+        assert!(!p.on_services_synced());
+        assert!(p.on_endpoint_slices_synced());
+        assert!(metrics.last_queued_timestamp.get() > 0.0);
+
+        // First (full) sync: duration recorded, last-sync time set.
+        assert_eq!(p.sync().unwrap(), SyncOutcome::Synced { full: true });
+        assert_eq!(count(&metrics.sync_duration), 1);
+        assert!(sum(&metrics.sync_duration) >= 0.02);
+        assert_eq!(count(&metrics.sync_full_duration), 1);
+        assert_eq!(count(&metrics.sync_partial_duration), 0);
+        assert_eq!(metrics.service_changes_pending.get(), 0);
+        let first = metrics.last_sync_timestamp.get();
+        assert!(first > 0.0);
+
+        // An annotated slice change, then a failed sync: the latency is not observed yet.
+        let trigger = SystemTime::now();
+        let s = annotated(
+            slice(
+                "ns",
+                "a",
+                "a-1",
+                &[("p", 8080, "TCP")],
+                &[("10.1.0.1", "n1", Cond::Ready)],
+            ),
+            trigger,
+        );
+        assert!(p.on_endpoint_slice_add(&s));
+        assert_eq!(metrics.endpoint_changes_total.get(), 1);
+        assert_eq!(metrics.endpoint_changes_pending.get(), 1);
+        p.dataplane_mut().fail_next = true;
+        assert!(p.sync().is_err());
+        assert_eq!(metrics.failures("slow").get(), 1);
+        assert_eq!(count(&metrics.sync_duration), 2);
+        assert_eq!(count(&metrics.sync_partial_duration), 1);
+        assert_eq!(count(&metrics.network_programming_duration), 0);
+        assert_eq!(metrics.last_sync_timestamp.get(), first);
+
+        // The retry (full) succeeds: one latency sample, from the annotation to the sync's end.
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(p.sync().unwrap(), SyncOutcome::Synced { full: true });
+        assert_eq!(count(&metrics.network_programming_duration), 1);
+        let latency = sum(&metrics.network_programming_duration);
+        let bound = trigger.elapsed().unwrap().as_secs_f64();
+        assert!((0.05..=bound).contains(&latency), "{latency} vs {bound}");
+        assert!(metrics.last_sync_timestamp.get() >= first);
+
+        // No annotation: measured from when the change was received.
+        let s2 = slice(
+            "ns",
+            "a",
+            "a-2",
+            &[("p", 8080, "TCP")],
+            &[("10.1.0.2", "", Cond::Ready)],
+        );
+        assert!(p.on_endpoint_slice_add(&s2));
+        assert_eq!(p.sync().unwrap(), SyncOutcome::Synced { full: false });
+        assert_eq!(count(&metrics.network_programming_duration), 2);
+        assert!(sum(&metrics.network_programming_duration) - latency < 1.0);
+        assert_eq!(count(&metrics.sync_partial_duration), 2);
+    }
+
+    #[test]
+    fn netted_out_and_pre_start_changes_are_not_measured() {
+        let metrics = ProxyMetrics::new();
+        let mut p = Proxier::new(
+            ProxyConfig::new("n1"),
+            Duration::from_secs(3600),
+            Slow::default(),
+        )
+        .with_metrics(metrics.clone());
+        p.on_services_synced();
+        p.on_endpoint_slices_synced();
+        p.on_service_add(&service("ns", "a", "10.0.0.1", &[("p", 80, "TCP")]));
+        p.sync().unwrap();
+        // Added and deleted before a sync: nothing programmed, nothing measured.
+        let s = slice(
+            "ns",
+            "a",
+            "a-1",
+            &[("p", 8080, "TCP")],
+            &[("10.1.0.1", "", Cond::Ready)],
+        );
+        p.on_endpoint_slice_add(&s);
+        p.on_endpoint_slice_delete(&s);
+        // A relisted slice whose trigger predates the proxier.
+        let old = annotated(s.clone(), SystemTime::now() - Duration::from_secs(3600));
+        p.on_endpoint_slice_add(&old);
+        p.sync().unwrap();
+        assert_eq!(count(&metrics.network_programming_duration), 0);
+        assert_eq!(metrics.endpoint_changes_total.get(), 3);
+    }
+}

@@ -12,10 +12,18 @@
 //! headless (`clusterIP: None`) and `ExternalName` services, and EndpointSlices labelled
 //! `service.kubernetes.io/headless` or of address type `FQDN` are ignored. A filtered object is
 //! treated like an absent one, so an object that becomes filtered is removed.
+//!
+//! Trigger times (for the network-programming latency metric, as kube-proxy): every
+//! EndpointSlice event that changes what is pending records the slice's
+//! `endpoints.kubernetes.io/last-change-trigger-time` annotation — or, when it has none, the
+//! time the event was received. Times from before the tracker started are ignored (a relist
+//! replays old annotations); a slice deletion or a service whose pending changes net out drops the
+//! service's recorded times. [`EndpointsChangeTracker::take_trigger_times`] hands them over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
@@ -27,6 +35,10 @@ use crate::model::{
     ServicePortMap, ServicePortName, DEFAULT_AFFINITY_TIMEOUT_SECONDS, LABEL_HEADLESS,
     LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
 };
+
+/// Annotation the EndpointSlice controller sets to the time of the change that caused a write.
+pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str =
+    "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Outcome of [`ServiceChangeTracker::apply`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -293,6 +305,10 @@ struct SliceSet {
 pub struct EndpointsChangeTracker {
     config: Arc<ProxyConfig>,
     services: BTreeMap<NamespacedName, SliceSet>,
+    /// When this tracker was created: older trigger times are not ours to measure.
+    started: SystemTime,
+    /// Trigger times of the pending changes, per service.
+    trigger_times: BTreeMap<NamespacedName, Vec<SystemTime>>,
 }
 
 impl EndpointsChangeTracker {
@@ -301,39 +317,86 @@ impl EndpointsChangeTracker {
         Self {
             config,
             services: BTreeMap::new(),
+            started: SystemTime::now(),
+            trigger_times: BTreeMap::new(),
         }
     }
 
     /// Records an EndpointSlice event. Returns true if any change is pending afterwards.
     pub fn update(&mut self, prev: Option<&EndpointSlice>, cur: Option<&EndpointSlice>) -> bool {
+        self.update_at(prev, cur, SystemTime::now())
+    }
+
+    /// [`EndpointsChangeTracker::update`] for an event received at `received` (the trigger time
+    /// of a slice without the trigger-time annotation).
+    pub fn update_at(
+        &mut self,
+        prev: Option<&EndpointSlice>,
+        cur: Option<&EndpointSlice>,
+        received: SystemTime,
+    ) -> bool {
         let prev_key = prev.and_then(slice_key);
         let cur_key = cur.and_then(slice_key);
         if let Some(pk) = &prev_key {
-            if cur_key.as_ref() != Some(pk) {
-                self.set_pending(pk, None);
+            if cur_key.as_ref() != Some(pk) && self.set_pending(pk, None) {
+                // A deletion's annotation dates the last update, not the deletion.
+                self.trigger_times.remove(&pk.0);
             }
         }
         if let Some(ck) = &cur_key {
             let info = cur.and_then(|s| slice_info(&self.config, s)).map(Arc::new);
-            self.set_pending(ck, info);
+            let removed = info.is_none();
+            if self.set_pending(ck, info) {
+                if removed {
+                    self.trigger_times.remove(&ck.0);
+                } else if let Some(t) = cur
+                    .map(|s| trigger_time(s).unwrap_or(received))
+                    .filter(|t| *t >= self.started)
+                {
+                    self.trigger_times.entry(ck.0.clone()).or_default().push(t);
+                }
+            }
         }
+        // Changes that netted out were never programmed: nothing to measure for them.
+        let services = &self.services;
+        self.trigger_times
+            .retain(|svc, _| services.get(svc).is_some_and(|s| !s.pending.is_empty()));
         self.has_pending()
     }
 
+    /// Records the pending state of one slice; returns whether that changed anything.
     fn set_pending(
         &mut self,
         (svc, slice): &(NamespacedName, String),
         info: Option<Arc<SliceInfo>>,
-    ) {
+    ) -> bool {
         let set = self.services.entry(svc.clone()).or_default();
-        if set.applied.get(slice) == info.as_ref() {
-            set.pending.remove(slice);
+        let changed = if set.applied.get(slice) == info.as_ref() {
+            set.pending.remove(slice).is_some()
         } else {
-            set.pending.insert(slice.clone(), info);
-        }
+            set.pending.insert(slice.clone(), info.clone()) != Some(info)
+        };
         if set.applied.is_empty() && set.pending.is_empty() {
             self.services.remove(svc);
         }
+        changed
+    }
+
+    /// Number of services with pending endpoint changes.
+    pub fn pending_services(&self) -> usize {
+        self.services
+            .values()
+            .filter(|s| !s.pending.is_empty())
+            .count()
+    }
+
+    /// Takes the trigger times recorded for the pending changes (call beside
+    /// [`EndpointsChangeTracker::apply`]; observe them once the sync that programs them succeeded).
+    pub fn take_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.trigger_times)
+            .into_values()
+            .flatten()
+            .collect()
     }
 
     /// Whether any service has pending endpoint changes.
@@ -426,6 +489,25 @@ fn merge_slices(svc: &NamespacedName, slices: &BTreeMap<String, Arc<SliceInfo>>)
         .into_iter()
         .map(|(k, v)| (k, v.into_values().collect()))
         .collect()
+}
+
+/// The slice's trigger-time annotation, if present and valid RFC 3339.
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let raw = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME)?;
+    match raw.parse::<k8s_openapi::jiff::Timestamp>() {
+        // Times before the epoch cannot be trigger times of anything we measure.
+        Ok(t) => u64::try_from(t.as_nanosecond())
+            .ok()
+            .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns)),
+        Err(e) => {
+            warn!(value = %raw, error = %e, "ignoring unparsable trigger-time annotation");
+            None
+        }
+    }
 }
 
 fn slice_key(slice: &EndpointSlice) -> Option<(NamespacedName, String)> {

@@ -13,10 +13,21 @@
 //! condition is Unknown or False is neither — the apiserver's node lifecycle controller gets
 //! the same effect by marking such pods NotReady; Sluice derives it, so endpoints recover as
 //! soon as the node's heartbeats do.
+//!
+//! Trigger time: every slice and Endpoints object the controller writes carries
+//! `endpoints.kubernetes.io/last-change-trigger-time` (RFC 3339, fractional seconds as Go's
+//! `RFC3339Nano`), computed like upstream's `TriggerTimeTracker`: the earliest trigger time among
+//! the changes seen since the Service's last successful reconcile — a pod's Ready condition
+//! `lastTransitionTime` that moved, or the Service's `creationTimestamp` the first time the Service
+//! is seen. The earliest, not the newest, because proxies measure network-programming latency from
+//! it and the oldest unprogrammed change is what the latency is about. When a write happens with no
+//! such change (e.g. a node's readiness flipped: Sluice derives that instead of rewriting pods)
+//! the time the controller observed it is used. The annotation never causes a write by itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use jiff::Timestamp;
 use serde_json::{json, Value};
 
 use super::{name_of, ns_of, str_at};
@@ -30,6 +41,114 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// Our manager value (the upstream controller's, so consumers treat the slices as usual).
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+/// Annotation holding the time of the change that caused the write (upstream's
+/// `EndpointsLastChangeTriggerTime`); kube-proxy-style proxies compute network-programming
+/// latency from it.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// What [`TriggerTimeTracker`] last saw of one Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TriggerState {
+    /// Pod name → Ready condition's `lastTransitionTime`.
+    pods: HashMap<String, Timestamp>,
+    /// The Service's `creationTimestamp`.
+    service: Option<Timestamp>,
+}
+
+/// Per-Service memory of the trigger times already reflected in written objects (upstream's
+/// `TriggerTimeTracker`). In memory only: after a restart every Service counts as new.
+#[derive(Debug, Default)]
+pub struct TriggerTimeTracker {
+    states: Mutex<HashMap<(String, String), TriggerState>>,
+}
+
+/// A computed trigger time plus the state to remember once the reconcile succeeded (committing
+/// only then means a failed write does not lose the trigger for the retry).
+#[derive(Debug)]
+pub struct PendingTrigger {
+    key: (String, String),
+    state: TriggerState,
+    /// The earliest changed trigger time, if any change carried one.
+    pub time: Option<Timestamp>,
+}
+
+fn ts_at(v: &Value, ptr: &str) -> Option<Timestamp> {
+    str_at(v, ptr)?.parse().ok()
+}
+
+/// A pod's trigger time: its Ready condition's last transition (as upstream).
+fn pod_trigger_time(p: &Value) -> Option<Timestamp> {
+    p.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c.get("lastTransitionTime")?.as_str()?.parse().ok())
+}
+
+impl TriggerTimeTracker {
+    /// Computes the trigger time for a reconcile of `ns/name` with these selected pods.
+    pub fn compute(&self, ns: &str, name: &str, svc: &Value, pods: &[Value]) -> PendingTrigger {
+        let key = (ns.to_string(), name.to_string());
+        let known = self
+            .states
+            .lock()
+            .map(|s| s.get(&key).cloned())
+            .unwrap_or_default();
+        let mut next = TriggerState {
+            service: ts_at(svc, "/metadata/creationTimestamp"),
+            ..Default::default()
+        };
+        let mut min: Option<Timestamp> = None;
+        let mut consider = |t: Timestamp| min = Some(min.map_or(t, |m| m.min(t)));
+        for p in pods {
+            if let Some(t) = pod_trigger_time(p) {
+                let before = known.as_ref().and_then(|k| k.pods.get(name_of(p)));
+                if before.is_none_or(|b| t > *b) {
+                    consider(t);
+                }
+                next.pods.insert(name_of(p).to_string(), t);
+            }
+        }
+        let time = match &known {
+            // A Service seen for the first time: its creation is the trigger.
+            None => next.service,
+            Some(k) => {
+                if let Some(t) = next.service.filter(|t| k.service.is_none_or(|b| *t > b)) {
+                    consider(t);
+                }
+                min
+            }
+        };
+        PendingTrigger {
+            key,
+            state: next,
+            time,
+        }
+    }
+
+    /// Remembers `p`'s state: its changes are now reflected in the written objects.
+    pub fn commit(&self, p: PendingTrigger) {
+        if let Ok(mut s) = self.states.lock() {
+            s.insert(p.key, p.state);
+        }
+    }
+
+    /// Forgets a Service (deleted, or no longer managed).
+    pub fn forget(&self, ns: &str, name: &str) {
+        if let Ok(mut s) = self.states.lock() {
+            s.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+}
+
+/// Sets the trigger-time annotation on an object about to be written.
+fn set_trigger_time(obj: &mut Value, t: Timestamp) {
+    let meta = &mut obj["metadata"];
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    meta["annotations"][LAST_CHANGE_TRIGGER_TIME] = json!(t.to_string());
+}
 
 fn pod_ready(p: &Value) -> bool {
     p.pointer("/status/conditions")
@@ -237,12 +356,25 @@ fn endpoints_subsets(chunks: &[(Vec<Value>, Vec<Value>)]) -> Vec<Value> {
         .collect()
 }
 
-/// Reconciles one Service's slices and Endpoints.
+/// Reconciles one Service's slices and Endpoints with a throwaway trigger-time tracker (every
+/// Service counts as new: written objects carry its creation time).
 pub async fn reconcile(
     reg: &Registry,
     ns: &str,
     name: &str,
     max_per_slice: usize,
+) -> Result<(), String> {
+    reconcile_tracked(reg, ns, name, max_per_slice, &TriggerTimeTracker::default()).await
+}
+
+/// Reconciles one Service's slices and Endpoints, stamping written objects with the trigger
+/// time `triggers` computes.
+pub async fn reconcile_tracked(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    max_per_slice: usize,
+    triggers: &TriggerTimeTracker,
 ) -> Result<(), String> {
     let slices_res = by_kind("EndpointSlice");
     let ep_res = by_kind("Endpoints");
@@ -267,6 +399,7 @@ pub async fn reconcile(
         (str_at(&s, "/spec/type") != Some("ExternalName")).then_some((s, sel))
     });
     let Some((svc, selector)) = managed else {
+        triggers.forget(ns, name);
         for s in existing {
             let _ = reg
                 .delete(slices_res, Some(ns), name_of(&s), &DeleteOptions::default())
@@ -302,6 +435,9 @@ pub async fn reconcile(
         .map(|n| (name_of(&n).to_string(), n))
         .collect();
     let want = desired(&svc, &pods, &nodes, max_per_slice);
+    let trigger = triggers.compute(ns, name, &svc, &pods);
+    // Computed once so every object of this reconcile carries the same time.
+    let trigger_time = trigger.time.unwrap_or_else(Timestamp::now);
 
     let mut labels = svc
         .pointer("/metadata/labels")
@@ -353,13 +489,14 @@ pub async fn reconcile(
         match pos {
             Some(i) => {
                 let cur = pool.remove(i);
-                let next = render(&cur, ports, eps);
+                let mut next = render(&cur, ports, eps);
+                set_trigger_time(&mut next, trigger_time);
                 reg.update(slices_res, Some(ns), name_of(&cur), next, Part::Main)
                     .await
                     .map_err(|e| e.to_string())?;
             }
             None => {
-                let obj = json!({
+                let mut obj = json!({
                     "apiVersion": "discovery.k8s.io/v1",
                     "kind": "EndpointSlice",
                     "metadata": {
@@ -372,6 +509,7 @@ pub async fn reconcile(
                     "endpoints": eps,
                     "ports": ports,
                 });
+                set_trigger_time(&mut obj, trigger_time);
                 reg.create(slices_res, Some(ns), obj)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -397,18 +535,20 @@ pub async fn reconcile(
             next["subsets"] = json!(subsets);
             next["metadata"]["labels"] = ep_labels;
             if normalized(&next) != normalized(&cur) {
+                set_trigger_time(&mut next, trigger_time);
                 reg.update(ep_res, Some(ns), name, next, Part::Main)
                     .await
                     .map_err(|e| e.to_string())?;
             }
         }
         Err(_) => {
-            let obj = json!({
+            let mut obj = json!({
                 "apiVersion": "v1",
                 "kind": "Endpoints",
                 "metadata": {"name": name, "namespace": ns, "labels": ep_labels},
                 "subsets": subsets,
             });
+            set_trigger_time(&mut obj, trigger_time);
             match reg.create(ep_res, Some(ns), obj).await {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
@@ -416,6 +556,7 @@ pub async fn reconcile(
             }
         }
     }
+    triggers.commit(trigger);
     Ok(())
 }
 
@@ -427,6 +568,13 @@ fn normalized(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(m) = v["metadata"].as_object_mut() {
         m.remove("resourceVersion");
+        // The trigger time rides along with real changes; it never causes a write.
+        if let Some(a) = m.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+            a.remove(LAST_CHANGE_TRIGGER_TIME);
+            if a.is_empty() {
+                m.remove("annotations");
+            }
+        }
     }
     for key in ["endpoints", "subsets", "ports"] {
         if v.get(key)
@@ -505,6 +653,7 @@ pub fn all_services(reg: &Registry) -> Vec<(String, String)> {
 
 /// Runs the controller: a dirty set fed from the store's events, drained continuously.
 pub async fn run(reg: Arc<Registry>, max_per_slice: usize) {
+    let triggers = Arc::new(TriggerTimeTracker::default());
     super::run_dirty_loop(
         reg,
         "endpointslice",
@@ -548,7 +697,10 @@ pub async fn run(reg: Arc<Registry>, max_per_slice: usize) {
             }
         },
         all_services,
-        move |reg, (ns, name)| async move { reconcile(&reg, &ns, &name, max_per_slice).await },
+        move |reg, (ns, name)| {
+            let triggers = triggers.clone();
+            async move { reconcile_tracked(&reg, &ns, &name, max_per_slice, &triggers).await }
+        },
     )
     .await
 }
@@ -679,6 +831,45 @@ mod tests {
         assert!(endpoints_subsets(&got).is_empty());
     }
 
+    #[test]
+    fn trigger_time_tracker_follows_upstream() {
+        let t = TriggerTimeTracker::default();
+        let mut s = svc(json!(8080));
+        s["metadata"]["creationTimestamp"] = json!("2030-01-01T00:00:00Z");
+        let ready_at = |name: &str, at: &str| {
+            let mut p = pod(name, "10.0.0.1", true, "n1", json!([]));
+            p["status"]["conditions"][0]["lastTransitionTime"] = json!(at);
+            p
+        };
+        // First sight: the Service's creation.
+        let pods = vec![ready_at("a", "2030-01-01T00:00:05Z")];
+        let p = t.compute("default", "web", &s, &pods);
+        assert_eq!(
+            p.time.map(|t| t.to_string()).as_deref(),
+            Some("2030-01-01T00:00:00Z")
+        );
+        t.commit(p);
+        // Nothing changed: no trigger (a write would use the observation time).
+        let p = t.compute("default", "web", &s, &pods);
+        assert_eq!(p.time, None);
+        // Not committed (failed write): the retry still sees the change.
+        let pods = vec![
+            ready_at("a", "2030-01-01T00:00:09.25Z"),
+            ready_at("b", "2030-01-01T00:00:07.5Z"),
+        ];
+        let _failed_write = t.compute("default", "web", &s, &pods);
+        let p = t.compute("default", "web", &s, &pods);
+        // The earliest of the changes not yet written.
+        assert_eq!(
+            p.time.map(|t| t.to_string()).as_deref(),
+            Some("2030-01-01T00:00:07.5Z")
+        );
+        t.commit(p);
+        assert_eq!(t.compute("default", "web", &s, &pods).time, None);
+        t.forget("default", "web");
+        assert!(t.compute("default", "web", &s, &pods).time.is_some());
+    }
+
     #[tokio::test]
     async fn reconcile_writes_only_changes_and_cleans_up() {
         use sluice_store::{RedbStore, Store, StoreOptions};
@@ -733,14 +924,29 @@ mod tests {
         let got = slices(&reg);
         assert_eq!(got.len(), 2, "3 endpoints at 2 per slice");
         for s in &got {
+            let t = s["metadata"]["annotations"][LAST_CHANGE_TRIGGER_TIME]
+                .as_str()
+                .expect("trigger time on a written slice");
+            assert!(t.parse::<Timestamp>().is_ok(), "{t}");
             assert_eq!(s["metadata"]["labels"][SERVICE_NAME_LABEL], "web");
             assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "Service");
             assert!(s["metadata"]["name"].as_str().unwrap().starts_with("web-"));
         }
-        // Nothing changed: nothing written.
+        let ep = reg
+            .get_value(by_kind("Endpoints"), Some("default"), "web")
+            .unwrap();
+        assert!(ep["metadata"]["annotations"][LAST_CHANGE_TRIGGER_TIME].is_string());
+        // Nothing changed: nothing written (with a fresh and with a remembering tracker).
         let rev = reg.store().revision();
         let mut w = reg.store().watch("/registry/", rev).unwrap();
         reconcile(&reg, "default", "web", 2).await.unwrap();
+        let tracker = TriggerTimeTracker::default();
+        reconcile_tracked(&reg, "default", "web", 2, &tracker)
+            .await
+            .unwrap();
+        reconcile_tracked(&reg, "default", "web", 2, &tracker)
+            .await
+            .unwrap();
         if reg.store().revision() != rev {
             use futures::StreamExt;
             let ev = w.next().await.unwrap().unwrap();

@@ -1,0 +1,98 @@
+//! `sluice-agent debug …`: read-only troubleshooting helpers.
+//!
+//! `debug dump` reads the kernel state of a proxy mode in the current network namespace and
+//! prints it in the same text as that mode's golden render files, so it can be diffed against
+//! them (or against the render of the same maps). Each mode owns its pure transform
+//! ([`sluice_proxy_iptables::dump`] for iptables); this module only runs the tools.
+
+use std::process::Command;
+
+use crate::cli::ProxyMode;
+
+/// Errors of `sluice-agent debug`.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    /// The mode has no dump (yet).
+    #[error("not supported for mode {0}")]
+    Unsupported(&'static str),
+    /// A tool could not be started.
+    #[error("running {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its standard error.
+        stderr: String,
+    },
+}
+
+/// The `--proxy-mode` spelling of a mode.
+pub fn mode_name(mode: ProxyMode) -> &'static str {
+    match mode {
+        ProxyMode::None => "none",
+        ProxyMode::Userspace => "userspace",
+        ProxyMode::Iptables => "iptables",
+        ProxyMode::Ipvs => "ipvs",
+        ProxyMode::Nftables => "nftables",
+        ProxyMode::Ebpf => "ebpf",
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String, DebugError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| DebugError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DebugError::Failed {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The kernel state `mode` programmed in this network namespace, in its render's text.
+pub fn dump(mode: ProxyMode) -> Result<String, DebugError> {
+    match mode {
+        ProxyMode::Iptables => {
+            let nat = output("iptables-save", &["-t", "nat"])?;
+            let filter = output("iptables-save", &["-t", "filter"])?;
+            Ok(sluice_proxy_iptables::dump::dump(&nat, &filter))
+        }
+        // Userspace (`SLUICEUS-` chains), IPVS, nftables and eBPF have no dump yet.
+        ProxyMode::None
+        | ProxyMode::Userspace
+        | ProxyMode::Ipvs
+        | ProxyMode::Nftables
+        | ProxyMode::Ebpf => Err(DebugError::Unsupported(mode_name(mode))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_without_a_dump_say_so() {
+        for m in [ProxyMode::Userspace, ProxyMode::Ipvs, ProxyMode::None] {
+            let e = dump(m).unwrap_err().to_string();
+            assert_eq!(e, format!("not supported for mode {}", mode_name(m)));
+        }
+    }
+}
