@@ -21,181 +21,69 @@ pub struct BaseJump {
     pub table: &'static str,
     /// Built-in chain.
     pub chain: &'static str,
-    /// Rule specification (without `-A chain`); quoted comment words stay single arguments.
-    pub rule: &'static [&'static str],
+    /// Only for new connections (`-m conntrack --ctstate NEW`): filter jumps that reject or drop
+    /// must not see replies of established flows.
+    pub new_only: bool,
+    /// The rule's comment (how an operator recognises it).
+    pub comment: &'static str,
+    /// The Sluice chain jumped to.
+    pub target: &'static str,
 }
 
-const NEW: [&str; 4] = ["-m", "conntrack", "--ctstate", "NEW"];
-
-macro_rules! jump {
-    ($table:expr, $chain:expr, [$($w:expr),*]) => {
-        BaseJump { table: $table, chain: $chain, rule: &[$($w),*] }
-    };
+impl BaseJump {
+    /// Rule specification (without `-A chain`); the comment stays a single argument.
+    pub fn rule(&self) -> Vec<&'static str> {
+        let mut r = Vec::with_capacity(10);
+        if self.new_only {
+            r.extend(["-m", "conntrack", "--ctstate", "NEW"]);
+        }
+        r.extend([
+            "-m",
+            "comment",
+            "--comment",
+            self.comment,
+            "-j",
+            self.target,
+        ]);
+        r
+    }
 }
+
+const fn jump(
+    table: &'static str,
+    chain: &'static str,
+    new_only: bool,
+    comment: &'static str,
+    target: &'static str,
+) -> BaseJump {
+    BaseJump {
+        table,
+        chain,
+        new_only,
+        comment,
+        target,
+    }
+}
+
+const PORTALS: &str = "sluice service portals";
+const FIREWALL: &str = "sluice load balancer firewall";
+const EXTERNAL: &str = "sluice externally-visible service portals";
 
 /// The jumps into Sluice chains, in the order they are inserted (each at position 1 of its
 /// chain, so later entries end up first within a chain — see [`IptablesDataplane::ensure_jumps`]).
+#[rustfmt::skip]
 pub const BASE_JUMPS: &[BaseJump] = &[
-    jump!(
-        "nat",
-        "PREROUTING",
-        [
-            "-m",
-            "comment",
-            "--comment",
-            "sluice service portals",
-            "-j",
-            chains::SERVICES
-        ]
-    ),
-    jump!(
-        "nat",
-        "OUTPUT",
-        [
-            "-m",
-            "comment",
-            "--comment",
-            "sluice service portals",
-            "-j",
-            chains::SERVICES
-        ]
-    ),
-    jump!(
-        "nat",
-        "POSTROUTING",
-        [
-            "-m",
-            "comment",
-            "--comment",
-            "sluice postrouting rules",
-            "-j",
-            chains::POSTROUTING
-        ]
-    ),
-    jump!(
-        "filter",
-        "INPUT",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice load balancer firewall",
-            "-j",
-            chains::FIREWALL
-        ]
-    ),
-    jump!(
-        "filter",
-        "INPUT",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice externally-visible service portals",
-            "-j",
-            chains::EXTERNAL_SERVICES
-        ]
-    ),
-    jump!(
-        "filter",
-        "FORWARD",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice load balancer firewall",
-            "-j",
-            chains::FIREWALL
-        ]
-    ),
-    jump!(
-        "filter",
-        "FORWARD",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice service portals",
-            "-j",
-            chains::SERVICES
-        ]
-    ),
-    jump!(
-        "filter",
-        "FORWARD",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice externally-visible service portals",
-            "-j",
-            chains::EXTERNAL_SERVICES
-        ]
-    ),
-    jump!(
-        "filter",
-        "FORWARD",
-        [
-            "-m",
-            "comment",
-            "--comment",
-            "sluice forwarding rules",
-            "-j",
-            chains::FORWARD
-        ]
-    ),
-    jump!(
-        "filter",
-        "OUTPUT",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice load balancer firewall",
-            "-j",
-            chains::FIREWALL
-        ]
-    ),
-    jump!(
-        "filter",
-        "OUTPUT",
-        [
-            NEW[0],
-            NEW[1],
-            NEW[2],
-            NEW[3],
-            "-m",
-            "comment",
-            "--comment",
-            "sluice service portals",
-            "-j",
-            chains::SERVICES
-        ]
-    ),
+    jump("nat", "PREROUTING", false, PORTALS, chains::SERVICES),
+    jump("nat", "OUTPUT", false, PORTALS, chains::SERVICES),
+    jump("nat", "POSTROUTING", false, "sluice postrouting rules", chains::POSTROUTING),
+    jump("filter", "INPUT", true, FIREWALL, chains::FIREWALL),
+    jump("filter", "INPUT", true, EXTERNAL, chains::EXTERNAL_SERVICES),
+    jump("filter", "FORWARD", true, FIREWALL, chains::FIREWALL),
+    jump("filter", "FORWARD", true, PORTALS, chains::SERVICES),
+    jump("filter", "FORWARD", true, EXTERNAL, chains::EXTERNAL_SERVICES),
+    jump("filter", "FORWARD", false, "sluice forwarding rules", chains::FORWARD),
+    jump("filter", "OUTPUT", true, FIREWALL, chains::FIREWALL),
+    jump("filter", "OUTPUT", true, PORTALS, chains::SERVICES),
 ];
 
 /// The base jumps as restore text that appends them in order (used to set up [`crate::Fake`]).
@@ -205,7 +93,7 @@ pub fn base_jumps_restore_text() -> String {
         out.push_str(&format!("*{table}\n"));
         for j in BASE_JUMPS.iter().filter(|j| j.table == table) {
             let words: Vec<String> = j
-                .rule
+                .rule()
                 .iter()
                 .map(|w| {
                     if w.contains(' ') {
@@ -329,7 +217,7 @@ impl IptablesDataplane {
             let check = self.run(
                 Command::new(&self.commands.iptables)
                     .args(["-w", "-t", j.table, "-C", j.chain])
-                    .args(j.rule),
+                    .args(j.rule()),
                 None,
             );
             if check.is_ok() {
@@ -338,7 +226,7 @@ impl IptablesDataplane {
             self.run(
                 Command::new(&self.commands.iptables)
                     .args(["-w", "-t", j.table, "-I", j.chain, "1"])
-                    .args(j.rule),
+                    .args(j.rule()),
                 None,
             )
             .map_err(|(m, e)| self.sync_err(m, e))?;
