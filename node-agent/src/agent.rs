@@ -41,11 +41,16 @@ pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.proxy_mode, ProxyMode::None | ProxyMode::Iptables) {
+    if !matches!(
+        cli.proxy_mode,
+        ProxyMode::None | ProxyMode::Iptables | ProxyMode::Userspace
+    ) {
         let name = clap::ValueEnum::to_possible_value(&cli.proxy_mode)
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
-        bail!("--proxy-mode {name} is not implemented yet (`none` and `iptables` are)");
+        bail!(
+            "--proxy-mode {name} is not implemented yet (`none`, `userspace` and `iptables` are)"
+        );
     }
     // Health and metrics first, so probes see 503 (not a refused connection) while starting.
     let proxying = cli.proxy_mode != ProxyMode::None;
@@ -92,6 +97,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.proxy_mode != ProxyMode::Iptables {
         remove_iptables_proxy_rules(&id.name);
     }
+    if cli.proxy_mode != ProxyMode::Userspace {
+        remove_userspace_proxy_rules();
+    }
 
     // Register before anything else, retrying while the API server is unreachable.
     let mut delay = Duration::from_millis(200);
@@ -112,26 +120,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         id.clone(),
         cli.heartbeat_interval,
     ));
+    let opts = crate::proxy::ProxyOptions {
+        node_name: id.name.clone(),
+        proxy_name: cli.proxy_name.clone(),
+        min_sync_period: cli.min_sync_period,
+        sync_period: cli.sync_period,
+    };
+    let extras = crate::proxy::ProxyExtras {
+        metrics: proxy_metrics.clone(),
+        health: Some(proxy_health.clone()),
+        service_health: Some(Arc::new(ServiceHealthServer::new(
+            Ipv4Addr::UNSPECIFIED.into(),
+            proxy_health.clone(),
+        ))),
+    };
     let proxy = match cli.proxy_mode {
         ProxyMode::Iptables => {
             let mut cfg = sluice_proxy_iptables::RenderConfig::new(id.name.clone());
             cfg.node_ips = vec![node_ip];
             cfg.cluster_cidr = Some(cli.cluster_cidr.into());
             let dataplane = sluice_proxy_iptables::IptablesDataplane::new(cfg, Default::default());
-            let opts = crate::proxy::ProxyOptions {
-                node_name: id.name.clone(),
-                proxy_name: cli.proxy_name.clone(),
-                min_sync_period: cli.min_sync_period,
-                sync_period: cli.sync_period,
+            Some(tokio::spawn(crate::proxy::run_with(
+                client.clone(),
+                opts,
+                dataplane,
+                extras,
+            )))
+        }
+        ProxyMode::Userspace => {
+            let IpAddr::V4(ip4) = node_ip else {
+                bail!("the userspace proxy mode needs an IPv4 node address, got {node_ip}");
             };
-            let extras = crate::proxy::ProxyExtras {
-                metrics: proxy_metrics.clone(),
-                health: Some(proxy_health.clone()),
-                service_health: Some(Arc::new(ServiceHealthServer::new(
-                    Ipv4Addr::UNSPECIFIED.into(),
-                    proxy_health.clone(),
-                ))),
-            };
+            let mut cfg = sluice_proxy_userspace::UserspaceConfig::new(id.name.clone(), ip4);
+            cfg.cluster_cidr = Some(cli.cluster_cidr);
+            let dataplane = sluice_proxy_userspace::UserspaceDataplane::new(
+                cfg,
+                tokio::runtime::Handle::current(),
+            );
             Some(tokio::spawn(crate::proxy::run_with(
                 client.clone(),
                 opts,
@@ -196,6 +221,21 @@ fn remove_iptables_proxy_rules(node: &str) {
     match dp.cleanup() {
         Ok(()) => tracing::info!("removed the iptables proxy mode's rules"),
         Err(e) => tracing::warn!(error = %e, "removing the iptables proxy mode's rules failed"),
+    }
+}
+
+/// Likewise for the userspace mode's `SLUICEUS-` chains (its listeners died with its agent).
+fn remove_userspace_proxy_rules() {
+    let saved = match std::process::Command::new("iptables-save").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return,
+    };
+    if !saved.contains(":SLUICEUS-") {
+        return;
+    }
+    match sluice_proxy_userspace::cleanup_rules() {
+        Ok(()) => tracing::info!("removed the userspace proxy mode's rules"),
+        Err(e) => tracing::warn!(error = %e, "removing the userspace proxy mode's rules failed"),
     }
 }
 

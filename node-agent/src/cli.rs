@@ -72,7 +72,7 @@ pub struct Cli {
     /// global IPv4 address in the agent's network namespace.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Service proxy mode: `none` (no Service proxying) or `iptables`; the others come later.
+    /// Service proxy mode: `none` (no Service proxying), `userspace` or `iptables`; the others come later.
     #[arg(long, value_enum, default_value_t = ProxyMode::None)]
     pub proxy_mode: ProxyMode,
     /// Directory the CNI network configuration (10-sluice.conflist) is written to.
@@ -155,7 +155,8 @@ fn parse_metrics_bind(s: &str) -> Result<BindAddress, String> {
 pub enum ProxyMode {
     /// No Service proxying.
     None,
-    /// Userspace proxy (not implemented yet).
+    /// Userspace proxy: the agent accepts Service connections itself (a listener per service port,
+    /// iptables redirects the Service addresses to it) and relays them to endpoints.
     Userspace,
     /// iptables rules: one iptables-restore transaction per sync, Sluice-owned chains only.
     Iptables,

@@ -75,12 +75,19 @@ pub fn dump(mode: ProxyMode) -> Result<String, DebugError> {
             let filter = output("iptables-save", &["-t", "filter"])?;
             Ok(sluice_proxy_iptables::dump::dump(&nat, &filter))
         }
-        // Userspace (`SLUICEUS-` chains), IPVS, nftables and eBPF have no dump yet.
-        ProxyMode::None
-        | ProxyMode::Userspace
-        | ProxyMode::Ipvs
-        | ProxyMode::Nftables
-        | ProxyMode::Ebpf => Err(DebugError::Unsupported(mode_name(mode))),
+        // The kernel half of the userspace mode: its redirect/reject chains. (Which listener
+        // serves which port lives in the running agent only.)
+        ProxyMode::Userspace => {
+            let nat = output("iptables-save", &["-t", "nat"])?;
+            let filter = output("iptables-save", &["-t", "filter"])?;
+            Ok(sluice_proxy_userspace::render::dump_saved(&format!(
+                "{filter}{nat}"
+            )))
+        }
+        // IPVS, nftables and eBPF have no dump yet.
+        ProxyMode::None | ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Ebpf => {
+            Err(DebugError::Unsupported(mode_name(mode)))
+        }
     }
 }
 
@@ -90,7 +97,7 @@ mod tests {
 
     #[test]
     fn modes_without_a_dump_say_so() {
-        for m in [ProxyMode::Userspace, ProxyMode::Ipvs, ProxyMode::None] {
+        for m in [ProxyMode::Ipvs, ProxyMode::None] {
             let e = dump(m).unwrap_err().to_string();
             assert_eq!(e, format!("not supported for mode {}", mode_name(m)));
         }

@@ -644,7 +644,7 @@ fn agent_cli_help_and_unimplemented_proxy_modes() {
     ] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
-    for mode in ["userspace", "ipvs", "nftables", "ebpf"] {
+    for mode in ["ipvs", "nftables", "ebpf"] {
         let o = run(Command::new(bin("sluice-agent")).args([
             "--kubeconfig",
             "/nonexistent",

@@ -589,6 +589,15 @@ fn iptables_mode() {
 }
 
 #[test]
+fn userspace_mode() {
+    conformance(Mode {
+        name: "userspace",
+        chain_prefix: "SLUICEUS-",
+        kernel_datapath: false,
+    });
+}
+
+#[test]
 fn peer_ip_parses_ss_lines() {
     assert_eq!(
         peer_ip("0      0      [::ffff:10.244.1.3]:8080 [::ffff:172.31.0.1]:43012\n").as_deref(),

@@ -1,0 +1,187 @@
+//! Privileged: the real dataplane with real `iptables-restore` inside a fresh network namespace
+//! (never the root namespace's firewall: every iptables command goes through
+//! `ip netns exec <test netns>`, and the sockets live on threads that joined that namespace).
+//! Prints `SKIP: <reason>` and returns when not root or when `ip`/iptables are missing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_proxy::model::{
+    Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName,
+};
+use sluice_proxy::proxier::{Changes, Dataplane};
+use sluice_proxy_userspace::{Commands, UserspaceConfig, UserspaceDataplane};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "iptables-restore", "iptables-save", "iptables"] {
+        if !sh(&["sh", "-c", &format!("command -v {tool} >/dev/null")]) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+fn wrapper(dir: &Path, ns: &str, tool: &str) -> std::path::PathBuf {
+    let p = dir.join(tool);
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nexec ip netns exec {ns} {tool} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn svc(
+    s: &mut ServicePortMap,
+    e: &mut EndpointsMap,
+    name: &str,
+    vip: &str,
+    port: u16,
+    eps: &[SocketAddr],
+) {
+    let n = ServicePortName::new("default", name, "", Protocol::Tcp);
+    s.insert(
+        n.clone(),
+        Arc::new(ServicePort::cluster_ip(
+            vip.parse().unwrap(),
+            port,
+            Protocol::Tcp,
+        )),
+    );
+    e.insert(
+        n,
+        eps.iter()
+            .map(|a| Arc::new(Endpoint::ready(a.ip(), a.port())))
+            .collect(),
+    );
+}
+
+#[test]
+fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
+    if let Some(r) = skip_reason() {
+        println!("SKIP: {r}");
+        return;
+    }
+    let ns = Netns(format!("sluiceus-t-{}", std::process::id()));
+    assert!(sh(&["ip", "netns", "add", &ns.0]));
+    let node_ip = Ipv4Addr::new(10, 99, 0, 1);
+    for cmd in [
+        "ip link set lo up",
+        "ip addr add 10.99.0.1/32 dev lo",
+        "ip route add 10.96.0.0/16 dev lo",
+    ] {
+        let mut args = vec!["ip", "netns", "exec", &ns.0];
+        args.extend(cmd.split(' '));
+        assert!(sh(&args), "{cmd}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let commands = Commands {
+        restore: wrapper(dir.path(), &ns.0, "iptables-restore"),
+        save: wrapper(dir.path(), &ns.0, "iptables-save"),
+        iptables: wrapper(dir.path(), &ns.0, "iptables"),
+    };
+    let save = commands.save.clone();
+    let ns_path = format!("/run/netns/{}", ns.0);
+
+    // Everything with sockets runs on a thread inside the namespace; the runtime's workers are
+    // spawned from it and inherit the namespace.
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns_path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let backend = tokio::net::TcpListener::bind((node_ip, 18080)).await.unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let (mut s, _) = backend.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut req = Vec::new();
+                        s.read_to_end(&mut req).await.unwrap();
+                        s.write_all(b"pong:").await.unwrap();
+                        s.write_all(&req).await.unwrap();
+                    });
+                }
+            });
+            let mut cfg = UserspaceConfig::new("node-a", node_ip);
+            cfg.commands = commands;
+            let mut dp = UserspaceDataplane::new(cfg, tokio::runtime::Handle::current());
+            let (mut s, mut e) = (ServicePortMap::new(), EndpointsMap::new());
+            svc(&mut s, &mut e, "web", "10.96.0.10", 80, &[(node_ip, 18080).into()]);
+            svc(&mut s, &mut e, "empty", "10.96.0.11", 81, &[]);
+            let full = Changes {
+                full: true,
+                ..Changes::default()
+            };
+            dp.sync(&s, &e, &full).unwrap();
+
+            // Host-originated traffic to the ClusterIP: nat OUTPUT DNAT → listener → backend.
+            let mut c = tokio::net::TcpStream::connect("10.96.0.10:80").await.unwrap();
+            c.write_all(b"ping").await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            assert_eq!(out, "pong:ping");
+
+            // No endpoints: refused at once by SLUICEUS-REJECT.
+            let t = Instant::now();
+            let err = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect("10.96.0.11:81"),
+            )
+            .await
+            .expect("REJECT must answer, not drop")
+            .unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+            assert!(t.elapsed() < Duration::from_secs(1));
+
+            // The dump reads back exactly what was rendered (canonical iptables-save forms).
+            let dump = dp.dump();
+            let port = dp.listeners()[1].port;
+            assert!(dump.contains(&format!(
+                "-A SLUICEUS-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web cluster IP\" -m tcp --dport 80 -j DNAT --to-destination 10.99.0.1:{port}\n"
+            )), "{dump}");
+            assert!(dump.contains(
+                "-A SLUICEUS-REJECT -d 10.96.0.11/32 -p tcp -m comment --comment \"default/empty has no endpoints\" -m tcp --dport 81 -j REJECT --reject-with tcp-reset\n"
+            ), "{dump}");
+            // Idempotent jumps: a second full sync adds none.
+            dp.sync(&s, &e, &full).unwrap();
+            assert_eq!(dp.dump(), dump);
+
+            dp.cleanup().unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+
+    let saved = Command::new(&save).output().unwrap();
+    let saved = String::from_utf8_lossy(&saved.stdout);
+    assert!(!saved.contains("SLUICEUS"), "{saved}");
+}
