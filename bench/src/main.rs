@@ -10,10 +10,13 @@
 //! `cni-latency` times CNI ADD/DEL of `sluice-cni` against the reference `bridge` plugin
 //! (see `cni_latency.rs`); `pod-network` runs netperf between pods of a 2-node `sluice-lab`
 //! (see `pod_network.rs`); `service` compares pod → pod direct, through a Service's
-//! ClusterIP and through HAProxy on the node (see `service.rs`).
+//! ClusterIP and through HAProxy on the node (see `service.rs`); `scale` times the iptables
+//! mode's first full sync and one endpoint change at 1,000 and 10,000 services, measured on the
+//! kernel's rules, and reads the agent's RSS (see `scale.rs`).
 
 mod cni_latency;
 mod pod_network;
+mod scale;
 mod service;
 
 use std::path::PathBuf;
@@ -103,6 +106,41 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
         /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// iptables-mode rule programming at scale: agent start → all services in the kernel,
+    /// EndpointSlice update → new endpoint's rules in the kernel, and the agent's RSS; a fresh
+    /// 1-node lab per service count.
+    Scale {
+        /// Service counts, each on a fresh lab.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        services: Vec<usize>,
+        /// Ready endpoints per service (one EndpointSlice each).
+        #[arg(long, default_value_t = 5)]
+        endpoints: usize,
+        /// Endpoint changes timed per service count.
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// Least time between one change showing up in the kernel and the next update (ms).
+        #[arg(long, default_value_t = 1500)]
+        spacing_ms: u64,
+        /// Concurrent create requests while loading the services.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Give up on the first full sync after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        sync_timeout: u64,
+        /// Give up on one endpoint change after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        change_timeout: u64,
+        /// Start no new endpoint change after this many seconds of changes (per service count).
+        #[arg(long, default_value_t = 600)]
+        change_budget: u64,
+        /// Skip the breakdown (iptables-save timing and a replay of the rules).
+        #[arg(long)]
+        no_breakdown: bool,
+        /// Write the JSON result here too (after every service count).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -528,5 +566,28 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             out,
         } => service::run(&mode, rounds, seconds, out),
+        Cmd::Scale {
+            services,
+            endpoints,
+            changes,
+            spacing_ms,
+            concurrency,
+            sync_timeout,
+            change_timeout,
+            change_budget,
+            no_breakdown,
+            out,
+        } => scale::run(scale::Opts {
+            services,
+            endpoints,
+            changes,
+            spacing: Duration::from_millis(spacing_ms),
+            concurrency,
+            sync_timeout: Duration::from_secs(sync_timeout),
+            change_timeout: Duration::from_secs(change_timeout),
+            change_budget: Duration::from_secs(change_budget),
+            breakdown: !no_breakdown,
+            out,
+        }),
     }
 }

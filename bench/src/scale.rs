@@ -1,0 +1,898 @@
+//! `scale`: iptables-mode rule programming at scale — time of the first full sync, time to
+//! program one endpoint change, and the agent's RSS, measured on the kernel's state.
+//!
+//! Per service count N, on a fresh 1-node `sluice-lab` started with `--proxy-mode none`:
+//!
+//! 1. As admin, create N selector-less ClusterIP Services (port 80 → 8080) and one EndpointSlice
+//!    each (`kubernetes.io/service-name`, IPv4, `--endpoints` ready endpoints with made-up pod
+//!    IPs in 10.244.0.0/16), at bounded concurrency — before any proxy programs anything.
+//! 2. `sluice-lab agent restart --proxy-mode iptables` (the lab's agent flags: `--min-sync-period
+//!    200ms`, default `--sync-period 30s`). The first full sync is timed from the moment the
+//!    restart returns (the new agent has just been spawned) until `iptables -t nat -S
+//!    SLUICE-SERVICES` in the node's namespace jumps to a `SLUICE-SVC-` chain for all N services
+//!    (one iptables-restore transaction writes the dispatch chain with the per-service chains, so
+//!    a complete dispatch chain means everything is in the kernel).
+//! 3. The agent's VmRSS (and VmHWM) once the sync settled, and again after the endpoint changes.
+//! 4. Endpoint changes, one at a time and at least `--spacing-ms` apart: replace one endpoint IP
+//!    of one service's EndpointSlice (PUT); t0 is when the API acknowledged it; then `iptables -t
+//!    nat -S <that service's SVC chain>` runs in a tight loop until a rule jumps to the new
+//!    endpoint; afterwards the endpoint chain it jumps to is checked for the DNAT to the new IP.
+//! 5. Breakdown (unless `--no-breakdown`): with the agent paused (SIGSTOP, resumed afterwards),
+//!    time `iptables-save` of nat and filter (what a full sync reads first), and replay the
+//!    Sluice part of the nat table into an empty scratch namespace with `iptables-restore
+//!    --noflush` (the kernel-side cost of a full sync's transaction), then a rewrite of the
+//!    dispatch chain alone into it (the floor of every partial sync, which always rewrites it).
+//!
+//! Probes run from a thread that entered the node's network namespace (setns), so each poll is a
+//! plain `iptables` process without `ip netns exec`'s remounts; the API client runs there too
+//! (the node reaches the API server as its agent does). Times are upper bounds: a state is seen
+//! when the probe that read it returns; the probe's own duration is reported as the resolution.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{json, Value};
+
+use crate::pod_network::Lab;
+use crate::{percentile, r3, sorted};
+
+const NS: &str = "default";
+const PREFIX: &str = "scale-";
+const TARGET_PORT: u16 = 8080;
+/// Agent log filter: the proxy's "proxy sync" (took, outcome) and the restore's size.
+const AGENT_LOG: &str = "info,sluice_agent::proxy=debug,sluice_proxy_iptables=debug";
+
+/// Options of `sluice-bench scale`.
+pub struct Opts {
+    pub services: Vec<usize>,
+    pub endpoints: usize,
+    pub changes: usize,
+    pub spacing: Duration,
+    pub concurrency: usize,
+    pub sync_timeout: Duration,
+    pub change_timeout: Duration,
+    pub change_budget: Duration,
+    pub breakdown: bool,
+    pub out: Option<PathBuf>,
+}
+
+/// Everything the node thread needs.
+#[derive(Clone)]
+struct Ctx {
+    n: usize,
+    eps: usize,
+    changes: usize,
+    spacing: Duration,
+    concurrency: usize,
+    sync_timeout: Duration,
+    change_timeout: Duration,
+    change_budget: Duration,
+    breakdown: bool,
+    lab_bin: PathBuf,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    lab_netns: String,
+}
+
+/// Made-up pod IP of endpoint `e` of service `i` (10.244.0.1 … 10.244.209.250).
+fn base_ip(i: usize, e: usize, eps: usize) -> String {
+    let idx = i * eps + e;
+    format!("10.244.{}.{}", idx / 250, idx % 250 + 1)
+}
+
+/// The replacement IP of change `k`, outside every base IP (10.244.210.1 onwards).
+fn change_ip(k: usize) -> String {
+    format!("10.244.{}.{}", 210 + k / 250, k % 250 + 1)
+}
+
+fn service(name: &str) -> anyhow::Result<Service> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"bench": "scale"}},
+        "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80, "targetPort": TARGET_PORT, "protocol": "TCP"}]}
+    }))?)
+}
+
+fn slice(name: &str, ips: &[String]) -> anyhow::Result<EndpointSlice> {
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+            })
+        })
+        .collect();
+    Ok(serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{name}-1"),
+            "labels": {"kubernetes.io/service-name": name, "bench": "scale"},
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": TARGET_PORT, "protocol": "TCP"}],
+    }))?)
+}
+
+/// `iptables -w -t TABLE -S CHAIN` (empty if the chain does not exist) and how long it took.
+fn ipt_list(table: &str, chain: &str) -> (String, Duration) {
+    let t = Instant::now();
+    let out = Command::new("iptables")
+        .args(["-w", "-t", table, "-S", chain])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => String::new(),
+    };
+    (text, t.elapsed())
+}
+
+/// The value of `-j` in an `iptables -S` rule line.
+fn jump_of(line: &str) -> Option<&str> {
+    let mut w = line.split_whitespace();
+    while let Some(x) = w.next() {
+        if x == "-j" || x == "-g" {
+            return w.next();
+        }
+    }
+    None
+}
+
+/// (service index, SVC chain) of every dispatch rule into a `SLUICE-SVC-` chain for our services.
+fn dispatch(text: &str) -> Vec<(usize, String)> {
+    let pat = format!("\"{NS}/{PREFIX}");
+    text.lines()
+        .filter(|l| l.starts_with("-A SLUICE-SERVICES"))
+        .filter_map(|l| {
+            let j = jump_of(l)?;
+            if !j.starts_with("SLUICE-SVC-") {
+                return None;
+            }
+            let rest = &l[l.find(&pat)? + pat.len()..];
+            let i: usize = rest[..rest.find(':')?].parse().ok()?;
+            Some((i, j.to_string()))
+        })
+        .collect()
+}
+
+fn status_kb(pid: i32, field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn mb(kb: Option<f64>) -> Value {
+    kb.map(|k| json!(r3(k / 1024.0))).unwrap_or(Value::Null)
+}
+
+/// Pids of `pid`'s children (all threads).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Largest VmRSS (kB) among the agent's running `iptables-restore`/`iptables-save` children.
+fn child_rss_kb(agent: i32) -> Option<f64> {
+    children(agent)
+        .into_iter()
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| n.starts_with("iptables") || n.starts_with("xtables"))
+        })
+        .filter_map(|c| status_kb(c, "VmRSS:"))
+        .reduce(f64::max)
+}
+
+/// Parses a `Debug`-formatted `Duration` (`1.5s`, `12.3ms`, `4µs`, `7ns`) into seconds.
+fn parse_debug_duration(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "µs" | "us" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return None,
+    })
+}
+
+/// One "proxy sync" line of the agent's log.
+#[derive(Debug, Clone)]
+struct SyncLine {
+    took_s: f64,
+    full: Option<bool>,
+    ok: bool,
+}
+
+/// "proxy sync" lines and "iptables-restore" byte counts of the log after `offset`.
+fn agent_syncs(log: &Path, offset: u64) -> (Vec<SyncLine>, Vec<(u64, bool)>) {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default());
+    let mut syncs = Vec::new();
+    let mut restores = Vec::new();
+    for l in text.lines() {
+        let field = |k: &str| {
+            l.find(k)
+                .map(|p| &l[p + k.len()..])
+                .map(|r| r.split_whitespace().next().unwrap_or(""))
+        };
+        if l.contains("proxy sync") {
+            let Some(took_s) = field("took=").and_then(parse_debug_duration) else {
+                continue;
+            };
+            let full = if l.contains("full: true") {
+                Some(true)
+            } else if l.contains("full: false") {
+                Some(false)
+            } else {
+                None
+            };
+            syncs.push(SyncLine {
+                took_s,
+                full,
+                ok: l.contains("outcome=Ok"),
+            });
+        } else if l.contains("iptables-restore") {
+            if let Some(bytes) = field("bytes=").and_then(|b| b.parse().ok()) {
+                restores.push((bytes, field("full=") == Some("true")));
+            }
+        }
+    }
+    (syncs, restores)
+}
+
+fn stats_ms(v: &[f64]) -> Value {
+    let s = sorted(v);
+    json!({
+        "n": s.len(),
+        "p50": r3(percentile(&s, 0.5)),
+        "p90": r3(percentile(&s, 0.9)),
+        "max": r3(s.last().copied().unwrap_or(f64::NAN)),
+        "min": r3(s.first().copied().unwrap_or(f64::NAN)),
+    })
+}
+
+fn agent_pid(dir: &Path) -> anyhow::Result<i32> {
+    let state: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json"))?)?;
+    let pid = state["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == "n1"))
+        .and_then(|n| n["agent_pid"].as_i64())
+        .context("n1's agent_pid in lab.json")? as i32;
+    // `ip netns exec` execs the agent in the same process; it may not have done so yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "sluice-agent" {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("pid {pid} is {:?}, not sluice-agent", comm.trim());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Resumes a SIGSTOPped agent when dropped.
+struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+/// Runs `f` on a new thread inside network namespace `ns` (commands it spawns start there too).
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns {path}"))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("the node thread panicked"))?
+}
+
+fn restore_timed(netns: &str, text: &str) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "iptables-restore",
+            "-w",
+            "--noflush",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "iptables-restore in {netns}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn save_timed(table: &str) -> anyhow::Result<(String, f64)> {
+    let t = Instant::now();
+    let o = Command::new("iptables-save")
+        .args(["-t", table])
+        .stderr(Stdio::null())
+        .output()?;
+    if !o.status.success() {
+        bail!("iptables-save -t {table} failed");
+    }
+    Ok((
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        t.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Times save and replays the Sluice nat chains into a scratch namespace (agent paused).
+fn breakdown(ctx: &Ctx, agent: i32) -> anyhow::Result<Value> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
+    let _resume = Paused(agent);
+    // Let a running restore/save of the agent finish first.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while child_rss_kb(agent).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (nat, save_nat_s) = save_timed("nat")?;
+    let (_, save_filter_s) = save_timed("filter")?;
+    let mut full = String::from("*nat\n");
+    let mut dispatch = String::from("*nat\n:SLUICE-SERVICES - [0:0]\n");
+    let (mut chains, mut rules) = (0usize, 0usize);
+    for l in nat.lines() {
+        if l.starts_with(":SLUICE-") {
+            chains += 1;
+            full.push_str(l);
+            full.push('\n');
+        }
+    }
+    for l in nat.lines() {
+        if l.starts_with("-A SLUICE-") {
+            rules += 1;
+            full.push_str(l);
+            full.push('\n');
+            if l.starts_with("-A SLUICE-SERVICES ") {
+                dispatch.push_str(l);
+                dispatch.push('\n');
+            }
+        }
+    }
+    full.push_str("COMMIT\n");
+    dispatch.push_str("COMMIT\n");
+    let scratch = format!("{}-rp", ctx.lab_netns);
+    let o = Command::new("ip")
+        .args(["netns", "add", &scratch])
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "ip netns add {scratch}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    let replay = restore_timed(&scratch, &full);
+    let dispatch_s = replay
+        .as_ref()
+        .ok()
+        .map(|_| restore_timed(&scratch, &dispatch));
+    let _ = Command::new("ip").args(["netns", "del", &scratch]).output();
+    let replay = replay?;
+    let dispatch_s = dispatch_s.transpose()?;
+    Ok(json!({
+        "how": "agent paused (SIGSTOP) after its running iptables child finished; iptables-save timed in the node netns; the Sluice nat chains (declarations, then rules) replayed with iptables-restore --noflush into an empty scratch netns, then the SLUICE-SERVICES rules alone rewritten there",
+        "iptables_save_nat_s": r3(save_nat_s),
+        "iptables_save_filter_s": r3(save_filter_s),
+        "nat_sluice_chains": chains,
+        "nat_sluice_rules": rules,
+        "restore_text_bytes": full.len(),
+        "replay_full_restore_s": r3(replay),
+        "replay_dispatch_chain_only_restore_s": dispatch_s.map(r3),
+        "dispatch_text_bytes": dispatch.len(),
+    }))
+}
+
+async fn create_objects(ctx: &Ctx, client: &kube::Client) -> anyhow::Result<Duration> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    let eps = ctx.eps;
+    crate::create_all(ctx.n, ctx.concurrency, |i| {
+        let svcs = svcs.clone();
+        let slices = slices.clone();
+        async move {
+            let name = format!("{PREFIX}{i}");
+            svcs.create(&PostParams::default(), &service(&name)?)
+                .await
+                .with_context(|| format!("creating service {name}"))?;
+            let ips: Vec<String> = (0..eps).map(|e| base_ip(i, e, eps)).collect();
+            slices
+                .create(&PostParams::default(), &slice(&name, &ips)?)
+                .await
+                .with_context(|| format!("creating endpointslice {name}-1"))?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The measurement, on a thread inside n1's network namespace.
+async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
+    let n = ctx.n;
+    let client = sluice_tests::client_from(&ctx.kubeconfig).await?;
+    let load_before = crate::loadavg();
+
+    eprintln!(
+        "[{n}] creating {n} services and {n} endpointslices × {} endpoints…",
+        ctx.eps
+    );
+    let create = create_objects(&ctx, &client).await?;
+    eprintln!("[{n}] created in {:.1} s", create.as_secs_f64());
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    let t = Instant::now();
+    let listed_svcs = svcs.list(&ListParams::default()).await?.items.len();
+    let list_svcs_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let listed_slices = slices.list(&ListParams::default()).await?.items.len();
+    let list_slices_s = t.elapsed().as_secs_f64();
+    if listed_svcs < n || listed_slices < n {
+        bail!("listed {listed_svcs} services and {listed_slices} slices, expected {n}");
+    }
+    let (pre, _) = ipt_list("nat", "SLUICE-SERVICES");
+    if !dispatch(&pre).is_empty() {
+        bail!("SLUICE-SERVICES already programmed before the iptables agent started");
+    }
+
+    // First full sync: agent start → all N services in the kernel.
+    let log = ctx.dir.join("logs/agent-n1.log");
+    let log_offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let d = ctx.dir.to_string_lossy().to_string();
+    let t_restart = Instant::now();
+    let o = Command::new(&ctx.lab_bin)
+        .args([
+            "agent",
+            "restart",
+            "--dir",
+            &d,
+            "--node",
+            "n1",
+            "--proxy-mode",
+            "iptables",
+        ])
+        .env("RUST_LOG", AGENT_LOG)
+        .output()?;
+    let t_start = Instant::now();
+    if !o.status.success() {
+        bail!(
+            "sluice-lab agent restart: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    let restart_cmd_s = (t_start - t_restart).as_secs_f64();
+    let agent = agent_pid(&ctx.dir)?;
+    eprintln!("[{n}] agent restarted in iptables mode (pid {agent}); waiting for {n} services in SLUICE-SERVICES…");
+    let mut probes = Vec::new();
+    let mut child_peak: Option<f64> = None;
+    let mut last_report = Instant::now();
+    let (svc_chains, programmed) = loop {
+        if let Some(kb) = child_rss_kb(agent) {
+            child_peak = Some(child_peak.map_or(kb, |p: f64| p.max(kb)));
+        }
+        let (text, took) = ipt_list("nat", "SLUICE-SERVICES");
+        probes.push(took.as_secs_f64() * 1e3);
+        let d = dispatch(&text);
+        let mut seen: Vec<usize> = d.iter().map(|(i, _)| *i).filter(|&i| i < n).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() >= n {
+            break (d, t_start.elapsed());
+        }
+        if t_start.elapsed() > ctx.sync_timeout {
+            bail!(
+                "timed out after {:?}: {} of {n} services in SLUICE-SERVICES",
+                ctx.sync_timeout,
+                seen.len()
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            eprintln!(
+                "[{n}]   {:.0} s: {} of {n} services programmed",
+                t_start.elapsed().as_secs_f64(),
+                seen.len()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let programmed_s = programmed.as_secs_f64();
+    eprintln!("[{n}] first full sync: all {n} services in the kernel {programmed_s:.3} s after agent start");
+    let mut chain_of = vec![String::new(); n];
+    for (i, c) in svc_chains {
+        if i < n {
+            chain_of[i] = c;
+        }
+    }
+
+    // Settle, then RSS.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_settled = status_kb(agent, "VmRSS:");
+    let hwm_settled = status_kb(agent, "VmHWM:");
+    let (syncs_first, _) = agent_syncs(&log, log_offset);
+    let first_took = syncs_first
+        .iter()
+        .find(|s| s.ok && s.full == Some(true))
+        .map(|s| r3(s.took_s));
+    eprintln!(
+        "[{n}] agent RSS {:.1} MB (HWM {:.1} MB); agent-reported first full sync {:?} s",
+        rss_settled.unwrap_or(f64::NAN) / 1024.0,
+        hwm_settled.unwrap_or(f64::NAN) / 1024.0,
+        first_took
+    );
+
+    // Endpoint changes.
+    let budget_start = Instant::now();
+    let mut lat_ms = Vec::new();
+    let mut rounds = Vec::new();
+    let mut change_probe_ms = Vec::new();
+    let mut verified = 0usize;
+    let mut old_gone_same_read = 0usize;
+    let mut last_done = Instant::now();
+    for k in 0..ctx.changes {
+        if budget_start.elapsed() > ctx.change_budget {
+            eprintln!(
+                "[{n}] change budget of {:?} used up after {k} rounds",
+                ctx.change_budget
+            );
+            break;
+        }
+        let i = (k * 7919 + 17) % n;
+        let name = format!("{PREFIX}{i}");
+        let chain = chain_of[i].clone();
+        let e = k % ctx.eps;
+        let new_ip = change_ip(k);
+        let mut s = slices.get(&format!("{name}-1")).await?;
+        let old_ip = s.endpoints[e].addresses[0].clone();
+        s.endpoints[e].addresses = vec![new_ip.clone()];
+        let wait = ctx.spacing.saturating_sub(last_done.elapsed());
+        tokio::time::sleep(wait).await;
+        slices
+            .replace(&format!("{name}-1"), &PostParams::default(), &s)
+            .await
+            .with_context(|| format!("updating {name}-1"))?;
+        let t0 = Instant::now();
+        let needle = format!("-> {new_ip}:{TARGET_PORT}\"");
+        let old_needle = format!("-> {old_ip}:{TARGET_PORT}\"");
+        let (text, seen) = loop {
+            let (text, took) = ipt_list("nat", &chain);
+            change_probe_ms.push(took.as_secs_f64() * 1e3);
+            if text.contains(&needle) {
+                break (text, t0.elapsed());
+            }
+            if t0.elapsed() > ctx.change_timeout {
+                bail!(
+                    "change {k}: {new_ip} not in {chain} after {:?}",
+                    ctx.change_timeout
+                );
+            }
+            // Back-to-back probes for the first 200 ms; then leave the cores to the agent.
+            if t0.elapsed() > Duration::from_millis(200) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        last_done = Instant::now();
+        let ms = seen.as_secs_f64() * 1e3;
+        lat_ms.push(ms);
+        let old_gone = !text.contains(&old_needle);
+        old_gone_same_read += usize::from(old_gone);
+        // The endpoint chain it jumps to DNATs to the new IP.
+        let sep = text
+            .lines()
+            .find(|l| l.contains(&needle))
+            .and_then(jump_of)
+            .unwrap_or("")
+            .to_string();
+        let (sep_text, _) = ipt_list("nat", &sep);
+        let dnat = sep_text.contains(&format!("--to-destination {new_ip}:{TARGET_PORT}"));
+        verified += usize::from(dnat);
+        eprintln!(
+            "[{n}] change {}/{}: {name} endpoint {old_ip} → {new_ip}: {ms:.1} ms (DNAT in {sep}: {dnat})",
+            k + 1,
+            ctx.changes
+        );
+        rounds.push(json!({
+            "service": name, "svc_chain": chain, "old_ip": old_ip, "new_ip": new_ip,
+            "ms": r3(ms), "sep_chain": sep, "dnat_verified": dnat, "old_endpoint_gone_in_same_read": old_gone,
+        }));
+    }
+    let rss_after = status_kb(agent, "VmRSS:");
+    let hwm_after = status_kb(agent, "VmHWM:");
+    let load_after = crate::loadavg();
+
+    let (syncs, restores) = agent_syncs(&log, log_offset);
+    let took = |full: bool| -> Vec<f64> {
+        syncs
+            .iter()
+            .filter(|s| s.ok && s.full == Some(full))
+            .map(|s| s.took_s * 1e3)
+            .collect()
+    };
+    let (full_ms, partial_ms) = (took(true), took(false));
+    let restore_bytes = |full: bool| -> Vec<f64> {
+        restores
+            .iter()
+            .filter(|r| r.1 == full)
+            .map(|r| r.0 as f64)
+            .collect()
+    };
+
+    let bd = if ctx.breakdown {
+        eprintln!("[{n}] breakdown: pausing the agent, timing iptables-save and a replay of the nat chains…");
+        match breakdown(&ctx, agent) {
+            Ok(v) => {
+                eprintln!("[{n}] breakdown: {v}");
+                v
+            }
+            Err(e) => json!({"error": format!("{e:#}")}),
+        }
+    } else {
+        Value::Null
+    };
+
+    let full_sync_ok = programmed_s <= 3.0;
+    let s = sorted(&lat_ms);
+    let p90 = percentile(&s, 0.9);
+    let max = s.last().copied().unwrap_or(f64::NAN);
+    let rss_mb = rss_settled.map(|k| k / 1024.0);
+    Ok(json!({
+        "services": n,
+        "endpoints_per_service": ctx.eps,
+        "endpoints": n * ctx.eps,
+        "node_netns": node_netns,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "objects": {
+            "created": 2 * n,
+            "create_s": r3(create.as_secs_f64()),
+            "creates_per_s": (2.0 * n as f64 / create.as_secs_f64()).round(),
+            "concurrency": ctx.concurrency,
+            "api_list_services_s": r3(list_svcs_s),
+            "api_list_endpointslices_s": r3(list_slices_s),
+        },
+        "first_full_sync": {
+            "agent_start_to_programmed_s": r3(programmed_s),
+            "target_s": 3.0,
+            "met": full_sync_ok,
+            "agent_reported_sync_took_s": first_took,
+            "agent_reported_note": "the agent's own \"proxy sync\" took= of its first full sync; its timer starts before it takes the proxier lock, which the informers hold while the initial lists are applied",
+            "lab_agent_restart_command_s": r3(restart_cmd_s),
+            "probe": "iptables -w -t nat -S SLUICE-SERVICES in the node netns every ~20 ms until it jumps to a SLUICE-SVC- chain for every service",
+            "probe_ms": stats_ms(&probes),
+            "iptables_child_peak_rss_mb_sampled": mb(child_peak),
+        },
+        "agent_rss_mb": {
+            "after_first_sync_settled": rss_mb.map(r3),
+            "hwm_after_first_sync": mb(hwm_settled),
+            "after_changes": mb(rss_after),
+            "hwm_after_changes": mb(hwm_after),
+            "target_mb": 64,
+            "met": rss_mb.map(|r| r <= 64.0),
+            "note": "VmRSS of the sluice-agent process; its iptables-restore/iptables-save children are separate processes (see first_full_sync.iptables_child_peak_rss_mb_sampled)",
+        },
+        "endpoint_change": {
+            "rounds_requested": ctx.changes,
+            "rounds_completed": lat_ms.len(),
+            "spacing_s": ctx.spacing.as_secs_f64(),
+            "budget_s": ctx.change_budget.as_secs_f64(),
+            "t0": "the EndpointSlice PUT's response reaching the bench",
+            "probe": "iptables -w -t nat -S <the service's SLUICE-SVC- chain> back to back (after 200 ms: every ~10 ms) until a rule jumps to the new endpoint; then its SLUICE-SEP- chain is checked for the DNAT",
+            "ms": stats_ms(&lat_ms),
+            "target_ms": 50.0,
+            "p90_met": p90 <= 50.0,
+            "max_met": max <= 50.0,
+            "probe_ms": stats_ms(&change_probe_ms),
+            "dnat_verified": verified,
+            "old_endpoint_gone_in_same_read": old_gone_same_read,
+            "rounds": rounds,
+        },
+        "agent_syncs_from_log": {
+            "source": format!("\"proxy sync\" debug lines (RUST_LOG={AGENT_LOG}) from the restart to the end of the change rounds"),
+            "lines": syncs.len(),
+            "full_ok": full_ms.len(),
+            "partial_ok": partial_ms.len(),
+            "failed": syncs.iter().filter(|s| !s.ok).count(),
+            "full_took_ms": stats_ms(&full_ms),
+            "partial_took_ms": stats_ms(&partial_ms),
+            "restore_bytes_full": stats_ms(&restore_bytes(true)),
+            "restore_bytes_partial": stats_ms(&restore_bytes(false)),
+        },
+        "breakdown": bd,
+    }))
+}
+
+fn run_one(target: &Path, n: usize, o: &Opts) -> anyhow::Result<Value> {
+    let tmp = tempfile::tempdir()?;
+    let lab = Lab {
+        bin: target.join("sluice-lab"),
+        dir: tmp.path().join("lab"),
+    };
+    let t = Instant::now();
+    lab.ok(&[
+        "up",
+        "--nodes",
+        "1",
+        "--proxy-mode",
+        "none",
+        "--dir",
+        &lab.d(),
+    ])?;
+    let up_s = t.elapsed().as_secs_f64();
+    let cluster: Value = serde_json::from_slice(
+        &std::fs::read(lab.dir.join("cluster.json")).context("reading cluster.json")?,
+    )?;
+    let node_netns = cluster["nodes"][0]["netns"]
+        .as_str()
+        .context("n1 netns")?
+        .to_string();
+    let ctx = Ctx {
+        n,
+        eps: o.endpoints,
+        changes: o.changes,
+        spacing: o.spacing,
+        concurrency: o.concurrency,
+        sync_timeout: o.sync_timeout,
+        change_timeout: o.change_timeout,
+        change_budget: o.change_budget,
+        breakdown: o.breakdown,
+        lab_bin: lab.bin.clone(),
+        dir: lab.dir.canonicalize()?,
+        kubeconfig: PathBuf::from(cluster["kubeconfig"].as_str().context("kubeconfig")?),
+        lab_netns: cluster["labNetns"]
+            .as_str()
+            .context("labNetns")?
+            .to_string(),
+    };
+    eprintln!("[{n}] lab up in {up_s:.1} s (node netns {node_netns})");
+    let ns = node_netns.clone();
+    let res = in_netns(&node_netns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(measure(ctx, ns))
+    });
+    if res.is_err() {
+        // Keep the agent's log for the post-mortem.
+        let log = lab.dir.join("logs/agent-n1.log");
+        let keep = std::env::temp_dir().join(format!("sluice-bench-scale-{n}-agent.log"));
+        if std::fs::copy(&log, &keep).is_ok() {
+            eprintln!("[{n}] agent log kept at {}", keep.display());
+        }
+    }
+    lab.down()?;
+    let mut v = res?;
+    v["lab_up_s"] = json!(r3(up_s));
+    Ok(v)
+}
+
+pub fn run(o: Opts) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("scale needs root (the lab makes network namespaces)");
+    }
+    if o.services.is_empty() || o.services.contains(&0) || o.endpoints == 0 {
+        bail!("--services needs positive counts and --endpoints at least 1");
+    }
+    if o.services.iter().any(|&n| n * o.endpoints > 210 * 250) {
+        bail!("at most 52,500 endpoints (10.244.0.1 … 10.244.209.250)");
+    }
+    let target = sluice_tests::target_dir();
+    for b in ["sluice-lab", "sluice-control", "sluice-agent", "sluice-cni"] {
+        if !target.join(b).exists() {
+            bail!(
+                "{} is missing: cargo build --release -p sluice-bench -p sluice-agent -p sluice-control -p sluice-lab -p sluice-cni",
+                target.join(b).display()
+            );
+        }
+    }
+    let iptables = Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .context("iptables not found")?;
+    let mut runs = Vec::new();
+    let mut result = json!({});
+    for &n in &o.services {
+        runs.push(run_one(&target, n, &o)?);
+        result = json!({
+            "benchmark": "scale",
+            "proxy_mode": "iptables",
+            "kernel": crate::kernel(),
+            "cores": crate::cores(),
+            "iptables": iptables,
+            "binaries_profile": target.file_name().map(|p| p.to_string_lossy().to_string()),
+            "agent_flags": "as sluice-lab runs it: --proxy-mode iptables --min-sync-period 200ms (lab), --sync-period 30s (default)",
+            "method": "per N a fresh 1-node sluice-lab (proxy mode none); N selector-less ClusterIP services + one EndpointSlice each created first; then the agent is restarted in iptables mode and the kernel (iptables -S in the node netns) is polled; see bench/src/scale.rs",
+            "targets": {"full_sync_10000_s": 3.0, "endpoint_change_ms": 50.0, "agent_rss_10000_mb": 64.0},
+            "runs": runs,
+        });
+        if let Some(p) = &o.out {
+            std::fs::write(p, serde_json::to_string_pretty(&result)? + "\n")
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    summary(&runs);
+    crate::emit(&result, o.out.as_deref())
+}
+
+fn summary(runs: &[Value]) {
+    eprintln!();
+    eprintln!(
+        "{:>8} | {:>16} | {:>14} | {:>26} | {:>12} | {:>10}",
+        "services",
+        "first sync (s)",
+        "agent says (s)",
+        "endpoint change ms p50/p90/max",
+        "rounds",
+        "agent RSS MB"
+    );
+    for r in runs {
+        let c = &r["endpoint_change"]["ms"];
+        eprintln!(
+            "{:>8} | {:>16} | {:>14} | {:>26} | {:>12} | {:>10}",
+            r["services"],
+            r["first_full_sync"]["agent_start_to_programmed_s"],
+            r["first_full_sync"]["agent_reported_sync_took_s"],
+            format!("{}/{}/{}", c["p50"], c["p90"], c["max"]),
+            format!(
+                "{}/{}",
+                r["endpoint_change"]["rounds_completed"], r["endpoint_change"]["rounds_requested"]
+            ),
+            r["agent_rss_mb"]["after_first_sync_settled"],
+        );
+    }
+    eprintln!("targets: first full sync at 10,000 ≤ 3 s; endpoint change ≤ 50 ms; agent RSS at 10,000 ≤ 64 MB");
+}
