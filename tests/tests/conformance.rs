@@ -238,7 +238,9 @@ struct Mode {
     kernel_datapath: bool,
 }
 
-/// The client address a `peer` pod saw, from `ss -tnH` output (`… [::ffff:172.31.0.1]:4242`).
+/// The client address a `peer` pod saw, from `ss -tnH state connected` output
+/// (`… [::ffff:172.31.0.1]:4242`; the connection may already be in CLOSE-WAIT, since the
+/// client sends nothing and closes at once).
 fn peer_ip(ss: &str) -> Option<String> {
     let line = ss.lines().find(|l| !l.trim().is_empty())?;
     let peer = line.split_whitespace().last()?;
@@ -288,6 +290,21 @@ fn conformance(mode: Mode) {
     }
     let nodes = l.nodes();
 
+    // `sluice-agent debug dump` shows what the mode programmed for the service, on every node.
+    for (node, ns, _) in &nodes {
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin("sluice-agent"))
+            .args(["debug", "dump", "--proxy-mode", mode.name])
+            .output()
+            .unwrap();
+        let dump = ok(o);
+        assert!(
+            dump.contains(mode.chain_prefix) && dump.contains(&format!("{ip}/32")),
+            "{node}: dump lacks the web service ({ip}):\n{dump}"
+        );
+    }
+
     // NodePort from a client outside the nodes reaches backends on both nodes, via either node.
     l.service("web-np", "web", "  type: NodePort\n");
     let np = l.node_port("web-np");
@@ -330,7 +347,7 @@ fn conformance(mode: Mode) {
         "/usr/bin/ss",
         "-tnH",
         "state",
-        "established",
+        "connected",
     ]));
     l.service(
         "local",
