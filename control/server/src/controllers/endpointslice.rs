@@ -378,9 +378,12 @@ pub async fn reconcile_tracked(
 ) -> Result<(), String> {
     let slices_res = by_kind("EndpointSlice");
     let ep_res = by_kind("Endpoints");
+    // Managed slices are named `<service>-<suffix>` (generateName), so a key-range scan finds
+    // them without parsing every slice of the namespace — per reconcile that scan would make a
+    // resync of N services cost N × N parses.
     let existing: Vec<Value> = reg
         .store()
-        .list(&slices_res.ns_prefix(Some(ns)))
+        .list(&format!("{}{name}-", slices_res.ns_prefix(Some(ns))))
         .0
         .iter()
         .filter_map(|s| s.value().ok())
@@ -957,6 +960,16 @@ mod tests {
                 String::from_utf8_lossy(&ev.object.json)
             );
         }
+        // A Service whose name extends "web-" shares the key prefix of web's slices: its own
+        // slices must survive web's reconciles.
+        let mut api = svc(json!(8080));
+        api["metadata"].as_object_mut().unwrap().remove("namespace");
+        api["metadata"]["name"] = json!("web-api");
+        reg.create(by_kind("Service"), Some("default"), api)
+            .await
+            .unwrap();
+        reconcile(&reg, "default", "web-api", 2).await.unwrap();
+        assert_eq!(slices(&reg).len(), 4);
         // Service gone: slices and Endpoints go too.
         reg.delete(
             by_kind("Service"),
@@ -967,7 +980,11 @@ mod tests {
         .await
         .unwrap();
         reconcile(&reg, "default", "web", 2).await.unwrap();
-        assert!(slices(&reg).is_empty());
+        let left = slices(&reg);
+        assert_eq!(left.len(), 2, "web-api's slices stay");
+        assert!(left
+            .iter()
+            .all(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == "web-api"));
         assert!(reg
             .get(by_kind("Endpoints"), Some("default"), "web")
             .is_err());
