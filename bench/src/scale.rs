@@ -21,7 +21,11 @@
 //!    time `iptables-save` of nat and filter (what a full sync reads first), and replay the
 //!    Sluice part of the nat table into an empty scratch namespace with `iptables-restore
 //!    --noflush` (the kernel-side cost of a full sync's transaction), then a rewrite of the
-//!    dispatch chain alone into it (the floor of every partial sync, which always rewrites it).
+//!    dispatch chain alone into it (what a partial sync pays when a service's reachability
+//!    changes; an endpoint-only change no longer rewrites it).
+//!
+//! The iptables backend is nft unless `SLUICE_BENCH_IPTABLES_BACKEND=legacy`; the agent gets
+//! `--iptables-backend` accordingly and every probe uses that backend's tools.
 //!
 //! Probes run from a thread that entered the node's network namespace (setns), so each poll is a
 //! plain `iptables` process without `ip netns exec`'s remounts; the API client runs there too
@@ -47,6 +51,24 @@ const PREFIX: &str = "scale-";
 const TARGET_PORT: u16 = 8080;
 /// Agent log filter: the proxy's "proxy sync" (took, outcome) and the restore's size.
 const AGENT_LOG: &str = "info,sluice_agent::proxy=debug,sluice_proxy_iptables=debug";
+
+/// The iptables backend the agent runs and the probes read: `SLUICE_BENCH_IPTABLES_BACKEND`
+/// (`nft`, the default, or `legacy`), passed to the agent as `--iptables-backend` (through
+/// `sluice-lab agent restart --agent-arg`).
+pub fn backend() -> &'static str {
+    static B: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    B.get_or_init(
+        || match std::env::var("SLUICE_BENCH_IPTABLES_BACKEND").as_deref() {
+            Ok("legacy") => "legacy",
+            _ => "nft",
+        },
+    )
+}
+
+/// `iptables-<backend>[-suffix]` (`suffix` = "", "-save" or "-restore").
+fn tool(suffix: &str) -> String {
+    format!("iptables-{}{suffix}", backend())
+}
 
 /// Options of `sluice-bench scale`.
 pub struct Opts {
@@ -122,7 +144,7 @@ fn slice(name: &str, ips: &[String]) -> anyhow::Result<EndpointSlice> {
 /// `iptables -w -t TABLE -S CHAIN` (empty if the chain does not exist) and how long it took.
 fn ipt_list(table: &str, chain: &str) -> (String, Duration) {
     let t = Instant::now();
-    let out = Command::new("iptables")
+    let out = Command::new(tool(""))
         .args(["-w", "-t", table, "-S", chain])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -327,14 +349,7 @@ fn in_netns<T: Send + 'static>(
 fn restore_timed(netns: &str, text: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
     let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "iptables-restore",
-            "-w",
-            "--noflush",
-        ])
+        .args(["netns", "exec", netns, &tool("-restore"), "-w", "--noflush"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -357,7 +372,7 @@ fn restore_timed(netns: &str, text: &str) -> anyhow::Result<f64> {
 
 fn save_timed(table: &str) -> anyhow::Result<(String, f64)> {
     let t = Instant::now();
-    let o = Command::new("iptables-save")
+    let o = Command::new(tool("-save"))
         .args(["-t", table])
         .stderr(Stdio::null())
         .output()?;
@@ -504,6 +519,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "n1",
             "--proxy-mode",
             "iptables",
+            &format!("--agent-arg=--iptables-backend={}", backend()),
         ])
         .env("RUST_LOG", AGENT_LOG)
         .output()?;
@@ -838,7 +854,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             );
         }
     }
-    let iptables = Command::new("iptables")
+    let iptables = Command::new(tool(""))
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -850,11 +866,12 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         result = json!({
             "benchmark": "scale",
             "proxy_mode": "iptables",
+            "iptables_backend": backend(),
             "kernel": crate::kernel(),
             "cores": crate::cores(),
             "iptables": iptables,
             "binaries_profile": target.file_name().map(|p| p.to_string_lossy().to_string()),
-            "agent_flags": "as sluice-lab runs it: --proxy-mode iptables --min-sync-period 200ms (lab), --sync-period 30s (default)",
+            "agent_flags": format!("as sluice-lab runs it: --proxy-mode iptables --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults), --iptables-backend {} (SLUICE_BENCH_IPTABLES_BACKEND)", backend()),
             "method": "per N a fresh 1-node sluice-lab (proxy mode none); N selector-less ClusterIP services + one EndpointSlice each created first; then the agent is restarted in iptables mode and the kernel (iptables -S in the node netns) is polled; see bench/src/scale.rs",
             "targets": {"full_sync_10000_s": 3.0, "endpoint_change_ms": 50.0, "agent_rss_10000_mb": 64.0},
             "runs": runs,

@@ -97,6 +97,10 @@ enum AgentCmd {
         /// New `--proxy-mode`.
         #[arg(long)]
         proxy_mode: Option<String>,
+        /// Extra agent flag (repeatable, e.g. `--agent-arg=--iptables-backend=legacy`); given
+        /// at all, the list replaces the one kept from the previous restart.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
 }
 
@@ -172,6 +176,9 @@ struct LabState {
     /// The agents' current `--proxy-mode`.
     #[serde(default)]
     proxy_mode: String,
+    /// Extra agent flags (`agent restart --agent-arg`).
+    #[serde(default)]
+    agent_args: Vec<String>,
     nodes: Vec<NodeRec>,
     pods: Vec<PodRec>,
 }
@@ -359,6 +366,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
         kubeconfig: dir.join("control/admin.kubeconfig"),
         bin_dir: bins.clone(),
         proxy_mode: proxy_mode.to_string(),
+        agent_args: Vec::new(),
         nodes: Vec::new(),
         pods: Vec::new(),
     };
@@ -475,6 +483,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
             &kubeconfig,
             &ndir.join("net.d"),
             proxy_mode,
+            &[],
         )?;
         state.nodes.push(NodeRec {
             name,
@@ -535,29 +544,32 @@ fn start_agent(
     kubeconfig: &Path,
     cni_conf_dir: &Path,
     proxy_mode: &str,
+    extra: &[String],
 ) -> anyhow::Result<i32> {
+    let mut argv: Vec<String> = vec![
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        ns.to_string(),
+        bins.join("sluice-agent").to_string_lossy().into(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into(),
+        "--node-name".into(),
+        name.to_string(),
+        "--node-ip".into(),
+        ip.to_string(),
+        "--proxy-mode".into(),
+        proxy_mode.to_string(),
+        "--min-sync-period".into(),
+        "200ms".into(),
+        "--cni-conf-dir".into(),
+        cni_conf_dir.to_string_lossy().into(),
+        "--cni-bin-dir".into(),
+        bins.to_string_lossy().into(),
+    ];
+    argv.extend(extra.iter().cloned());
     spawn_detached(
-        &[
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            ns.to_string(),
-            bins.join("sluice-agent").to_string_lossy().into(),
-            "--kubeconfig".into(),
-            kubeconfig.to_string_lossy().into(),
-            "--node-name".into(),
-            name.to_string(),
-            "--node-ip".into(),
-            ip.to_string(),
-            "--proxy-mode".into(),
-            proxy_mode.to_string(),
-            "--min-sync-period".into(),
-            "200ms".into(),
-            "--cni-conf-dir".into(),
-            cni_conf_dir.to_string_lossy().into(),
-            "--cni-bin-dir".into(),
-            bins.to_string_lossy().into(),
-        ],
+        &argv,
         // Appended, so a restart keeps the earlier log.
         &dir.join(format!("logs/agent-{name}.log")),
         None,
@@ -565,9 +577,17 @@ fn start_agent(
 }
 
 /// Restarts agents (all, or one node's), optionally in another proxy mode.
-fn agent_restart(dir: &Path, node: Option<&str>, proxy_mode: Option<&str>) -> anyhow::Result<()> {
+fn agent_restart(
+    dir: &Path,
+    node: Option<&str>,
+    proxy_mode: Option<&str>,
+    agent_args: &[String],
+) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
     let mut state = LabState::load(&dir)?;
+    if !agent_args.is_empty() {
+        state.agent_args = agent_args.to_vec();
+    }
     if let Some(m) = proxy_mode {
         state.proxy_mode = m.to_string();
     }
@@ -592,6 +612,7 @@ fn agent_restart(dir: &Path, node: Option<&str>, proxy_mode: Option<&str>) -> an
             &n.kubeconfig,
             &n.cni_conf_dir,
             &mode,
+            &state.agent_args,
         )?;
         println!(
             "agent on {} restarted (pid {}, --proxy-mode {mode})",
@@ -865,8 +886,9 @@ fn main() -> anyhow::Result<()> {
                     dir,
                     node,
                     proxy_mode,
+                    agent_args,
                 },
-        } => agent_restart(&dir, node.as_deref(), proxy_mode.as_deref()),
+        } => agent_restart(&dir, node.as_deref(), proxy_mode.as_deref(), &agent_args),
         Cmd::Exec { dir, pod, cmd } => std::process::exit(exec(&dir, &pod, &cmd)?),
     }
 }

@@ -16,7 +16,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
 use crate::cache::NodeCache;
-use crate::cli::{Cli, ProxyMode};
+use crate::cli::{Cli, IptablesBackend, ProxyMode};
 use crate::health::{self, ProxyHealth};
 use crate::healthcheck::ServiceHealthServer;
 use crate::netlink::Netlink;
@@ -94,11 +94,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let id = Identity::probe(&cli.node_name, node_ip);
     tracing::info!(node = %id.name, %node_ip, "starting sluice-agent");
     enable_forwarding();
+    let ipt = iptables_commands(cli.iptables_backend, &id.name);
     if cli.proxy_mode != ProxyMode::Iptables {
-        remove_iptables_proxy_rules(&id.name);
+        remove_iptables_proxy_rules(&id.name, &ipt);
     }
     if cli.proxy_mode != ProxyMode::Userspace {
-        remove_userspace_proxy_rules();
+        remove_userspace_proxy_rules(&ipt);
     }
 
     // Register before anything else, retrying while the API server is unreachable.
@@ -133,13 +134,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ipv4Addr::UNSPECIFIED.into(),
             proxy_health.clone(),
         ))),
+        full_sync_period: Some(cli.full_sync_period),
     };
     let proxy = match cli.proxy_mode {
         ProxyMode::Iptables => {
             let mut cfg = sluice_proxy_iptables::RenderConfig::new(id.name.clone());
             cfg.node_ips = vec![node_ip];
             cfg.cluster_cidr = Some(cli.cluster_cidr.into());
-            let dataplane = sluice_proxy_iptables::IptablesDataplane::new(cfg, Default::default());
+            let dataplane = sluice_proxy_iptables::IptablesDataplane::new(cfg, ipt.clone());
             Some(tokio::spawn(crate::proxy::run_with(
                 client.clone(),
                 opts,
@@ -153,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut cfg = sluice_proxy_userspace::UserspaceConfig::new(id.name.clone(), ip4);
             cfg.cluster_cidr = Some(cli.cluster_cidr);
+            cfg.commands = userspace_commands(&ipt);
             let dataplane = sluice_proxy_userspace::UserspaceDataplane::new(
                 cfg,
                 tokio::runtime::Handle::current(),
@@ -167,7 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let mut sync = Syncer::new(nl, cli.clone());
+    let mut sync = Syncer::new(nl, cli.clone(), ipt);
     let mut stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -203,20 +206,82 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--iptables-backend`: the backend's commands (auto: the one holding Sluice's chains, else
+/// nft). Sluice chains in the other backend (a previous run with the other choice) are removed,
+/// so one node never mixes backends.
+fn iptables_commands(
+    choice: IptablesBackend,
+    node: &str,
+) -> sluice_proxy_iptables::apply::Commands {
+    use sluice_proxy_iptables::apply::{detect_backend, Backend, Commands};
+    let backend = match choice {
+        IptablesBackend::Nft => Backend::Nft,
+        IptablesBackend::Legacy => Backend::Legacy,
+        IptablesBackend::Auto => {
+            let b = detect_backend();
+            // Only one backend installed: that one.
+            if !Commands::for_backend(b).available() && Commands::for_backend(b.other()).available()
+            {
+                b.other()
+            } else {
+                b
+            }
+        }
+    };
+    let commands = Commands::for_backend(backend);
+    if !commands.available() {
+        tracing::warn!(
+            backend = backend.name(),
+            "iptables-{} not found; using plain iptables",
+            backend.name()
+        );
+        return Commands::default();
+    }
+    let other = Commands::for_backend(backend.other());
+    if other.available() && other.holds_sluice_chains() {
+        tracing::info!(
+            from = backend.other().name(),
+            to = backend.name(),
+            "removing Sluice chains from the other iptables backend"
+        );
+        remove_iptables_proxy_rules(node, &other);
+        remove_userspace_proxy_rules(&other);
+        if let Err(e) = masq::remove(&other) {
+            tracing::warn!(error = %e, "removing the masquerade rules from the other backend failed");
+        }
+    }
+    tracing::info!(backend = backend.name(), "iptables backend");
+    commands
+}
+
+/// The userspace mode's commands on the same backend.
+fn userspace_commands(
+    ipt: &sluice_proxy_iptables::apply::Commands,
+) -> sluice_proxy_userspace::Commands {
+    sluice_proxy_userspace::Commands {
+        restore: ipt.restore.clone(),
+        save: ipt.save.clone(),
+        iptables: ipt.iptables.clone(),
+    }
+}
+
 /// Switching modes leaves nothing of the old one: every `SLUICE-` chain of the iptables mode
 /// (and the jumps into them) goes when the agent runs in another mode.
-fn remove_iptables_proxy_rules(node: &str) {
+fn remove_iptables_proxy_rules(node: &str, commands: &sluice_proxy_iptables::apply::Commands) {
     use sluice_proxy::proxier::Dataplane;
-    let saved = match std::process::Command::new("iptables-save").output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => return, // no iptables here: nothing of that mode can exist
-    };
-    if !saved.contains(":SLUICE-") {
+    use sluice_proxy_iptables::chains;
+    // A cheap probe first (an iptables-save of a large nf_tables table takes seconds).
+    let probe = [
+        ("nat", chains::SERVICES),
+        ("nat", chains::MARK_MASQ),
+        ("filter", chains::FORWARD),
+    ];
+    if !probe.iter().any(|(t, c)| commands.has_chain(t, c)) {
         return;
     }
     let mut dp = sluice_proxy_iptables::IptablesDataplane::new(
         sluice_proxy_iptables::RenderConfig::new(node),
-        Default::default(),
+        commands.clone(),
     );
     match dp.cleanup() {
         Ok(()) => tracing::info!("removed the iptables proxy mode's rules"),
@@ -225,15 +290,16 @@ fn remove_iptables_proxy_rules(node: &str) {
 }
 
 /// Likewise for the userspace mode's `SLUICEUS-` chains (its listeners died with its agent).
-fn remove_userspace_proxy_rules() {
-    let saved = match std::process::Command::new("iptables-save").output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => return,
-    };
-    if !saved.contains(":SLUICEUS-") {
+fn remove_userspace_proxy_rules(commands: &sluice_proxy_iptables::apply::Commands) {
+    let probe = [
+        ("nat", "SLUICEUS-PORTALS-CONTAINER"),
+        ("nat", "SLUICEUS-PORTALS-HOST"),
+        ("filter", "SLUICEUS-REJECT"),
+    ];
+    if !probe.iter().any(|(t, c)| commands.has_chain(t, c)) {
         return;
     }
-    match sluice_proxy_userspace::cleanup_rules() {
+    match sluice_proxy_userspace::cleanup_rules_with(&userspace_commands(commands)) {
         Ok(()) => tracing::info!("removed the userspace proxy mode's rules"),
         Err(e) => tracing::warn!(error = %e, "removing the userspace proxy mode's rules failed"),
     }
@@ -356,15 +422,18 @@ async fn heartbeat(client: Client, id: Identity, every: Duration) {
 struct Syncer {
     nl: Netlink,
     cli: Cli,
+    /// The iptables backend's tools (`--iptables-backend`), shared with the proxy.
+    ipt: sluice_proxy_iptables::apply::Commands,
     masq_done: Option<Ipv4Net>,
     waiting_logged: bool,
 }
 
 impl Syncer {
-    fn new(nl: Netlink, cli: Cli) -> Syncer {
+    fn new(nl: Netlink, cli: Cli, ipt: sluice_proxy_iptables::apply::Commands) -> Syncer {
         Syncer {
             nl,
             cli,
+            ipt,
             masq_done: None,
             waiting_logged: false,
         }
@@ -406,7 +475,7 @@ impl Syncer {
             }
         }
         if self.masq_done != Some(cidr) {
-            match masq::apply(cidr, self.cli.cluster_cidr) {
+            match masq::apply(&self.ipt, cidr, self.cli.cluster_cidr) {
                 Ok(true) => {
                     tracing::info!(pod_cidr = %cidr, "masquerade rules installed");
                     self.masq_done = Some(cidr);

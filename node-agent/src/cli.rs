@@ -97,9 +97,23 @@ pub struct Cli {
     /// meanwhile coalesce into one sync).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub min_sync_period: Duration,
-    /// Longest time between proxy syncs; also the period of full resyncs.
+    /// Longest time between proxy syncs. The periodic sync is partial (only what changed is
+    /// rewritten); see `--full-sync-period` for the forced full resync.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
+    /// Period of the forced full proxy resync (every rule rewritten from the model), counted from
+    /// the end of the last successful full sync; kube-proxy's `FullSyncPeriod` is one hour. The
+    /// first sync and the sync after a failed one are always full.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub full_sync_period: Duration,
+    /// iptables backend for the iptables proxy mode and the node masquerade (one node never
+    /// mixes them): `nft` (iptables-nft), `legacy` (iptables-legacy: x_tables in the kernel,
+    /// much faster restores at tens of thousands of chains) or `auto`: the backend that already
+    /// holds Sluice's chains (`SLUICE-*`, `SLUICENODE-MASQ`) in this network namespace, else
+    /// nft (the idea of kube-proxy's iptables-wrapper). Sluice chains found in the other backend
+    /// are removed.
+    #[arg(long, value_enum, default_value_t = IptablesBackend::Auto)]
+    pub iptables_backend: IptablesBackend,
     /// Handle only Services labelled `service.kubernetes.io/service-proxy-name=<this>` (by
     /// default only Services without that label).
     #[arg(long)]
@@ -148,6 +162,17 @@ fn parse_healthz_bind(s: &str) -> Result<BindAddress, String> {
 
 fn parse_metrics_bind(s: &str) -> Result<BindAddress, String> {
     parse_bind_address(s, DEFAULT_METRICS_PORT)
+}
+
+/// `--iptables-backend`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesBackend {
+    /// The backend already holding Sluice's chains, else nft.
+    Auto,
+    /// iptables-nft (`iptables-nft`, `iptables-nft-save`, `iptables-nft-restore`).
+    Nft,
+    /// iptables-legacy (`iptables-legacy`, `iptables-legacy-save`, `iptables-legacy-restore`).
+    Legacy,
 }
 
 /// Service proxy modes (`--proxy-mode`).
@@ -224,6 +249,8 @@ mod tests {
         assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(c.min_sync_period, Duration::from_secs(1));
         assert_eq!(c.sync_period, Duration::from_secs(30));
+        assert_eq!(c.full_sync_period, Duration::from_secs(3600));
+        assert_eq!(c.iptables_backend, IptablesBackend::Auto);
         assert_eq!(c.proxy_name, None);
         assert_eq!(
             c.healthz_bind_address.0,
@@ -260,6 +287,8 @@ mod tests {
             "--bridge",
             "--heartbeat-interval",
             "--cluster-cidr",
+            "--full-sync-period",
+            "--iptables-backend",
             "--healthz-bind-address",
             "--metrics-bind-address",
         ] {

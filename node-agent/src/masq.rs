@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
+use sluice_proxy_iptables::apply::Commands;
 
 /// Our chain in the nat table. Deliberately outside the `SLUICE-` prefix the iptables proxy
 /// mode owns: proxy syncs rewrite, and mode switches delete, every `SLUICE-` chain, and node
@@ -45,6 +46,9 @@ pub fn has_jump(save: &str) -> bool {
     })
 }
 
+/// The comment of the jump from POSTROUTING.
+const JUMP_COMMENT: &str = "sluice: masquerade pod traffic leaving the cluster";
+
 /// The `iptables-restore --noflush` input. Declaring the chain flushes it (and only it), so
 /// the transaction replaces our rules atomically and leaves every other chain alone; the jump
 /// from POSTROUTING is added only when `jump_present` is false.
@@ -53,7 +57,7 @@ pub fn render(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net, jump_present: bool) -> S
     s.push_str(&format!(":{CHAIN} - [0:0]\n"));
     if !jump_present {
         s.push_str(&format!(
-            "-A POSTROUTING -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j {CHAIN}\n"
+            "-A POSTROUTING -m comment --comment \"{JUMP_COMMENT}\" -j {CHAIN}\n"
         ));
     }
     s.push_str(&format!(
@@ -111,15 +115,79 @@ fn run(tool: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Error>
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs the rules in the current network namespace. Returns Ok(false) when iptables is
+/// Resolves a command name on PATH (plus the sbin directories); `None` if not installed.
+fn resolve(cmd: &Path) -> Option<PathBuf> {
+    if cmd.components().count() > 1 {
+        return is_executable(cmd).then(|| cmd.to_path_buf());
+    }
+    which(&cmd.to_string_lossy())
+}
+
+/// Whether POSTROUTING jumps to our chain (`iptables -C`: no `iptables-save` of the whole nat
+/// table, which holds every proxy chain).
+fn jump_present(iptables: &Path) -> bool {
+    Command::new(iptables)
+        .args([
+            "-w",
+            "-t",
+            "nat",
+            "-C",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+        ])
+        .arg(JUMP_COMMENT)
+        .args(["-j", CHAIN])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs the rules in the current network namespace with the iptables backend of
+/// `commands` (the proxy's: one node never mixes backends). Returns Ok(false) when iptables is
 /// not installed (nothing to do).
-pub fn apply(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<bool, Error> {
-    let (Some(save), Some(restore)) = (which("iptables-save"), which("iptables-restore")) else {
+pub fn apply(commands: &Commands, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<bool, Error> {
+    let (Some(iptables), Some(restore)) = (resolve(&commands.iptables), resolve(&commands.restore))
+    else {
         return Ok(false);
     };
-    let current = run(&save, &["-t", "nat"], None)?;
-    let input = render(pod_cidr, cluster_cidr, has_jump(&current));
+    let input = render(pod_cidr, cluster_cidr, jump_present(&iptables));
     run(&restore, &["--noflush", "--wait"], Some(&input))?;
+    Ok(true)
+}
+
+/// Removes the chain and the jump to it from the backend of `commands` (switching backends).
+/// Returns whether anything was there.
+pub fn remove(commands: &Commands) -> Result<bool, Error> {
+    let (Some(iptables), Some(restore)) = (resolve(&commands.iptables), resolve(&commands.restore))
+    else {
+        return Ok(false);
+    };
+    let jump = jump_present(&iptables);
+    let chain = Command::new(&iptables)
+        .args(["-w", "-t", "nat", "-S", CHAIN])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !jump && !chain {
+        return Ok(false);
+    }
+    let mut s = String::from("*nat\n");
+    if jump {
+        s.push_str(&format!(
+            "-D POSTROUTING -m comment --comment \"{JUMP_COMMENT}\" -j {CHAIN}\n"
+        ));
+    }
+    if chain {
+        s.push_str(&format!(":{CHAIN} - [0:0]\n-X {CHAIN}\n"));
+    }
+    s.push_str("COMMIT\n");
+    run(&restore, &["--noflush", "--wait"], Some(&s))?;
     Ok(true)
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -39,7 +40,7 @@ pub struct ProxyOptions {
     pub proxy_name: Option<String>,
     /// `--min-sync-period`.
     pub min_sync_period: Duration,
-    /// `--sync-period` (also the full-resync period).
+    /// `--sync-period`: longest time between (partial) syncs.
     pub sync_period: Duration,
 }
 
@@ -52,16 +53,25 @@ pub struct ProxyExtras {
     pub health: Option<Arc<ProxyHealth>>,
     /// HealthCheckNodePort listeners, reconciled after each successful sync.
     pub service_health: Option<Arc<ServiceHealthServer>>,
+    /// `--full-sync-period`; `None` = [`FULL_SYNC_PERIOD`].
+    pub full_sync_period: Option<Duration>,
 }
+
+/// Default period of the forced full resync (kube-proxy's `FullSyncPeriod`).
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 type Shared<D> = Arc<Mutex<Proxier<D>>>;
 
 /// Feeds one kind's watch events into the proxier through `update(prev, cur)` and `synced()`.
+/// The previous object per key is kept as `slim` reduces it: only what `update` needs of a
+/// *previous* object (at 10,000 services, whole Services and EndpointSlices with their
+/// managedFields are tens of MB).
 async fn follow<K, D, U, S>(
     api: Api<K>,
     proxier: Shared<D>,
     kick: RunnerHandle,
     health: Option<Arc<ProxyHealth>>,
+    slim: fn(&K) -> K,
     update: U,
     synced: S,
 ) where
@@ -94,7 +104,7 @@ async fn follow<K, D, U, S>(
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
                 let k = key(&o);
                 seen.insert(k.clone());
-                let prev = cache.insert(k, o.clone());
+                let prev = cache.insert(k, slim(&o));
                 update(&mut p, prev.as_ref(), Some(&o))
             }
             watcher::Event::Delete(o) => {
@@ -149,7 +159,11 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
         proxy_name: opts.proxy_name.clone(),
         ip_family: Some(IpFamily::V4),
     };
-    let mut p = Proxier::new(config, opts.sync_period, dataplane);
+    let mut p = Proxier::new(
+        config,
+        extras.full_sync_period.unwrap_or(FULL_SYNC_PERIOD),
+        dataplane,
+    );
     if let Some(m) = extras.metrics.clone() {
         p.set_metrics(m);
     }
@@ -198,6 +212,7 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
         proxier.clone(),
         kick.clone(),
         extras.health.clone(),
+        slim_service,
         |p, prev, cur| p.on_service_update(prev, cur),
         |p| p.on_services_synced(),
     ));
@@ -206,6 +221,7 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
         proxier.clone(),
         kick.clone(),
         extras.health.clone(),
+        slim_slice,
         |p, prev, cur| p.on_endpoint_slice_update(prev, cur),
         |p| p.on_endpoint_slices_synced(),
     ));
@@ -215,6 +231,7 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
         proxier,
         kick,
         extras.health.clone(),
+        slim_node,
         move |p, _prev, cur| match cur {
             Some(n) if n.name_any() == node_name => {
                 let labels: BTreeMap<String, String> = n.labels().clone();
@@ -226,4 +243,108 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
     ));
     let _ = tokio::try_join!(services, slices, nodes)?;
     Ok(())
+}
+
+/// Metadata a previous object is keyed and filtered by: name, namespace, labels.
+fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        labels: m.labels.clone(),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A previous Service as the service tracker reads it (its ports from spec and status, and
+/// the labels); managedFields and annotations go.
+fn slim_service(s: &Service) -> Service {
+    Service {
+        metadata: slim_meta(&s.metadata),
+        spec: s.spec.clone(),
+        status: s.status.clone(),
+    }
+}
+
+/// A previous EndpointSlice: the endpoints tracker only keys it (namespace, name, service-name
+/// label); its endpoints come from the current object and the tracker's own state.
+fn slim_slice(s: &EndpointSlice) -> EndpointSlice {
+    EndpointSlice {
+        metadata: slim_meta(&s.metadata),
+        address_type: s.address_type.clone(),
+        endpoints: Vec::new(),
+        ports: None,
+    }
+}
+
+/// A previous Node: only its name and labels are read.
+fn slim_node(n: &Node) -> Node {
+    Node {
+        metadata: slim_meta(&n.metadata),
+        ..Node::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_objects_keep_what_the_trackers_read() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "labels": {"a": "b"},
+                         "annotations": {"x": "y"}, "managedFields": [{"manager": "m"}]},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        let slim = slim_service(&svc);
+        assert_eq!(slim.metadata.annotations, None);
+        assert_eq!(slim.metadata.managed_fields, None);
+        assert_eq!(slim.spec, svc.spec);
+        assert_eq!(slim.metadata.labels, svc.metadata.labels);
+        let config = sluice_proxy::model::ProxyConfig::new("n1");
+        let mut a = Proxier::new(config.clone(), FULL_SYNC_PERIOD, NoDataplane);
+        let mut b = Proxier::new(config, FULL_SYNC_PERIOD, NoDataplane);
+        // Deleting via the slim copy nets out exactly like deleting via the full object.
+        a.on_service_add(&svc);
+        b.on_service_add(&svc);
+        assert_eq!(
+            a.on_service_delete(&svc),
+            b.on_service_update(Some(&slim), None)
+        );
+
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.1"]}],
+            "ports": [{"port": 8080}],
+        }))
+        .unwrap();
+        let s = slim_slice(&slice);
+        assert!(s.endpoints.is_empty());
+        assert_eq!(s.metadata.labels, slice.metadata.labels);
+        a.on_endpoint_slice_add(&slice);
+        assert!(!a.on_endpoint_slice_update(Some(&s), None) || a.is_initialized());
+    }
+
+    struct NoDataplane;
+
+    impl Dataplane for NoDataplane {
+        fn sync(
+            &mut self,
+            _: &sluice_proxy::model::ServicePortMap,
+            _: &sluice_proxy::model::EndpointsMap,
+            _: &sluice_proxy::proxier::Changes,
+        ) -> Result<(), sluice_proxy::proxier::Error> {
+            Ok(())
+        }
+
+        fn cleanup(&mut self) -> Result<(), sluice_proxy::proxier::Error> {
+            Ok(())
+        }
+
+        fn name(&self) -> &'static str {
+            "none"
+        }
+    }
 }

@@ -2,8 +2,8 @@
 //! the built-in chains into the Sluice chains in place.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{BufRead as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use sluice_proxy::conntrack::Conntrack;
@@ -12,7 +12,7 @@ use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use tracing::debug;
 
 use crate::chains;
-use crate::render::{render, ExistingChains, RenderConfig};
+use crate::render::{render_parts, ExistingChains, RenderConfig, RenderState};
 
 /// A jump from a built-in chain into a Sluice chain, installed outside the restore transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,47 @@ pub fn base_jumps_restore_text() -> String {
     out
 }
 
+/// An iptables backend: the same rules, programmed through nf_tables (`iptables-nft`) or through
+/// the kernel's legacy x_tables (`iptables-legacy`). One node must not mix them: packets
+/// traverse both, and each backend's tools see only their own rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `iptables-nft*`.
+    Nft,
+    /// `iptables-legacy*`. At tens of thousands of chains its restores are an order of
+    /// magnitude faster than iptables-nft's (whose chain lookups are linear).
+    Legacy,
+}
+
+impl Backend {
+    /// The other backend.
+    pub fn other(self) -> Backend {
+        match self {
+            Backend::Nft => Backend::Legacy,
+            Backend::Legacy => Backend::Nft,
+        }
+    }
+
+    /// `"nft"` / `"legacy"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
+    }
+}
+
+/// Chains whose presence (in either table) marks a backend as holding Sluice's rules: the
+/// iptables mode's fixed chains, the node masquerade's and the userspace mode's.
+pub const SLUICE_MARKER_CHAINS: &[(&str, &str)] = &[
+    ("nat", chains::MARK_MASQ),
+    ("nat", chains::SERVICES),
+    ("filter", chains::FORWARD),
+    ("nat", "SLUICENODE-MASQ"),
+    ("nat", "SLUICEUS-PORTALS-CONTAINER"),
+    ("filter", "SLUICEUS-REJECT"),
+];
+
 /// Commands used by [`IptablesDataplane`] (`ip6tables*` for an IPv6 proxier).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commands {
@@ -134,12 +175,72 @@ impl Default for Commands {
     }
 }
 
-/// The iptables proxy mode.
+impl Commands {
+    /// The tools of `backend` (`iptables-nft`, `iptables-nft-save`, … or the `-legacy` ones).
+    pub fn for_backend(backend: Backend) -> Self {
+        let b = backend.name();
+        Self {
+            restore: format!("iptables-{b}-restore").into(),
+            save: format!("iptables-{b}-save").into(),
+            iptables: format!("iptables-{b}").into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `iptables` runs (`--version`).
+    pub fn available(&self) -> bool {
+        Command::new(&self.iptables)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Whether `chain` exists in `table` (`iptables -t table -S chain`, output discarded; far
+    /// cheaper than an `iptables-save` of a large table).
+    pub fn has_chain(&self, table: &str, chain: &str) -> bool {
+        Command::new(&self.iptables)
+            .args(["-w", "-t", table, "-S", chain])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Whether this backend holds any of [`SLUICE_MARKER_CHAINS`].
+    pub fn holds_sluice_chains(&self) -> bool {
+        SLUICE_MARKER_CHAINS
+            .iter()
+            .any(|(t, c)| self.has_chain(t, c))
+    }
+}
+
+/// `--iptables-backend auto`: the backend whose tools see Sluice's chains in this network
+/// namespace; if both or neither do, nft (the default of current distributions). This is
+/// kube-proxy's iptables-wrapper idea, keyed on our own chains.
+pub fn detect_backend() -> Backend {
+    let holds = |b: Backend| {
+        let c = Commands::for_backend(b);
+        c.available() && c.holds_sluice_chains()
+    };
+    if !holds(Backend::Nft) && holds(Backend::Legacy) {
+        Backend::Legacy
+    } else {
+        Backend::Nft
+    }
+}
+
+/// The iptables mode.
 pub struct IptablesDataplane {
     config: RenderConfig,
     commands: Commands,
-    /// Sluice chains after the last successful sync; `None` = unknown (read from the kernel).
-    known: Option<ExistingChains>,
+    /// State of the last successfully applied render: it describes the Sluice chains in the
+    /// kernel, so later syncs (partial and full) need not read them back. `None` = unknown (first
+    /// sync, or after a failure): the next sync reads the kernel with `iptables-save`.
+    state: Option<RenderState>,
     conntrack: Conntrack,
 }
 
@@ -150,8 +251,19 @@ impl IptablesDataplane {
             config,
             conntrack: Conntrack::with_binary(&commands.conntrack),
             commands,
-            known: None,
+            state: None,
         }
+    }
+
+    /// The commands this dataplane runs.
+    pub fn commands(&self) -> &Commands {
+        &self.commands
+    }
+
+    /// Whether the dataplane knows the kernel's Sluice chains (a sync succeeded and none failed
+    /// since); if not, the next sync reads them with `iptables-save`.
+    pub fn knows_kernel_state(&self) -> bool {
+        self.state.is_some()
     }
 
     fn sync_err(&self, message: String, source: Option<std::io::Error>) -> Error {
@@ -167,6 +279,16 @@ impl IptablesDataplane {
         cmd: &mut Command,
         input: Option<&str>,
     ) -> Result<String, (String, Option<std::io::Error>)> {
+        let parts: Vec<&str> = input.into_iter().collect();
+        self.run_parts(cmd, input.map(|_| parts.as_slice()))
+    }
+
+    /// Runs `cmd`, writing `input`'s parts to its stdin one after the other (never joined).
+    fn run_parts<S: AsRef<str>>(
+        &self,
+        cmd: &mut Command,
+        input: Option<&[S]>,
+    ) -> Result<String, (String, Option<std::io::Error>)> {
         let what = format!("{cmd:?}");
         cmd.stdin(if input.is_some() {
             Stdio::piped()
@@ -178,10 +300,21 @@ impl IptablesDataplane {
         let mut child = cmd
             .spawn()
             .map_err(|e| (format!("spawning {what}"), Some(e)))?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| (format!("writing to {what}"), Some(e)))?;
+        if let (Some(parts), Some(stdin)) = (input, child.stdin.take()) {
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
+            let written = parts
+                .iter()
+                .try_for_each(|p| w.write_all(p.as_ref().as_bytes()))
+                .and_then(|()| w.flush());
+            drop(w);
+            if let Err(e) = written {
+                // The tool may have exited early (bad input): report its stderr.
+                let out = child.wait_with_output();
+                let stderr = out
+                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                    .unwrap_or_default();
+                return Err((format!("writing to {what}: {stderr}"), Some(e)));
+            }
         }
         let out = child
             .wait_with_output()
@@ -196,19 +329,35 @@ impl IptablesDataplane {
                 None,
             ));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8(out.stdout)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
-    /// Sluice chains present in the kernel, from `iptables-save`.
+    /// Sluice chains present in the kernel, from `iptables-save` (streamed: only the Sluice
+    /// chain declarations are kept, never the whole save text).
     pub fn read_chains(&self) -> Result<ExistingChains, Error> {
         let mut existing = ExistingChains::default();
         for (table, set) in [("filter", &mut existing.filter), ("nat", &mut existing.nat)] {
-            let text = self
-                .run(Command::new(&self.commands.save).args(["-t", table]), None)
+            read_save_chains(&self.commands.save, table, set)
                 .map_err(|(m, e)| self.sync_err(m, e))?;
-            set.extend(parse_save_chains(&text));
         }
         Ok(existing)
+    }
+
+    /// The [`BASE_JUMPS`] entries missing from the kernel (`iptables -C` each).
+    pub fn missing_jumps(&self) -> Vec<&'static BaseJump> {
+        BASE_JUMPS
+            .iter()
+            .filter(|j| {
+                self.run(
+                    Command::new(&self.commands.iptables)
+                        .args(["-w", "-t", j.table, "-C", j.chain])
+                        .args(j.rule()),
+                    None,
+                )
+                .is_err()
+            })
+            .collect()
     }
 
     /// Inserts each missing [`BASE_JUMPS`] entry at the top of its built-in chain.
@@ -233,6 +382,97 @@ impl IptablesDataplane {
         }
         Ok(())
     }
+}
+
+/// Restore text inserting `jumps` at the top of their chains, in the order [`BASE_JUMPS`] lists
+/// them relative to each other (as [`IptablesDataplane::ensure_jumps`] would).
+pub fn insert_jumps_text(jumps: &[&BaseJump]) -> String {
+    let mut out = String::new();
+    for table in ["filter", "nat"] {
+        let mine: Vec<&&BaseJump> = jumps.iter().filter(|j| j.table == table).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{table}\n"));
+        for j in mine.iter().rev() {
+            let words: Vec<String> = j
+                .rule()
+                .iter()
+                .map(|w| {
+                    if w.contains(' ') {
+                        format!("\"{w}\"")
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect();
+            out.push_str(&format!("-I {} 1 {}\n", j.chain, words.join(" ")));
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// A sync whose restore text is at least this large returns freed heap to the kernel.
+const TRIM_AFTER_BYTES: usize = 1 << 20;
+
+/// Returns free heap memory to the kernel (glibc's `malloc_trim`; a no-op elsewhere).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// `save -t table`, keeping the Sluice chain names declared in its output.
+fn read_save_chains(
+    save: &Path,
+    table: &str,
+    set: &mut BTreeSet<String>,
+) -> Result<(), (String, Option<std::io::Error>)> {
+    let what = format!("{} -t {table}", save.display());
+    let mut child = Command::new(save)
+        .args(["-t", table])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| (format!("spawning {what}"), Some(e)))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Some(c) = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|l| l.strip_prefix(':'))
+                    .and_then(|l| l.split_whitespace().next())
+                    .filter(|c| chains::is_sluice_chain(c))
+                {
+                    set.insert(c.to_string());
+                }
+            }
+            Err(e) => return Err((format!("reading {what}"), Some(e))),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| (format!("waiting for {what}"), Some(e)))?;
+    if !out.status.success() {
+        return Err((
+            format!(
+                "{what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            None,
+        ));
+    }
+    Ok(())
 }
 
 /// One restore transaction removing every Sluice chain, and every rule of another chain that
@@ -309,26 +549,47 @@ impl Dataplane for IptablesDataplane {
         endpoints: &EndpointsMap,
         changes: &Changes,
     ) -> Result<(), Error> {
-        let existing = match (&self.known, changes.full) {
-            (Some(k), false) => k.clone(),
-            _ => self.read_chains()?,
+        // Forgotten until this sync succeeds: after a failure the kernel is read again.
+        let prev = self.state.take();
+        let existing = match &prev {
+            Some(p) if changes.full => p.chains(),
+            Some(_) => ExistingChains::default(), // incremental: the state is enough
+            None => self.read_chains()?,
         };
-        let rendered = render(services, endpoints, &self.config, changes, &existing);
+        // Jumps are checked on full syncs, before the restore (while a fresh node's tables are
+        // still small), and missing ones are inserted by the restore itself: one `iptables -I`
+        // against a table of 60,000 chains costs a whole-table round trip with either backend.
+        let missing = if changes.full {
+            self.missing_jumps()
+        } else {
+            Vec::new()
+        };
+        let mut rendered =
+            render_parts(services, endpoints, &self.config, changes, &existing, prev);
+        drop(existing);
+        if !missing.is_empty() {
+            rendered.parts.push(insert_jumps_text(&missing));
+        }
         debug!(
-            bytes = rendered.text.len(),
+            bytes = rendered.len(),
             full = changes.full,
+            incremental = rendered.incremental,
             "iptables-restore"
         );
-        self.known = None;
-        self.run(
-            Command::new(&self.commands.restore).args(["-w", "--noflush"]),
-            Some(&rendered.text),
-        )
-        .map_err(|(m, e)| self.sync_err(m, e))?;
-        if changes.full {
-            self.ensure_jumps()?;
+        if !rendered.is_empty() {
+            self.run_parts(
+                Command::new(&self.commands.restore).args(["-w", "--noflush"]),
+                Some(rendered.parts.as_slice()),
+            )
+            .map_err(|(m, e)| self.sync_err(m, e))?;
         }
-        self.known = Some(rendered.chains);
+        let large = rendered.len() >= TRIM_AFTER_BYTES;
+        self.state = Some(rendered.state);
+        if large {
+            // The render's text (tens of MB at 10,000 services) is freed now; glibc would keep
+            // most of that heap.
+            trim_heap();
+        }
         // Only now do the rules send new UDP flows to the right endpoints; flows pinned to the
         // old ones by conntrack must go.
         self.conntrack.clear(services, changes);
@@ -354,7 +615,7 @@ impl Dataplane for IptablesDataplane {
             Some(&text),
         )
         .map_err(cerr)?;
-        self.known = None;
+        self.state = None;
         Ok(())
     }
 
@@ -370,7 +631,7 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use sluice_proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
+    use sluice_proxy::model::{Endpoint, NamespacedName, Protocol, ServicePort, ServicePortName};
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
@@ -455,15 +716,85 @@ mod tests {
         );
         let ipt = read(dir.path(), "iptables.log");
         assert_eq!(
-            ipt.lines().filter(|l| l.contains(" -I ")).count(),
-            BASE_JUMPS.len()
+            ipt.lines().filter(|l| l.contains(" -C ")).count(),
+            BASE_JUMPS.len(),
+            "jumps checked before the restore"
         );
+        assert_eq!(
+            restored.lines().filter(|l| l.starts_with("-I ")).count(),
+            BASE_JUMPS.len(),
+            "missing jumps inserted by the restore"
+        );
+        assert!(restored.contains(
+            "-I PREROUTING 1 -m comment --comment \"sluice service portals\" -j SLUICE-SERVICES"
+        ));
 
-        // Partial: no iptables-save, no jump checks.
+        // Partial with nothing changed: no iptables-save, no jump checks, nothing restored.
         dp.sync(&s, &e, &Changes::default()).unwrap();
         assert_eq!(read(dir.path(), "save.log").lines().count(), 2);
         assert_eq!(read(dir.path(), "iptables.log"), ipt);
+        // (one `*nat` of the render, one of the jump insertions)
         assert_eq!(read(dir.path(), "restore.log").matches("*nat").count(), 2);
+
+        // Partial with web changed: only web's chains, no save.
+        let mut c = Changes::default();
+        c.services.insert(NamespacedName::new("default", "web"));
+        let (s2, mut e2) = (s.clone(), e.clone());
+        let spn = ServicePortName::new("default", "web", "", Protocol::Tcp);
+        e2.insert(
+            spn,
+            vec![Arc::new(Endpoint::ready("10.244.1.2".parse().unwrap(), 80))],
+        );
+        dp.sync(&s2, &e2, &c).unwrap();
+        assert_eq!(read(dir.path(), "save.log").lines().count(), 2);
+        let restored = read(dir.path(), "restore.log");
+        let last = &restored[restored.rfind("*nat").unwrap()..];
+        assert!(!last.contains("SLUICE-SERVICES"), "{last}");
+        assert!(last.contains("--to-destination 10.244.1.2:80"), "{last}");
+        assert!(
+            last.contains("-X SLUICE-SEP-"),
+            "old endpoint chain deleted: {last}"
+        );
+
+        // A later full sync uses the known chains: still no iptables-save; jumps re-checked.
+        dp.sync(
+            &s2,
+            &e2,
+            &Changes {
+                full: true,
+                ..Changes::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(read(dir.path(), "save.log").lines().count(), 2);
+        assert_eq!(read(dir.path(), "restore.log").matches("*nat").count(), 5);
+    }
+
+    #[test]
+    fn kernel_is_read_again_after_a_failed_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dp = dataplane(dir.path(), 0);
+        let (s, e) = maps();
+        let full = Changes {
+            full: true,
+            ..Changes::default()
+        };
+        dp.sync(&s, &e, &full).unwrap();
+        assert!(dp.knows_kernel_state());
+        assert_eq!(read(dir.path(), "save.log").lines().count(), 2);
+        // Make the restore fail once.
+        let restore = dp.commands.restore.clone();
+        dp.commands.restore = script(dir.path(), "restore-fail", "cat >/dev/null\nexit 1");
+        dp.sync(&s, &e, &full).unwrap_err();
+        assert!(!dp.knows_kernel_state());
+        dp.commands.restore = restore;
+        dp.sync(&s, &e, &full).unwrap();
+        assert_eq!(
+            read(dir.path(), "save.log").lines().count(),
+            4,
+            "read again (filter, nat)"
+        );
+        assert!(dp.knows_kernel_state());
     }
 
     #[test]
@@ -482,7 +813,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
-        assert!(dp.known.is_none());
+        assert!(!dp.knows_kernel_state());
     }
 
     /// A UDP service port whose endpoint 10.244.1.1 went away in `changes`.

@@ -115,3 +115,271 @@ fn every_scenario_applies_on_top_of_every_other() {
         }
     }
 }
+
+// ---- Incremental renders (render_parts with the previous state), as the dataplane runs them.
+
+use sluice_proxy::model::{EndpointsMap, ServicePortMap};
+use sluice_proxy_iptables::{render_parts, RenderState};
+
+/// `web` (three endpoints) and `api` (NodePort, two endpoints) applied to a fake by a full
+/// render; returns the fake and the render's state.
+fn two_services() -> (ServicePortMap, EndpointsMap, Fake, RenderState) {
+    let (mut s, mut e) = scenario("clusterip_three_endpoints");
+    let (s2, e2) = scenario("nodeport");
+    let mut api = (*s2.values().next().unwrap()).as_ref().clone();
+    api.cluster_ips = vec![ip("10.96.0.11")];
+    s.insert(spn("api"), Arc::new(api));
+    e.insert(spn("api"), e2.values().next().unwrap().clone());
+    let mut f = Fake::new();
+    f.local_addrs.insert(ip(NODE_IP));
+    let r = render_parts(&s, &e, &config(), &full(), &existing(&f), None);
+    f.restore(&r.text()).unwrap();
+    f.restore(&base_jumps_restore_text()).unwrap();
+    (s, e, f, r.state)
+}
+
+/// Compares `got` with `testdata/partial/<name>.golden` (`UPDATE_GOLDEN=1` rewrites it).
+fn golden(name: &str, got: &str) {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/partial")
+        .join(format!("{name}.golden"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(
+        got, want,
+        "{name}: golden mismatch (UPDATE_GOLDEN=1 to accept)"
+    );
+}
+
+/// The kernel state a fresh full render of `s`/`e` produces, as `iptables-save` text.
+fn full_state(s: &ServicePortMap, e: &EndpointsMap) -> String {
+    let mut f = Fake::new();
+    f.local_addrs.insert(ip(NODE_IP));
+    f.restore(&render(s, e, &config(), &full(), &existing(&f)).text)
+        .unwrap();
+    f.restore(&base_jumps_restore_text()).unwrap();
+    f.save()
+}
+
+#[test]
+fn incremental_endpoint_change_writes_only_that_services_chains() {
+    let (s, mut e, mut f, state) = two_services();
+    // web: 10.244.3.1 replaced by 10.244.4.1 (still three endpoints).
+    let eps = e.get_mut(&spn("web")).unwrap();
+    eps.pop();
+    eps.push(ep("10.244.4.1", false));
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&["web"]),
+        &ExistingChains::default(),
+        Some(state),
+    );
+    assert!(r.incremental);
+    let text = r.text();
+    assert!(!text.contains("*filter"), "{text}");
+    assert!(!text.contains("SLUICE-SERVICES"), "{text}");
+    assert!(!text.contains("SLUICE-NODEPORTS"), "{text}");
+    assert!(!text.contains("default/api"), "{text}");
+    golden("endpoint_change", &text);
+    f.restore(&text).expect("applies");
+    assert_eq!(r.state.chains(), existing(&f), "stale SEP chain deleted");
+    assert_eq!(f.save(), full_state(&s, &e));
+    assert_eq!(
+        trace(&f, tcp("10.244.9.9", CLUSTER_IP, 80)),
+        dnat(&["10.244.1.1", "10.244.2.1", "10.244.4.1"], false)
+    );
+}
+
+#[test]
+fn incremental_with_nothing_changed_is_empty() {
+    let (s, e, _, state) = two_services();
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&[]),
+        &ExistingChains::default(),
+        Some(state.clone()),
+    );
+    assert!(r.is_empty() && r.parts.is_empty());
+    assert_eq!(r.state, state);
+    // A listed service whose rules did not change: its own chains only, rewritten identically.
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&["web"]),
+        &ExistingChains::default(),
+        Some(state),
+    );
+    assert!(!r.text().contains("SLUICE-SERVICES"));
+}
+
+#[test]
+fn incremental_loss_of_all_endpoints_rewrites_dispatch_and_reject() {
+    let (s, mut e, mut f, state) = two_services();
+    e.remove(&spn("web"));
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&["web"]),
+        &ExistingChains::default(),
+        Some(state),
+    );
+    let text = r.text();
+    golden("endpoints_gone", &text);
+    assert!(text.contains(":SLUICE-SERVICES - [0:0]"), "{text}");
+    assert!(text.contains("-j REJECT"), "{text}");
+    assert!(
+        !text.contains(":SLUICE-NODEPORTS"),
+        "api's nodeport rules unchanged: {text}"
+    );
+    f.restore(&text).expect("applies");
+    assert_eq!(r.state.chains(), existing(&f));
+    assert_eq!(f.save(), full_state(&s, &e));
+    assert_eq!(
+        trace(&f, tcp("10.244.9.9", CLUSTER_IP, 80)),
+        only(Action::Reject)
+    );
+
+    // And back: one endpoint again.
+    e.insert(spn("web"), vec![ep("10.244.1.1", true)]);
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&["web"]),
+        &ExistingChains::default(),
+        Some(r.state),
+    );
+    f.restore(&r.text()).expect("applies");
+    assert_eq!(f.save(), full_state(&s, &e));
+    assert_eq!(
+        trace(&f, tcp("10.244.9.9", CLUSTER_IP, 80)),
+        dnat(&["10.244.1.1"], false)
+    );
+}
+
+#[test]
+fn incremental_service_removal_and_addition() {
+    let (mut s, mut e, mut f, state) = two_services();
+    let api = s.remove(&spn("api")).unwrap();
+    let api_eps = e.remove(&spn("api")).unwrap();
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&["api"]),
+        &ExistingChains::default(),
+        Some(state),
+    );
+    let text = r.text();
+    golden("service_removed", &text);
+    assert!(text.contains(":SLUICE-NODEPORTS - [0:0]"), "{text}");
+    assert!(!text.contains("*filter"), "{text}");
+    f.restore(&text).expect("applies");
+    assert_eq!(f.save(), full_state(&s, &e));
+
+    s.insert(spn("api"), api);
+    e.insert(spn("api"), api_eps);
+    let r = render_parts(
+        &s,
+        &e,
+        &config(),
+        &partial(&["api"]),
+        &ExistingChains::default(),
+        Some(r.state),
+    );
+    f.restore(&r.text()).expect("applies");
+    assert_eq!(f.save(), full_state(&s, &e));
+    assert_eq!(r.state.chains(), existing(&f));
+}
+
+/// Random service/endpoint churn over the golden scenarios' shapes: after every incremental
+/// render the fake holds exactly what a full render of the same maps produces.
+#[test]
+fn incremental_renders_track_full_renders() {
+    let shapes: Vec<_> = scenarios()
+        .into_iter()
+        .map(|(_, s, e)| {
+            let k = s.keys().next().unwrap().clone();
+            (s[&k].clone(), e.get(&k).cloned().unwrap_or_default())
+        })
+        .collect();
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let (mut s, mut e) = (ServicePortMap::new(), EndpointsMap::new());
+    let mut f = Fake::new();
+    f.local_addrs.insert(ip(NODE_IP));
+    let r = render_parts(&s, &e, &config(), &full(), &existing(&f), None);
+    f.restore(&r.text()).unwrap();
+    f.restore(&base_jumps_restore_text()).unwrap();
+    let mut state = r.state;
+    for round in 0..200 {
+        let mut changed = Vec::new();
+        for _ in 0..1 + next(3) {
+            let i = next(6);
+            let name = format!("svc{i}");
+            changed.push(name.clone());
+            let key = spn(&name);
+            match next(4) {
+                0 => {
+                    s.remove(&key);
+                    e.remove(&key);
+                }
+                1 => {
+                    e.remove(&key);
+                }
+                _ => {
+                    let (svc, eps) = &shapes[next(shapes.len())];
+                    let mut svc = (**svc).clone();
+                    let vip = format!("10.96.1.{i}");
+                    svc.cluster_ips = vec![ip(&vip)];
+                    if svc.node_port.is_some() {
+                        svc.node_port = Some(30100 + i as u16);
+                    }
+                    svc.external_ips.clear();
+                    svc.load_balancer_ips = svc
+                        .load_balancer_ips
+                        .iter()
+                        .map(|_| ip(&format!("203.0.113.{}", 100 + i)))
+                        .collect();
+                    s.insert(key.clone(), Arc::new(svc));
+                    let mut eps = eps.clone();
+                    eps.truncate(next(eps.len() + 1));
+                    if next(2) == 0 {
+                        eps.push(ep(&format!("10.244.50.{}", next(3)), next(2) == 0));
+                    }
+                    e.insert(key, eps);
+                }
+            }
+        }
+        let names: Vec<&str> = changed.iter().map(String::as_str).collect();
+        let r = render_parts(
+            &s,
+            &e,
+            &config(),
+            &partial(&names),
+            &ExistingChains::default(),
+            Some(state),
+        );
+        f.restore(&r.text())
+            .unwrap_or_else(|err| panic!("round {round}: {err}\n{}", r.text()));
+        assert_eq!(f.save(), full_state(&s, &e), "round {round}");
+        assert_eq!(r.state.chains(), existing(&f), "round {round}");
+        state = r.state;
+    }
+}

@@ -7,7 +7,10 @@
 //! * nothing is programmed until both services and endpoint slices have synced once
 //!   ([`Proxier::on_services_synced`], [`Proxier::on_endpoint_slices_synced`]);
 //! * the first sync, the sync after any failed sync, the sync after a node-zone change, and any
-//!   sync once `full_sync_every` has passed since the last full sync are **full** syncs;
+//!   sync once `full_sync_every` has passed since the *end* of the last successful full sync are
+//!   **full** syncs (kube-proxy: `FullSyncPeriod`, one hour; the periodic sync in between is
+//!   partial). Measuring from the end means a full sync slower than `full_sync_every` cannot make
+//!   every following sync full;
 //! * otherwise a sync is **partial**: [`Changes::services`] lists the services whose ports or
 //!   endpoints changed since the last successful sync. A partial sync with nothing changed does
 //!   not call the dataplane;
@@ -366,7 +369,9 @@ impl<D: Dataplane> Proxier<D> {
                     ..Changes::default()
                 };
                 if full {
-                    self.last_full_sync = Some(now);
+                    // The end of the sync on the caller's clock: a full sync that took longer
+                    // than `full_sync_every` must not make the next one full as well.
+                    self.last_full_sync = Some(now + started.elapsed());
                 }
                 self.record_success();
                 Ok(SyncOutcome::Synced { full })
@@ -394,6 +399,11 @@ impl<D: Dataplane> Proxier<D> {
             m.network_programming_duration
                 .observe(latency.as_secs_f64());
         }
+    }
+
+    /// When the last successful full sync ended (on the clock of [`Proxier::sync_at`]).
+    pub fn last_full_sync(&self) -> Option<Instant> {
+        self.last_full_sync
     }
 
     /// Removes everything the dataplane programmed.

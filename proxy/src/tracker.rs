@@ -357,10 +357,14 @@ impl EndpointsChangeTracker {
                 }
             }
         }
-        // Changes that netted out were never programmed: nothing to measure for them.
-        let services = &self.services;
-        self.trigger_times
-            .retain(|svc, _| services.get(svc).is_some_and(|s| !s.pending.is_empty()));
+        // Changes that netted out were never programmed: nothing to measure for them. Only the
+        // services this event touched can have netted out (checking all would make a relist of
+        // N slices cost N²).
+        for svc in prev_key.iter().chain(cur_key.iter()).map(|k| &k.0) {
+            if self.services.get(svc).is_none_or(|s| s.pending.is_empty()) {
+                self.trigger_times.remove(svc);
+            }
+        }
         self.has_pending()
     }
 

@@ -235,16 +235,19 @@ fn failure_forces_full_sync_and_keeps_changes() {
 fn periodic_full_sync() {
     let t0 = Instant::now();
     let mut p = initialized(t0);
+    // Counted from the end of the full sync.
+    let end = p.last_full_sync().unwrap();
+    assert!(end >= t0);
     assert_eq!(
-        p.sync_at(t0 + HOUR - Duration::from_secs(1)).unwrap(),
+        p.sync_at(end + HOUR - Duration::from_secs(1)).unwrap(),
         SyncOutcome::NoChanges
     );
     assert_eq!(
-        p.sync_at(t0 + HOUR).unwrap(),
+        p.sync_at(end + HOUR).unwrap(),
         SyncOutcome::Synced { full: true }
     );
     assert_eq!(
-        p.sync_at(t0 + HOUR + Duration::from_secs(1)).unwrap(),
+        p.sync_at(end + HOUR + Duration::from_secs(1)).unwrap(),
         SyncOutcome::NoChanges
     );
 }
@@ -275,4 +278,82 @@ fn cleanup_delegates() {
     let mut p = initialized(Instant::now());
     p.cleanup().unwrap();
     assert!(p.dataplane().cleaned && p.dataplane().programmed.is_empty());
+}
+
+/// Sleeps inside each sync (a slow full sync, as at 10,000 services with iptables-nft).
+struct SlowFull {
+    inner: FakeDataplane,
+    delay: Duration,
+}
+
+impl Dataplane for SlowFull {
+    fn sync(
+        &mut self,
+        services: &ServicePortMap,
+        endpoints: &EndpointsMap,
+        changes: &Changes,
+    ) -> Result<(), Error> {
+        if changes.full {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.sync(services, endpoints, changes)
+    }
+
+    fn cleanup(&mut self) -> Result<(), Error> {
+        self.inner.cleanup()
+    }
+
+    fn name(&self) -> &'static str {
+        "slow-full"
+    }
+}
+
+#[test]
+fn full_sync_period_counts_from_the_end_of_the_full_sync() {
+    // A full sync that takes longer than the period must not make every later sync full.
+    let period = Duration::from_millis(50);
+    let mut p = Proxier::new(
+        ProxyConfig::new("node-a"),
+        period,
+        SlowFull {
+            inner: FakeDataplane::default(),
+            delay: Duration::from_millis(80),
+        },
+    );
+    p.on_service_add(&web());
+    p.on_services_synced();
+    p.on_endpoint_slices_synced();
+    let t0 = Instant::now();
+    assert_eq!(p.sync_at(t0).unwrap(), SyncOutcome::Synced { full: true });
+    let ended = p.last_full_sync().unwrap();
+    assert!(
+        ended >= t0 + Duration::from_millis(80),
+        "recorded at the end"
+    );
+    // Just after the slow full sync (past t0 + period, before end + period): partial.
+    p.on_endpoint_slice_add(&web_slice(&["10.0.0.1"]));
+    assert_eq!(
+        p.sync_at(t0 + Duration::from_millis(90)).unwrap(),
+        SyncOutcome::Synced { full: false }
+    );
+    assert_eq!(
+        p.sync_at(ended + period).unwrap(),
+        SyncOutcome::Synced { full: true }
+    );
+}
+
+#[test]
+fn failed_full_sync_does_not_count_as_full() {
+    let t0 = Instant::now();
+    let mut p = initialized(t0);
+    let full_at = p.last_full_sync().unwrap();
+    p.dataplane_mut().fail_next = true;
+    assert!(p.sync_at(full_at + HOUR).is_err());
+    assert!(p.dataplane().calls.last().unwrap().full);
+    assert_eq!(p.last_full_sync(), Some(full_at));
+    assert_eq!(
+        p.sync_at(full_at + HOUR + Duration::from_secs(1)).unwrap(),
+        SyncOutcome::Synced { full: true }
+    );
+    assert!(p.last_full_sync().unwrap() >= full_at + HOUR + Duration::from_secs(1));
 }
