@@ -3,8 +3,11 @@
 //! What works: node registration (addresses, nodeInfo, Ready), heartbeats (Lease renewals in
 //! `kube-node-lease` and the Ready condition), the node's CNI conflist once it has a podCIDR,
 //! one route per other node (`podCIDR via InternalIP`, marked with route protocol 92) kept in
-//! sync by a Node watcher, and masquerade of pod traffic leaving the cluster CIDR. Service
-//! proxying (`--proxy-mode` other than `none`) and running pods come with later issues.
+//! sync by a Node watcher, and masquerade of pod traffic leaving the cluster CIDR (on the
+//! `--iptables-backend` the proxy uses too). Service proxying ([`proxy`]): watchers on Services,
+//! EndpointSlices and this Node feed a `sluice_proxy::proxier::Proxier` whose dataplane is the
+//! `--proxy-mode` (`userspace`: sluice-proxy-userspace, `iptables`: sluice-proxy-iptables);
+//! starting in one mode removes the others' rules. Running pods through CRI comes later.
 //!
 //! Observability: `/healthz` + `/livez` and `/metrics` servers ([`health`]), HealthCheckNodePort
 //! listeners ([`healthcheck`]), and `sluice-agent debug dump` ([`debug`]).
