@@ -255,13 +255,12 @@ fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
     }
 }
 
-/// A previous Service as the service tracker reads it (its ports from spec and status, and
-/// the labels); managedFields and annotations go.
+/// A previous Service: the service tracker remembers each Service's last ports itself, so only
+/// the key (and labels) are kept — a whole spec per Service was ~3 KB, tens of MB at 10k.
 fn slim_service(s: &Service) -> Service {
     Service {
         metadata: slim_meta(&s.metadata),
-        spec: s.spec.clone(),
-        status: s.status.clone(),
+        ..Service::default()
     }
 }
 
@@ -299,7 +298,7 @@ mod tests {
         let slim = slim_service(&svc);
         assert_eq!(slim.metadata.annotations, None);
         assert_eq!(slim.metadata.managed_fields, None);
-        assert_eq!(slim.spec, svc.spec);
+        assert_eq!(slim.spec, None);
         assert_eq!(slim.metadata.labels, svc.metadata.labels);
         let config = sluice_proxy::model::ProxyConfig::new("n1");
         let mut a = Proxier::new(config.clone(), FULL_SYNC_PERIOD, NoDataplane);

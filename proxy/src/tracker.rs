@@ -67,10 +67,15 @@ struct ServiceChange {
 }
 
 /// Accumulates Service changes between syncs, netted per Service.
+///
+/// The tracker remembers the ports of the last event per Service (`last`; the values are the
+/// same `Arc`s the maps hold), so a caller need not keep previous objects: `prev` is only read
+/// for its key, or for its ports when the tracker has never seen that Service.
 #[derive(Debug)]
 pub struct ServiceChangeTracker {
     config: Arc<ProxyConfig>,
     items: BTreeMap<NamespacedName, ServiceChange>,
+    last: BTreeMap<NamespacedName, ServicePortMap>,
 }
 
 impl ServiceChangeTracker {
@@ -79,6 +84,7 @@ impl ServiceChangeTracker {
         Self {
             config,
             items: BTreeMap::new(),
+            last: BTreeMap::new(),
         }
     }
 
@@ -90,15 +96,28 @@ impl ServiceChangeTracker {
         let current = cur
             .map(|s| service_to_ports(&self.config, s))
             .unwrap_or_default();
-        let change = self
-            .items
-            .entry(key.clone())
-            .or_insert_with(|| ServiceChange {
-                previous: prev
-                    .map(|s| service_to_ports(&self.config, s))
-                    .unwrap_or_default(),
-                current: ServicePortMap::new(),
+        let last = if current.is_empty() {
+            self.last.remove(&key)
+        } else {
+            self.last.insert(key.clone(), current.clone())
+        };
+        if !self.items.contains_key(&key) {
+            // Never seen (or seen without ports): the caller's previous object is all we have.
+            let previous = last.unwrap_or_else(|| {
+                prev.map(|s| service_to_ports(&self.config, s))
+                    .unwrap_or_default()
             });
+            self.items.insert(
+                key.clone(),
+                ServiceChange {
+                    previous,
+                    current: ServicePortMap::new(),
+                },
+            );
+        }
+        let Some(change) = self.items.get_mut(&key) else {
+            return !self.items.is_empty();
+        };
         change.current = current;
         if change.previous == change.current {
             self.items.remove(&key);

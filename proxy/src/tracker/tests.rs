@@ -133,6 +133,39 @@ fn service_tracker_nets_reverted_update() {
     assert_eq!(t.pending(), 0);
 }
 
+/// Callers may pass a previous object that carries only its key: the tracker's own memory of the
+/// last ports decides the netting and what `apply` removes.
+#[test]
+fn service_tracker_needs_only_the_previous_key() {
+    let key_only = |s: &Service| Service {
+        metadata: s.metadata.clone(),
+        ..Service::default()
+    };
+    let mut t = ServiceChangeTracker::new(cfg());
+    let mut map = ServicePortMap::new();
+    let v1 = service("ns", "a", "10.96.0.1", &[("", 80, "UDP")]);
+    t.update(None, Some(&v1));
+    t.apply(&mut map);
+    let v2 = service("ns", "a", "10.96.0.1", &[("", 81, "TCP")]);
+    assert!(t.update(Some(&key_only(&v1)), Some(&v2)));
+    assert!(
+        !t.update(Some(&key_only(&v2)), Some(&v1)),
+        "reverted, judged by the remembered ports"
+    );
+    assert!(t.update(Some(&key_only(&v1)), Some(&v2)));
+    let r = t.apply(&mut map);
+    assert_eq!(r.deleted_udp_cluster_ips, BTreeSet::from([ip("10.96.0.1")]));
+    assert_eq!(
+        map.keys().cloned().collect::<Vec<_>>(),
+        vec![spn("ns", "a", "", Protocol::Tcp)]
+    );
+    assert!(t.update(Some(&key_only(&v2)), None));
+    t.apply(&mut map);
+    assert!(map.is_empty(), "deleted through a key-only object");
+    // After the delete the tracker forgot it: a re-add starts from nothing.
+    assert!(t.update(None, Some(&v1)));
+}
+
 #[test]
 fn service_tracker_apply_reports_changes_and_deleted_udp() {
     let mut t = ServiceChangeTracker::new(cfg());
