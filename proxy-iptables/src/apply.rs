@@ -12,7 +12,7 @@ use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use tracing::debug;
 
 use crate::chains;
-use crate::render::{render_parts, ExistingChains, RenderConfig, RenderState};
+use crate::render::{render_parts, restore_words, ExistingChains, RenderConfig, RenderState};
 
 /// A jump from a built-in chain into a Sluice chain, installed outside the restore transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,18 +92,7 @@ pub fn base_jumps_restore_text() -> String {
     for table in ["filter", "nat"] {
         out.push_str(&format!("*{table}\n"));
         for j in BASE_JUMPS.iter().filter(|j| j.table == table) {
-            let words: Vec<String> = j
-                .rule()
-                .iter()
-                .map(|w| {
-                    if w.contains(' ') {
-                        format!("\"{w}\"")
-                    } else {
-                        w.to_string()
-                    }
-                })
-                .collect();
-            out.push_str(&format!("-A {} {}\n", j.chain, words.join(" ")));
+            out.push_str(&format!("-A {} {}\n", j.chain, restore_words(&j.rule())));
         }
         out.push_str("COMMIT\n");
     }
@@ -395,18 +384,7 @@ pub fn insert_jumps_text(jumps: &[&BaseJump]) -> String {
         }
         out.push_str(&format!("*{table}\n"));
         for j in mine.iter().rev() {
-            let words: Vec<String> = j
-                .rule()
-                .iter()
-                .map(|w| {
-                    if w.contains(' ') {
-                        format!("\"{w}\"")
-                    } else {
-                        w.to_string()
-                    }
-                })
-                .collect();
-            out.push_str(&format!("-I {} 1 {}\n", j.chain, words.join(" ")));
+            out.push_str(&format!("-I {} 1 {}\n", j.chain, restore_words(&j.rule())));
         }
         out.push_str("COMMIT\n");
     }

@@ -223,18 +223,8 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 
 /// Parses the words of a rule (after `-A CHAIN`).
 pub fn parse_rule(ws: &[String]) -> Result<Rule, String> {
-    let text: Vec<String> = ws
-        .iter()
-        .map(|w| {
-            if w.contains(' ') {
-                format!("\"{w}\"")
-            } else {
-                w.clone()
-            }
-        })
-        .collect();
     let mut r = Rule {
-        text: text.join(" "),
+        text: crate::render::restore_words(ws),
         ..Rule::default()
     };
     let mut i = 0;

@@ -30,6 +30,22 @@ use sluice_proxy::proxier::Changes;
 
 use crate::chains::{self, endpoint_chain, service_chain, Kind};
 
+/// Words as one `iptables-restore` line fragment: a word with a space (a comment) is quoted.
+pub(crate) fn restore_words<S: AsRef<str>>(words: &[S]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| {
+            let w = w.as_ref();
+            if w.contains(' ') {
+                format!("\"{w}\"")
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
 /// Default masquerade mark (kube-proxy's `0x4000`, bit 14).
 pub const DEFAULT_MASQUERADE_MARK: u32 = 0x4000;
 

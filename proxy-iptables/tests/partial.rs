@@ -119,6 +119,7 @@ fn every_scenario_applies_on_top_of_every_other() {
 // ---- Incremental renders (render_parts with the previous state), as the dataplane runs them.
 
 use sluice_proxy::model::{EndpointsMap, ServicePortMap};
+use sluice_proxy_iptables::render::RenderedParts;
 use sluice_proxy_iptables::{render_parts, RenderState};
 
 /// `web` (three endpoints) and `api` (NodePort, two endpoints) applied to a fake by a full
@@ -156,6 +157,23 @@ fn golden(name: &str, got: &str) {
     );
 }
 
+/// The dataplane's partial sync: `names` changed, the previous render's `state` at hand.
+fn incremental(
+    s: &ServicePortMap,
+    e: &EndpointsMap,
+    names: &[&str],
+    state: RenderState,
+) -> RenderedParts {
+    render_parts(
+        s,
+        e,
+        &config(),
+        &partial(names),
+        &ExistingChains::default(),
+        Some(state),
+    )
+}
+
 /// The kernel state a fresh full render of `s`/`e` produces, as `iptables-save` text.
 fn full_state(s: &ServicePortMap, e: &EndpointsMap) -> String {
     let mut f = Fake::new();
@@ -173,14 +191,7 @@ fn incremental_endpoint_change_writes_only_that_services_chains() {
     let eps = e.get_mut(&spn("web")).unwrap();
     eps.pop();
     eps.push(ep("10.244.4.1", false));
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&["web"]),
-        &ExistingChains::default(),
-        Some(state),
-    );
+    let r = incremental(&s, &e, &["web"], state);
     assert!(r.incremental);
     let text = r.text();
     assert!(!text.contains("*filter"), "{text}");
@@ -200,25 +211,11 @@ fn incremental_endpoint_change_writes_only_that_services_chains() {
 #[test]
 fn incremental_with_nothing_changed_is_empty() {
     let (s, e, _, state) = two_services();
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&[]),
-        &ExistingChains::default(),
-        Some(state.clone()),
-    );
+    let r = incremental(&s, &e, &[], state.clone());
     assert!(r.is_empty() && r.parts.is_empty());
     assert_eq!(r.state, state);
     // A listed service whose rules did not change: its own chains only, rewritten identically.
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&["web"]),
-        &ExistingChains::default(),
-        Some(state),
-    );
+    let r = incremental(&s, &e, &["web"], state);
     assert!(!r.text().contains("SLUICE-SERVICES"));
 }
 
@@ -226,14 +223,7 @@ fn incremental_with_nothing_changed_is_empty() {
 fn incremental_loss_of_all_endpoints_rewrites_dispatch_and_reject() {
     let (s, mut e, mut f, state) = two_services();
     e.remove(&spn("web"));
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&["web"]),
-        &ExistingChains::default(),
-        Some(state),
-    );
+    let r = incremental(&s, &e, &["web"], state);
     let text = r.text();
     golden("endpoints_gone", &text);
     assert!(text.contains(":SLUICE-SERVICES - [0:0]"), "{text}");
@@ -252,14 +242,7 @@ fn incremental_loss_of_all_endpoints_rewrites_dispatch_and_reject() {
 
     // And back: one endpoint again.
     e.insert(spn("web"), vec![ep("10.244.1.1", true)]);
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&["web"]),
-        &ExistingChains::default(),
-        Some(r.state),
-    );
+    let r = incremental(&s, &e, &["web"], r.state);
     f.restore(&r.text()).expect("applies");
     assert_eq!(f.save(), full_state(&s, &e));
     assert_eq!(
@@ -273,14 +256,7 @@ fn incremental_service_removal_and_addition() {
     let (mut s, mut e, mut f, state) = two_services();
     let api = s.remove(&spn("api")).unwrap();
     let api_eps = e.remove(&spn("api")).unwrap();
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&["api"]),
-        &ExistingChains::default(),
-        Some(state),
-    );
+    let r = incremental(&s, &e, &["api"], state);
     let text = r.text();
     golden("service_removed", &text);
     assert!(text.contains(":SLUICE-NODEPORTS - [0:0]"), "{text}");
@@ -290,14 +266,7 @@ fn incremental_service_removal_and_addition() {
 
     s.insert(spn("api"), api);
     e.insert(spn("api"), api_eps);
-    let r = render_parts(
-        &s,
-        &e,
-        &config(),
-        &partial(&["api"]),
-        &ExistingChains::default(),
-        Some(r.state),
-    );
+    let r = incremental(&s, &e, &["api"], r.state);
     f.restore(&r.text()).expect("applies");
     assert_eq!(f.save(), full_state(&s, &e));
     assert_eq!(r.state.chains(), existing(&f));
@@ -368,14 +337,7 @@ fn incremental_renders_track_full_renders() {
             }
         }
         let names: Vec<&str> = changed.iter().map(String::as_str).collect();
-        let r = render_parts(
-            &s,
-            &e,
-            &config(),
-            &partial(&names),
-            &ExistingChains::default(),
-            Some(state),
-        );
+        let r = incremental(&s, &e, &names, state);
         f.restore(&r.text())
             .unwrap_or_else(|err| panic!("round {round}: {err}\n{}", r.text()));
         assert_eq!(f.save(), full_state(&s, &e), "round {round}");

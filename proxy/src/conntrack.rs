@@ -19,7 +19,7 @@ use std::process::Command;
 
 use tracing::{debug, warn};
 
-use crate::model::{Protocol, ServicePortMap};
+use crate::model::{Protocol, ServicePort, ServicePortMap};
 use crate::proxier::Changes;
 
 /// One `conntrack -D` filter (always UDP).
@@ -88,12 +88,7 @@ pub fn plan(services: &ServicePortMap, changes: &Changes) -> Vec<Delete> {
         if sp.protocol != Protocol::Udp {
             continue;
         }
-        for ip in sp
-            .cluster_ips
-            .iter()
-            .chain(&sp.external_ips)
-            .chain(&sp.load_balancer_ips)
-        {
+        for ip in service_addresses(sp) {
             out.push(Delete::ToIpNatted(*ip, ep.ip()));
         }
         if let Some(np) = sp.node_port {
@@ -107,12 +102,7 @@ pub fn plan(services: &ServicePortMap, changes: &Changes) -> Vec<Delete> {
         if sp.protocol != Protocol::Udp {
             continue;
         }
-        for ip in sp
-            .cluster_ips
-            .iter()
-            .chain(&sp.external_ips)
-            .chain(&sp.load_balancer_ips)
-        {
+        for ip in service_addresses(sp) {
             out.push(Delete::ToIpPort(*ip, sp.port));
         }
         if let Some(np) = sp.node_port {
@@ -122,6 +112,14 @@ pub fn plan(services: &ServicePortMap, changes: &Changes) -> Vec<Delete> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Every address a service port is reached on, besides its NodePort.
+fn service_addresses(sp: &ServicePort) -> impl Iterator<Item = &IpAddr> {
+    sp.cluster_ips
+        .iter()
+        .chain(&sp.external_ips)
+        .chain(&sp.load_balancer_ips)
 }
 
 /// Runs the deletions of a [`plan`] with `conntrack` (conntrack-tools).
