@@ -141,20 +141,8 @@ fn two_services() -> (ServicePortMap, EndpointsMap, Fake, RenderState) {
 
 /// Compares `got` with `testdata/partial/<name>.golden` (`UPDATE_GOLDEN=1` rewrites it).
 fn golden(name: &str, got: &str) {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/partial")
-        .join(format!("{name}.golden"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-    assert_eq!(
-        got, want,
-        "{name}: golden mismatch (UPDATE_GOLDEN=1 to accept)"
-    );
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/partial");
+    sluice_proxy::golden::check(&dir, [(name, got.to_string())]);
 }
 
 /// The dataplane's partial sync: `names` changed, the previous render's `state` at hand.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sluice_proxy::golden;
 use sluice_proxy::model::{
     Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName,
 };
@@ -189,26 +190,12 @@ fn render_scenario(s: &ServicePortMap, e: &EndpointsMap) -> String {
 #[test]
 fn golden_files_match() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
-    let mut failures = Vec::new();
-    for (name, s, e) in scenarios() {
-        let got = render_scenario(&s, &e);
-        let path = dir.join(format!("{name}.golden"));
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-        if got != want {
-            failures.push(format!("--- {name}: got ---\n{got}--- want ---\n{want}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}",
-        failures.join("\n")
+    let scenarios = scenarios();
+    golden::check(
+        &dir,
+        scenarios
+            .iter()
+            .map(|(name, s, e)| (*name, render_scenario(s, e))),
     );
 }
 
@@ -216,13 +203,7 @@ fn golden_files_match() {
 fn every_golden_file_has_a_scenario() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
     let names: Vec<&str> = scenarios().iter().map(|(n, _, _)| *n).collect();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let file = entry.unwrap().file_name().into_string().unwrap();
-        let stem = file
-            .strip_suffix(".golden")
-            .expect("only .golden files in testdata");
-        assert!(names.contains(&stem), "stale golden file {file}");
-    }
+    golden::check_no_stale(&dir, &names);
 }
 
 /// Semantic checks that hold whatever the golden files say.

@@ -22,11 +22,13 @@
 //!   Cluster vs Local sets, topology hints).
 //! * [`conntrack`] — UDP conntrack cleanup after a sync (removed endpoints, removed IPs,
 //!   services that just got endpoints), for the NAT-based modes.
+//! * [`golden`] — golden-file checks shared by the modes' render tests.
 //! * [`runner`] — bounded-frequency sync runner (min interval, max interval, coalescing, retry).
 //! * [`proxier`] — `Proxier<D: Dataplane>`: the one place that owns trackers, maps and sync policy.
 
 pub mod categorize;
 pub mod conntrack;
+pub mod golden;
 pub mod metrics;
 pub mod model;
 pub mod proxier;
