@@ -153,6 +153,30 @@ pub fn lab(args: &[&str]) -> Output {
         .expect("running sluice-lab")
 }
 
+/// Runs `cmd` to completion (panics if it cannot be started).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs `ip args…` and asserts it succeeded.
+pub fn ip_ok(args: &[&str]) {
+    let o = run(Command::new("ip").args(args));
+    assert!(o.status.success(), "ip {}: {}", args.join(" "), text(&o));
+}
+
+/// A kubectl for suites that need any one: 1.33, else Debian's 1.20, else the newest
+/// preinstalled.
+pub fn kubectl_path() -> Option<PathBuf> {
+    [
+        PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.33"),
+        PathBuf::from("/opt/kc/usr/bin/kubectl"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .or_else(|| Kubectl::preinstalled().map(|k| k.path))
+}
+
 /// Asserts success and returns stdout.
 pub fn ok(o: Output) -> String {
     assert!(o.status.success(), "{}", text(&o));

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{bin, is_root, skip, text, Kubectl};
+use sluice_tests::{bin, ip_ok, is_root, kubectl_path, run, skip, text};
 
 /// Polls `f` every 100 ms until it returns Some; panics with `what` (and `ctx()`) after `timeout`.
 fn wait_for<T>(
@@ -39,32 +39,12 @@ fn wait_for<T>(
     }
 }
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
 fn ip(args: &[&str]) -> Output {
     run(Command::new("ip").args(args))
 }
 
-fn ip_ok(args: &[&str]) {
-    let o = ip(args);
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), text(&o));
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn kubectl_path() -> Option<PathBuf> {
-    [
-        PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.33"),
-        PathBuf::from("/opt/kc/usr/bin/kubectl"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .or_else(|| Kubectl::preinstalled().map(|k| k.path))
 }
 
 /// Why the privileged test cannot run here, if it cannot.

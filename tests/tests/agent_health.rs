@@ -18,30 +18,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_tests::{bin, is_root, skip, text, Kubectl};
+use sluice_tests::{bin, ip_ok, is_root, kubectl_path, run, skip, text};
 
 const NODE: &str = "health-node";
 const NODE_IP: &str = "10.99.0.1";
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn ip_ok(args: &[&str]) {
-    let o = run(Command::new("ip").args(args));
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), text(&o));
-}
-
-fn kubectl_path() -> Option<PathBuf> {
-    [
-        PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.33"),
-        PathBuf::from("/opt/kc/usr/bin/kubectl"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .or_else(|| Kubectl::preinstalled().map(|k| k.path))
-}
 
 fn missing_prerequisite() -> Option<String> {
     if !is_root() {
