@@ -125,10 +125,26 @@ const CASES: [Case; 4] = [
 
 /// One netperf run's numbers: throughput (trans/s or 10^6 bit/s) and, for RR, latency (µs).
 #[derive(Clone, Debug, Default)]
-struct Sample {
-    throughput: f64,
-    mean_latency_us: Option<f64>,
-    p99_latency_us: Option<f64>,
+pub(crate) struct Sample {
+    pub(crate) throughput: f64,
+    pub(crate) mean_latency_us: Option<f64>,
+    pub(crate) p99_latency_us: Option<f64>,
+}
+
+/// Reads the last CSV line of netperf's `-o THROUGHPUT,…[,MEAN_LATENCY,P99_LATENCY]` output.
+pub(crate) fn parse_netperf(stdout: &str) -> anyhow::Result<Sample> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(','))
+        .with_context(|| format!("netperf output: {stdout:?}"))?;
+    let f: Vec<&str> = line.split(',').map(str::trim).collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Ok(Sample {
+        throughput: num(0).with_context(|| format!("netperf output: {line:?}"))?,
+        mean_latency_us: num(2),
+        p99_latency_us: num(3),
+    })
 }
 
 fn netperf(lab: &Lab, server: &str, test: &str, seconds: u64) -> anyhow::Result<Sample> {
@@ -150,18 +166,7 @@ fn netperf(lab: &Lab, server: &str, test: &str, seconds: u64) -> anyhow::Result<
             String::from_utf8_lossy(&o.stderr).trim()
         );
     }
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains(','))
-        .with_context(|| format!("netperf output: {stdout:?}"))?;
-    let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    Ok(Sample {
-        throughput: num(0).with_context(|| format!("netperf output: {line:?}"))?,
-        mean_latency_us: num(2),
-        p99_latency_us: num(3),
-    })
+    parse_netperf(&stdout)
 }
 
 pub(crate) fn spread(v: &[f64]) -> Value {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::pod_network::{median, spread, Lab};
+use crate::pod_network::{median, parse_netperf, spread, Lab, Sample};
 use crate::{percentile, r3, sorted};
 
 const CONTROL_PORT: u16 = 12865;
@@ -40,13 +40,6 @@ struct Target {
     host: String,
     control: u16,
     data: u16,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Sample {
-    throughput: f64,
-    mean_latency_us: Option<f64>,
-    p99_latency_us: Option<f64>,
 }
 
 /// Kills HAProxy on drop (declared after the lab so it goes first).
@@ -115,18 +108,7 @@ fn netperf(lab: &Lab, to: &Target, test: &str, seconds: u64) -> anyhow::Result<S
             String::from_utf8_lossy(&o.stderr).trim()
         );
     }
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains(','))
-        .with_context(|| format!("netperf output: {stdout:?}"))?;
-    let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    Ok(Sample {
-        throughput: num(0).with_context(|| format!("netperf output: {line:?}"))?,
-        mean_latency_us: num(2),
-        p99_latency_us: num(3),
-    })
+    parse_netperf(&stdout)
 }
 
 /// Runs netperf (1 s TCP_RR) until it answers, for up to `timeout`.
