@@ -67,28 +67,29 @@ fn output(program: &str, args: &[&str]) -> Result<String, DebugError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The kernel state `mode` programmed in this network namespace, in its render's text.
+/// The kernel state `mode` programmed in this network namespace, in its render's text. Read
+/// from the iptables backend that holds Sluice's rules (what `--iptables-backend auto` picks),
+/// so a node programmed through `iptables-legacy` is dumped from there.
 pub fn dump(mode: ProxyMode) -> Result<String, DebugError> {
-    match mode {
-        ProxyMode::Iptables => {
-            let nat = output("iptables-save", &["-t", "nat"])?;
-            let filter = output("iptables-save", &["-t", "filter"])?;
-            Ok(sluice_proxy_iptables::dump::dump(&nat, &filter))
-        }
+    if !matches!(mode, ProxyMode::Iptables | ProxyMode::Userspace) {
+        // IPVS, nftables and eBPF have no dump yet.
+        return Err(DebugError::Unsupported(mode_name(mode)));
+    }
+    use sluice_proxy_iptables::apply::{detect_backend, Commands};
+    let mut commands = Commands::for_backend(detect_backend());
+    if !commands.available() {
+        commands = Commands::default();
+    }
+    let save = commands.save.to_string_lossy().into_owned();
+    let nat = output(&save, &["-t", "nat"])?;
+    let filter = output(&save, &["-t", "filter"])?;
+    Ok(if mode == ProxyMode::Iptables {
+        sluice_proxy_iptables::dump::dump(&nat, &filter)
+    } else {
         // The kernel half of the userspace mode: its redirect/reject chains. (Which listener
         // serves which port lives in the running agent only.)
-        ProxyMode::Userspace => {
-            let nat = output("iptables-save", &["-t", "nat"])?;
-            let filter = output("iptables-save", &["-t", "filter"])?;
-            Ok(sluice_proxy_userspace::render::dump_saved(&format!(
-                "{filter}{nat}"
-            )))
-        }
-        // IPVS, nftables and eBPF have no dump yet.
-        ProxyMode::None | ProxyMode::Ipvs | ProxyMode::Nftables | ProxyMode::Ebpf => {
-            Err(DebugError::Unsupported(mode_name(mode)))
-        }
-    }
+        sluice_proxy_userspace::render::dump_saved(&format!("{filter}{nat}"))
+    })
 }
 
 #[cfg(test)]
