@@ -15,8 +15,8 @@
 //! 3. The agent's VmRSS (and VmHWM) once the sync settled, and again after the endpoint changes.
 //! 4. Endpoint changes, one at a time and at least `--spacing-ms` apart: replace one endpoint IP
 //!    of one service's EndpointSlice (PUT); t0 is when the API acknowledged it; then `iptables -t
-//!    nat -S <that service's SVC chain>` runs in a tight loop until a rule jumps to the new
-//!    endpoint; afterwards the endpoint chain it jumps to is checked for the DNAT to the new IP.
+//!    nat -S <that service's SVC chain>` runs in a tight loop until a rule names the new
+//!    endpoint; that rule is checked to DNAT to it.
 //! 5. Breakdown (unless `--no-breakdown`): with the agent paused (SIGSTOP, resumed afterwards),
 //!    time `iptables-save` of nat and filter (what a full sync reads first), and replay the
 //!    Sluice part of the nat table into an empty scratch namespace with `iptables-restore
@@ -646,24 +646,20 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
         lat_ms.push(ms);
         let old_gone = !text.contains(&old_needle);
         old_gone_same_read += usize::from(old_gone);
-        // The endpoint chain it jumps to DNATs to the new IP.
-        let sep = text
+        // The rule naming the new endpoint DNATs to it.
+        let dnat = text
             .lines()
             .find(|l| l.contains(&needle))
-            .and_then(jump_of)
-            .unwrap_or("")
-            .to_string();
-        let (sep_text, _) = ipt_list("nat", &sep);
-        let dnat = sep_text.contains(&format!("--to-destination {new_ip}:{TARGET_PORT}"));
+            .is_some_and(|l| l.contains(&format!("--to-destination {new_ip}:{TARGET_PORT}")));
         verified += usize::from(dnat);
         eprintln!(
-            "[{n}] change {}/{}: {name} endpoint {old_ip} → {new_ip}: {ms:.1} ms (DNAT in {sep}: {dnat})",
+            "[{n}] change {}/{}: {name} endpoint {old_ip} → {new_ip}: {ms:.1} ms (DNAT: {dnat})",
             k + 1,
             ctx.changes
         );
         rounds.push(json!({
             "service": name, "svc_chain": chain, "old_ip": old_ip, "new_ip": new_ip,
-            "ms": r3(ms), "sep_chain": sep, "dnat_verified": dnat, "old_endpoint_gone_in_same_read": old_gone,
+            "ms": r3(ms), "dnat_verified": dnat, "old_endpoint_gone_in_same_read": old_gone,
         }));
     }
     let rss_after = status_kb(agent, "VmRSS:");
@@ -746,7 +742,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "spacing_s": ctx.spacing.as_secs_f64(),
             "budget_s": ctx.change_budget.as_secs_f64(),
             "t0": "the EndpointSlice PUT's response reaching the bench",
-            "probe": "iptables -w -t nat -S <the service's SLUICE-SVC- chain> back to back (after 200 ms: every ~10 ms) until a rule jumps to the new endpoint; then its SLUICE-SEP- chain is checked for the DNAT",
+            "probe": "iptables -w -t nat -S <the service's SLUICE-SVC- chain> back to back (after 200 ms: every ~10 ms) until a rule names the new endpoint, which is checked to DNAT to it",
             "ms": stats_ms(&lat_ms),
             "target_ms": 50.0,
             "p90_met": p90 <= 50.0,

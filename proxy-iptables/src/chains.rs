@@ -2,7 +2,8 @@
 //!
 //! Every Sluice chain starts with [`PREFIX`]; nothing else is ever touched. Per-service chain
 //! names are `SLUICE-<KIND>-<16 base32 chars>` (27 characters, under iptables' 28-character
-//! limit), where the hash is taken over the service port name (and the endpoint for `SEP`).
+//! limit), where the hash is taken over the service port name. `ClientIP` affinity keeps one
+//! `xt_recent` list per endpoint, named `SLUICE-AFF-<hash of service port and endpoint>`.
 
 use std::net::SocketAddr;
 
@@ -66,9 +67,10 @@ pub fn service_chain(kind: Kind, spn: &ServicePortName) -> String {
     format!("{PREFIX}{}-{}", kind.tag(), hash_name(&spn.to_string()))
 }
 
-/// `SLUICE-SEP-<hash>` for one endpoint of a service port.
-pub fn endpoint_chain(spn: &ServicePortName, endpoint: SocketAddr) -> String {
-    format!("{PREFIX}SEP-{}", hash_name(&format!("{spn}|{endpoint}")))
+/// `SLUICE-AFF-<hash>`: the `xt_recent` list of clients pinned to one endpoint of a service
+/// port (`sessionAffinity: ClientIP`).
+pub fn affinity_list(spn: &ServicePortName, endpoint: SocketAddr) -> String {
+    format!("{PREFIX}AFF-{}", hash_name(&format!("{spn}|{endpoint}")))
 }
 
 /// 80 bits of FNV-1a/128 over `s`, as 16 RFC 4648 base32 characters. Stable across releases:
@@ -102,9 +104,9 @@ mod tests {
         assert_ne!(svc, service_chain(Kind::Svc, &b));
         assert_eq!(svc[11..], service_chain(Kind::Ext, &a)[11..]);
         assert!(svc.len() <= 28, "{svc}");
-        let sep = endpoint_chain(&a, "10.0.0.1:80".parse().unwrap());
-        assert!(sep.len() <= 28 && sep.starts_with("SLUICE-SEP-"));
-        assert_ne!(sep, endpoint_chain(&a, "10.0.0.2:80".parse().unwrap()));
+        let aff = affinity_list(&a, "10.0.0.1:80".parse().unwrap());
+        assert!(aff.len() <= 28 && aff.starts_with("SLUICE-AFF-"));
+        assert_ne!(aff, affinity_list(&a, "10.0.0.2:80".parse().unwrap()));
         // Pin the hash so an accidental change is noticed.
         assert_eq!(hash_name(""), hash_name(""));
         assert_eq!(hash_name("").len(), 16);

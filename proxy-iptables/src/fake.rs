@@ -7,8 +7,9 @@
 //! any match/target option it does not understand.
 //!
 //! [`Fake::trace`] follows a new packet through nat (PREROUTING or OUTPUT), filter (INPUT,
-//! FORWARD or OUTPUT) and nat POSTROUTING, treating `-m statistic` and `-m recent --rcheck` as
-//! "either way", and returns every possible [`Verdict`].
+//! FORWARD or OUTPUT) and nat POSTROUTING, treating `-m statistic` and `-m recent --rcheck` /
+//! `--update` as "either way", runs `-m bpf` programs on the packet's IP header, and returns every
+//! possible [`Verdict`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -80,11 +81,14 @@ pub struct Rule {
     pub src_local: Option<bool>,
     /// `-m addrtype --dst-type LOCAL` (negated?).
     pub dst_local: Option<bool>,
-    /// `-m statistic` or `-m recent --rcheck`: may or may not match.
+    /// `-m statistic` or `-m recent --rcheck`/`--update`: may or may not match.
     pub maybe: bool,
+    /// `-m bpf --bytecode`: a classic BPF program run on the IP header.
+    pub bpf: Option<Vec<BpfInsn>>,
     /// `-m mark [!] --mark value/mask`.
     pub mark: Option<(bool, u32, u32)>,
-    /// `-m conntrack --ctstate` (matches a new packet only if it lists `NEW`).
+    /// `-m conntrack --ctstate` (matches a new packet if it lists `NEW`, or `DNAT` once the
+    /// packet was DNATed).
     pub ctstate: Option<Vec<String>>,
     /// `-m comment --comment`.
     pub comment: Option<String>,
@@ -253,7 +257,7 @@ pub fn parse_rule(ws: &[String]) -> Result<Rule, String> {
                 })
             }
             "-m" => match next(&mut i)?.as_str() {
-                "tcp" | "udp" | "sctp" | "comment" | "addrtype" | "mark" | "conntrack" => {}
+                "tcp" | "udp" | "sctp" | "comment" | "addrtype" | "mark" | "conntrack" | "bpf" => {}
                 "statistic" | "recent" => {}
                 m => return Err(format!("unknown match {m}")),
             },
@@ -285,7 +289,8 @@ pub fn parse_rule(ws: &[String]) -> Result<Rule, String> {
                 }
                 r.maybe = true;
             }
-            "--rcheck" => r.maybe = true,
+            "--rcheck" | "--update" => r.maybe = true,
+            "--bytecode" => r.bpf = Some(parse_bpf(next(&mut i)?)?),
             "--name" | "--seconds" => {
                 next(&mut i)?;
             }
@@ -669,10 +674,119 @@ impl Fake {
             && r.dst_local
                 .is_none_or(|neg| self.local_addrs.contains(&st.dst) != neg)
             && r.mark.is_none_or(|(neg, v, m)| (st.mark & m == v) != neg)
-            && r.ctstate
+            && r.ctstate.as_ref().is_none_or(|s| {
+                s.iter()
+                    .any(|s| s == "NEW" || (s == "DNAT" && st.dnat.is_some()))
+            })
+            && r.bpf
                 .as_ref()
-                .is_none_or(|s| s.iter().any(|s| s == "NEW"))
+                .is_none_or(|p| run_bpf(p, &ip_header(pkt.src, st.dst)))
     }
+}
+
+/// One classic BPF instruction (`code jt jf k`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfInsn {
+    /// Opcode.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Constant.
+    pub k: u32,
+}
+
+/// xt_bpf's `--bytecode` text: `N,code jt jf k,…` with exactly N instructions, each of an
+/// opcode the tracer can run.
+fn parse_bpf(text: &str) -> Result<Vec<BpfInsn>, String> {
+    let mut parts = text.split(',');
+    let n: usize = parts
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("bad bytecode {text}"))?;
+    let prog = parts
+        .map(|p| {
+            let f: Vec<&str> = p.split_whitespace().collect();
+            let [code, jt, jf, k] = f[..] else {
+                return Err(format!("bad instruction {p:?}"));
+            };
+            let bad = |_| format!("bad instruction {p:?}");
+            let insn = BpfInsn {
+                code: code.parse().map_err(bad)?,
+                jt: jt.parse().map_err(bad)?,
+                jf: jf.parse().map_err(bad)?,
+                k: k.parse().map_err(bad)?,
+            };
+            if !matches!(
+                insn.code,
+                BPF_LD_W_ABS | BPF_TAX | BPF_JEQ_X | BPF_JEQ_K | BPF_RET_K
+            ) {
+                return Err(format!("bpf opcode {} is not modelled", insn.code));
+            }
+            Ok(insn)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if prog.len() != n || n == 0 {
+        return Err(format!(
+            "bytecode {text}: {} instructions, header says {n}",
+            prog.len()
+        ));
+    }
+    Ok(prog)
+}
+
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_TAX: u16 = 0x07;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_JEQ_X: u16 = 0x1d;
+const BPF_RET_K: u16 = 0x06;
+
+/// The address fields of an IP header (everything else zero).
+fn ip_header(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0u8; 20];
+            h[0] = 0x45;
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0u8; 40];
+            h[0] = 0x60;
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            h
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Runs a program as the kernel would for xt_bpf: a non-zero return matches; a load past the
+/// end of the packet or falling off the program does not.
+fn run_bpf(prog: &[BpfInsn], pkt: &[u8]) -> bool {
+    let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+    while let Some(i) = prog.get(pc) {
+        pc += 1;
+        match i.code {
+            BPF_LD_W_ABS => {
+                let at = i.k as usize;
+                let Some(w) = pkt.get(at..at + 4) else {
+                    return false;
+                };
+                a = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+            }
+            BPF_TAX => x = a,
+            BPF_JEQ_X | BPF_JEQ_K => {
+                let v = if i.code == BPF_JEQ_X { x } else { i.k };
+                pc += usize::from(if a == v { i.jt } else { i.jf });
+            }
+            BPF_RET_K => return i.k != 0,
+            _ => return false,
+        }
+    }
+    false
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -725,4 +839,30 @@ fn validate(table: &str, t: &Table, deleted: &BTreeSet<String>) -> Result<(), Fa
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::hairpin_bytecode;
+    use sluice_proxy::model::IpFamily;
+
+    #[test]
+    fn hairpin_program_matches_only_equal_source_and_destination() {
+        let v4 = parse_bpf(&hairpin_bytecode(IpFamily::V4)).unwrap();
+        let v6 = parse_bpf(&hairpin_bytecode(IpFamily::V6)).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let run = |p: &[BpfInsn], s: &str, d: &str| run_bpf(p, &ip_header(ip(s), ip(d)));
+        assert!(run(&v4, "10.244.1.5", "10.244.1.5"));
+        assert!(!run(&v4, "10.244.1.5", "10.244.1.6"));
+        assert!(run(&v6, "fd00::1:5", "fd00::1:5"));
+        // Each of the four words differing on its own is a mismatch.
+        for d in ["fd01::1:5", "fd00:0:1::1:5", "fd00::1:0:0:1:5", "fd00::1:6"] {
+            assert!(!run(&v6, "fd00::1:5", d), "{d}");
+        }
+        // A load past the end of the packet never matches.
+        assert!(!run_bpf(&v4, &[0u8; 8]));
+        assert!(parse_bpf("2,6 0 0 1").is_err(), "count mismatch");
+        assert!(parse_bpf("1,48 0 0 0").is_err(), "unmodelled opcode");
+    }
 }

@@ -11,14 +11,20 @@
 //!   traffic is short-circuited to the Cluster chain), the rest goes to `SVL`.
 //! * LB IPs with `loadBalancerSourceRanges` go through `FW` (allowed sources → `EXT`); what falls
 //!   out un-DNATed is dropped by `SLUICE-FIREWALL` in filter.
-//! * An endpoint chain `SEP` masquerades hairpin traffic (source = endpoint) and DNATs.
+//! * The endpoint choice DNATs right in `SVC`/`SVL` (kube-proxy jumps to a chain per endpoint
+//!   first). Per-endpoint chains made iptables-nft-restore ~20x slower at 10,000 services × 5
+//!   endpoints (it looks chains up by a linear scan per rule), and all they add is the hairpin
+//!   masquerade (source = chosen endpoint), which one rule in `SLUICE-POSTROUTING` does for every
+//!   service: a connection DNATed back to its own source address (xt_bpf compares the IP
+//!   header's source and destination) is masqueraded. `ClientIP` affinity records the client
+//!   with `-m recent --set` in the DNAT rule itself.
 //! * No usable endpoints anywhere → REJECT in filter; a Local policy without local endpoints →
 //!   DROP in filter. Filter rules match the original destination, so they only see packets that
 //!   nat did not DNAT.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -28,7 +34,7 @@ use sluice_proxy::model::{
 };
 use sluice_proxy::proxier::Changes;
 
-use crate::chains::{self, endpoint_chain, service_chain, Kind};
+use crate::chains::{self, affinity_list, service_chain, Kind};
 
 /// Words as one `iptables-restore` line fragment: a word with a space (a comment) is quoted.
 pub(crate) fn restore_words<S: AsRef<str>>(words: &[S]) -> String {
@@ -281,13 +287,51 @@ fn forward_rules(mark: &str) -> [String; 3] {
     ]
 }
 
-fn postrouting_rules(mark: &str) -> [String; 3] {
+fn postrouting_rules(mark: &str, family: IpFamily) -> [String; 4] {
     [
+        format!(
+            "-m comment --comment \"sluice hairpin: service traffic DNATed back to its source\" -m conntrack --ctstate DNAT -m bpf --bytecode \"{}\" -j MASQUERADE --random-fully",
+            hairpin_bytecode(family)
+        ),
         format!("-m mark ! --mark {mark}/{mark} -j RETURN"),
         format!("-j MARK --xor-mark {mark}"),
         "-m comment --comment \"sluice service traffic requiring SNAT\" -j MASQUERADE --random-fully"
             .to_string(),
     ]
+}
+
+/// Classic BPF (xt_bpf's `--bytecode` syntax: count, then `code jt jf k` per instruction) that
+/// matches a packet whose IP source address equals its destination address. In nat POSTROUTING
+/// a DNATed packet carries its new destination, so this is a pod that reached itself through a
+/// service: it must be masqueraded or its reply would go straight back to itself, un-NATed.
+/// xt_bpf runs with the packet data starting at the IP header.
+pub fn hairpin_bytecode(family: IpFamily) -> String {
+    // Word offsets of the source and destination addresses in the IP header.
+    let (src, dst, words) = match family {
+        IpFamily::V4 => (12, 16, 1),
+        IpFamily::V6 => (8, 24, 4),
+    };
+    const LD_W_ABS: u16 = 0x20;
+    const TAX: u16 = 0x07;
+    const JEQ_X: u16 = 0x1d;
+    const RET_K: u16 = 0x06;
+    let mut prog: Vec<(u16, u8, u8, u32)> = Vec::new();
+    for w in 0..words {
+        // ld src[w]; tax; ld dst[w]; jeq x ? next : mismatch
+        let remaining = (words - w - 1) as u8;
+        prog.push((LD_W_ABS, 0, 0, src + 4 * w));
+        prog.push((TAX, 0, 0, 0));
+        prog.push((LD_W_ABS, 0, 0, dst + 4 * w));
+        // On a mismatch skip the remaining comparisons (4 instructions each) and `ret 1`.
+        prog.push((JEQ_X, 0, 4 * remaining + 1, 0));
+    }
+    prog.push((RET_K, 0, 0, 1));
+    prog.push((RET_K, 0, 0, 0));
+    let mut out = prog.len().to_string();
+    for (code, jt, jf, k) in prog {
+        let _ = write!(out, ",{code} {jt} {jf} {k}");
+    }
+    out
 }
 
 /// The rules of shared chain `i` (index into [`SHARED`]) from every service port of `state`.
@@ -385,7 +429,11 @@ fn whole(
     }
     write_shared(&mut shared, &state, N_SERVICES, config);
     write_shared(&mut shared, &state, N_NODEPORTS, config);
-    write_rules(&mut shared, chains::POSTROUTING, &postrouting_rules(&mark));
+    write_rules(
+        &mut shared,
+        chains::POSTROUTING,
+        &postrouting_rules(&mark, config.family),
+    );
     write_rules(
         &mut shared,
         chains::MARK_MASQ,
@@ -567,14 +615,6 @@ fn reject(family: IpFamily) -> &'static str {
         IpFamily::V4 => "REJECT --reject-with icmp-port-unreachable",
         IpFamily::V6 => "REJECT --reject-with icmp6-port-unreachable",
     }
-}
-
-fn union_by_addr(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
-    let mut m: BTreeMap<SocketAddr, Arc<Endpoint>> = BTreeMap::new();
-    for ep in a.iter().chain(b) {
-        m.entry(ep.addr()).or_insert_with(|| ep.clone());
-    }
-    m.into_values().collect()
 }
 
 fn render_service(
@@ -787,58 +827,49 @@ fn render_service(
         let rules = balance(spn, svc, &local, &lbl);
         out.chain(&svl_chain).extend(rules);
     }
-
-    // SEP chains.
-    let reachable = union_by_addr(
-        if uses_svc { &cluster } else { &[] },
-        if uses_svl { &local } else { &[] },
-    );
-    for ep in &reachable {
-        let sep = endpoint_chain(spn, ep.addr());
-        let c = comment(&lbl);
-        let mut rules = vec![format!("{c} -s {} -j {}", host(&ep.ip), chains::MARK_MASQ)];
-        let recent = if svc.session_affinity_timeout.is_some() {
-            format!(" -m recent --name {sep} --set")
-        } else {
-            String::new()
-        };
-        let p = proto(svc.protocol);
-        rules.push(format!(
-            "{c}{recent} -p {p} -m {p} -j DNAT --to-destination {}",
-            ep.addr()
-        ));
-        out.chain(&sep).extend(rules);
-    }
 }
 
-/// Rules of an endpoint-selection chain: affinity checks, then a uniform random choice.
+/// Rules of an endpoint-selection chain: affinity checks, then a uniform random choice, each
+/// DNATing straight to its endpoint.
 fn balance(
     spn: &ServicePortName,
     svc: &ServicePort,
     eps: &[Arc<Endpoint>],
     lbl: &str,
 ) -> Vec<String> {
+    let p = proto(svc.protocol);
+    let dnat = |ep: &Endpoint| format!("-p {p} -m {p} -j DNAT --to-destination {}", ep.addr());
     let mut rules = Vec::new();
     if let Some(timeout) = svc.session_affinity_timeout {
+        // `--update` = kube-proxy's `--rcheck` followed by the endpoint chain's `--set`: match a
+        // client seen within the timeout and refresh its timestamp.
         for ep in eps {
-            let sep = endpoint_chain(spn, ep.addr());
             rules.push(format!(
-                "{} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
-                comment(&format!("{lbl} -> {}", ep.addr()))
+                "{} -m recent --name {} --update --seconds {timeout} --reap {}",
+                comment(&format!("{lbl} -> {}", ep.addr())),
+                affinity_list(spn, ep.addr()),
+                dnat(ep)
             ));
         }
     }
     let n = eps.len();
     for (i, ep) in eps.iter().enumerate() {
-        let sep = endpoint_chain(spn, ep.addr());
         let c = comment(&format!("{lbl} -> {}", ep.addr()));
+        // Matches run in order and stop at the first miss, so the client is recorded only for
+        // the endpoint the statistic match picked.
+        let recent = if svc.session_affinity_timeout.is_some() {
+            format!(" -m recent --name {} --set", affinity_list(spn, ep.addr()))
+        } else {
+            String::new()
+        };
         if i + 1 < n {
-            let p = 1.0 / (n - i) as f64;
+            let pr = 1.0 / (n - i) as f64;
             rules.push(format!(
-                "{c} -m statistic --mode random --probability {p:.10} -j {sep}"
+                "{c} -m statistic --mode random --probability {pr:.10}{recent} {}",
+                dnat(ep)
             ));
         } else {
-            rules.push(format!("{c} -j {sep}"));
+            rules.push(format!("{c}{recent} {}", dnat(ep)));
         }
     }
     rules

@@ -61,7 +61,7 @@ fn partial_render_rewrites_only_changed_services() {
     assert!(!r.text.contains(&format!(":{api_svc}")), "{}", r.text);
     assert!(r.text.contains(":SLUICE-SERVICES - [0:0]"));
     f.restore(&r.text).expect("partial applies");
-    assert_eq!(r.chains, existing(&f), "stale SEP chain deleted");
+    assert_eq!(r.chains, existing(&f), "chains as in the kernel");
     assert_eq!(
         trace(&f, tcp("10.244.9.9", CLUSTER_IP, 80)),
         dnat(&["10.244.1.1", "10.244.2.1"], false)
@@ -188,7 +188,7 @@ fn incremental_endpoint_change_writes_only_that_services_chains() {
     assert!(!text.contains("default/api"), "{text}");
     golden("endpoint_change", &text);
     f.restore(&text).expect("applies");
-    assert_eq!(r.state.chains(), existing(&f), "stale SEP chain deleted");
+    assert_eq!(r.state.chains(), existing(&f), "chains as in the kernel");
     assert_eq!(f.save(), full_state(&s, &e));
     assert_eq!(
         trace(&f, tcp("10.244.9.9", CLUSTER_IP, 80)),
