@@ -2,9 +2,11 @@
 //! `sluice-proxy`'s [`Proxier`]; a bounded-frequency runner (`--min-sync-period`,
 //! `--sync-period`) calls its sync, which programs the chosen [`Dataplane`].
 //!
-//! The watchers work the same against sluice-control and a real kube-apiserver. Each keeps
-//! the last object per key so an update is handed over as previous → current; a relist
-//! (`Init` … `InitDone`) turns objects that vanished meanwhile into deletes.
+//! The watchers work the same against sluice-control and a real kube-apiserver. The trackers
+//! keep what they need of applied state themselves, so a watcher remembers per key only what
+//! identifies a previous object (an EndpointSlice's service-name label) and hands over a
+//! stand-in rebuilt from it; a relist (`Init` … `InitDone`) turns objects that vanished
+//! meanwhile into deletes.
 //!
 //! Observability ([`ProxyExtras`], all optional): the proxier records its metrics; every queued
 //! sync and every successful sync is reported to [`ProxyHealth`] (`/healthz`); after each
@@ -22,7 +24,7 @@ use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use sluice_proxy::metrics::ProxyMetrics;
-use sluice_proxy::model::{IpFamily, ProxyConfig};
+use sluice_proxy::model::{IpFamily, ProxyConfig, LABEL_SERVICE_NAME};
 use sluice_proxy::proxier::SyncOutcome;
 use sluice_proxy::proxier::{Dataplane, Proxier};
 use sluice_proxy::runner::{BoundedFrequencyRunner, RunnerHandle, RunnerIntervals};
@@ -62,16 +64,22 @@ pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 type Shared<D> = Arc<Mutex<Proxier<D>>>;
 
+/// What a watcher keeps of one kind: per key a small value `remember` takes from an object, and
+/// `recall`, which turns key and value back into the previous object handed to `update`.
+struct Memory<K, P> {
+    remember: fn(&K) -> P,
+    recall: fn(&str, &str, &P) -> K,
+}
+
 /// Feeds one kind's watch events into the proxier through `update(prev, cur)` and `synced()`.
-/// The previous object per key is kept as `slim` reduces it: only what `update` needs of a
-/// *previous* object (at 10,000 services, whole Services and EndpointSlices with their
-/// managedFields are tens of MB).
-async fn follow<K, D, U, S>(
+/// Whole previous objects are not kept (at 10,000 services the cache of slimmed Services and
+/// EndpointSlices alone was ~30 MB): `update` gets the stand-in [`Memory::recall`] builds.
+async fn follow<K, P, D, U, S>(
     api: Api<K>,
     proxier: Shared<D>,
     kick: RunnerHandle,
     health: Option<Arc<ProxyHealth>>,
-    slim: fn(&K) -> K,
+    memory: Memory<K, P>,
     update: U,
     synced: S,
 ) where
@@ -81,8 +89,13 @@ async fn follow<K, D, U, S>(
     U: Fn(&mut Proxier<D>, Option<&K>, Option<&K>) -> bool,
     S: Fn(&mut Proxier<D>) -> bool,
 {
+    // (namespace, name): neither may contain a '/', so "namespace/name" is a unique key.
     let key = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-    let mut cache: HashMap<String, K> = HashMap::new();
+    let recall = |k: &str, p: &P| {
+        let (ns, name) = k.split_once('/').unwrap_or(("", k));
+        (memory.recall)(ns, name, p)
+    };
+    let mut cache: HashMap<String, P> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -103,12 +116,15 @@ async fn follow<K, D, U, S>(
             }
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
                 let k = key(&o);
-                seen.insert(k.clone());
-                let prev = cache.insert(k, slim(&o));
+                let prev = cache
+                    .insert(k.clone(), (memory.remember)(&o))
+                    .map(|m| recall(&k, &m));
+                seen.insert(k);
                 update(&mut p, prev.as_ref(), Some(&o))
             }
             watcher::Event::Delete(o) => {
-                let prev = cache.remove(&key(&o));
+                let k = key(&o);
+                let prev = cache.remove(&k).map(|m| recall(&k, &m));
                 update(&mut p, prev.as_ref().or(Some(&o)), None)
             }
             watcher::Event::InitDone => {
@@ -118,10 +134,11 @@ async fn follow<K, D, U, S>(
                     .filter(|k| !seen.contains(*k))
                     .cloned()
                     .collect();
+                seen = HashSet::new();
                 let mut want = false;
                 for k in gone {
-                    if let Some(o) = cache.remove(&k) {
-                        want |= update(&mut p, Some(&o), None);
+                    if let Some(m) = cache.remove(&k) {
+                        want |= update(&mut p, Some(&recall(&k, &m)), None);
                     }
                 }
                 synced(&mut p) | want
@@ -207,31 +224,31 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
     )?;
     tokio::spawn(runner.run());
 
-    let services = tokio::spawn(follow::<Service, D, _, _>(
+    let services = tokio::spawn(follow::<Service, _, D, _, _>(
         Api::all(client.clone()),
         proxier.clone(),
         kick.clone(),
         extras.health.clone(),
-        slim_service,
+        service_memory(),
         |p, prev, cur| p.on_service_update(prev, cur),
         |p| p.on_services_synced(),
     ));
-    let slices = tokio::spawn(follow::<EndpointSlice, D, _, _>(
+    let slices = tokio::spawn(follow::<EndpointSlice, _, D, _, _>(
         Api::all(client.clone()),
         proxier.clone(),
         kick.clone(),
         extras.health.clone(),
-        slim_slice,
+        slice_memory(),
         |p, prev, cur| p.on_endpoint_slice_update(prev, cur),
         |p| p.on_endpoint_slices_synced(),
     ));
     let node_name = opts.node_name.clone();
-    let nodes = tokio::spawn(follow::<Node, D, _, _>(
+    let nodes = tokio::spawn(follow::<Node, _, D, _, _>(
         Api::all(client),
         proxier,
         kick,
         extras.health.clone(),
-        slim_node,
+        node_memory(),
         move |p, _prev, cur| match cur {
             Some(n) if n.name_any() == node_name => {
                 let labels: BTreeMap<String, String> = n.labels().clone();
@@ -245,41 +262,49 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
     Ok(())
 }
 
-/// Metadata a previous object is keyed and filtered by: name, namespace, labels.
-fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
+/// Services: the key alone (the service tracker diffs against the applied ports).
+fn service_memory() -> Memory<Service, ()> {
+    Memory {
+        remember: |_| (),
+        recall: |ns, name, _| Service {
+            metadata: meta(ns, name, None),
+            ..Service::default()
+        },
+    }
+}
+
+/// EndpointSlices: the key and the service-name label (the endpoints tracker files a slice
+/// under its Service).
+fn slice_memory() -> Memory<EndpointSlice, Option<String>> {
+    Memory {
+        remember: |s| s.labels().get(LABEL_SERVICE_NAME).cloned(),
+        recall: |ns, name, svc| EndpointSlice {
+            metadata: meta(ns, name, svc.as_ref().map(|s| (LABEL_SERVICE_NAME, s))),
+            address_type: String::new(),
+            endpoints: Vec::new(),
+            ports: None,
+        },
+    }
+}
+
+/// Nodes: only this node's current labels are read.
+fn node_memory() -> Memory<Node, ()> {
+    Memory {
+        remember: |_| (),
+        recall: |_, name, _| Node {
+            metadata: meta("", name, None),
+            ..Node::default()
+        },
+    }
+}
+
+/// Metadata of a stand-in previous object: its key and at most one label.
+fn meta(namespace: &str, name: &str, label: Option<(&str, &String)>) -> ObjectMeta {
     ObjectMeta {
-        name: m.name.clone(),
-        namespace: m.namespace.clone(),
-        labels: m.labels.clone(),
+        name: Some(name.to_string()),
+        namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+        labels: label.map(|(k, v)| BTreeMap::from([(k.to_string(), v.clone())])),
         ..ObjectMeta::default()
-    }
-}
-
-/// A previous Service: the service tracker remembers each Service's last ports itself, so only
-/// the key (and labels) are kept — a whole spec per Service was ~3 KB, tens of MB at 10k.
-fn slim_service(s: &Service) -> Service {
-    Service {
-        metadata: slim_meta(&s.metadata),
-        ..Service::default()
-    }
-}
-
-/// A previous EndpointSlice: the endpoints tracker only keys it (namespace, name, service-name
-/// label); its endpoints come from the current object and the tracker's own state.
-fn slim_slice(s: &EndpointSlice) -> EndpointSlice {
-    EndpointSlice {
-        metadata: slim_meta(&s.metadata),
-        address_type: s.address_type.clone(),
-        endpoints: Vec::new(),
-        ports: None,
-    }
-}
-
-/// A previous Node: only its name and labels are read.
-fn slim_node(n: &Node) -> Node {
-    Node {
-        metadata: slim_meta(&n.metadata),
-        ..Node::default()
     }
 }
 
@@ -287,43 +312,71 @@ fn slim_node(n: &Node) -> Node {
 mod tests {
     use super::*;
 
+    /// Deleting (or updating) through the stand-in a watcher recalls nets out exactly like
+    /// doing so through the full previous object.
     #[test]
-    fn slim_objects_keep_what_the_trackers_read() {
+    fn recalled_previous_objects_carry_what_the_trackers_read() {
         let svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "ns", "labels": {"a": "b"},
                          "annotations": {"x": "y"}, "managedFields": [{"manager": "m"}]},
             "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]},
         }))
         .unwrap();
-        let slim = slim_service(&svc);
-        assert_eq!(slim.metadata.annotations, None);
-        assert_eq!(slim.metadata.managed_fields, None);
-        assert_eq!(slim.spec, None);
-        assert_eq!(slim.metadata.labels, svc.metadata.labels);
-        let config = sluice_proxy::model::ProxyConfig::new("n1");
-        let mut a = Proxier::new(config.clone(), FULL_SYNC_PERIOD, NoDataplane);
-        let mut b = Proxier::new(config, FULL_SYNC_PERIOD, NoDataplane);
-        // Deleting via the slim copy nets out exactly like deleting via the full object.
-        a.on_service_add(&svc);
-        b.on_service_add(&svc);
-        assert_eq!(
-            a.on_service_delete(&svc),
-            b.on_service_update(Some(&slim), None)
+        let m = service_memory();
+        let stand_in = (m.recall)("ns", "web", &(m.remember)(&svc));
+        assert_eq!(stand_in.metadata.name.as_deref(), Some("web"));
+        assert_eq!(stand_in.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(stand_in.spec, None);
+        let mut p = synced_proxier();
+        assert!(p.on_service_add(&svc), "an added service is pending");
+        assert!(
+            !p.on_service_update(Some(&stand_in), None),
+            "deleting through the stand-in nets the add out"
+        );
+        assert!(p.on_service_add(&svc));
+        assert!(p.sync().is_ok());
+        assert!(
+            p.on_service_update(Some(&stand_in), None),
+            "deleting an applied service through the stand-in is a change"
         );
 
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "ns",
-                         "labels": {"kubernetes.io/service-name": "web"}},
+                         "labels": {"kubernetes.io/service-name": "web", "other": "x"}},
             "addressType": "IPv4",
             "endpoints": [{"addresses": ["10.244.0.1"]}],
             "ports": [{"port": 8080}],
         }))
         .unwrap();
-        let s = slim_slice(&slice);
+        let m = slice_memory();
+        let s = (m.recall)("ns", "web-1", &(m.remember)(&slice));
         assert!(s.endpoints.is_empty());
-        assert_eq!(s.metadata.labels, slice.metadata.labels);
-        a.on_endpoint_slice_add(&slice);
-        assert!(!a.on_endpoint_slice_update(Some(&s), None) || a.is_initialized());
+        assert_eq!(
+            s.metadata.labels,
+            Some(BTreeMap::from([(
+                LABEL_SERVICE_NAME.to_string(),
+                "web".to_string()
+            )]))
+        );
+        let mut p = synced_proxier();
+        assert!(p.on_endpoint_slice_add(&slice), "an added slice is pending");
+        assert!(
+            !p.on_endpoint_slice_update(Some(&s), None),
+            "deleting through the stand-in nets the add out"
+        );
+
+        let m = node_memory();
+        let n = (m.recall)("", "n1", &());
+        assert_eq!(n.metadata.name.as_deref(), Some("n1"));
+        assert_eq!(n.metadata.namespace, None);
+    }
+
+    fn synced_proxier() -> Proxier<NoDataplane> {
+        let config = sluice_proxy::model::ProxyConfig::new("n1");
+        let mut p = Proxier::new(config, FULL_SYNC_PERIOD, NoDataplane);
+        p.on_services_synced();
+        p.on_endpoint_slices_synced();
+        p
     }
 
     struct NoDataplane;

@@ -223,7 +223,7 @@ impl<D: Dataplane> Proxier<D> {
 
     /// Service changed (`prev` → `cur`; either may be `None`). Returns whether a sync is wanted.
     pub fn on_service_update(&mut self, prev: Option<&Service>, cur: Option<&Service>) -> bool {
-        let want = self.service_tracker.update(prev, cur) && self.is_initialized();
+        let want = self.service_tracker.update(prev, cur, &self.services) && self.is_initialized();
         if let Some(m) = &self.metrics {
             m.service_changes_total.inc();
         }

@@ -112,10 +112,13 @@ fn services_are_filtered() {
 #[test]
 fn service_tracker_nets_add_then_delete() {
     let mut t = ServiceChangeTracker::new(cfg());
-    let svc = service("ns", "a", "10.96.0.1", &[("", 80, "TCP")]);
-    assert!(t.update(None, Some(&svc)));
-    assert!(!t.update(Some(&svc), None), "add then delete nets out");
     let mut map = ServicePortMap::new();
+    let svc = service("ns", "a", "10.96.0.1", &[("", 80, "TCP")]);
+    assert!(t.update(None, Some(&svc), &map));
+    assert!(
+        !t.update(Some(&svc), None, &map),
+        "add then delete nets out"
+    );
     assert_eq!(t.apply(&mut map), ServiceUpdateResult::default());
     assert!(map.is_empty());
 }
@@ -125,16 +128,16 @@ fn service_tracker_nets_reverted_update() {
     let mut t = ServiceChangeTracker::new(cfg());
     let mut map = ServicePortMap::new();
     let v1 = service("ns", "a", "10.96.0.1", &[("", 80, "TCP")]);
-    t.update(None, Some(&v1));
+    t.update(None, Some(&v1), &map);
     t.apply(&mut map);
     let v2 = service("ns", "a", "10.96.0.1", &[("", 81, "TCP")]);
-    assert!(t.update(Some(&v1), Some(&v2)));
-    assert!(!t.update(Some(&v2), Some(&v1)), "reverted");
+    assert!(t.update(Some(&v1), Some(&v2), &map));
+    assert!(!t.update(Some(&v2), Some(&v1), &map), "reverted");
     assert_eq!(t.pending(), 0);
 }
 
-/// Callers may pass a previous object that carries only its key: the tracker's own memory of the
-/// last ports decides the netting and what `apply` removes.
+/// Callers may pass a previous object that carries only its key: the applied map decides the
+/// netting and what `apply` removes.
 #[test]
 fn service_tracker_needs_only_the_previous_key() {
     let key_only = |s: &Service| Service {
@@ -143,27 +146,37 @@ fn service_tracker_needs_only_the_previous_key() {
     };
     let mut t = ServiceChangeTracker::new(cfg());
     let mut map = ServicePortMap::new();
+    // A neighbour whose ports sort right after "a"'s must not be taken for "a"'s.
+    let other = service("ns", "a-b", "10.96.0.2", &[("", 80, "TCP")]);
+    t.update(None, Some(&other), &map);
     let v1 = service("ns", "a", "10.96.0.1", &[("", 80, "UDP")]);
-    t.update(None, Some(&v1));
+    t.update(None, Some(&v1), &map);
     t.apply(&mut map);
     let v2 = service("ns", "a", "10.96.0.1", &[("", 81, "TCP")]);
-    assert!(t.update(Some(&key_only(&v1)), Some(&v2)));
+    assert!(t.update(Some(&key_only(&v1)), Some(&v2), &map));
     assert!(
-        !t.update(Some(&key_only(&v2)), Some(&v1)),
-        "reverted, judged by the remembered ports"
+        !t.update(Some(&key_only(&v2)), Some(&v1), &map),
+        "reverted, judged by the applied ports"
     );
-    assert!(t.update(Some(&key_only(&v1)), Some(&v2)));
+    assert!(t.update(Some(&key_only(&v1)), Some(&v2), &map));
     let r = t.apply(&mut map);
     assert_eq!(r.deleted_udp_cluster_ips, BTreeSet::from([ip("10.96.0.1")]));
     assert_eq!(
         map.keys().cloned().collect::<Vec<_>>(),
-        vec![spn("ns", "a", "", Protocol::Tcp)]
+        vec![
+            spn("ns", "a", "", Protocol::Tcp),
+            spn("ns", "a-b", "", Protocol::Tcp)
+        ]
     );
-    assert!(t.update(Some(&key_only(&v2)), None));
+    assert!(t.update(Some(&key_only(&v2)), None, &map));
     t.apply(&mut map);
-    assert!(map.is_empty(), "deleted through a key-only object");
-    // After the delete the tracker forgot it: a re-add starts from nothing.
-    assert!(t.update(None, Some(&v1)));
+    assert_eq!(
+        map.keys().cloned().collect::<Vec<_>>(),
+        vec![spn("ns", "a-b", "", Protocol::Tcp)],
+        "deleted through a key-only object"
+    );
+    // After the delete nothing is applied for it: a re-add starts from nothing.
+    assert!(t.update(None, Some(&v1), &map));
 }
 
 #[test]
@@ -176,7 +189,7 @@ fn service_tracker_apply_reports_changes_and_deleted_udp() {
         "10.96.0.10",
         &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
     );
-    t.update(None, Some(&v1));
+    t.update(None, Some(&v1), &map);
     let r = t.apply(&mut map);
     assert_eq!(
         r.updated_services,
@@ -186,7 +199,7 @@ fn service_tracker_apply_reports_changes_and_deleted_udp() {
     assert_eq!(map.len(), 2);
 
     let v2 = service("ns", "dns", "10.96.0.10", &[("dns-tcp", 53, "TCP")]);
-    t.update(Some(&v1), Some(&v2));
+    t.update(Some(&v1), Some(&v2), &map);
     let r = t.apply(&mut map);
     assert_eq!(
         r.deleted_udp_cluster_ips,
@@ -199,7 +212,7 @@ fn service_tracker_apply_reports_changes_and_deleted_udp() {
 
     // A service that becomes labelled for another proxy is removed.
     let v3 = with_label(v2.clone(), LABEL_SERVICE_PROXY_NAME, "other");
-    t.update(Some(&v2), Some(&v3));
+    t.update(Some(&v2), Some(&v3), &map);
     t.apply(&mut map);
     assert!(map.is_empty());
 }
