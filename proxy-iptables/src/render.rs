@@ -367,14 +367,14 @@ fn whole(
 ) -> RenderedParts {
     let mut state = RenderState::default();
     let mut declared: Vec<String> = Vec::new();
-    let mut rules = String::new();
+    let mut rules = Chunks::default();
     for (spn, svc) in services {
         let (frag, mut own) = render_port(spn, svc, endpoints, config, changes);
         if !(changes.full || changes.services.contains(&spn.service())) {
             own.retain(|c, _| !existing.nat.contains(c));
         }
         for (c, rs) in own {
-            write_rules(&mut rules, &c, &rs);
+            write_rules(rules.text(), &c, &rs);
             declared.push(c);
         }
         state.ports.insert(spn.clone(), frag);
@@ -445,7 +445,11 @@ fn whole(
     }
     tail.push_str("COMMIT\n");
     RenderedParts {
-        parts: vec![filter, head, decls, shared, rules, tail],
+        parts: [filter, head, decls, shared]
+            .into_iter()
+            .chain(rules.into_parts())
+            .chain([tail])
+            .collect(),
         chains,
         state,
         incremental: false,
@@ -547,6 +551,37 @@ fn incremental(
         chains: ExistingChains::default(),
         state,
         incremental: true,
+    }
+}
+
+/// Text written in pieces of about [`Chunks::SIZE`]: one growing String for 10,000 services'
+/// rules (~12 MB) peaked at twice that while it reallocated, and left the allocator holding it.
+#[derive(Default)]
+struct Chunks {
+    done: Vec<String>,
+    cur: String,
+}
+
+impl Chunks {
+    const SIZE: usize = 256 * 1024;
+
+    /// The piece to append to: a new one once the current one is nearly full (a single write
+    /// may still overshoot; pieces are only concatenated, so where they split does not matter).
+    fn text(&mut self) -> &mut String {
+        if self.cur.len() + 4096 > Self::SIZE {
+            self.done.push(std::mem::take(&mut self.cur));
+        }
+        if self.cur.capacity() == 0 {
+            self.cur.reserve_exact(Self::SIZE);
+        }
+        &mut self.cur
+    }
+
+    fn into_parts(mut self) -> Vec<String> {
+        if !self.cur.is_empty() {
+            self.done.push(self.cur);
+        }
+        self.done
     }
 }
 
@@ -837,8 +872,10 @@ fn balance(
     eps: &[Arc<Endpoint>],
     lbl: &str,
 ) -> Vec<String> {
+    // `-p` alone: DNAT to a port needs the protocol, and kube-proxy's extra `-m tcp` (a match
+    // without options) only adds an expression per rule for nf_tables to walk on every commit.
     let p = proto(svc.protocol);
-    let dnat = |ep: &Endpoint| format!("-p {p} -m {p} -j DNAT --to-destination {}", ep.addr());
+    let dnat = |ep: &Endpoint| format!("-p {p} -j DNAT --to-destination {}", ep.addr());
     let mut rules = Vec::new();
     if let Some(timeout) = svc.session_affinity_timeout {
         // `--update` = kube-proxy's `--rcheck` followed by the endpoint chain's `--set`: match a

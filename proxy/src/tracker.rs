@@ -327,6 +327,10 @@ struct SliceSet {
 pub struct EndpointsChangeTracker {
     config: Arc<ProxyConfig>,
     services: BTreeMap<NamespacedName, SliceSet>,
+    /// How many of `services` have pending changes (kept as a count: the gauges and
+    /// `has_pending` are read on every event, and scanning 10,000 services each time made the
+    /// initial list quadratic).
+    pending_services: usize,
     /// When this tracker was created: older trigger times are not ours to measure.
     started: SystemTime,
     /// Trigger times of the pending changes, per service.
@@ -339,6 +343,7 @@ impl EndpointsChangeTracker {
         Self {
             config,
             services: BTreeMap::new(),
+            pending_services: 0,
             started: SystemTime::now(),
             trigger_times: BTreeMap::new(),
         }
@@ -397,11 +402,17 @@ impl EndpointsChangeTracker {
         info: Option<Arc<SliceInfo>>,
     ) -> bool {
         let set = self.services.entry(svc.clone()).or_default();
+        let was_pending = !set.pending.is_empty();
         let changed = if set.applied.get(slice) == info.as_ref() {
             set.pending.remove(slice).is_some()
         } else {
             set.pending.insert(slice.clone(), info.clone()) != Some(info)
         };
+        match (was_pending, set.pending.is_empty()) {
+            (false, false) => self.pending_services += 1,
+            (true, true) => self.pending_services -= 1,
+            _ => {}
+        }
         if set.applied.is_empty() && set.pending.is_empty() {
             self.services.remove(svc);
         }
@@ -410,10 +421,7 @@ impl EndpointsChangeTracker {
 
     /// Number of services with pending endpoint changes.
     pub fn pending_services(&self) -> usize {
-        self.services
-            .values()
-            .filter(|s| !s.pending.is_empty())
-            .count()
+        self.pending_services
     }
 
     /// Takes the trigger times recorded for the pending changes (call beside
@@ -427,7 +435,7 @@ impl EndpointsChangeTracker {
 
     /// Whether any service has pending endpoint changes.
     pub fn has_pending(&self) -> bool {
-        self.services.values().any(|s| !s.pending.is_empty())
+        self.pending_services > 0
     }
 
     /// Folds all pending changes into `map`.
@@ -462,6 +470,7 @@ impl EndpointsChangeTracker {
         for svc in emptied {
             self.services.remove(&svc);
         }
+        self.pending_services = 0;
         result
     }
 }

@@ -359,3 +359,55 @@ fn slice_tracker_reports_udp_conntrack_work() {
     );
     assert!(map.is_empty());
 }
+
+/// The pending-services count kept incrementally matches a recount after every event and apply.
+#[test]
+fn pending_services_count_follows_every_event() {
+    let mut t = EndpointsChangeTracker::new(cfg());
+    let mut map = EndpointsMap::new();
+    let recount = |t: &EndpointsChangeTracker| {
+        t.services
+            .values()
+            .filter(|s| !s.pending.is_empty())
+            .count()
+    };
+    let mk = |svc: &str, name: &str, ip: &str| {
+        slice(
+            "ns",
+            svc,
+            name,
+            &[("", 80, "TCP")],
+            &[(ip, "node-a", Cond::Ready)],
+        )
+    };
+    // A deterministic walk over adds, changes, reverts, deletes and applies on 3 services.
+    let mut state: BTreeMap<(usize, usize), Option<EndpointSlice>> = BTreeMap::new();
+    let mut x: u64 = 7;
+    for step in 0..400 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let (svc, sl, op) = ((x >> 33) % 3, (x >> 40) % 2, (x >> 50) % 5);
+        let key = (svc as usize, sl as usize);
+        let name = format!("s{svc}-{sl}");
+        let prev = state.get(&key).cloned().flatten();
+        let cur = match op {
+            0 | 1 => Some(mk(&format!("s{svc}"), &name, "10.0.0.1")),
+            2 => Some(mk(&format!("s{svc}"), &name, "10.0.0.2")),
+            3 => None,
+            _ => {
+                t.apply(&mut map);
+                assert_eq!(t.pending_services(), 0, "step {step}");
+                assert!(!t.has_pending());
+                continue;
+            }
+        };
+        if prev.is_none() && cur.is_none() {
+            continue;
+        }
+        t.update(prev.as_ref(), cur.as_ref());
+        state.insert(key, cur);
+        assert_eq!(t.pending_services(), recount(&t), "step {step}");
+        assert_eq!(t.has_pending(), recount(&t) > 0, "step {step}");
+    }
+}
