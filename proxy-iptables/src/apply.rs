@@ -2,7 +2,7 @@
 //! the built-in chains into the Sluice chains in place.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, Write as _};
+use std::io::{BufRead as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -268,15 +268,14 @@ impl IptablesDataplane {
         cmd: &mut Command,
         input: Option<&str>,
     ) -> Result<String, (String, Option<std::io::Error>)> {
-        let parts: Vec<&str> = input.into_iter().collect();
-        self.run_parts(cmd, input.map(|_| parts.as_slice()))
+        self.run_with(cmd, input.map(|text| |w: &mut dyn Write| w.write_all(text.as_bytes())))
     }
 
-    /// Runs `cmd`, writing `input`'s parts to its stdin one after the other (never joined).
-    fn run_parts<S: AsRef<str>>(
+    /// Runs `cmd`; `input` (if any) writes its stdin, buffered, while it runs.
+    fn run_with(
         &self,
         cmd: &mut Command,
-        input: Option<&[S]>,
+        input: Option<impl FnOnce(&mut dyn Write) -> std::io::Result<()>>,
     ) -> Result<String, (String, Option<std::io::Error>)> {
         let what = format!("{cmd:?}");
         cmd.stdin(if input.is_some() {
@@ -289,12 +288,9 @@ impl IptablesDataplane {
         let mut child = cmd
             .spawn()
             .map_err(|e| (format!("spawning {what}"), Some(e)))?;
-        if let (Some(parts), Some(stdin)) = (input, child.stdin.take()) {
+        if let (Some(input), Some(stdin)) = (input, child.stdin.take()) {
             let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
-            let written = parts
-                .iter()
-                .try_for_each(|p| w.write_all(p.as_ref().as_bytes()))
-                .and_then(|()| w.flush());
+            let written = input(&mut w).and_then(|()| w.flush());
             drop(w);
             if let Err(e) = written {
                 // The tool may have exited early (bad input): report its stderr.
@@ -546,22 +542,26 @@ impl Dataplane for IptablesDataplane {
             render_parts(services, endpoints, &self.config, changes, &existing, prev);
         drop(existing);
         if !missing.is_empty() {
-            rendered.parts.push(insert_jumps_text(&missing));
+            rendered.push_text(insert_jumps_text(&missing));
+        }
+        let mut bytes = 0;
+        if !rendered.is_empty() {
+            self.run_with(
+                Command::new(&self.commands.restore).args(["-w", "--noflush"]),
+                Some(|w: &mut dyn Write| {
+                    bytes = rendered.write_to(w)?;
+                    Ok(())
+                }),
+            )
+            .map_err(|(m, e)| self.sync_err(m, e))?;
         }
         debug!(
-            bytes = rendered.len(),
+            bytes,
             full = changes.full,
             incremental = rendered.incremental,
             "iptables-restore"
         );
-        if !rendered.is_empty() {
-            self.run_parts(
-                Command::new(&self.commands.restore).args(["-w", "--noflush"]),
-                Some(rendered.parts.as_slice()),
-            )
-            .map_err(|(m, e)| self.sync_err(m, e))?;
-        }
-        let large = rendered.len() >= TRIM_AFTER_BYTES;
+        let large = bytes >= TRIM_AFTER_BYTES;
         self.state = Some(rendered.state);
         if large {
             // The render's text (tens of MB at 10,000 services) is freed now; glibc would keep

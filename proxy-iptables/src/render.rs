@@ -171,12 +171,59 @@ pub struct Rendered {
     pub state: RenderState,
 }
 
-/// A render as consecutive pieces of restore text (written one after the other, never joined:
-/// at 10,000 services the text is tens of MB).
+/// One piece of restore input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Literal text.
+    Text(String),
+    /// The per-service chains of a whole render, rendered again while they are written: at
+    /// 10,000 services their rules are ~12 MB of text, and holding it (or growing it) set the
+    /// agent's memory high-water mark. Rendering twice costs far less than the restore.
+    Chains(Box<DeferredChains>),
+}
+
+/// What a [`Part::Chains`] renders: service ports (with what they were rendered from, shared
+/// `Arc`s) and, per port, the chains to write (`None` = all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredChains {
+    config: RenderConfig,
+    node_labels: BTreeMap<String, String>,
+    ports: Vec<DeferredPort>,
+}
+
+type DeferredPort = (
+    ServicePortName,
+    Arc<ServicePort>,
+    Vec<Arc<Endpoint>>,
+    Option<BTreeSet<String>>,
+);
+
+impl DeferredChains {
+    fn write_to<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<usize> {
+        let mut written = 0;
+        let mut buf = String::new();
+        for (spn, svc, eps, only) in &self.ports {
+            let mut out = Out::default();
+            render_service(spn, svc, eps, &self.config, &self.node_labels, &mut out);
+            buf.clear();
+            for (c, rs) in &out.chains {
+                if only.as_ref().is_none_or(|o| o.contains(c)) {
+                    write_rules(&mut buf, c, rs);
+                }
+            }
+            w.write_all(buf.as_bytes())?;
+            written += buf.len();
+        }
+        Ok(written)
+    }
+}
+
+/// A render as consecutive pieces of restore input, written one after the other and never
+/// joined.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderedParts {
     /// The `iptables-restore --noflush` input, in pieces; empty = nothing to apply.
-    pub parts: Vec<String>,
+    pub parts: Vec<Part>,
     /// Sluice chains that exist after applying the parts. Only filled by whole renders (full, or
     /// without a previous state); for an incremental render use [`RenderState::chains`].
     pub chains: ExistingChains,
@@ -188,19 +235,39 @@ pub struct RenderedParts {
 }
 
 impl RenderedParts {
-    /// Total bytes.
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(String::len).sum()
-    }
-
     /// Nothing to apply.
     pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(String::is_empty)
+        self.parts.iter().all(|p| match p {
+            Part::Text(t) => t.is_empty(),
+            Part::Chains(d) => d.ports.is_empty(),
+        })
     }
 
-    /// The parts joined.
+    /// Appends literal text.
+    pub fn push_text(&mut self, text: String) {
+        self.parts.push(Part::Text(text));
+    }
+
+    /// Writes the parts in order; returns the number of bytes written.
+    pub fn write_to<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<usize> {
+        let mut written = 0;
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => {
+                    w.write_all(t.as_bytes())?;
+                    written += t.len();
+                }
+                Part::Chains(d) => written += d.write_to(w)?,
+            }
+        }
+        Ok(written)
+    }
+
+    /// The parts as one text.
     pub fn text(&self) -> String {
-        self.parts.concat()
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory");
+        String::from_utf8(out).expect("render output is UTF-8")
     }
 }
 
@@ -218,7 +285,7 @@ pub fn render(
 ) -> Rendered {
     let r = render_parts(services, endpoints, config, changes, existing, None);
     Rendered {
-        text: r.parts.concat(),
+        text: r.text(),
         chains: r.chains,
         state: r.state,
     }
@@ -367,16 +434,26 @@ fn whole(
 ) -> RenderedParts {
     let mut state = RenderState::default();
     let mut declared: Vec<String> = Vec::new();
-    let mut rules = Chunks::default();
+    let mut deferred = DeferredChains {
+        config: config.clone(),
+        node_labels: changes.node_labels.clone(),
+        ports: Vec::new(),
+    };
     for (spn, svc) in services {
         let (frag, mut own) = render_port(spn, svc, endpoints, config, changes);
-        if !(changes.full || changes.services.contains(&spn.service())) {
+        let partial = !(changes.full || changes.services.contains(&spn.service()));
+        if partial {
             own.retain(|c, _| !existing.nat.contains(c));
         }
-        for (c, rs) in own {
-            write_rules(rules.text(), &c, &rs);
-            declared.push(c);
+        if !own.is_empty() {
+            deferred.ports.push((
+                spn.clone(),
+                svc.clone(),
+                endpoints.get(spn).cloned().unwrap_or_default(),
+                partial.then(|| own.keys().cloned().collect()),
+            ));
         }
+        declared.extend(own.into_keys());
         state.ports.insert(spn.clone(), frag);
     }
     // Declared in name order: iptables-nft keeps a table's chains sorted and inserts each new
@@ -445,11 +522,14 @@ fn whole(
     }
     tail.push_str("COMMIT\n");
     RenderedParts {
-        parts: [filter, head, decls, shared]
-            .into_iter()
-            .chain(rules.into_parts())
-            .chain([tail])
-            .collect(),
+        parts: vec![
+            Part::Text(filter),
+            Part::Text(head),
+            Part::Text(decls),
+            Part::Text(shared),
+            Part::Chains(Box::new(deferred)),
+            Part::Text(tail),
+        ],
         chains,
         state,
         incremental: false,
@@ -525,7 +605,7 @@ fn incremental(
             write_shared(&mut filter, &state, i, config);
         }
         filter.push_str("COMMIT\n");
-        parts.push(filter);
+        parts.push(Part::Text(filter));
     }
     if dirty[3..].iter().any(|d| *d) || !decls.is_empty() || !stale.is_empty() {
         let mut head = String::from("*nat\n");
@@ -544,44 +624,13 @@ fn incremental(
             let _ = writeln!(tail, "-X {c}");
         }
         tail.push_str("COMMIT\n");
-        parts.extend([head, decls, shared, rules, tail]);
+        parts.extend([head, decls, shared, rules, tail].map(Part::Text));
     }
     RenderedParts {
         parts,
         chains: ExistingChains::default(),
         state,
         incremental: true,
-    }
-}
-
-/// Text written in pieces of about [`Chunks::SIZE`]: one growing String for 10,000 services'
-/// rules (~12 MB) peaked at twice that while it reallocated, and left the allocator holding it.
-#[derive(Default)]
-struct Chunks {
-    done: Vec<String>,
-    cur: String,
-}
-
-impl Chunks {
-    const SIZE: usize = 256 * 1024;
-
-    /// The piece to append to: a new one once the current one is nearly full (a single write
-    /// may still overshoot; pieces are only concatenated, so where they split does not matter).
-    fn text(&mut self) -> &mut String {
-        if self.cur.len() + 4096 > Self::SIZE {
-            self.done.push(std::mem::take(&mut self.cur));
-        }
-        if self.cur.capacity() == 0 {
-            self.cur.reserve_exact(Self::SIZE);
-        }
-        &mut self.cur
-    }
-
-    fn into_parts(mut self) -> Vec<String> {
-        if !self.cur.is_empty() {
-            self.done.push(self.cur);
-        }
-        self.done
     }
 }
 

@@ -200,7 +200,7 @@ fn incremental_endpoint_change_writes_only_that_services_chains() {
 fn incremental_with_nothing_changed_is_empty() {
     let (s, e, _, state) = two_services();
     let r = incremental(&s, &e, &[], state.clone());
-    assert!(r.is_empty() && r.parts.is_empty());
+    assert!(r.is_empty() && r.parts.is_empty(), "no parts at all");
     assert_eq!(r.state, state);
     // A listed service whose rules did not change: its own chains only, rewritten identically.
     let r = incremental(&s, &e, &["web"], state);
