@@ -155,7 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut cfg = sluice_proxy_userspace::UserspaceConfig::new(id.name.clone(), ip4);
             cfg.cluster_cidr = Some(cli.cluster_cidr);
-            cfg.commands = userspace_commands(&ipt);
+            cfg.commands = ipt.clone();
             let dataplane = sluice_proxy_userspace::UserspaceDataplane::new(
                 cfg,
                 tokio::runtime::Handle::current(),
@@ -238,7 +238,7 @@ fn iptables_commands(
         return Commands::default();
     }
     let other = Commands::for_backend(backend.other());
-    if other.available() && other.holds_sluice_chains() {
+    if other.available() && sluice_proxy_iptables::apply::holds_sluice_chains(&other) {
         tracing::info!(
             from = backend.other().name(),
             to = backend.name(),
@@ -252,17 +252,6 @@ fn iptables_commands(
     }
     tracing::info!(backend = backend.name(), "iptables backend");
     commands
-}
-
-/// The userspace mode's commands on the same backend.
-fn userspace_commands(
-    ipt: &sluice_proxy_iptables::apply::Commands,
-) -> sluice_proxy_userspace::Commands {
-    sluice_proxy_userspace::Commands {
-        restore: ipt.restore.clone(),
-        save: ipt.save.clone(),
-        iptables: ipt.iptables.clone(),
-    }
 }
 
 /// Switching modes leaves nothing of the old one: every `SLUICE-` chain of the iptables mode
@@ -299,7 +288,7 @@ fn remove_userspace_proxy_rules(commands: &sluice_proxy_iptables::apply::Command
     if !probe.iter().any(|(t, c)| commands.has_chain(t, c)) {
         return;
     }
-    match sluice_proxy_userspace::cleanup_rules_with(&userspace_commands(commands)) {
+    match sluice_proxy_userspace::cleanup_rules_with(commands) {
         Ok(()) => tracing::info!("removed the userspace proxy mode's rules"),
         Err(e) => tracing::warn!(error = %e, "removing the userspace proxy mode's rules failed"),
     }

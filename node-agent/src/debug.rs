@@ -15,25 +15,9 @@ pub enum DebugError {
     /// The mode has no dump (yet).
     #[error("not supported for mode {0}")]
     Unsupported(&'static str),
-    /// A tool could not be started.
-    #[error("running {command}: {source}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A tool failed.
-    #[error("{command} failed ({status}): {stderr}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// Its standard error.
-        stderr: String,
-    },
+    /// A tool could not be run, or failed.
+    #[error(transparent)]
+    Run(#[from] sluice_iptables_tools::RunError),
 }
 
 /// The `--proxy-mode` spelling of a mode.
@@ -49,22 +33,10 @@ pub fn mode_name(mode: ProxyMode) -> &'static str {
 }
 
 fn output(program: &str, args: &[&str]) -> Result<String, DebugError> {
-    let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| DebugError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(DebugError::Failed {
-            command,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(sluice_iptables_tools::run(
+        Command::new(program).args(args),
+        sluice_iptables_tools::NO_INPUT,
+    )?)
 }
 
 /// The kernel state `mode` programmed in this network namespace, in its render's text. Read

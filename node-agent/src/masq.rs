@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
-use sluice_proxy_iptables::apply::Commands;
+use sluice_iptables_tools::{run, Commands, RunError};
 
 /// Our chain in the nat table. Deliberately outside the `SLUICE-` prefix the iptables proxy
 /// mode owns: proxy syncs rewrite, and mode switches delete, every `SLUICE-` chain, and node
@@ -17,23 +17,9 @@ pub const CHAIN: &str = "SLUICENODE-MASQ";
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A tool could not be run.
-    #[error("running {tool}")]
-    Spawn {
-        /// The tool.
-        tool: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A tool failed.
-    #[error("{tool} failed: {stderr}")]
-    Failed {
-        /// The tool.
-        tool: String,
-        /// Its stderr.
-        stderr: String,
-    },
+    /// A tool could not be run, or failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
 }
 
 /// True if `iptables-save -t nat` output already jumps from POSTROUTING to our chain.
@@ -83,36 +69,13 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn run(tool: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-    let name = tool.display().to_string();
-    let spawn = |source| Error::Spawn {
-        tool: name.clone(),
-        source,
-    };
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())
-            .map_err(spawn)?;
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().map_err(spawn)?;
-    if !out.status.success() {
-        return Err(Error::Failed {
-            tool: name,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// `restore --noflush --wait` with `input`.
+fn restore(restore: &Path, input: &str) -> Result<(), Error> {
+    run(
+        Command::new(restore).args(["--noflush", "--wait"]),
+        Some(|w: &mut dyn Write| w.write_all(input.as_bytes())),
+    )?;
+    Ok(())
 }
 
 /// Resolves a command name on PATH (plus the sbin directories); `None` if not installed.
@@ -155,7 +118,7 @@ pub fn apply(commands: &Commands, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> R
         return Ok(false);
     };
     let input = render(pod_cidr, cluster_cidr, jump_present(&iptables));
-    run(&restore, &["--noflush", "--wait"], Some(&input))?;
+    self::restore(&restore, &input)?;
     Ok(true)
 }
 
@@ -187,7 +150,7 @@ pub fn remove(commands: &Commands) -> Result<bool, Error> {
         s.push_str(&format!(":{CHAIN} - [0:0]\n-X {CHAIN}\n"));
     }
     s.push_str("COMMIT\n");
-    run(&restore, &["--noflush", "--wait"], Some(&s))?;
+    self::restore(&restore, &s)?;
     Ok(true)
 }
 

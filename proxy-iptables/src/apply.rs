@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use sluice_proxy::conntrack::Conntrack;
@@ -99,35 +99,8 @@ pub fn base_jumps_restore_text() -> String {
     out
 }
 
-/// An iptables backend: the same rules, programmed through nf_tables (`iptables-nft`) or through
-/// the kernel's legacy x_tables (`iptables-legacy`). One node must not mix them: packets
-/// traverse both, and each backend's tools see only their own rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `iptables-nft*`.
-    Nft,
-    /// `iptables-legacy*`. At tens of thousands of chains its restores are an order of
-    /// magnitude faster than iptables-nft's (whose chain lookups are linear).
-    Legacy,
-}
-
-impl Backend {
-    /// The other backend.
-    pub fn other(self) -> Backend {
-        match self {
-            Backend::Nft => Backend::Legacy,
-            Backend::Legacy => Backend::Nft,
-        }
-    }
-
-    /// `"nft"` / `"legacy"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Nft => "nft",
-            Backend::Legacy => "legacy",
-        }
-    }
-}
+use sluice_iptables_tools::RunError;
+pub use sluice_iptables_tools::{Backend, Commands};
 
 /// Chains whose presence (in either table) marks a backend as holding Sluice's rules: the
 /// iptables mode's fixed chains, the node masquerade's and the userspace mode's.
@@ -140,71 +113,11 @@ pub const SLUICE_MARKER_CHAINS: &[(&str, &str)] = &[
     ("filter", "SLUICEUS-REJECT"),
 ];
 
-/// Commands used by [`IptablesDataplane`] (`ip6tables*` for an IPv6 proxier).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commands {
-    /// `iptables-restore`.
-    pub restore: PathBuf,
-    /// `iptables-save`.
-    pub save: PathBuf,
-    /// `iptables`.
-    pub iptables: PathBuf,
-    /// `conntrack` (conntrack-tools), for UDP flow cleanup.
-    pub conntrack: PathBuf,
-}
-
-impl Default for Commands {
-    fn default() -> Self {
-        Self {
-            restore: "iptables-restore".into(),
-            save: "iptables-save".into(),
-            iptables: "iptables".into(),
-            conntrack: "conntrack".into(),
-        }
-    }
-}
-
-impl Commands {
-    /// The tools of `backend` (`iptables-nft`, `iptables-nft-save`, … or the `-legacy` ones).
-    pub fn for_backend(backend: Backend) -> Self {
-        let b = backend.name();
-        Self {
-            restore: format!("iptables-{b}-restore").into(),
-            save: format!("iptables-{b}-save").into(),
-            iptables: format!("iptables-{b}").into(),
-            ..Self::default()
-        }
-    }
-
-    /// Whether `iptables` runs (`--version`).
-    pub fn available(&self) -> bool {
-        Command::new(&self.iptables)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// Whether `chain` exists in `table` (`iptables -t table -S chain`, output discarded; far
-    /// cheaper than an `iptables-save` of a large table).
-    pub fn has_chain(&self, table: &str, chain: &str) -> bool {
-        Command::new(&self.iptables)
-            .args(["-w", "-t", table, "-S", chain])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// Whether this backend holds any of [`SLUICE_MARKER_CHAINS`].
-    pub fn holds_sluice_chains(&self) -> bool {
-        SLUICE_MARKER_CHAINS
-            .iter()
-            .any(|(t, c)| self.has_chain(t, c))
-    }
+/// Whether this backend holds any of [`SLUICE_MARKER_CHAINS`].
+pub fn holds_sluice_chains(commands: &Commands) -> bool {
+    SLUICE_MARKER_CHAINS
+        .iter()
+        .any(|(t, c)| commands.has_chain(t, c))
 }
 
 /// `--iptables-backend auto`: the backend whose tools see Sluice's chains in this network
@@ -213,7 +126,7 @@ impl Commands {
 pub fn detect_backend() -> Backend {
     let holds = |b: Backend| {
         let c = Commands::for_backend(b);
-        c.available() && c.holds_sluice_chains()
+        c.available() && holds_sluice_chains(&c)
     };
     if !holds(Backend::Nft) && holds(Backend::Legacy) {
         Backend::Legacy
@@ -268,54 +181,19 @@ impl IptablesDataplane {
         cmd: &mut Command,
         input: Option<&str>,
     ) -> Result<String, (String, Option<std::io::Error>)> {
-        self.run_with(cmd, input.map(|text| |w: &mut dyn Write| w.write_all(text.as_bytes())))
+        self.run_with(
+            cmd,
+            input.map(|text| |w: &mut dyn Write| w.write_all(text.as_bytes())),
+        )
     }
 
-    /// Runs `cmd`; `input` (if any) writes its stdin, buffered, while it runs.
+    /// Runs `cmd`; `input` (if any) writes its stdin while it runs.
     fn run_with(
         &self,
         cmd: &mut Command,
         input: Option<impl FnOnce(&mut dyn Write) -> std::io::Result<()>>,
     ) -> Result<String, (String, Option<std::io::Error>)> {
-        let what = format!("{cmd:?}");
-        cmd.stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| (format!("spawning {what}"), Some(e)))?;
-        if let (Some(input), Some(stdin)) = (input, child.stdin.take()) {
-            let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
-            let written = input(&mut w).and_then(|()| w.flush());
-            drop(w);
-            if let Err(e) = written {
-                // The tool may have exited early (bad input): report its stderr.
-                let out = child.wait_with_output();
-                let stderr = out
-                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
-                    .unwrap_or_default();
-                return Err((format!("writing to {what}: {stderr}"), Some(e)));
-            }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| (format!("waiting for {what}"), Some(e)))?;
-        if !out.status.success() {
-            return Err((
-                format!(
-                    "{what} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-                None,
-            ));
-        }
-        Ok(String::from_utf8(out.stdout)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        sluice_iptables_tools::run(cmd, input).map_err(message_and_source)
     }
 
     /// Sluice chains present in the kernel, from `iptables-save` (streamed: only the Sluice
@@ -366,6 +244,19 @@ impl IptablesDataplane {
             .map_err(|(m, e)| self.sync_err(m, e))?;
         }
         Ok(())
+    }
+}
+
+/// A [`RunError`] as the message and source of this crate's [`Error`]s.
+fn message_and_source(e: RunError) -> (String, Option<std::io::Error>) {
+    match e {
+        RunError::Spawn { command, source } => (format!("running {command}"), Some(source)),
+        RunError::Write {
+            command,
+            stderr,
+            source,
+        } => (format!("writing to {command}: {stderr}"), Some(source)),
+        e @ RunError::Failed { .. } => (e.to_string(), None),
     }
 }
 
@@ -611,7 +502,7 @@ mod tests {
 
     use sluice_proxy::model::{Endpoint, NamespacedName, Protocol, ServicePort, ServicePortName};
 
-    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -10,7 +10,7 @@
 //! * [`apply`] — [`apply::IptablesDataplane`], the thin backend that streams the render into
 //!   `iptables-restore` and installs the jumps from the built-in chains. It reads the kernel's
 //!   chains (`iptables-save`) only on its first sync and after a failed one; otherwise the last
-//!   render's state describes them. [`apply::Backend`] / [`apply::Commands::for_backend`] pick
+//!   render's state describes them. [`apply::Backend`] / [`apply::Commands::for_backend`] (from `sluice-iptables-tools`) pick
 //!   iptables-nft or iptables-legacy.
 //! * [`chains`] — chain names and their stable hashes.
 

@@ -99,7 +99,7 @@ impl UserspaceDataplane {
                 &l.portal.balancer.endpoints(),
             ));
         }
-        match self.config.commands.save() {
+        match crate::commands::save(&self.config.commands) {
             Ok(saved) => out.push_str(&dump_saved(&saved)),
             Err(e) => {
                 out.push_str(&format!(
@@ -203,7 +203,7 @@ impl Dataplane for UserspaceDataplane {
                 "iptables-restore"
             );
             self.applied = None;
-            if let Err(e) = self.config.commands.restore(&rendered.rules) {
+            if let Err(e) = crate::commands::restore(&self.config.commands, &rendered.rules) {
                 // The old rules are still in place (the transaction is atomic): keep serving
                 // them with the old listeners until a sync succeeds.
                 self.listeners.extend(stale);
@@ -213,9 +213,7 @@ impl Dataplane for UserspaceDataplane {
         }
         if changes.full || !self.jumps_installed {
             self.jumps_installed = false;
-            self.config
-                .commands
-                .ensure_jumps()
+            crate::commands::ensure_jumps(&self.config.commands)
                 .map_err(|e| e.into_sync("installing jumps into SLUICEUS chains"))?;
             self.jumps_installed = true;
         }

@@ -7,25 +7,9 @@ use sluice_proxy::model::Protocol;
 /// Errors of the userspace proxy mode.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A command (`iptables-restore`, `iptables-save`, `iptables`) could not be run.
-    #[error("running {command}: {source}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// Why it could not be spawned, fed or waited for.
-        #[source]
-        source: io::Error,
-    },
-    /// A command ran and failed.
-    #[error("{command} failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: String,
-        /// Its standard error, trimmed.
-        stderr: String,
-    },
+    /// An iptables tool could not be run, or failed.
+    #[error(transparent)]
+    Run(#[from] sluice_iptables_tools::RunError),
     /// A listener socket could not be bound.
     #[error("binding the {protocol} listener of {listener}: {source}")]
     Bind {

@@ -45,10 +45,10 @@ mod udp;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-pub use commands::Commands;
 pub use dataplane::{ListenerInfo, UserspaceDataplane};
 pub use error::Error;
 pub use render::{EndpointSet, ListenerKey};
+pub use sluice_iptables_tools::Commands;
 
 /// [`Dataplane::name`](sluice_proxy::proxier::Dataplane::name) of this mode.
 pub const NAME: &str = "userspace";
@@ -112,9 +112,9 @@ pub fn cleanup_rules() -> Result<(), Error> {
 
 /// [`cleanup_rules`] with explicit tool paths.
 pub fn cleanup_rules_with(commands: &Commands) -> Result<(), Error> {
-    let saved = commands.save()?;
+    let saved = commands::save(commands)?;
     match render::cleanup_text(&saved) {
-        Some(text) => commands.restore(&text),
+        Some(text) => commands::restore(commands, &text),
         None => Ok(()),
     }
 }

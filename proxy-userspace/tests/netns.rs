@@ -103,6 +103,7 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
         restore: wrapper(dir.path(), &ns.0, "iptables-restore"),
         save: wrapper(dir.path(), &ns.0, "iptables-save"),
         iptables: wrapper(dir.path(), &ns.0, "iptables"),
+        ..Commands::default()
     };
     let save = commands.save.clone();
     let ns_path = format!("/run/netns/{}", ns.0);

@@ -46,6 +46,7 @@ fn fake_commands(dir: &Path) -> Commands {
             "iptables",
             &format!("echo \"$@\" >> {d}/iptables.log\ncase \"$*\" in *' -C '*) exit 1;; esac"),
         ),
+        ..Commands::default()
     }
 }
 
