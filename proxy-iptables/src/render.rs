@@ -12,7 +12,7 @@
 //! * LB IPs with `loadBalancerSourceRanges` go through `FW` (allowed sources → `EXT`); what falls
 //!   out un-DNATed is dropped by `SLUICE-FIREWALL` in filter.
 //! * The endpoint choice DNATs right in `SVC`/`SVL` (kube-proxy jumps to a chain per endpoint
-//!   first). Per-endpoint chains made iptables-nft-restore ~20x slower at 10,000 services × 5
+//!   first). Per-endpoint chains made iptables-nft-restore ~10x slower at 10,000 services × 5
 //!   endpoints (it looks chains up by a linear scan per rule), and all they add is the hairpin
 //!   masquerade (source = chosen endpoint), which one rule in `SLUICE-POSTROUTING` does for every
 //!   service: a connection DNATed back to its own source address (xt_bpf compares the IP

@@ -21,7 +21,9 @@
 //!   REDIRECT / DNAT likewise.
 //! * filter `SLUICEUS-REJECT` (from `INPUT`/`FORWARD`/`OUTPUT`, new connections only): no usable
 //!   endpoint anywhere → `REJECT` (`tcp-reset` for TCP so clients see "connection refused" at
-//!   once, `icmp-port-unreachable` for UDP); a `Local` policy without local endpoints → `DROP`.
+//!   once, `icmp-port-unreachable` for UDP); a `Local` policy without local endpoints → `DROP`;
+//!   LB IP traffic from sources outside `loadBalancerSourceRanges` (its portal rules match the
+//!   allowed sources only) → `DROP`.
 //!   Filter runs after nat, so it only sees Service traffic nat did not redirect.
 //!
 //! Which listener a destination uses:
@@ -37,7 +39,7 @@ use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use sluice_proxy::categorize::categorize_endpoints;
 use sluice_proxy::model::{EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName};
 use tracing::debug;
@@ -387,49 +389,82 @@ fn render_port(
             svc.port
         )
     };
-    let mut addr = |ip: Ipv4Addr, what: &str, action: &Option<Action>, external: bool| {
-        let m = vip(ip, what);
-        match action {
-            Some(Action::To(lp)) => {
-                out.portals_container
-                    .push(format!("{m} -j REDIRECT --to-ports {lp}"));
-                let host_lp = if external {
-                    short_circuit.unwrap_or(*lp)
-                } else {
-                    *lp
-                };
-                out.portals_host
-                    .push(format!("{m} -j DNAT --to-destination {node_ip}:{host_lp}"));
-            }
-            Some(a @ Action::Filter(target)) => {
-                if external {
-                    if let Some(lp) = short_circuit {
-                        if let Some(cidr) = cfg.cluster_cidr {
-                            out.portals_container
-                                .push(format!("-s {cidr} {m} -j REDIRECT --to-ports {lp}"));
-                        }
-                        out.portals_host
-                            .push(format!("{m} -j DNAT --to-destination {node_ip}:{lp}"));
-                    }
+    let addr =
+        |out: &mut Out, ip: Ipv4Addr, what: &str, action: &Option<Action>, external: bool| {
+            let m = vip(ip, what);
+            match action {
+                Some(Action::To(lp)) => {
+                    out.portals_container
+                        .push(format!("{m} -j REDIRECT --to-ports {lp}"));
+                    let host_lp = if external {
+                        short_circuit.unwrap_or(*lp)
+                    } else {
+                        *lp
+                    };
+                    out.portals_host
+                        .push(format!("{m} -j DNAT --to-destination {node_ip}:{host_lp}"));
                 }
-                out.reject.push(format!(
+                Some(a @ Action::Filter(target)) => {
+                    if external {
+                        if let Some(lp) = short_circuit {
+                            if let Some(cidr) = cfg.cluster_cidr {
+                                out.portals_container
+                                    .push(format!("-s {cidr} {m} -j REDIRECT --to-ports {lp}"));
+                            }
+                            out.portals_host
+                                .push(format!("{m} -j DNAT --to-destination {node_ip}:{lp}"));
+                        }
+                    }
+                    out.reject.push(format!(
                     "-d {ip}/32 -p {pr} -m comment --comment \"{}\" -m {pr} --dport {} -j {target}",
                     filter_comment(a),
                     svc.port
                 ));
+                }
+                None => {}
             }
-            None => {}
-        }
-    };
+        };
 
     for ip in svc.cluster_ips.iter().filter_map(v4) {
-        addr(ip, "cluster IP", &internal, false);
+        addr(out, ip, "cluster IP", &internal, false);
     }
     for ip in svc.external_ips.iter().filter_map(v4) {
-        addr(ip, "external IP", &external, true);
+        addr(out, ip, "external IP", &external, true);
     }
+    // `loadBalancerSourceRanges`: only allowed sources are redirected (kube-proxy's FW chain);
+    // the rest reach filter un-redirected and are dropped there. A node inside an allowed range
+    // may also send from the LB IP itself (a VIP held by the node), as kube-proxy allows.
+    let ranges: Vec<Ipv4Net> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let restricted = !svc.load_balancer_source_ranges.is_empty();
     for ip in svc.load_balancer_ips.iter().filter_map(v4) {
-        addr(ip, "loadbalancer IP", &external, true);
+        let Some(Action::To(lp)) = external.as_ref().filter(|_| restricted) else {
+            addr(out, ip, "loadbalancer IP", &external, true);
+            continue;
+        };
+        let m = vip(ip, "loadbalancer IP");
+        let host_lp = short_circuit.unwrap_or(*lp);
+        let mut allowed: Vec<Ipv4Net> = ranges.clone();
+        if ranges.iter().any(|r| r.contains(&node_ip)) {
+            allowed.push(Ipv4Net::from(ip));
+        }
+        for r in allowed {
+            out.portals_container
+                .push(format!("-s {r} {m} -j REDIRECT --to-ports {lp}"));
+            out.portals_host.push(format!(
+                "-s {r} {m} -j DNAT --to-destination {node_ip}:{host_lp}"
+            ));
+        }
+        out.reject.push(format!(
+            "-d {ip}/32 -p {pr} -m comment --comment \"{lbl} traffic not accepted by loadBalancerSourceRanges\" -m {pr} --dport {} -j DROP",
+            svc.port
+        ));
     }
 
     if let Some(np) = svc.node_port {

@@ -144,6 +144,35 @@ fn scenarios() -> Vec<Scenario> {
             vec![ep("10.244.1.5", 8080, false)],
         )],
     );
+    // Allowed: a client range, and the node's own range (so the LB IP itself is an allowed
+    // source too); the IPv6 range does not apply to IPv4 traffic. The second service has only
+    // an IPv6 range: no IPv4 source is allowed.
+    add(
+        "lb_source_ranges",
+        vec![
+            (
+                spn("web", "http", tcp),
+                ServicePort {
+                    load_balancer_source_ranges: vec![
+                        "192.0.2.0/24".parse().unwrap(),
+                        "192.168.1.0/24".parse().unwrap(),
+                        "2001:db8::/32".parse().unwrap(),
+                    ],
+                    ..load_balancer(false)
+                },
+                vec![ep("10.244.1.5", 8080, false)],
+            ),
+            (
+                spn("v6only", "", tcp),
+                ServicePort {
+                    load_balancer_ips: vec![ip("203.0.113.11")],
+                    load_balancer_source_ranges: vec!["2001:db8::/32".parse().unwrap()],
+                    ..cluster_ip(81, tcp)
+                },
+                vec![ep("10.244.1.6", 8080, false)],
+            ),
+        ],
+    );
     add(
         "sctp_and_ipv6_skipped",
         vec![

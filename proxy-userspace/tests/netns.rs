@@ -92,7 +92,8 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
     for cmd in [
         "ip link set lo up",
         "ip addr add 10.99.0.1/32 dev lo",
-        "ip route add 10.96.0.0/16 dev lo",
+        "ip route add 10.96.0.0/16 dev lo src 10.99.0.1",
+        "ip route add 203.0.113.0/24 dev lo src 10.99.0.1",
     ] {
         let mut args = vec!["ip", "netns", "exec", &ns.0];
         args.extend(cmd.split(' '));
@@ -137,6 +138,18 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
             let (mut s, mut e) = (ServicePortMap::new(), EndpointsMap::new());
             svc(&mut s, &mut e, "web", "10.96.0.10", 80, &[(node_ip, 18080).into()]);
             svc(&mut s, &mut e, "empty", "10.96.0.11", 81, &[]);
+            // LB IPs with loadBalancerSourceRanges: host traffic leaves from 10.99.0.1.
+            for (name, lb, port, range) in [
+                ("lb-ok", "203.0.113.10", 82, "10.99.0.0/24"),
+                ("lb-deny", "203.0.113.11", 83, "192.0.2.0/24"),
+            ] {
+                svc(&mut s, &mut e, name, "10.96.0.12", port, &[(node_ip, 18080).into()]);
+                let n = ServicePortName::new("default", name, "", Protocol::Tcp);
+                let mut sp = (*s[&n]).clone();
+                sp.load_balancer_ips = vec![lb.parse().unwrap()];
+                sp.load_balancer_source_ranges = vec![range.parse().unwrap()];
+                s.insert(n, Arc::new(sp));
+            }
             let full = Changes {
                 full: true,
                 ..Changes::default()
@@ -163,14 +176,36 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
             assert!(t.elapsed() < Duration::from_secs(1));
 
+            // An allowed source reaches the backend through the LB IP; another is dropped.
+            let mut c = tokio::net::TcpStream::connect("203.0.113.10:82").await.unwrap();
+            c.write_all(b"lb").await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            assert_eq!(out, "pong:lb");
+            let denied = tokio::time::timeout(
+                Duration::from_millis(1500),
+                tokio::net::TcpStream::connect("203.0.113.11:83"),
+            )
+            .await;
+            assert!(denied.is_err(), "not in loadBalancerSourceRanges: dropped, got {denied:?}");
+
             // The dump reads back exactly what was rendered (canonical iptables-save forms).
             let dump = dp.dump();
-            let port = dp.listeners()[1].port;
+            let port = dp
+                .listeners()
+                .iter()
+                .find(|l| l.key.service.name == "web")
+                .expect("web's listener")
+                .port;
             assert!(dump.contains(&format!(
                 "-A SLUICEUS-PORTALS-HOST -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web cluster IP\" -m tcp --dport 80 -j DNAT --to-destination 10.99.0.1:{port}\n"
             )), "{dump}");
             assert!(dump.contains(
                 "-A SLUICEUS-REJECT -d 10.96.0.11/32 -p tcp -m comment --comment \"default/empty has no endpoints\" -m tcp --dport 81 -j REJECT --reject-with tcp-reset\n"
+            ), "{dump}");
+            assert!(dump.contains(
+                "-A SLUICEUS-REJECT -d 203.0.113.11/32 -p tcp -m comment --comment \"default/lb-deny traffic not accepted by loadBalancerSourceRanges\" -m tcp --dport 83 -j DROP\n"
             ), "{dump}");
             // Idempotent jumps: a second full sync adds none.
             dp.sync(&s, &e, &full).unwrap();
