@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use super::{name_of, ns_of, str_at};
 use crate::registry::{DeleteOptions, Part, Registry};
 use crate::resources::by_kind;
-use crate::selectors::{labels_of as object_labels, LabelSelector};
+use crate::selectors::{labels_of as object_labels, LabelReq, LabelSelector};
 
 /// Label naming the Service of a slice.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -376,6 +376,27 @@ pub async fn reconcile_tracked(
     max_per_slice: usize,
     triggers: &TriggerTimeTracker,
 ) -> Result<(), String> {
+    let pods = |sel: &LabelSelector| -> Vec<Value> {
+        reg.store()
+            .list(&by_kind("Pod").ns_prefix(Some(ns)))
+            .0
+            .iter()
+            .filter_map(|s| s.value().ok())
+            .filter(|p| sel.matches(&object_labels(p)))
+            .collect()
+    };
+    reconcile_with(reg, ns, name, max_per_slice, triggers, pods).await
+}
+
+/// [`reconcile_tracked`] with the Service's pods from `pods` (given its selector).
+async fn reconcile_with(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    max_per_slice: usize,
+    triggers: &TriggerTimeTracker,
+    pods: impl Fn(&LabelSelector) -> Vec<Value>,
+) -> Result<(), String> {
     let slices_res = by_kind("EndpointSlice");
     let ep_res = by_kind("Endpoints");
     // Managed slices are named `<service>-<suffix>` (generateName), so a key-range scan finds
@@ -421,14 +442,7 @@ pub async fn reconcile_tracked(
         return Ok(());
     };
 
-    let pods: Vec<Value> = reg
-        .store()
-        .list(&by_kind("Pod").ns_prefix(Some(ns)))
-        .0
-        .iter()
-        .filter_map(|s| s.value().ok())
-        .filter(|p| selector.matches(&object_labels(p)))
-        .collect();
+    let pods: Vec<Value> = pods(&selector);
     let nodes: HashMap<String, Value> = reg
         .store()
         .list(&by_kind("Node").prefix())
@@ -591,42 +605,6 @@ fn normalized(v: &Value) -> Value {
     v
 }
 
-/// Services to reconcile for one changed object.
-pub fn affected_services(
-    reg: &Registry,
-    kind: &str,
-    obj: &Value,
-    prev: Option<&Value>,
-) -> Vec<(String, String)> {
-    match kind {
-        "Service" => vec![(ns_of(obj).to_string(), name_of(obj).to_string())],
-        "Pod" => {
-            let ns = ns_of(obj);
-            let mut label_sets = vec![object_labels(obj)];
-            if let Some(p) = prev {
-                label_sets.push(object_labels(p));
-            }
-            services_in(reg, Some(ns))
-                .into_iter()
-                .filter(|(_, sel)| label_sets.iter().any(|l| sel.matches(l)))
-                .map(|(n, _)| (ns.to_string(), n))
-                .collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// (name, selector) of the selector-bearing Services of a namespace.
-fn services_in(reg: &Registry, ns: Option<&str>) -> Vec<(String, LabelSelector)> {
-    reg.store()
-        .list(&by_kind("Service").ns_prefix(ns))
-        .0
-        .iter()
-        .filter_map(|s| s.value().ok())
-        .filter_map(|v| Some((name_of(&v).to_string(), service_selector(&v)?)))
-        .collect()
-}
-
 /// The selector of a Service, when it has a non-empty one.
 fn service_selector(svc: &Value) -> Option<LabelSelector> {
     let sel = svc.pointer("/spec/selector")?.as_object()?;
@@ -654,21 +632,215 @@ pub fn all_services(reg: &Registry) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What the controller keeps of Pods and Services between events, per namespace, so that a
+/// reconcile does not list and parse every Pod of its namespace and a Pod event does not parse
+/// every Service of it (each quadratic in a big namespace). Rebuilt from a store list at every
+/// (re)sync of the controller loop, then kept current from the loop's own event stream, which
+/// the loop drains before it reconciles.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// namespace → its Pods.
+    pods: HashMap<String, NsPods>,
+    /// namespace → service name → selector (Services with a non-empty selector).
+    selectors: HashMap<String, BTreeMap<String, LabelSelector>>,
+}
+
+/// The Pods of one namespace, and which carry each `key=value` label.
+#[derive(Debug, Default)]
+struct NsPods {
+    /// name → (labels, what reconciles read of the Pod: [`project_pod`]).
+    pods: BTreeMap<String, (BTreeMap<String, String>, Value)>,
+    by_label: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl NsPods {
+    fn remove(&mut self, name: &str) {
+        if let Some((labels, _)) = self.pods.remove(name) {
+            for kv in labels {
+                if let Some(set) = self.by_label.get_mut(&kv) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.by_label.remove(&kv);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, name: String, pod: &Value) {
+        self.remove(&name);
+        let labels = object_labels(pod);
+        for kv in &labels {
+            self.by_label
+                .entry((kv.0.clone(), kv.1.clone()))
+                .or_default()
+                .insert(name.clone());
+        }
+        self.pods.insert(name, (labels, project_pod(pod)));
+    }
+
+    /// The pods `sel` selects: candidates from the narrowest `key in (values)` requirement
+    /// (a Service selector is all of those), then every requirement checked.
+    fn select(&self, sel: &LabelSelector) -> Vec<Value> {
+        let candidates = sel
+            .0
+            .iter()
+            .filter_map(|r| match r {
+                LabelReq::In(k, vals) => Some(
+                    vals.iter()
+                        .filter_map(|v| self.by_label.get(&(k.clone(), v.clone())))
+                        .flatten()
+                        .collect::<BTreeSet<&String>>(),
+                ),
+                _ => None,
+            })
+            .min_by_key(BTreeSet::len);
+        let check = |(labels, pod): &(BTreeMap<String, String>, Value)| {
+            sel.matches(labels).then(|| pod.clone())
+        };
+        match candidates {
+            Some(names) => names
+                .into_iter()
+                .filter_map(|n| self.pods.get(n).and_then(check))
+                .collect(),
+            None => self.pods.values().filter_map(check).collect(),
+        }
+    }
+}
+
+impl Index {
+    /// The index of everything in the store now.
+    pub fn build(reg: &Registry) -> Self {
+        let mut index = Index::default();
+        for (kind, res) in [("Pod", by_kind("Pod")), ("Service", by_kind("Service"))] {
+            for s in reg.store().list(&res.prefix()).0.iter() {
+                if let Ok(v) = s.value() {
+                    index.upsert(kind, &v);
+                }
+            }
+        }
+        index
+    }
+
+    /// Follows one store event (other kinds are ignored).
+    pub fn apply(&mut self, kind: &str, ev: &sluice_store::Event) {
+        let Ok(v) = ev.object.value() else { return };
+        if ev.event_type == sluice_store::EventType::Deleted {
+            let (ns, name) = (ns_of(&v), name_of(&v));
+            match kind {
+                "Pod" => {
+                    if let Some(p) = self.pods.get_mut(ns) {
+                        p.remove(name);
+                        if p.pods.is_empty() {
+                            self.pods.remove(ns);
+                        }
+                    }
+                }
+                "Service" => remove_from(&mut self.selectors, ns, name),
+                _ => {}
+            }
+        } else {
+            self.upsert(kind, &v);
+        }
+    }
+
+    fn upsert(&mut self, kind: &str, v: &Value) {
+        let (ns, name) = (ns_of(v).to_string(), name_of(v).to_string());
+        match kind {
+            "Pod" => self.pods.entry(ns).or_default().insert(name, v),
+            "Service" => match service_selector(v) {
+                Some(sel) => {
+                    self.selectors.entry(ns).or_default().insert(name, sel);
+                }
+                None => remove_from(&mut self.selectors, &ns, &name),
+            },
+            _ => {}
+        }
+    }
+
+    /// The pods of `ns` that `sel` selects.
+    pub fn pods(&self, ns: &str, sel: &LabelSelector) -> Vec<Value> {
+        self.pods.get(ns).map(|p| p.select(sel)).unwrap_or_default()
+    }
+
+    /// The Services of `ns` whose selector matches any of `label_sets`.
+    pub fn services(&self, ns: &str, label_sets: &[BTreeMap<String, String>]) -> Vec<String> {
+        self.selectors
+            .get(ns)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|(_, sel)| label_sets.iter().any(|l| sel.matches(l)))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+fn remove_from<V>(m: &mut HashMap<String, BTreeMap<String, V>>, ns: &str, name: &str) {
+    if let Some(inner) = m.get_mut(ns) {
+        inner.remove(name);
+        if inner.is_empty() {
+            m.remove(ns);
+        }
+    }
+}
+
+/// The fields of a Pod a reconcile reads (identity, labels, deletion, node, container ports,
+/// IP, phase, conditions): a few hundred bytes instead of the whole parsed Pod.
+fn project_pod(p: &Value) -> Value {
+    let mut out = json!({"metadata": {}, "spec": {}, "status": {}});
+    for (section, keys) in [
+        (
+            "metadata",
+            &["name", "namespace", "uid", "labels", "deletionTimestamp"][..],
+        ),
+        ("spec", &["nodeName"][..]),
+        ("status", &["podIP", "phase", "conditions"][..]),
+    ] {
+        for k in keys {
+            if let Some(v) = p.get(section).and_then(|s| s.get(*k)) {
+                out[section][*k] = v.clone();
+            }
+        }
+    }
+    if let Some(cs) = p.pointer("/spec/containers").and_then(|c| c.as_array()) {
+        out["spec"]["containers"] = cs
+            .iter()
+            .map(|c| json!({"ports": c.get("ports").cloned().unwrap_or_else(|| json!([]))}))
+            .collect();
+    }
+    out
+}
+
 /// Runs the controller: a dirty set fed from the store's events, drained continuously.
 pub async fn run(reg: Arc<Registry>, max_per_slice: usize) {
     let triggers = Arc::new(TriggerTimeTracker::default());
+    let index = Arc::new(Mutex::new(Index::default()));
+    let (for_events, for_resync, for_reconcile) = (index.clone(), index.clone(), index);
     super::run_dirty_loop(
         reg,
         "endpointslice",
-        |reg, ev| {
+        move |reg, ev| {
             let kind = super::kind_of_key(&ev.object.key);
             match kind {
-                Some("Service") | Some("Pod") => {
+                Some(k @ ("Service" | "Pod")) => {
+                    let mut index = for_events.lock().unwrap_or_else(|e| e.into_inner());
+                    index.apply(k, ev);
                     let Ok(obj) = ev.object.value() else {
                         return Vec::new();
                     };
-                    let prev = ev.prev.as_ref().and_then(|p| p.value().ok());
-                    affected_services(reg, kind.unwrap_or(""), &obj, prev.as_ref())
+                    if k == "Service" {
+                        return vec![(ns_of(&obj).to_string(), name_of(&obj).to_string())];
+                    }
+                    let mut label_sets = vec![object_labels(&obj)];
+                    if let Some(p) = ev.prev.as_ref().and_then(|p| p.value().ok()) {
+                        label_sets.push(object_labels(&p));
+                    }
+                    let ns = ns_of(&obj).to_string();
+                    index
+                        .services(&ns, &label_sets)
+                        .into_iter()
+                        .map(|n| (ns.clone(), n))
+                        .collect()
                 }
                 Some("Node") => {
                     // Only readiness and zone matter; a heartbeat-only change does not.
@@ -699,10 +871,22 @@ pub async fn run(reg: Arc<Registry>, max_per_slice: usize) {
                 _ => Vec::new(),
             }
         },
-        all_services,
+        move |reg| {
+            *for_resync.lock().unwrap_or_else(|e| e.into_inner()) = Index::build(reg);
+            all_services(reg)
+        },
         move |reg, (ns, name)| {
             let triggers = triggers.clone();
-            async move { reconcile_tracked(&reg, &ns, &name, max_per_slice, &triggers).await }
+            let index = for_reconcile.clone();
+            async move {
+                let pods = |sel: &LabelSelector| {
+                    index
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pods(&ns, sel)
+                };
+                reconcile_with(&reg, &ns, &name, max_per_slice, &triggers, pods).await
+            }
         },
     )
     .await
@@ -791,6 +975,203 @@ mod tests {
         assert_eq!(subsets[0]["addresses"][0]["ip"], "10.0.0.1");
         assert_eq!(subsets[0]["notReadyAddresses"][0]["ip"], "10.0.0.2");
         assert_eq!(subsets[0]["notReadyAddresses"].as_array().unwrap().len(), 1);
+    }
+
+    /// Reconciling from projected pods gives exactly what whole pods give: slices, Endpoints
+    /// and trigger times.
+    #[test]
+    fn projected_pods_reconcile_like_whole_pods() {
+        let mut pods = Vec::new();
+        for (i, ready, ports) in [
+            (
+                0,
+                true,
+                json!([{"name": "web", "containerPort": 8080, "protocol": "TCP"}]),
+            ),
+            (1, false, json!([{"name": "web", "containerPort": 8080}])),
+            (2, true, json!([{"name": "web", "containerPort": 9090}])),
+            (3, true, json!([{"name": "other", "containerPort": 1}])),
+        ] {
+            let mut p = pod(&format!("p{i}"), &format!("10.0.0.{i}"), ready, "n1", ports);
+            p["metadata"]["annotations"] = json!({"big": "x".repeat(1000)});
+            p["metadata"]["managedFields"] = json!([{"manager": "kubectl"}]);
+            p["spec"]["containers"][0]["image"] = json!("busybox");
+            p["spec"]["containers"][0]["env"] = json!([{"name": "A", "value": "b"}]);
+            p["status"]["conditions"][0]["lastTransitionTime"] =
+                json!(format!("2030-01-01T00:00:0{i}Z"));
+            pods.push(p);
+        }
+        pods[2]["metadata"]["deletionTimestamp"] = json!("2030-01-02T00:00:00Z");
+        let projected: Vec<Value> = pods.iter().map(project_pod).collect();
+        assert!(projected[0].pointer("/metadata/annotations").is_none());
+        assert!(projected[0].pointer("/spec/containers/0/image").is_none());
+        let nodes = HashMap::from([(
+            "n1".to_string(),
+            json!({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z"}}}),
+        )]);
+        for target in [json!("web"), json!(8080)] {
+            let service = svc(target);
+            let whole = desired(&service, &pods, &nodes, 100);
+            assert!(!whole.is_empty());
+            assert_eq!(desired(&service, &projected, &nodes, 100), whole);
+            assert_eq!(
+                endpoints_subsets(&whole),
+                endpoints_subsets(&desired(&service, &projected, &nodes, 100))
+            );
+            let (a, b) = (TriggerTimeTracker::default(), TriggerTimeTracker::default());
+            assert_eq!(
+                a.compute("default", "web", &service, &pods).time,
+                b.compute("default", "web", &service, &projected).time
+            );
+        }
+    }
+
+    #[test]
+    fn label_index_selects_like_a_scan() {
+        let mut ns = NsPods::default();
+        let labelled = |name: &str, labels: Value| {
+            let mut p = pod(name, "10.0.0.1", true, "n1", json!([]));
+            p["metadata"]["labels"] = labels;
+            p
+        };
+        ns.insert(
+            "a".into(),
+            &labelled("a", json!({"app": "web", "tier": "db"})),
+        );
+        ns.insert("b".into(), &labelled("b", json!({"app": "web"})));
+        ns.insert(
+            "c".into(),
+            &labelled("c", json!({"app": "api", "tier": "db"})),
+        );
+        ns.insert("d".into(), &labelled("d", json!({})));
+        let names = |ns: &NsPods, sel: &str| -> Vec<String> {
+            let sel = LabelSelector::parse(sel).unwrap();
+            let mut got: Vec<String> = ns
+                .select(&sel)
+                .iter()
+                .map(|p| name_of(p).to_string())
+                .collect();
+            got.sort();
+            let mut scan: Vec<String> = ns
+                .pods
+                .iter()
+                .filter(|(_, (l, _))| sel.matches(l))
+                .map(|(n, _)| n.clone())
+                .collect();
+            scan.sort();
+            assert_eq!(got, scan, "{sel:?}");
+            got
+        };
+        assert_eq!(names(&ns, "app=web"), ["a", "b"]);
+        assert_eq!(names(&ns, "app=web,tier=db"), ["a"]);
+        assert_eq!(names(&ns, "app in (web,api),tier!=db"), ["b"]);
+        assert_eq!(names(&ns, "tier"), ["a", "c"]);
+        assert_eq!(names(&ns, "!tier"), ["b", "d"]);
+        assert!(names(&ns, "app=none").is_empty());
+        // Relabel and remove keep the label index exact.
+        ns.insert("a".into(), &labelled("a", json!({"app": "api"})));
+        ns.remove("c");
+        assert_eq!(names(&ns, "app=api"), ["a"]);
+        assert_eq!(names(&ns, "tier=db"), Vec::<String>::new());
+        assert!(!ns
+            .by_label
+            .contains_key(&("tier".to_string(), "db".to_string())));
+    }
+
+    /// The index follows Pod and Service events: selection by labels, relabelling, deletion,
+    /// a Service losing its selector.
+    #[tokio::test]
+    async fn index_follows_pod_and_service_events() {
+        use futures::StreamExt as _;
+        use sluice_store::{RedbStore, Store, StoreOptions};
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, crate::registry::RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        let create = |kind: &'static str, mut v: Value| {
+            v["metadata"].as_object_mut().unwrap().remove("namespace");
+            if kind == "Pod" {
+                v["spec"]["containers"][0]["image"] = json!("busybox");
+            }
+            let reg = &reg;
+            async move {
+                reg.create(by_kind(kind), Some("default"), v).await.unwrap();
+            }
+        };
+        create("Service", svc(json!(8080))).await;
+        create("Pod", pod("a", "10.0.0.1", true, "n1", json!([]))).await;
+        let index = Index::build(&reg);
+        let web = service_selector(&svc(json!(8080))).unwrap();
+        let names = |i: &Index| -> Vec<String> {
+            i.pods("default", &web)
+                .iter()
+                .map(|p| name_of(p).to_string())
+                .collect()
+        };
+        assert_eq!(names(&index), ["a"]);
+        let app_web = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        assert_eq!(
+            index.services("default", std::slice::from_ref(&app_web)),
+            ["web"]
+        );
+        assert!(index
+            .services("other", std::slice::from_ref(&app_web))
+            .is_empty());
+
+        // Follow the changes from here, as the controller loop does.
+        let mut index = index;
+        let mut events = reg
+            .store()
+            .watch("/registry/", reg.store().revision())
+            .unwrap();
+        create("Pod", pod("b", "10.0.0.2", true, "n1", json!([]))).await;
+        let mut a = reg.get_value(by_kind("Pod"), Some("default"), "a").unwrap();
+        a["metadata"]["labels"] = json!({"app": "other"});
+        reg.update(by_kind("Pod"), Some("default"), "a", a, Part::Main)
+            .await
+            .unwrap();
+        let mut s = reg
+            .get_value(by_kind("Service"), Some("default"), "web")
+            .unwrap();
+        s["spec"].as_object_mut().unwrap().remove("selector");
+        reg.update(by_kind("Service"), Some("default"), "web", s, Part::Main)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let ev = events.next().await.unwrap().unwrap();
+            let kind = super::super::kind_of_key(&ev.object.key).unwrap();
+            index.apply(kind, &ev);
+        }
+        assert_eq!(names(&index), ["b"], "a relabelled out of the selection");
+        assert!(
+            index.services("default", &[app_web]).is_empty(),
+            "selector removed"
+        );
+        // Bound pods are deleted gracefully unless the grace period is zero.
+        let now = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        };
+        reg.delete(by_kind("Pod"), Some("default"), "b", &now)
+            .await
+            .unwrap();
+        loop {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+                .await
+                .expect("the delete's event")
+                .unwrap()
+                .unwrap();
+            let kind = super::super::kind_of_key(&ev.object.key).unwrap();
+            index.apply(kind, &ev);
+            if ev.event_type == sluice_store::EventType::Deleted {
+                break;
+            }
+        }
+        assert!(names(&index).is_empty(), "deleted");
+        assert!(index
+            .pods
+            .get("default")
+            .is_some_and(|m| m.pods.contains_key("a") && m.by_label.len() == 1));
     }
 
     #[test]
