@@ -12,9 +12,12 @@
 //! (see `pod_network.rs`); `service` compares pod → pod direct, through a Service's
 //! ClusterIP and through HAProxy on the node (see `service.rs`); `scale` times the iptables
 //! mode's first full sync and one endpoint change at 1,000 and 10,000 services, measured on the
-//! kernel's rules, and reads the agent's RSS (see `scale.rs`).
+//! kernel's rules, and reads the agent's RSS (see `scale.rs`); `endpointslices` times the
+//! EndpointSlice controller with many Pods and selector Services in one namespace (see
+//! `endpointslices.rs`).
 
 mod cni_latency;
+mod endpointslices;
 mod pod_network;
 mod scale;
 mod service;
@@ -105,6 +108,22 @@ enum Cmd {
         /// Seconds per netperf run.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// EndpointSlice controller: P Pods and S selector Services in one namespace → time until
+    /// every Service's slice holds its endpoints, and the server's CPU.
+    Endpointslices {
+        /// Pods (Running and Ready, with an IP).
+        #[arg(long, default_value_t = 3000)]
+        pods: usize,
+        /// Services, each selecting pods/services of the pods.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Concurrent create requests.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
         /// Write the JSON result here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -546,6 +565,20 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 services,
                 eps: endpoints_per_service,
+                out,
+            })
+            .await
+        }
+        Cmd::Endpointslices {
+            pods,
+            services,
+            concurrency,
+            out,
+        } => {
+            endpointslices::run(endpointslices::Opts {
+                pods,
+                services,
+                concurrency,
                 out,
             })
             .await
