@@ -8,6 +8,12 @@
 //! `kubernetes.io/service-name` and owned by the Service. Existing slices are updated in place
 //! and written only when they change.
 //!
+//! Reads: the Service and the Nodes come from the store; the Service's Pods from an [`Index`]
+//! the controller loop keeps per namespace (the fields a reconcile reads of each Pod, a
+//! `key=value` label index, and every Service's selector to map a Pod event to its Services),
+//! rebuilt at each resync and fed by the loop's own event stream. [`reconcile`] and
+//! [`reconcile_tracked`] (tests, one-off callers) list the Pods from the store instead.
+//!
 //! Readiness: an endpoint is `serving` when its pod is Ready, `ready` when serving and not
 //! terminating (or always with `publishNotReadyAddresses`). A pod on a node whose Ready
 //! condition is Unknown or False is neither — the apiserver's node lifecycle controller gets
