@@ -728,11 +728,10 @@ impl Index {
         index
     }
 
-    /// Follows one store event (other kinds are ignored).
-    pub fn apply(&mut self, kind: &str, ev: &sluice_store::Event) {
-        let Ok(v) = ev.object.value() else { return };
+    /// Follows one store event, `v` being its object parsed (other kinds are ignored).
+    pub fn apply(&mut self, kind: &str, ev: &sluice_store::Event, v: &Value) {
         if ev.event_type == sluice_store::EventType::Deleted {
-            let (ns, name) = (ns_of(&v), name_of(&v));
+            let (ns, name) = (ns_of(v), name_of(v));
             match kind {
                 "Pod" => {
                     if let Some(p) = self.pods.get_mut(ns) {
@@ -746,7 +745,7 @@ impl Index {
                 _ => {}
             }
         } else {
-            self.upsert(kind, &v);
+            self.upsert(kind, v);
         }
     }
 
@@ -829,11 +828,11 @@ pub async fn run(reg: Arc<Registry>, max_per_slice: usize) {
             let kind = super::kind_of_key(&ev.object.key);
             match kind {
                 Some(k @ ("Service" | "Pod")) => {
-                    let mut index = for_events.lock().unwrap_or_else(|e| e.into_inner());
-                    index.apply(k, ev);
                     let Ok(obj) = ev.object.value() else {
                         return Vec::new();
                     };
+                    let mut index = for_events.lock().unwrap_or_else(|e| e.into_inner());
+                    index.apply(k, ev, &obj);
                     if k == "Service" {
                         return vec![(ns_of(&obj).to_string(), name_of(&obj).to_string())];
                     }
@@ -908,6 +907,16 @@ mod tests {
             "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports}]},
             "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
         })
+    }
+
+    /// A bootstrapped registry over an in-memory store.
+    async fn registry() -> Registry {
+        use sluice_store::{RedbStore, Store, StoreOptions};
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, crate::registry::RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        reg
     }
 
     fn svc(target: Value) -> Value {
@@ -1089,11 +1098,7 @@ mod tests {
     #[tokio::test]
     async fn index_follows_pod_and_service_events() {
         use futures::StreamExt as _;
-        use sluice_store::{RedbStore, Store, StoreOptions};
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
-        let reg = Registry::new(store, crate::registry::RegistryConfig::default());
-        reg.bootstrap().await.unwrap();
+        let reg = registry().await;
         let create = |kind: &'static str, mut v: Value| {
             v["metadata"].as_object_mut().unwrap().remove("namespace");
             if kind == "Pod" {
@@ -1146,7 +1151,7 @@ mod tests {
         for _ in 0..3 {
             let ev = events.next().await.unwrap().unwrap();
             let kind = super::super::kind_of_key(&ev.object.key).unwrap();
-            index.apply(kind, &ev);
+            index.apply(kind, &ev, &ev.object.value().unwrap());
         }
         assert_eq!(names(&index), ["b"], "a relabelled out of the selection");
         assert!(
@@ -1168,7 +1173,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let kind = super::super::kind_of_key(&ev.object.key).unwrap();
-            index.apply(kind, &ev);
+            index.apply(kind, &ev, &ev.object.value().unwrap());
             if ev.event_type == sluice_store::EventType::Deleted {
                 break;
             }
@@ -1262,11 +1267,7 @@ mod tests {
 
     #[tokio::test]
     async fn reconcile_writes_only_changes_and_cleans_up() {
-        use sluice_store::{RedbStore, Store, StoreOptions};
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
-        let reg = Registry::new(store, crate::registry::RegistryConfig::default());
-        reg.bootstrap().await.unwrap();
+        let reg = registry().await;
         let mut s = svc(json!(8080));
         s["metadata"].as_object_mut().unwrap().remove("namespace");
         reg.create(by_kind("Service"), Some("default"), s)
