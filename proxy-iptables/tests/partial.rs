@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use sluice_proxy::model::NamespacedName;
+use sluice_proxy::model::{EndpointsMap, NamespacedName, ServicePortMap};
 use sluice_proxy::proxier::Changes;
 use sluice_proxy_iptables::apply::base_jumps_restore_text;
 use sluice_proxy_iptables::{render, Action, ExistingChains, Fake};
@@ -34,16 +34,21 @@ fn partial(names: &[&str]) -> Changes {
     }
 }
 
-#[test]
-fn partial_render_rewrites_only_changed_services() {
+/// `web` (three endpoints) and `api` (the nodeport scenario's shape on 10.96.0.11, two
+/// endpoints).
+fn two_service_maps() -> (ServicePortMap, EndpointsMap) {
     let (mut s, mut e) = scenario("clusterip_three_endpoints");
     let (s2, e2) = scenario("nodeport");
-    // Second service "api" with the nodeport scenario's shape on another IP.
     let mut api = (*s2.values().next().unwrap()).as_ref().clone();
     api.cluster_ips = vec![ip("10.96.0.11")];
     s.insert(spn("api"), Arc::new(api));
     e.insert(spn("api"), e2.values().next().unwrap().clone());
+    (s, e)
+}
 
+#[test]
+fn partial_render_rewrites_only_changed_services() {
+    let (mut s, mut e) = two_service_maps();
     let mut f = Fake::new();
     f.local_addrs.insert(ip(NODE_IP));
     let r = render(&s, &e, &config(), &full(), &existing(&f));
@@ -118,19 +123,13 @@ fn every_scenario_applies_on_top_of_every_other() {
 
 // ---- Incremental renders (render_parts with the previous state), as the dataplane runs them.
 
-use sluice_proxy::model::{EndpointsMap, ServicePortMap};
 use sluice_proxy_iptables::render::RenderedParts;
 use sluice_proxy_iptables::{render_parts, RenderState};
 
 /// `web` (three endpoints) and `api` (NodePort, two endpoints) applied to a fake by a full
 /// render; returns the fake and the render's state.
 fn two_services() -> (ServicePortMap, EndpointsMap, Fake, RenderState) {
-    let (mut s, mut e) = scenario("clusterip_three_endpoints");
-    let (s2, e2) = scenario("nodeport");
-    let mut api = (*s2.values().next().unwrap()).as_ref().clone();
-    api.cluster_ips = vec![ip("10.96.0.11")];
-    s.insert(spn("api"), Arc::new(api));
-    e.insert(spn("api"), e2.values().next().unwrap().clone());
+    let (s, e) = two_service_maps();
     let mut f = Fake::new();
     f.local_addrs.insert(ip(NODE_IP));
     let r = render_parts(&s, &e, &config(), &full(), &existing(&f), None);

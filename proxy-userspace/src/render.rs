@@ -450,11 +450,12 @@ fn render_port(
         };
         let m = vip(ip, "loadbalancer IP");
         let host_lp = short_circuit.unwrap_or(*lp);
-        let mut allowed: Vec<Ipv4Net> = ranges.clone();
-        if ranges.iter().any(|r| r.contains(&node_ip)) {
-            allowed.push(Ipv4Net::from(ip));
-        }
-        for r in allowed {
+        let node_allowed = ranges.iter().any(|r| r.contains(&node_ip));
+        for r in ranges
+            .iter()
+            .copied()
+            .chain(node_allowed.then(|| Ipv4Net::from(ip)))
+        {
             out.portals_container
                 .push(format!("-s {r} {m} -j REDIRECT --to-ports {lp}"));
             out.portals_host.push(format!(

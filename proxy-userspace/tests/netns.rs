@@ -80,6 +80,16 @@ fn svc(
     );
 }
 
+/// Sends `msg` over a new TCP connection to `addr`, half-closes, returns the whole answer.
+async fn ask(addr: &str, msg: &str) -> String {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(msg.as_bytes()).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[test]
 fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
     if let Some(r) = skip_reason() {
@@ -157,12 +167,7 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
             dp.sync(&s, &e, &full).unwrap();
 
             // Host-originated traffic to the ClusterIP: nat OUTPUT DNAT → listener → backend.
-            let mut c = tokio::net::TcpStream::connect("10.96.0.10:80").await.unwrap();
-            c.write_all(b"ping").await.unwrap();
-            c.shutdown().await.unwrap();
-            let mut out = String::new();
-            c.read_to_string(&mut out).await.unwrap();
-            assert_eq!(out, "pong:ping");
+            assert_eq!(ask("10.96.0.10:80", "ping").await, "pong:ping");
 
             // No endpoints: refused at once by SLUICEUS-REJECT.
             let t = Instant::now();
@@ -177,12 +182,7 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
             assert!(t.elapsed() < Duration::from_secs(1));
 
             // An allowed source reaches the backend through the LB IP; another is dropped.
-            let mut c = tokio::net::TcpStream::connect("203.0.113.10:82").await.unwrap();
-            c.write_all(b"lb").await.unwrap();
-            c.shutdown().await.unwrap();
-            let mut out = String::new();
-            c.read_to_string(&mut out).await.unwrap();
-            assert_eq!(out, "pong:lb");
+            assert_eq!(ask("203.0.113.10:82", "lb").await, "pong:lb");
             let denied = tokio::time::timeout(
                 Duration::from_millis(1500),
                 tokio::net::TcpStream::connect("203.0.113.11:83"),
