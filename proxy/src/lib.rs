@@ -22,7 +22,8 @@
 //!   Cluster vs Local sets, topology hints).
 //! * [`conntrack`] — UDP conntrack cleanup after a sync (removed endpoints, removed IPs,
 //!   services that just got endpoints), for the NAT-based modes.
-//! * [`golden`] — golden-file checks shared by the modes' render tests.
+//! * [`golden`] — golden-file checks shared by the modes' render tests; [`scenarios`] — the
+//!   service/endpoint maps those tests render.
 //! * [`runner`] — bounded-frequency sync runner (min interval, max interval, coalescing, retry).
 //! * [`proxier`] — `Proxier<D: Dataplane>`: the one place that owns trackers, maps and sync policy.
 
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxier;
 pub mod runner;
+pub mod scenarios;
 pub mod tracker;
 
 #[cfg(test)]
