@@ -288,3 +288,20 @@ impl ProxyConfig {
         self.ip_family.is_none_or(|f| f.matches(ip))
     }
 }
+
+/// 80 bits of FNV-1a/128 over `s`, as 16 RFC 4648 base32 characters. Stable across releases:
+/// changing it renames every chain or set named by it on upgrade (harmless, but churny).
+pub fn hash_name(s: &str) -> String {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut h = OFFSET;
+    for b in s.bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    let top = h >> 48; // 80 bits
+    (0..16)
+        .map(|i| ALPHABET[((top >> (75 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}

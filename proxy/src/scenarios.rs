@@ -7,7 +7,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::model::{Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName};
+use crate::model::{
+    Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName,
+};
 use crate::proxier::Changes;
 
 /// The proxy's node.
