@@ -43,13 +43,13 @@ pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(
         cli.proxy_mode,
-        ProxyMode::None | ProxyMode::Iptables | ProxyMode::Userspace
+        ProxyMode::None | ProxyMode::Iptables | ProxyMode::Userspace | ProxyMode::Nftables
     ) {
         let name = clap::ValueEnum::to_possible_value(&cli.proxy_mode)
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
         bail!(
-            "--proxy-mode {name} is not implemented yet (`none`, `userspace` and `iptables` are)"
+            "--proxy-mode {name} is not implemented yet (`none`, `userspace`, `iptables` and `nftables` are)"
         );
     }
     // Health and metrics first, so probes see 503 (not a refused connection) while starting.
@@ -101,6 +101,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.proxy_mode != ProxyMode::Userspace {
         remove_userspace_proxy_rules(&ipt);
     }
+    if cli.proxy_mode != ProxyMode::Nftables {
+        remove_nftables_proxy_rules();
+    }
 
     // Register before anything else, retrying while the API server is unreachable.
     let mut delay = Duration::from_millis(200);
@@ -142,6 +145,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.node_ips = vec![node_ip];
             cfg.cluster_cidr = Some(cli.cluster_cidr.into());
             let dataplane = sluice_proxy_iptables::IptablesDataplane::new(cfg, ipt.clone());
+            Some(tokio::spawn(crate::proxy::run_with(
+                client.clone(),
+                opts,
+                dataplane,
+                extras,
+            )))
+        }
+        ProxyMode::Nftables => {
+            let tools = sluice_proxy_nftables::apply::Tools::default();
+            if !tools.available() {
+                bail!("--proxy-mode nftables needs the `nft` command (Debian package nftables)");
+            }
+            let mut cfg = sluice_proxy_nftables::RenderConfig::new(id.name.clone());
+            cfg.node_ips = vec![node_ip];
+            cfg.cluster_cidr = Some(cli.cluster_cidr.into());
+            let dataplane = sluice_proxy_nftables::NftablesDataplane::new(cfg, tools);
             Some(tokio::spawn(crate::proxy::run_with(
                 client.clone(),
                 opts,
@@ -291,6 +310,19 @@ fn remove_userspace_proxy_rules(commands: &sluice_proxy_iptables::apply::Command
     match sluice_proxy_userspace::cleanup_rules_with(commands) {
         Ok(()) => tracing::info!("removed the userspace proxy mode's rules"),
         Err(e) => tracing::warn!(error = %e, "removing the userspace proxy mode's rules failed"),
+    }
+}
+
+/// Likewise for the nftables mode: its tables (`ip sluice`, `ip6 sluice`) go.
+fn remove_nftables_proxy_rules() {
+    let tools = sluice_proxy_nftables::apply::Tools::default();
+    if !tools.available() {
+        return;
+    }
+    match tools.delete_tables() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(tables = n, "removed the nftables proxy mode's tables"),
+        Err(e) => tracing::warn!(error = %e, "removing the nftables proxy mode's tables failed"),
     }
 }
 

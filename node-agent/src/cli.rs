@@ -187,7 +187,8 @@ pub enum ProxyMode {
     Iptables,
     /// IPVS virtual servers (not implemented yet).
     Ipvs,
-    /// nftables rules (not implemented yet).
+    /// nftables: Sluice's own tables (`ip sluice`, `ip6 sluice`), front ends dispatched through
+    /// verdict maps, endpoints picked from map slots; an endpoint change is element updates.
     Nftables,
     /// eBPF connect-time load balancing (not implemented yet).
     Ebpf,

@@ -3,7 +3,9 @@
 //! `debug dump` reads the kernel state of a proxy mode in the current network namespace and
 //! prints it in the same text as that mode's golden render files, so it can be diffed against
 //! them (or against the render of the same maps). Each mode owns its pure transform
-//! ([`sluice_proxy_iptables::dump`] for iptables); this module only runs the tools.
+//! ([`sluice_proxy_iptables::dump`] for iptables); this module only runs the tools. The
+//! nftables mode's dump is nft's own listing of Sluice's tables (`nft list table ip sluice`,
+//! and `ip6 sluice` if present): the kernel's canonical text, which `nft -f` reads back.
 
 use std::process::Command;
 
@@ -43,8 +45,19 @@ fn output(program: &str, args: &[&str]) -> Result<String, DebugError> {
 /// from the iptables backend that holds Sluice's rules (what `--iptables-backend auto` picks),
 /// so a node programmed through `iptables-legacy` is dumped from there.
 pub fn dump(mode: ProxyMode) -> Result<String, DebugError> {
+    if mode == ProxyMode::Nftables {
+        let tools = sluice_proxy_nftables::apply::Tools::default();
+        let tables: Vec<String> = [
+            sluice_proxy::model::IpFamily::V4,
+            sluice_proxy::model::IpFamily::V6,
+        ]
+        .into_iter()
+        .filter_map(|f| tools.dump(f))
+        .collect();
+        return Ok(tables.concat());
+    }
     if !matches!(mode, ProxyMode::Iptables | ProxyMode::Userspace) {
-        // IPVS, nftables and eBPF have no dump yet.
+        // IPVS and eBPF have no dump yet.
         return Err(DebugError::Unsupported(mode_name(mode)));
     }
     use sluice_proxy_iptables::apply::{detect_backend, Commands};

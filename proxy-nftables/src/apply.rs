@@ -2,7 +2,9 @@
 //!
 //! The kernel's table is read (`nft -t list table`, names only) on the first sync and after a
 //! failed one, so that a full render can delete objects it no longer wants; otherwise the last
-//! render's [`RenderState`] describes the table and a partial sync sends only its changes.
+//! render's [`RenderState`] describes the table and a partial sync sends only its changes. A
+//! full sync that nft refuses (a table of another layout) replaces the table in one
+//! transaction.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use sluice_iptables_tools::{run, RunError, NO_INPUT};
 use sluice_proxy::conntrack::Conntrack;
 use sluice_proxy::model::{EndpointsMap, IpFamily, ServicePortMap};
 use sluice_proxy::proxier::{Changes, Dataplane, Error};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::render::{render, Existing, RenderConfig, RenderState, TABLE};
 
@@ -153,12 +155,34 @@ impl Dataplane for NftablesDataplane {
             Existing::default()
         };
         let t = Instant::now();
-        let rendered = render(services, endpoints, &self.config, changes, prev, &existing);
+        let mut rendered = render(services, endpoints, &self.config, changes, prev, &existing);
         let render_time = t.elapsed();
         if !rendered.text.is_empty() {
-            self.tools
-                .run_script(&rendered.text)
-                .map_err(|e| self.err("nft -f".into(), Some(e)))?;
+            if let Err(e) = self.tools.run_script(&rendered.text) {
+                if rendered.incremental {
+                    return Err(self.err(format!("partial sync, nft -f: {e}"), Some(e)));
+                }
+                // A table nft cannot re-read or extend (another Sluice version's layout, or
+                // objects changed by hand) is replaced whole, in one transaction: traffic
+                // sees the old table or the new one; only affinity pins are lost.
+                warn!(error = %e, "nftables full sync failed; replacing the table");
+                rendered = render(
+                    services,
+                    endpoints,
+                    &self.config,
+                    changes,
+                    None,
+                    &Existing::default(),
+                );
+                let script = format!(
+                    "delete table {} {TABLE}\n{}",
+                    family_word(self.config.family),
+                    rendered.text
+                );
+                self.tools
+                    .run_script(&script)
+                    .map_err(|e| self.err(format!("full sync, nft -f: {e}"), Some(e)))?;
+            }
         }
         let level_info = !rendered.incremental;
         if level_info {

@@ -161,10 +161,22 @@ impl FrontEnd {
             FrontEnd::NodePort(p, port) => format!("{} . {port}", proto(*p)),
         }
     }
+    /// The key without the protocol (slot maps are per protocol).
+    fn slot_key(&self) -> String {
+        match self {
+            FrontEnd::Ip(ip, _, port) => format!("{ip} . {port}"),
+            FrontEnd::NodePort(_, port) => port.to_string(),
+        }
+    }
     fn kind(&self) -> Kind {
         match self {
             FrontEnd::Ip(..) => Kind::Ip,
             FrontEnd::NodePort(..) => Kind::NodePort,
+        }
+    }
+    fn protocol(&self) -> Protocol {
+        match self {
+            FrontEnd::Ip(_, p, _) | FrontEnd::NodePort(p, _) => *p,
         }
     }
 }
@@ -176,6 +188,23 @@ enum Kind {
     NodePort,
 }
 
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Ip => "",
+            Kind::NodePort => "nodeport-",
+        }
+    }
+
+    /// The packet's slot-map key, before the slot.
+    fn key(self, f: Fam) -> String {
+        match self {
+            Kind::Ip => format!("{} daddr . th dport", f.ip()),
+            Kind::NodePort => "th dport".to_string(),
+        }
+    }
+}
+
 /// Which endpoint set of a service port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Set {
@@ -183,22 +212,29 @@ enum Set {
     Local,
 }
 
+impl Set {
+    fn prefix(self) -> &'static str {
+        match self {
+            Set::Cluster => "",
+            Set::Local => "local-",
+        }
+    }
+}
+
 /// The maps and sets that hold per-front-end elements (declared in this order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Coll {
+enum Coll {
     /// `address . proto . port` → verdict (nat dispatch).
     ServiceIps,
     /// `proto . port` → verdict (nat dispatch of NodePorts).
     ServiceNodeports,
-    /// `address . proto . port . slot` → endpoint, Cluster set (or Local for
-    /// `internalTrafficPolicy: Local` cluster IPs).
-    Endpoints,
-    /// `proto . port . slot` → endpoint.
-    NodeportEndpoints,
-    /// `address . proto . port . slot` → endpoint, Local set of an external front end.
-    LocalEndpoints,
-    /// `proto . port . slot` → endpoint, Local set.
-    NodeportLocalEndpoints,
+    /// `address . port . slot` (`port . slot` for NodePorts) → endpoint, per key kind, endpoint
+    /// set (the Cluster set, or the Local one of `internalTrafficPolicy: Local` cluster IPs and
+    /// `externalTrafficPolicy: Local` external front ends) and protocol. Per protocol because
+    /// the data's type (`tcp dport`) makes nft add a protocol match to the rule reading it, and
+    /// the protocol-neutral `th dport` is a type nft 1.0.6 cannot read back from the kernel
+    /// ("conflicting protocols specified").
+    Slots(Kind, Set, Protocol),
     /// `externalTrafficPolicy: Local` pod/host traffic → verdict (Cluster set).
     ShortCircuitIps,
     /// Same for NodePorts.
@@ -225,37 +261,41 @@ pub enum Coll {
     Hairpin,
 }
 
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
 impl Coll {
-    const ALL: [Coll; 18] = [
-        Coll::ServiceIps,
-        Coll::ServiceNodeports,
-        Coll::Endpoints,
-        Coll::NodeportEndpoints,
-        Coll::LocalEndpoints,
-        Coll::NodeportLocalEndpoints,
-        Coll::ShortCircuitIps,
-        Coll::ShortCircuitNodeports,
-        Coll::LocalIps,
-        Coll::LocalNodeports,
-        Coll::NoEndpointServices,
-        Coll::NoEndpointNodeports,
-        Coll::MasqClusterIps,
-        Coll::MasqIps,
-        Coll::MasqNodeports,
-        Coll::FirewallIps,
-        Coll::FirewallAllow,
-        Coll::Hairpin,
-    ];
+    fn all() -> Vec<Coll> {
+        let mut v = vec![Coll::ServiceIps, Coll::ServiceNodeports];
+        for kind in [Kind::Ip, Kind::NodePort] {
+            for set in [Set::Cluster, Set::Local] {
+                v.extend(PROTOCOLS.map(|p| Coll::Slots(kind, set, p)));
+            }
+        }
+        v.extend([
+            Coll::ShortCircuitIps,
+            Coll::ShortCircuitNodeports,
+            Coll::LocalIps,
+            Coll::LocalNodeports,
+            Coll::NoEndpointServices,
+            Coll::NoEndpointNodeports,
+            Coll::MasqClusterIps,
+            Coll::MasqIps,
+            Coll::MasqNodeports,
+            Coll::FirewallIps,
+            Coll::FirewallAllow,
+            Coll::Hairpin,
+        ]);
+        v
+    }
 
     /// The set's or map's name.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
             Coll::ServiceIps => "service-ips",
             Coll::ServiceNodeports => "service-nodeports",
-            Coll::Endpoints => "endpoints",
-            Coll::NodeportEndpoints => "nodeport-endpoints",
-            Coll::LocalEndpoints => "local-endpoints",
-            Coll::NodeportLocalEndpoints => "nodeport-local-endpoints",
+            Coll::Slots(kind, set, p) => {
+                return format!("{}{}endpoints-{}", kind.prefix(), set.prefix(), proto(p));
+            }
             Coll::ShortCircuitIps => "short-circuit-ips",
             Coll::ShortCircuitNodeports => "short-circuit-nodeports",
             Coll::LocalIps => "local-ips",
@@ -269,6 +309,7 @@ impl Coll {
             Coll::FirewallAllow => "firewall-allow",
             Coll::Hairpin => "hairpin",
         }
+        .to_string()
     }
 
     fn is_map(self) -> bool {
@@ -281,7 +322,6 @@ impl Coll {
         let ip = f.ip();
         let ip_fe = format!("{a} . inet_proto . inet_service");
         let np_fe = "inet_proto . inet_service";
-        let ep = format!("{ip} daddr . th dport");
         let slot = "numgen random mod 1";
         match self {
             Coll::ServiceIps
@@ -294,27 +334,17 @@ impl Coll {
             | Coll::ShortCircuitNodeports
             | Coll::LocalNodeports
             | Coll::NoEndpointNodeports => format!("{{ type {np_fe} : verdict ; }}"),
-            Coll::Endpoints | Coll::LocalEndpoints => {
-                format!("{{ typeof {ip} daddr . meta l4proto . th dport . {slot} : {ep} ; }}")
-            }
-            Coll::NodeportEndpoints | Coll::NodeportLocalEndpoints => {
-                format!("{{ typeof meta l4proto . th dport . {slot} : {ep} ; }}")
-            }
+            Coll::Slots(kind, _, p) => format!(
+                "{{ typeof {} . {slot} : {ip} daddr . {} dport ; }}",
+                kind.key(f),
+                proto(p)
+            ),
             Coll::MasqClusterIps | Coll::MasqIps | Coll::FirewallIps => {
                 format!("{{ type {ip_fe} ; }}")
             }
             Coll::MasqNodeports => format!("{{ type {np_fe} ; }}"),
             Coll::FirewallAllow => format!("{{ type {ip_fe} . {a} ; flags interval ; }}"),
             Coll::Hairpin => format!("{{ type {a} . {a} ; }}"),
-        }
-    }
-
-    fn slots(kind: Kind, set: Set) -> Coll {
-        match (kind, set) {
-            (Kind::Ip, Set::Cluster) => Coll::Endpoints,
-            (Kind::Ip, Set::Local) => Coll::LocalEndpoints,
-            (Kind::NodePort, Set::Cluster) => Coll::NodeportEndpoints,
-            (Kind::NodePort, Set::Local) => Coll::NodeportLocalEndpoints,
         }
     }
 }
@@ -324,37 +354,35 @@ impl Coll {
 struct Pick {
     kind: Kind,
     set: Set,
+    protocol: Protocol,
     n: usize,
 }
 
 impl Pick {
     fn chain(&self) -> String {
-        let k = match self.kind {
-            Kind::Ip => "",
-            Kind::NodePort => "nodeport-",
-        };
-        let s = match self.set {
-            Set::Cluster => "",
-            Set::Local => "local-",
-        };
-        format!("{k}pick-{s}{}", self.n)
+        format!(
+            "{}pick-{}{}-{}",
+            self.kind.prefix(),
+            self.set.prefix(),
+            proto(self.protocol),
+            self.n
+        )
     }
 
     fn rule(&self, f: Fam) -> String {
-        let key = match self.kind {
-            Kind::Ip => format!("{} daddr . meta l4proto . th dport", f.ip()),
-            Kind::NodePort => "meta l4proto . th dport".to_string(),
-        };
+        // The protocol match first: nft requires one before a DNAT to a port.
         format!(
-            "dnat {} to {key} . numgen random mod {} map @{}",
+            "meta l4proto {} dnat {} to {} . numgen random mod {} map @{}",
+            proto(self.protocol),
             f.ip(),
+            self.kind.key(f),
             self.n,
-            Coll::slots(self.kind, self.set).name()
+            Coll::Slots(self.kind, self.set, self.protocol).name()
         )
     }
 }
 
-/// One element of a [`Coll`]: key, and value for maps.
+/// One element of a `Coll`: key, and value for maps.
 type Element = (Coll, String, Option<String>);
 
 /// What one service port contributed to the last render.
@@ -593,7 +621,7 @@ fn write_elements(text: &mut String, cfg: &RenderConfig, verb: &str, coll: Coll,
     let _ = writeln!(
         text,
         "{} {{",
-        obj(cfg, &format!("{verb} element"), coll.name())
+        obj(cfg, &format!("{verb} element"), &coll.name())
     );
     for (i, it) in items.iter().enumerate() {
         let sep = if i + 1 < items.len() { "," } else { "" };
@@ -635,9 +663,9 @@ fn full(
     let fixed = fixed_chains(cfg);
     let mut text = String::new();
     let _ = writeln!(text, "add table {} {TABLE}", cfg.fam().ip());
-    for c in Coll::ALL {
+    for c in Coll::all() {
         let what = if c.is_map() { "add map" } else { "add set" };
-        let _ = writeln!(text, "{} {}", obj(cfg, what, c.name()), c.decl(cfg.fam()));
+        let _ = writeln!(text, "{} {}", obj(cfg, what, &c.name()), c.decl(cfg.fam()));
     }
     let own_sets: BTreeMap<&str, &str> = state
         .ports
@@ -676,14 +704,15 @@ fn full(
     for name in declared.iter().chain(stale_chains.iter().copied()) {
         let _ = writeln!(text, "{}", obj(cfg, "flush chain", name));
     }
-    for c in Coll::ALL {
+    for c in Coll::all() {
         let what = if c.is_map() { "flush map" } else { "flush set" };
-        let _ = writeln!(text, "{}", obj(cfg, what, c.name()));
+        let _ = writeln!(text, "{}", obj(cfg, what, &c.name()));
     }
     for name in stale_chains {
         let _ = writeln!(text, "{}", obj(cfg, "delete chain", name));
     }
-    let fixed_set = |s: &str| Coll::ALL.iter().any(|c| c.name() == s);
+    let colls = Coll::all();
+    let fixed_set = |s: &str| colls.iter().any(|c| c.name() == s);
     for name in existing
         .sets
         .iter()
@@ -939,13 +968,18 @@ impl Builder<'_> {
         if let Some(timeout) = self.svc.session_affinity_timeout {
             return format!("goto {}", self.affinity_chain(set, eps, timeout));
         }
-        let slots = Coll::slots(fe.kind(), set);
+        let slots = Coll::Slots(fe.kind(), set, fe.protocol());
         for (i, ep) in eps.iter().enumerate() {
-            self.elem(slots, format!("{} . {i}", fe.key()), Some(ep_value(ep)));
+            self.elem(
+                slots,
+                format!("{} . {i}", fe.slot_key()),
+                Some(ep_value(ep)),
+            );
         }
         let p = Pick {
             kind: fe.kind(),
             set,
+            protocol: fe.protocol(),
             n: eps.len(),
         };
         if !self.frag.picks.contains(&p) {

@@ -82,9 +82,12 @@ fn cluster_ip_dispatches_by_front_end_to_slots() {
     let (s, e) = scenario("clusterip_three_endpoints");
     let t = model_of(&s, &e);
     let fe = format!("{CLUSTER_IP} . tcp . 80");
-    assert_eq!(t.lookup("service-ips", &fe), Some("goto pick-3"));
+    assert_eq!(t.lookup("service-ips", &fe), Some("goto pick-tcp-3"));
     let slots: BTreeSet<&str> = (0..3)
-        .map(|i| t.lookup("endpoints", &format!("{fe} . {i}")).unwrap())
+        .map(|i| {
+            t.lookup("endpoints-tcp", &format!("{CLUSTER_IP} . 80 . {i}"))
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         slots,
@@ -95,8 +98,8 @@ fn cluster_ip_dispatches_by_front_end_to_slots() {
         ])
     );
     assert_eq!(
-        t.rules("pick-3").unwrap(),
-        ["dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints"]
+        t.rules("pick-tcp-3").unwrap(),
+        ["meta l4proto tcp dnat ip to ip daddr . th dport . numgen random mod 3 map @endpoints-tcp"]
     );
     // Off-cluster clients are masqueraded; the local endpoint can hairpin.
     assert!(t.elements("masq-cluster-ips").unwrap().contains(&fe));
@@ -137,13 +140,13 @@ fn etp_local_short_circuits_pods_and_drops_without_local_endpoints() {
     let t = model_of(&s, &e);
     let fe = format!("{LB_IP} . tcp . 80");
     assert_eq!(t.lookup("service-ips", &fe), Some("goto external-local"));
-    assert_eq!(t.lookup("short-circuit-ips", &fe), Some("goto pick-1"));
+    assert_eq!(t.lookup("short-circuit-ips", &fe), Some("goto pick-tcp-1"));
     assert_eq!(t.lookup("local-ips", &fe), Some("drop"));
     assert_eq!(t.lookup("no-endpoint-services", &fe), Some("drop"));
     // Cluster IP traffic still reaches the remote endpoint; nothing is masqueraded always.
     assert_eq!(
         t.lookup("service-ips", &format!("{CLUSTER_IP} . tcp . 80")),
-        Some("goto pick-1")
+        Some("goto pick-tcp-1")
     );
     assert_eq!(t.elements("masq-ips").unwrap(), Vec::<String>::new());
 
@@ -152,10 +155,10 @@ fn etp_local_short_circuits_pods_and_drops_without_local_endpoints() {
     let np = format!("tcp . {NODE_PORT}");
     assert_eq!(
         t.lookup("local-nodeports", &np),
-        Some("goto nodeport-pick-local-1")
+        Some("goto nodeport-pick-local-tcp-1")
     );
     assert_eq!(
-        t.lookup("nodeport-local-endpoints", &format!("{np} . 0")),
+        t.lookup("nodeport-local-endpoints-tcp", &format!("{NODE_PORT} . 0")),
         Some("10.244.1.1 . 8080")
     );
     assert_eq!(t.lookup("no-endpoint-nodeports", &np), None);
@@ -177,7 +180,7 @@ fn affinity_gets_a_chain_and_a_timeout_set_per_endpoint() {
     let sets: Vec<&str> = t.sets().filter(|s| s.starts_with("affinity-")).collect();
     assert_eq!(sets.len(), 2);
     assert!(
-        t.elements("endpoints").unwrap().is_empty(),
+        t.elements("endpoints-tcp").unwrap().is_empty(),
         "no slots: {t:?}"
     );
 }
@@ -203,8 +206,8 @@ fn endpoint_replacement_is_element_updates_only() {
     );
     assert_eq!(
         r.text,
-        "delete element ip sluice endpoints {\n\t10.96.0.10 . tcp . 80 . 1\n}\n\
-         add element ip sluice endpoints {\n\t10.96.0.10 . tcp . 80 . 1 : 10.244.9.9 . 8080\n}\n"
+        "delete element ip sluice endpoints-tcp {\n\t10.96.0.10 . 80 . 1\n}\n\
+         add element ip sluice endpoints-tcp {\n\t10.96.0.10 . 80 . 1 : 10.244.9.9 . 8080\n}\n"
     );
     // Nothing changed: nothing to send.
     let r2 = render(

@@ -231,8 +231,11 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 struct Mode {
     /// `--proxy-mode` value.
     name: &'static str,
-    /// Prefix of the iptables chains the mode owns (what must vanish on a mode switch).
-    chain_prefix: &'static str,
+    /// The kernel state the mode programmed in a node namespace, normalised and sorted (what
+    /// must survive an agent restart unchanged and vanish on a mode switch).
+    programmed: fn(&str) -> Vec<String>,
+    /// How the mode's `debug dump` spells a cluster IP it serves.
+    dump_names: fn(&str) -> String,
     /// The mode's state lives in the kernel: an agent restart keeps established connections and
     /// reprograms exactly the same rules. (A userspace proxy's connections live in the agent.)
     kernel_datapath: bool,
@@ -250,7 +253,7 @@ fn peer_ip(ss: &str) -> Option<String> {
 }
 
 /// The Sluice rules of a node namespace (`iptables-save` lines naming `prefix`, counters cut).
-fn programmed(ns: &str, prefix: &str) -> Vec<String> {
+fn iptables_lines(ns: &str, prefix: &str) -> Vec<String> {
     let o = Command::new("ip")
         .args(["netns", "exec", ns, "iptables-save"])
         .output()
@@ -260,6 +263,41 @@ fn programmed(ns: &str, prefix: &str) -> Vec<String> {
         .filter(|l| l.contains(prefix))
         .map(|l| l.split(" [").next().unwrap_or(l).to_string())
         .collect();
+    v.sort();
+    v
+}
+
+fn iptables_state(ns: &str) -> Vec<String> {
+    iptables_lines(ns, "SLUICE-")
+}
+
+fn userspace_state(ns: &str) -> Vec<String> {
+    iptables_lines(ns, "SLUICEUS-")
+}
+
+/// Sluice's nftables tables in a node namespace, one chain header, rule, set declaration line
+/// or element per entry (nft groups several elements per line in its own order), sorted;
+/// affinity entries' countdowns dropped.
+fn nftables_state(ns: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for family in ["ip", "ip6"] {
+        let o = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "nft", "list", "table", family, "sluice",
+            ])
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            continue;
+        }
+        v.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .split(['\n', '{', '}', ','])
+                .map(|l| l.split(" expires ").next().unwrap_or(l).trim().to_string())
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("{family}: {l}")),
+        );
+    }
     v.sort();
     v
 }
@@ -300,7 +338,7 @@ fn conformance(mode: Mode) {
             .unwrap();
         let dump = ok(o);
         assert!(
-            dump.contains(mode.chain_prefix) && dump.contains(&format!("{ip}/32")),
+            dump.contains(&(mode.dump_names)(&ip)),
             "{node}: dump lacks the web service ({ip}):\n{dump}"
         );
     }
@@ -537,7 +575,7 @@ fn conformance(mode: Mode) {
     });
     let before_restart: Vec<Vec<String>> = nodes
         .iter()
-        .map(|(_, ns, _)| programmed(ns, mode.chain_prefix))
+        .map(|(_, ns, _)| (mode.programmed)(ns))
         .collect();
     ok(lab(&["agent", "restart", "--dir", &l.d]));
     std::thread::sleep(Duration::from_secs(2));
@@ -560,11 +598,11 @@ fn conformance(mode: Mode) {
         if mode.kernel_datapath {
             // The restarted agent's full sync reprograms exactly the same rules.
             wait_until("same rules after restart", Duration::from_secs(10), || {
-                &programmed(ns, mode.chain_prefix) == was
+                &(mode.programmed)(ns) == was
             });
         } else {
             wait_until("rules back after restart", Duration::from_secs(10), || {
-                programmed(ns, mode.chain_prefix).len() == was.len()
+                (mode.programmed)(ns).len() == was.len()
             });
         }
     }
@@ -580,7 +618,7 @@ fn conformance(mode: Mode) {
     ]));
     for (_, ns, _) in &nodes {
         wait_until("old mode removed", Duration::from_secs(10), || {
-            programmed(ns, mode.chain_prefix).is_empty()
+            (mode.programmed)(ns).is_empty()
         });
         let o = Command::new("ip")
             .args(["netns", "exec", ns, "iptables-save"])
@@ -589,6 +627,7 @@ fn conformance(mode: Mode) {
         let saved = String::from_utf8_lossy(&o.stdout);
         assert!(!saved.contains("SLUICE-"), "{ns}: {saved}");
         assert!(!saved.contains("SLUICEUS-"), "{ns}: {saved}");
+        assert!(nftables_state(ns).is_empty(), "{ns} kept nftables state");
         assert!(
             saved.contains("SLUICENODE-MASQ"),
             "{ns} lost node masquerade: {saved}"
@@ -600,7 +639,8 @@ fn conformance(mode: Mode) {
 fn iptables_mode() {
     conformance(Mode {
         name: "iptables",
-        chain_prefix: "SLUICE-",
+        programmed: iptables_state,
+        dump_names: |ip| format!("-d {ip}/32"),
         kernel_datapath: true,
     });
 }
@@ -609,8 +649,19 @@ fn iptables_mode() {
 fn userspace_mode() {
     conformance(Mode {
         name: "userspace",
-        chain_prefix: "SLUICEUS-",
+        programmed: userspace_state,
+        dump_names: |ip| format!("-d {ip}/32"),
         kernel_datapath: false,
+    });
+}
+
+#[test]
+fn nftables_mode() {
+    conformance(Mode {
+        name: "nftables",
+        programmed: nftables_state,
+        dump_names: |ip| format!("{ip} . tcp . 80"),
+        kernel_datapath: true,
     });
 }
 
