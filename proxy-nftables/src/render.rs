@@ -414,8 +414,9 @@ pub struct RenderState {
     /// Service ports that wanted a front end another one owns: rendered again by every
     /// incremental render, so they take it over once its owner lets go.
     losers: BTreeSet<ServicePortName>,
-    /// Pick chains that exist.
-    picks: BTreeSet<Pick>,
+    /// Pick chains that exist, with the number of service ports using each (a chain goes when
+    /// its last user does, so incremental and full renders leave the same table).
+    picks: BTreeMap<Pick, u32>,
     /// Reference counts of `hairpin` addresses.
     hairpin: BTreeMap<IpAddr, u32>,
 }
@@ -654,7 +655,9 @@ fn full(
         for ip in &frag.hairpin {
             *state.hairpin.entry(*ip).or_default() += 1;
         }
-        state.picks.extend(frag.picks.iter().copied());
+        for p in &frag.picks {
+            *state.picks.entry(*p).or_default() += 1;
+        }
         if frag.lost_claim {
             state.losers.insert(spn.clone());
         }
@@ -687,7 +690,7 @@ fn full(
         }
         declared.insert(name.to_string());
     }
-    let picks: Vec<String> = state.picks.iter().map(Pick::chain).collect();
+    let picks: Vec<String> = state.picks.keys().map(Pick::chain).collect();
     let own_chains: Vec<&(String, Vec<String>)> =
         state.ports.values().flat_map(|f| f.chains.iter()).collect();
     for name in picks.iter().chain(own_chains.iter().map(|(n, _)| n)) {
@@ -728,7 +731,7 @@ fn full(
             let _ = writeln!(text, "{} {r}", obj(cfg, "add rule", name));
         }
     }
-    for p in &state.picks {
+    for p in state.picks.keys() {
         let _ = writeln!(
             text,
             "{} {}",
@@ -874,11 +877,31 @@ fn incremental(
         .iter()
         .flat_map(|(_, f)| f.sets.iter().map(|(n, d)| (n.as_str(), d.as_str())))
         .collect();
-    let new_picks: BTreeSet<Pick> = news
-        .iter()
-        .flat_map(|(_, f)| f.picks.iter().copied())
-        .filter(|p| !state.picks.contains(p))
-        .collect();
+    let mut pick_delta: BTreeMap<Pick, i64> = BTreeMap::new();
+    for p in olds.iter().flat_map(|(_, f)| &f.picks) {
+        *pick_delta.entry(*p).or_default() -= 1;
+    }
+    for p in news.iter().flat_map(|(_, f)| &f.picks) {
+        *pick_delta.entry(*p).or_default() += 1;
+    }
+    let mut new_picks = Vec::new();
+    let mut gone_picks = Vec::new();
+    for (p, d) in pick_delta {
+        let before = i64::from(state.picks.get(&p).copied().unwrap_or(0));
+        let after = before + d;
+        match (before > 0, after > 0) {
+            (false, true) => new_picks.push(p),
+            (true, false) => gone_picks.push(p),
+            _ => {}
+        }
+        if after > 0 {
+            state
+                .picks
+                .insert(p, u32::try_from(after).unwrap_or(u32::MAX));
+        } else {
+            state.picks.remove(&p);
+        }
+    }
 
     let mut text = String::new();
     for (name, decl) in new_sets.iter().filter(|(n, _)| !old_sets.contains(*n)) {
@@ -920,7 +943,10 @@ fn incremental(
     for name in old_sets.iter().filter(|n| !new_sets.contains_key(*n)) {
         let _ = writeln!(text, "{}", obj(cfg, "delete set", name));
     }
-    state.picks.extend(new_picks);
+    for p in &gone_picks {
+        let _ = writeln!(text, "{}", obj(cfg, "flush chain", &p.chain()));
+        let _ = writeln!(text, "{}", obj(cfg, "delete chain", &p.chain()));
+    }
     for (spn, frag) in news {
         state.ports.insert(spn, frag);
     }
