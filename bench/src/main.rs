@@ -18,6 +18,7 @@
 
 mod cni_latency;
 mod endpointslices;
+mod nftget;
 mod pod_network;
 mod scale;
 mod service;
@@ -132,6 +133,9 @@ enum Cmd {
     /// EndpointSlice update → new endpoint's rules in the kernel, and the agent's RSS; a fresh
     /// 1-node lab per service count.
     Scale {
+        /// Proxy mode under test.
+        #[arg(long, value_enum, default_value = "iptables")]
+        mode: scale::Mode,
         /// Service counts, each on a fresh lab.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         services: Vec<usize>,
@@ -600,6 +604,7 @@ async fn main() -> anyhow::Result<()> {
             out,
         } => service::run(&mode, rounds, seconds, out),
         Cmd::Scale {
+            mode,
             services,
             endpoints,
             changes,
@@ -611,6 +616,7 @@ async fn main() -> anyhow::Result<()> {
             no_breakdown,
             out,
         } => scale::run(scale::Opts {
+            mode,
             services,
             endpoints,
             changes,

@@ -1,5 +1,13 @@
-//! `scale`: iptables-mode rule programming at scale — time of the first full sync, time to
-//! program one endpoint change, and the agent's RSS, measured on the kernel's state.
+//! `scale`: rule programming at scale in the iptables or the nftables proxy mode (`--mode`) —
+//! time of the first full sync, time to program one endpoint change, and the agent's RSS,
+//! measured on the kernel's state.
+//!
+//! In the nftables mode the probes read the mode's maps instead of chains (`nft get element`
+//! in the node's namespace): the first full sync is one transaction, so it is done when the last
+//! service's cluster IP is in `service-ips` (then every service is checked to be there); an
+//! endpoint change is seen when the service's slots in `endpoints-tcp` hold the new endpoint
+//! (and its `service-ips` verdict is checked to pick among that many slots). There is no
+//! breakdown for it. The rest of this text describes the iptables mode.
 //!
 //! Per service count N, on a fresh 1-node `sluice-lab` started with `--proxy-mode none`:
 //!
@@ -50,7 +58,26 @@ const NS: &str = "default";
 const PREFIX: &str = "scale-";
 const TARGET_PORT: u16 = 8080;
 /// Agent log filter: the proxy's "proxy sync" (took, outcome) and the restore's size.
-const AGENT_LOG: &str = "info,sluice_agent::proxy=debug,sluice_proxy_iptables=debug";
+const AGENT_LOG: &str =
+    "info,sluice_agent::proxy=debug,sluice_proxy_iptables=debug,sluice_proxy_nftables=debug";
+
+/// The proxy mode under test (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// iptables (backend from `SLUICE_BENCH_IPTABLES_BACKEND`).
+    Iptables,
+    /// nftables.
+    Nftables,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
 
 /// The iptables backend the agent runs and the probes read: `SLUICE_BENCH_IPTABLES_BACKEND`
 /// (`nft`, the default, or `legacy`), passed to the agent as `--iptables-backend` (through
@@ -72,6 +99,7 @@ fn tool(suffix: &str) -> String {
 
 /// Options of `sluice-bench scale`.
 pub struct Opts {
+    pub mode: Mode,
     pub services: Vec<usize>,
     pub endpoints: usize,
     pub changes: usize,
@@ -87,6 +115,7 @@ pub struct Opts {
 /// Everything the node thread needs.
 #[derive(Clone)]
 struct Ctx {
+    mode: Mode,
     n: usize,
     eps: usize,
     changes: usize,
@@ -154,6 +183,43 @@ fn ipt_list(table: &str, chain: &str) -> (String, Duration) {
         _ => String::new(),
     };
     (text, t.elapsed())
+}
+
+/// `nft ARGS` (empty output on failure) and how long it took.
+fn nft(args: &[&str]) -> (String, Duration) {
+    let t = Instant::now();
+    let out = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => String::new(),
+    };
+    (text, t.elapsed())
+}
+
+/// The endpoints in slots `0..eps` of front end `vip:80` (netlink; see [`crate::nftget`]) and
+/// how long the lookups took.
+fn nft_slots(
+    sock: &mut crate::nftget::NfSocket,
+    vip: std::net::Ipv4Addr,
+    eps: usize,
+) -> (Vec<String>, Duration) {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    for k in 0..eps {
+        let key = crate::nftget::slot_key(vip, 80, k as u32);
+        if let Ok(Some(crate::nftget::ElemData::Value(v))) =
+            sock.get("sluice", "endpoints-tcp", &key)
+        {
+            if let Some(a) = crate::nftget::endpoint(&v) {
+                out.push(a.to_string());
+            }
+        }
+    }
+    (out, t.elapsed())
 }
 
 /// The value of `-j` in an `iptables -S` rule line.
@@ -280,6 +346,10 @@ fn agent_syncs(log: &Path, offset: u64) -> (Vec<SyncLine>, Vec<(u64, bool)>) {
         } else if l.contains("iptables-restore") {
             if let Some(bytes) = field("bytes=").and_then(|b| b.parse().ok()) {
                 restores.push((bytes, field("full=") == Some("true")));
+            }
+        } else if l.contains("nftables full sync") || l.contains("nftables partial sync") {
+            if let Some(bytes) = field("bytes=").and_then(|b| b.parse().ok()) {
+                restores.push((bytes, l.contains("nftables full sync")));
             }
         }
     }
@@ -499,9 +569,46 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
     if listed_svcs < n || listed_slices < n {
         bail!("listed {listed_svcs} services and {listed_slices} slices, expected {n}");
     }
-    let (pre, _) = ipt_list("nat", "SLUICE-SERVICES");
-    if !dispatch(&pre).is_empty() {
-        bail!("SLUICE-SERVICES already programmed before the iptables agent started");
+    // Cluster IPs by service index (the nftables probes key on them).
+    let mut vip = vec![String::new(); n];
+    for svc in svcs.list(&ListParams::default()).await?.items {
+        let name = svc.metadata.name.unwrap_or_default();
+        if let Some(i) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.parse::<usize>().ok())
+        {
+            if i < n {
+                vip[i] = svc
+                    .spec
+                    .and_then(|s| s.cluster_ip)
+                    .with_context(|| format!("{name} has no cluster IP"))?;
+            }
+        }
+    }
+    let mode = ctx.mode;
+    let vip4: Vec<std::net::Ipv4Addr> = vip
+        .iter()
+        .map(|v| v.parse().with_context(|| format!("cluster IP {v}")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut sock = crate::nftget::NfSocket::open().context("netlink socket")?;
+    let programmed_now = |sock: &mut crate::nftget::NfSocket, i: usize| -> (bool, Duration) {
+        let t = Instant::now();
+        let key = crate::nftget::front_end_key(vip4[i], 6, 80);
+        let r = sock.get("sluice", "service-ips", &key);
+        (matches!(r, Ok(Some(_))), t.elapsed())
+    };
+    match mode {
+        Mode::Iptables => {
+            let (pre, _) = ipt_list("nat", "SLUICE-SERVICES");
+            if !dispatch(&pre).is_empty() {
+                bail!("SLUICE-SERVICES already programmed before the iptables agent started");
+            }
+        }
+        Mode::Nftables => {
+            if programmed_now(&mut sock, n - 1).0 {
+                bail!("service-ips already programmed before the nftables agent started");
+            }
+        }
     }
 
     // First full sync: agent start → all N services in the kernel.
@@ -509,18 +616,21 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
     let log_offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let d = ctx.dir.to_string_lossy().to_string();
     let t_restart = Instant::now();
+    let mut args = vec![
+        "agent".to_string(),
+        "restart".into(),
+        "--dir".into(),
+        d.clone(),
+        "--node".into(),
+        "n1".into(),
+        "--proxy-mode".into(),
+        mode.name().into(),
+    ];
+    if mode == Mode::Iptables {
+        args.push(format!("--agent-arg=--iptables-backend={}", backend()));
+    }
     let o = Command::new(&ctx.lab_bin)
-        .args([
-            "agent",
-            "restart",
-            "--dir",
-            &d,
-            "--node",
-            "n1",
-            "--proxy-mode",
-            "iptables",
-            &format!("--agent-arg=--iptables-backend={}", backend()),
-        ])
+        .args(&args)
         .env("RUST_LOG", AGENT_LOG)
         .output()?;
     let t_start = Instant::now();
@@ -532,7 +642,10 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
     }
     let restart_cmd_s = (t_start - t_restart).as_secs_f64();
     let agent = agent_pid(&ctx.dir)?;
-    eprintln!("[{n}] agent restarted in iptables mode (pid {agent}); waiting for {n} services in SLUICE-SERVICES…");
+    eprintln!(
+        "[{n}] agent restarted in {} mode (pid {agent}); waiting for {n} services in the kernel…",
+        mode.name()
+    );
     let mut probes = Vec::new();
     let mut child_peak: Option<f64> = None;
     let mut last_report = Instant::now();
@@ -540,33 +653,49 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
         if let Some(kb) = child_rss_kb(agent) {
             child_peak = Some(child_peak.map_or(kb, |p: f64| p.max(kb)));
         }
-        let (text, took) = ipt_list("nat", "SLUICE-SERVICES");
-        probes.push(took.as_secs_f64() * 1e3);
-        let d = dispatch(&text);
-        let mut seen: Vec<usize> = d.iter().map(|(i, _)| *i).filter(|&i| i < n).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() >= n {
+        let (d, seen) = if mode == Mode::Iptables {
+            let (text, took) = ipt_list("nat", "SLUICE-SERVICES");
+            probes.push(took.as_secs_f64() * 1e3);
+            let d = dispatch(&text);
+            let mut seen: Vec<usize> = d.iter().map(|(i, _)| *i).filter(|&i| i < n).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            (d, seen.len())
+        } else {
+            let (done, took) = programmed_now(&mut sock, n - 1);
+            probes.push(took.as_secs_f64() * 1e3);
+            (Vec::new(), if done { n } else { 0 })
+        };
+        if seen >= n {
             break (d, t_start.elapsed());
         }
         if t_start.elapsed() > ctx.sync_timeout {
             bail!(
-                "timed out after {:?}: {} of {n} services in SLUICE-SERVICES",
+                "timed out after {:?}: {seen} of {n} services in the kernel",
                 ctx.sync_timeout,
-                seen.len()
             );
         }
         if last_report.elapsed() > Duration::from_secs(15) {
             eprintln!(
-                "[{n}]   {:.0} s: {} of {n} services programmed",
+                "[{n}]   {:.0} s: {seen} of {n} services programmed",
                 t_start.elapsed().as_secs_f64(),
-                seen.len()
             );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let programmed_s = programmed.as_secs_f64();
+    if mode == Mode::Nftables {
+        // One transaction wrote them all; check that it did.
+        let (text, _) = nft(&["list", "map", "ip", "sluice", "service-ips"]);
+        let missing = vip
+            .iter()
+            .filter(|v| !text.contains(&format!("{v} . tcp . 80 : goto pick-tcp-")))
+            .count();
+        if missing > 0 {
+            bail!("{missing} of {n} services missing from service-ips after the first sync");
+        }
+    }
     eprintln!("[{n}] first full sync: all {n} services in the kernel {programmed_s:.3} s after agent start");
     let mut chain_of = vec![String::new(); n];
     for (i, c) in svc_chains {
@@ -622,17 +751,32 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             .await
             .with_context(|| format!("updating {name}-1"))?;
         let t0 = Instant::now();
-        let needle = format!("-> {new_ip}:{TARGET_PORT}\"");
-        let old_needle = format!("-> {old_ip}:{TARGET_PORT}\"");
+        let (needle, old_needle) = match mode {
+            Mode::Iptables => (
+                format!("-> {new_ip}:{TARGET_PORT}\""),
+                format!("-> {old_ip}:{TARGET_PORT}\""),
+            ),
+            Mode::Nftables => (
+                format!("{new_ip}:{TARGET_PORT}\n"),
+                format!("{old_ip}:{TARGET_PORT}\n"),
+            ),
+        };
         let (text, seen) = loop {
-            let (text, took) = ipt_list("nat", &chain);
+            let (text, took) = match mode {
+                Mode::Iptables => ipt_list("nat", &chain),
+                Mode::Nftables => {
+                    let (eps, took) = nft_slots(&mut sock, vip4[i], ctx.eps);
+                    let text: String = eps.iter().map(|a| format!("{a}\n")).collect();
+                    (text, took)
+                }
+            };
             change_probe_ms.push(took.as_secs_f64() * 1e3);
             if text.contains(&needle) {
                 break (text, t0.elapsed());
             }
             if t0.elapsed() > ctx.change_timeout {
                 bail!(
-                    "change {k}: {new_ip} not in {chain} after {:?}",
+                    "change {k}: {new_ip} not programmed for {name} after {:?}",
                     ctx.change_timeout
                 );
             }
@@ -646,11 +790,17 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
         lat_ms.push(ms);
         let old_gone = !text.contains(&old_needle);
         old_gone_same_read += usize::from(old_gone);
-        // The rule naming the new endpoint DNATs to it.
-        let dnat = text
-            .lines()
-            .find(|l| l.contains(&needle))
-            .is_some_and(|l| l.contains(&format!("--to-destination {new_ip}:{TARGET_PORT}")));
+        // The rule naming the new endpoint DNATs to it (nftables: the service's verdict picks
+        // among its slots).
+        let dnat = match mode {
+            Mode::Iptables => text
+                .lines()
+                .find(|l| l.contains(&needle))
+                .is_some_and(|l| l.contains(&format!("--to-destination {new_ip}:{TARGET_PORT}"))),
+            // Every slot holds an endpoint and the front end dispatches (its chain is checked
+            // once below).
+            Mode::Nftables => text.lines().count() == ctx.eps && programmed_now(&mut sock, i).0,
+        };
         verified += usize::from(dnat);
         eprintln!(
             "[{n}] change {}/{}: {name} endpoint {old_ip} → {new_ip}: {ms:.1} ms (DNAT: {dnat})",
@@ -662,6 +812,21 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "ms": r3(ms), "dnat_verified": dnat, "old_endpoint_gone_in_same_read": old_gone,
         }));
     }
+    let pick_chain = (mode == Mode::Nftables).then(|| {
+        nft(&[
+            "list",
+            "chain",
+            "ip",
+            "sluice",
+            &format!("pick-tcp-{}", ctx.eps),
+        ])
+        .0
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("dnat"))
+        .unwrap_or_default()
+        .to_string()
+    });
     let rss_after = status_kb(agent, "VmRSS:");
     let hwm_after = status_kb(agent, "VmHWM:");
     let load_after = crate::loadavg();
@@ -683,7 +848,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             .collect()
     };
 
-    let bd = if ctx.breakdown {
+    let bd = if ctx.breakdown && mode == Mode::Iptables {
         eprintln!("[{n}] breakdown: pausing the agent, timing iptables-save and a replay of the nat chains…");
         match breakdown(&ctx, agent) {
             Ok(v) => {
@@ -723,7 +888,10 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "agent_reported_sync_took_s": first_took,
             "agent_reported_note": "the agent's own \"proxy sync\" took= of its first full sync; its timer starts before it takes the proxier lock, which the informers hold while the initial lists are applied",
             "lab_agent_restart_command_s": r3(restart_cmd_s),
-            "probe": "iptables -w -t nat -S SLUICE-SERVICES in the node netns every ~20 ms until it jumps to a SLUICE-SVC- chain for every service",
+            "probe": match mode {
+                Mode::Iptables => "iptables -w -t nat -S SLUICE-SERVICES in the node netns every ~20 ms until it jumps to a SLUICE-SVC- chain for every service",
+                Mode::Nftables => "netlink NFT_MSG_GETSETELEM of <last service's cluster IP> . tcp . 80 in service-ips in the node netns every ~20 ms until it exists (one transaction writes every service; all are then checked with nft list map service-ips)",
+            },
             "probe_ms": stats_ms(&probes),
             "iptables_child_peak_rss_mb_sampled": mb(child_peak),
         },
@@ -742,13 +910,17 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "spacing_s": ctx.spacing.as_secs_f64(),
             "budget_s": ctx.change_budget.as_secs_f64(),
             "t0": "the EndpointSlice PUT's response reaching the bench",
-            "probe": "iptables -w -t nat -S <the service's SLUICE-SVC- chain> back to back (after 200 ms: every ~10 ms) until a rule names the new endpoint, which is checked to DNAT to it",
+            "probe": match mode {
+                Mode::Iptables => "iptables -w -t nat -S <the service's SLUICE-SVC- chain> back to back (after 200 ms: every ~10 ms) until a rule names the new endpoint, which is checked to DNAT to it",
+                Mode::Nftables => "netlink NFT_MSG_GETSETELEM of <cluster IP> . 80 . 0 … E-1 in endpoints-tcp back to back (after 200 ms: every ~10 ms) until a slot holds the new endpoint (nft get element loads the whole table first: ~1.3 s at 50,000 slots); dnat_verified: all E slots filled and the front end in service-ips; pick_chain: the rule of pick-tcp-E",
+            },
             "ms": stats_ms(&lat_ms),
             "target_ms": 50.0,
             "p90_met": p90 <= 50.0,
             "max_met": max <= 50.0,
             "probe_ms": stats_ms(&change_probe_ms),
             "dnat_verified": verified,
+            "pick_chain": pick_chain,
             "old_endpoint_gone_in_same_read": old_gone_same_read,
             "rounds": rounds,
         },
@@ -792,6 +964,7 @@ fn run_one(target: &Path, n: usize, o: &Opts) -> anyhow::Result<Value> {
         .context("n1 netns")?
         .to_string();
     let ctx = Ctx {
+        mode: o.mode,
         n,
         eps: o.endpoints,
         changes: o.changes,
@@ -850,25 +1023,34 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             );
         }
     }
-    let iptables = Command::new(tool(""))
+    let (tool_name, tool_bin) = match o.mode {
+        Mode::Iptables => ("iptables", tool("")),
+        Mode::Nftables => ("nft", "nft".to_string()),
+    };
+    let tool_version = Command::new(&tool_bin)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .context("iptables not found")?;
+        .with_context(|| format!("{tool_bin} not found"))?;
+    let mode = o.mode.name();
+    let flags = match o.mode {
+        Mode::Iptables => format!("as sluice-lab runs it: --proxy-mode iptables --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults), --iptables-backend {} (SLUICE_BENCH_IPTABLES_BACKEND)", backend()),
+        Mode::Nftables => "as sluice-lab runs it: --proxy-mode nftables --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults)".to_string(),
+    };
     let mut runs = Vec::new();
     let mut result = json!({});
     for &n in &o.services {
         runs.push(run_one(&target, n, &o)?);
         result = json!({
             "benchmark": "scale",
-            "proxy_mode": "iptables",
-            "iptables_backend": backend(),
+            "proxy_mode": mode,
+            "iptables_backend": (o.mode == Mode::Iptables).then(backend),
             "kernel": crate::kernel(),
             "cores": crate::cores(),
-            "iptables": iptables,
+            tool_name: tool_version,
             "binaries_profile": target.file_name().map(|p| p.to_string_lossy().to_string()),
-            "agent_flags": format!("as sluice-lab runs it: --proxy-mode iptables --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults), --iptables-backend {} (SLUICE_BENCH_IPTABLES_BACKEND)", backend()),
-            "method": "per N a fresh 1-node sluice-lab (proxy mode none); N selector-less ClusterIP services + one EndpointSlice each created first; then the agent is restarted in iptables mode and the kernel (iptables -S in the node netns) is polled; see bench/src/scale.rs",
+            "agent_flags": flags,
+            "method": format!("per N a fresh 1-node sluice-lab (proxy mode none); N selector-less ClusterIP services + one EndpointSlice each created first; then the agent is restarted in {mode} mode and the kernel ({tool_name} in the node netns) is polled; see bench/src/scale.rs"),
             "targets": {"full_sync_10000_s": 3.0, "endpoint_change_ms": 50.0, "agent_rss_10000_mb": 64.0},
             "runs": runs,
         });
