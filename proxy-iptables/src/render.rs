@@ -543,18 +543,14 @@ fn incremental(
     changes: &Changes,
     mut state: RenderState,
 ) -> RenderedParts {
-    // Changed service ports still present (or unknown to the state), then removed ones.
-    let mut touched: Vec<&ServicePortName> = services
-        .keys()
-        .filter(|k| changes.services.contains(&k.service()) || !state.ports.contains_key(*k))
-        .collect();
-    let removed: Vec<ServicePortName> = state
-        .ports
-        .keys()
+    // Changed service ports still present (a port the state lacks belongs to a service added
+    // since the last render, so to a changed one), then removed ones.
+    let touched: Vec<&ServicePortName> = changes.changed_ports(services).collect();
+    let removed: Vec<ServicePortName> = changes
+        .changed_ports(&state.ports)
         .filter(|k| !services.contains_key(*k))
         .cloned()
         .collect();
-    touched.sort();
     let mut dirty = [false; 5];
     let mut decls = String::new();
     let mut rules = String::new();

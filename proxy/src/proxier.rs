@@ -85,6 +85,28 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// The keys in `ports` (a [`ServicePortMap`], or a mode's state keyed the same way) of
+    /// the changed services, in order: a range lookup per changed service, so a partial sync's
+    /// cost does not grow with the number of services.
+    pub fn changed_ports<'a, V>(
+        &'a self,
+        ports: &'a BTreeMap<ServicePortName, V>,
+    ) -> impl Iterator<Item = &'a ServicePortName> + 'a {
+        self.services.iter().flat_map(move |svc| {
+            // The least port name of the service: "" and TCP sort first.
+            let from = ServicePortName::new(
+                svc.namespace.clone(),
+                svc.name.clone(),
+                "",
+                crate::model::Protocol::Tcp,
+            );
+            ports
+                .range(from..)
+                .map(|(k, _)| k)
+                .take_while(move |k| k.namespace == svc.namespace && k.name == svc.name)
+        })
+    }
+
     /// Nothing to do for a partial sync.
     fn is_empty(&self) -> bool {
         self.services.is_empty()

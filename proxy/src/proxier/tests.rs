@@ -357,3 +357,32 @@ fn failed_full_sync_does_not_count_as_full() {
     );
     assert!(p.last_full_sync().unwrap() >= full_at + HOUR + Duration::from_secs(1));
 }
+
+#[test]
+fn changed_ports_are_exactly_the_changed_services_ports() {
+    use crate::model::{Protocol, ServicePort, ServicePortName};
+    let mut map = ServicePortMap::new();
+    for (ns, name, port, p) in [
+        ("ns", "a", "", Protocol::Udp),
+        ("ns", "a", "http", Protocol::Tcp),
+        ("ns", "a", "http", Protocol::Sctp),
+        ("ns", "ab", "", Protocol::Tcp),
+        ("ns", "b", "x", Protocol::Tcp),
+        ("ns2", "a", "", Protocol::Tcp),
+    ] {
+        map.insert(
+            ServicePortName::new(ns, name, port, p),
+            Arc::new(ServicePort::cluster_ip("10.96.0.1".parse().unwrap(), 80, p)),
+        );
+    }
+    let changes = Changes {
+        services: [
+            NamespacedName::new("ns", "a"),
+            NamespacedName::new("ns", "gone"),
+        ]
+        .into(),
+        ..Changes::default()
+    };
+    let got: Vec<String> = changes.changed_ports(&map).map(|k| k.to_string()).collect();
+    assert_eq!(got, ["ns/a:/UDP", "ns/a:http/TCP", "ns/a:http/SCTP"]);
+}
