@@ -566,15 +566,9 @@ fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, 
         r
     };
     let check = vec![
-        format!(
-            "ct state new {fe} vmap @{}",
-            Coll::NoEndpointServices.name()
-        ),
-        format!(
-            "ct state new {node_addr} {np} vmap @{}",
-            Coll::NoEndpointNodeports.name()
-        ),
-        format!("ct state new {fe} @{} drop", Coll::FirewallIps.name()),
+        format!("{fe} vmap @{}", Coll::NoEndpointServices.name()),
+        format!("{node_addr} {np} vmap @{}", Coll::NoEndpointNodeports.name()),
+        format!("{fe} @{} drop", Coll::FirewallIps.name()),
     ];
     vec![
         (
@@ -592,21 +586,22 @@ fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, 
             Some("type nat hook postrouting priority 100 ; policy accept ;"),
             vec!["jump masquerading".into()],
         ),
-        // Priority -10: after DNAT (-100), before the usual filter chains (0).
+        // Priority -10: after DNAT (-100), before the usual filter chains (0). Only new
+        // connections are checked: every other packet costs one conntrack-state match.
         (
             "filter-input",
             Some("type filter hook input priority -10 ; policy accept ;"),
-            vec!["jump endpoints-check".into()],
+            vec!["ct state new jump endpoints-check".into()],
         ),
         (
             "filter-forward",
             Some("type filter hook forward priority -10 ; policy accept ;"),
-            vec!["jump endpoints-check".into()],
+            vec!["ct state new jump endpoints-check".into()],
         ),
         (
             "filter-output",
             Some("type filter hook output priority -10 ; policy accept ;"),
-            vec!["jump endpoints-check".into()],
+            vec!["ct state new jump endpoints-check".into()],
         ),
         ("services", None, services),
         (
