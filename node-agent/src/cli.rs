@@ -72,7 +72,8 @@ pub struct Cli {
     /// global IPv4 address in the agent's network namespace.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Service proxy mode: `none` (no Service proxying), `userspace` or `iptables`; the others come later.
+    /// Service proxy mode: `none` (no Service proxying), `userspace`, `iptables` or `nftables`;
+    /// `ipvs` and `ebpf` come later.
     #[arg(long, value_enum, default_value_t = ProxyMode::None)]
     pub proxy_mode: ProxyMode,
     /// Directory the CNI network configuration (10-sluice.conflist) is written to.

@@ -6,8 +6,8 @@
 //! sync by a Node watcher, and masquerade of pod traffic leaving the cluster CIDR (on the
 //! `--iptables-backend` the proxy uses too). Service proxying ([`proxy`]): watchers on Services,
 //! EndpointSlices and this Node feed a `sluice_proxy::proxier::Proxier` whose dataplane is the
-//! `--proxy-mode` (`userspace`: sluice-proxy-userspace, `iptables`: sluice-proxy-iptables);
-//! starting in one mode removes the others' rules. Running pods through CRI comes later.
+//! `--proxy-mode` (`userspace`: sluice-proxy-userspace, `iptables`: sluice-proxy-iptables,
+//! `nftables`: sluice-proxy-nftables); starting in one mode removes the others' rules. Running pods through CRI comes later.
 //!
 //! Observability: `/healthz` + `/livez` and `/metrics` servers ([`health`]), HealthCheckNodePort
 //! listeners ([`healthcheck`]), and `sluice-agent debug dump` ([`debug`]).

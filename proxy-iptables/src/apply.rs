@@ -278,18 +278,6 @@ pub fn insert_jumps_text(jumps: &[&BaseJump]) -> String {
     out
 }
 
-/// A sync whose restore text is at least this large returns freed heap to the kernel.
-const TRIM_AFTER_BYTES: usize = 1 << 20;
-
-/// Returns free heap memory to the kernel (glibc's `malloc_trim`; a no-op elsewhere).
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// `save -t table`, keeping the Sluice chain names declared in its output.
 fn read_save_chains(
     save: &Path,
@@ -452,12 +440,12 @@ impl Dataplane for IptablesDataplane {
             incremental = rendered.incremental,
             "iptables-restore"
         );
-        let large = bytes >= TRIM_AFTER_BYTES;
+        let large = bytes >= sluice_proxy::heap::TRIM_AFTER_BYTES;
         self.state = Some(rendered.state);
         if large {
             // The render's text (tens of MB at 10,000 services) is freed now; glibc would keep
             // most of that heap.
-            trim_heap();
+            sluice_proxy::heap::trim();
         }
         // Only now do the rules send new UDP flows to the right endpoints; flows pinned to the
         // old ones by conntrack must go.

@@ -52,37 +52,7 @@ pub(crate) fn restore_words<S: AsRef<str>>(words: &[S]) -> String {
     quoted.join(" ")
 }
 
-/// Default masquerade mark (kube-proxy's `0x4000`, bit 14).
-pub const DEFAULT_MASQUERADE_MARK: u32 = 0x4000;
-
-/// Node-level inputs of the render.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderConfig {
-    /// This node's name (decides which endpoints are local).
-    pub node_name: String,
-    /// IP family of this proxier (`iptables` = V4, `ip6tables` = V6); other addresses are skipped.
-    pub family: IpFamily,
-    /// Addresses NodePorts are served on; empty = every local address (`--dst-type LOCAL`).
-    pub node_ips: Vec<IpAddr>,
-    /// Pod CIDR: traffic to a ClusterIP from outside it is masqueraded, and pod traffic to an
-    /// `externalTrafficPolicy: Local` service's external IPs is short-circuited. `None` = neither.
-    pub cluster_cidr: Option<IpNet>,
-    /// Masquerade mark bit(s).
-    pub masquerade_mark: u32,
-}
-
-impl RenderConfig {
-    /// IPv4 config for `node_name` with the default mark, no node IPs and no cluster CIDR.
-    pub fn new(node_name: impl Into<String>) -> Self {
-        Self {
-            node_name: node_name.into(),
-            family: IpFamily::V4,
-            node_ips: Vec::new(),
-            cluster_cidr: None,
-            masquerade_mark: DEFAULT_MASQUERADE_MARK,
-        }
-    }
-}
+pub use sluice_proxy::model::{RenderConfig, DEFAULT_MASQUERADE_MARK};
 
 /// Sluice chains currently present in the kernel (input for stale-chain deletion and for
 /// deciding whether an unchanged service's chains exist in a partial render).

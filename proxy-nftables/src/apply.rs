@@ -92,19 +92,6 @@ fn family_word(f: IpFamily) -> &'static str {
     }
 }
 
-/// A sync whose script is at least this large returns freed heap to the kernel.
-const TRIM_AFTER_BYTES: usize = 1 << 20;
-
-/// Returns free heap memory to the kernel (glibc's `malloc_trim`; a no-op elsewhere): a full
-/// sync's script and its temporaries are megabytes that glibc would otherwise keep.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The nftables mode's [`Dataplane`].
 pub struct NftablesDataplane {
     config: RenderConfig,
@@ -214,11 +201,11 @@ impl Dataplane for NftablesDataplane {
                 "nftables partial sync"
             );
         }
-        let big = rendered.text.len() >= TRIM_AFTER_BYTES;
+        let big = rendered.text.len() >= sluice_proxy::heap::TRIM_AFTER_BYTES;
         drop(rendered.text);
         self.state = Some(rendered.state);
         if big {
-            trim_heap();
+            sluice_proxy::heap::trim();
         }
         // Flows of UDP endpoints that went away (and rejects cached before a UDP service got
         // endpoints) stay NATed by conntrack until deleted.

@@ -49,40 +49,11 @@ use sluice_proxy::proxier::Changes;
 /// Name of Sluice's table (in the `ip` and `ip6` families).
 pub const TABLE: &str = "sluice";
 
-/// Default masquerade mark (kube-proxy's `0x4000`).
-pub const DEFAULT_MASQUERADE_MARK: u32 = 0x4000;
+pub use sluice_proxy::model::{RenderConfig, DEFAULT_MASQUERADE_MARK};
 
-/// Node-level inputs of the render.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderConfig {
-    /// This node's name (decides which endpoints are local).
-    pub node_name: String,
-    /// IP family of this proxier: table `ip sluice` or `ip6 sluice`; other addresses are skipped.
-    pub family: IpFamily,
-    /// Addresses NodePorts are served on; empty = every local address except loopback.
-    pub node_ips: Vec<IpAddr>,
-    /// Pod CIDR: cluster-IP traffic from outside it is masqueraded, and pod traffic to an
-    /// `externalTrafficPolicy: Local` front end is short-circuited. `None` = neither.
-    pub cluster_cidr: Option<IpNet>,
-    /// Masquerade mark bit(s).
-    pub masquerade_mark: u32,
-}
-
-impl RenderConfig {
-    /// IPv4 config for `node_name` with the default mark, no node IPs and no cluster CIDR.
-    pub fn new(node_name: impl Into<String>) -> Self {
-        Self {
-            node_name: node_name.into(),
-            family: IpFamily::V4,
-            node_ips: Vec::new(),
-            cluster_cidr: None,
-            masquerade_mark: DEFAULT_MASQUERADE_MARK,
-        }
-    }
-
-    fn fam(&self) -> Fam {
-        Fam(self.family)
-    }
+/// The family words of `cfg`.
+fn fam_of(cfg: &RenderConfig) -> Fam {
+    Fam(cfg.family)
 }
 
 /// Family-dependent words.
@@ -514,7 +485,7 @@ pub fn render(
 
 /// The fixed chains: name, base-chain declaration (if any), rules.
 fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, Vec<String>)> {
-    let f = cfg.fam();
+    let f = fam_of(cfg);
     let ip = f.ip();
     let mark = format!("{:#x}", cfg.masquerade_mark);
     let fe = format!("{ip} daddr . meta l4proto . th dport");
@@ -567,7 +538,10 @@ fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, 
     };
     let check = vec![
         format!("{fe} vmap @{}", Coll::NoEndpointServices.name()),
-        format!("{node_addr} {np} vmap @{}", Coll::NoEndpointNodeports.name()),
+        format!(
+            "{node_addr} {np} vmap @{}",
+            Coll::NoEndpointNodeports.name()
+        ),
         format!("{fe} @{} drop", Coll::FirewallIps.name()),
     ];
     vec![
@@ -639,7 +613,7 @@ fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, 
 
 /// `add <chain>` line prefix.
 fn obj(cfg: &RenderConfig, what: &str, name: &str) -> String {
-    format!("{what} {} {TABLE} {name}", cfg.fam().ip())
+    format!("{what} {} {TABLE} {name}", fam_of(cfg).ip())
 }
 
 fn write_elements(text: &mut String, cfg: &RenderConfig, verb: &str, coll: Coll, items: &[String]) {
@@ -692,10 +666,15 @@ fn full(
     }
     let fixed = fixed_chains(cfg);
     let mut text = String::new();
-    let _ = writeln!(text, "add table {} {TABLE}", cfg.fam().ip());
+    let _ = writeln!(text, "add table {} {TABLE}", fam_of(cfg).ip());
     for c in Coll::all() {
         let what = if c.is_map() { "add map" } else { "add set" };
-        let _ = writeln!(text, "{} {}", obj(cfg, what, &c.name()), c.decl(cfg.fam()));
+        let _ = writeln!(
+            text,
+            "{} {}",
+            obj(cfg, what, &c.name()),
+            c.decl(fam_of(cfg))
+        );
     }
     let own_sets: BTreeMap<&str, &str> = state
         .ports
@@ -762,7 +741,7 @@ fn full(
             text,
             "{} {}",
             obj(cfg, "add rule", &p.chain()),
-            p.rule(cfg.fam())
+            p.rule(fam_of(cfg))
         );
     }
     for (name, rules) in own_chains {
@@ -961,7 +940,7 @@ fn incremental(
             text,
             "{} {}",
             obj(cfg, "add rule", &p.chain()),
-            p.rule(cfg.fam())
+            p.rule(fam_of(cfg))
         );
     }
     for (name, rules) in &new_chains {
@@ -1074,7 +1053,7 @@ impl Builder<'_> {
         if self.frag.chains.iter().any(|(n, _)| *n == name) {
             return name;
         }
-        let f = self.cfg.fam();
+        let f = fam_of(self.cfg);
         let ip = f.ip();
         let p = proto(self.svc.protocol);
         let sets: Vec<String> = eps

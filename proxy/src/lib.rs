@@ -24,12 +24,14 @@
 //!   services that just got endpoints), for the NAT-based modes.
 //! * [`golden`] — golden-file checks shared by the modes' render tests; [`scenarios`] — the
 //!   service/endpoint maps those tests render.
+//! * [`heap`] — giving freed heap back after large syncs.
 //! * [`runner`] — bounded-frequency sync runner (min interval, max interval, coalescing, retry).
 //! * [`proxier`] — `Proxier<D: Dataplane>`: the one place that owns trackers, maps and sync policy.
 
 pub mod categorize;
 pub mod conntrack;
 pub mod golden;
+pub mod heap;
 pub mod metrics;
 pub mod model;
 pub mod proxier;

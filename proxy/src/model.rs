@@ -256,6 +256,38 @@ impl Endpoint {
     }
 }
 
+/// Default masquerade mark (kube-proxy's `0x4000`, bit 14).
+pub const DEFAULT_MASQUERADE_MARK: u32 = 0x4000;
+
+/// Node-level inputs of a NAT mode's render (iptables, nftables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderConfig {
+    /// This node's name (decides which endpoints are local).
+    pub node_name: String,
+    /// IP family of this proxier; other addresses are skipped.
+    pub family: IpFamily,
+    /// Addresses NodePorts are served on; empty = every local address.
+    pub node_ips: Vec<IpAddr>,
+    /// Pod CIDR: traffic to a ClusterIP from outside it is masqueraded, and pod traffic to an
+    /// `externalTrafficPolicy: Local` service's external IPs is short-circuited. `None` = neither.
+    pub cluster_cidr: Option<IpNet>,
+    /// Masquerade mark bit(s).
+    pub masquerade_mark: u32,
+}
+
+impl RenderConfig {
+    /// IPv4 config for `node_name` with the default mark, no node IPs and no cluster CIDR.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            family: IpFamily::V4,
+            node_ips: Vec::new(),
+            cluster_cidr: None,
+            masquerade_mark: DEFAULT_MASQUERADE_MARK,
+        }
+    }
+}
+
 /// All service ports, keyed and ordered by [`ServicePortName`].
 pub type ServicePortMap = BTreeMap<ServicePortName, Arc<ServicePort>>;
 

@@ -624,7 +624,7 @@ fn agent_cli_help_and_unimplemented_proxy_modes() {
     ] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
-    for mode in ["ipvs", "nftables", "ebpf"] {
+    for mode in ["ipvs", "ebpf"] {
         let o = run(Command::new(bin("sluice-agent")).args([
             "--kubeconfig",
             "/nonexistent",
