@@ -60,10 +60,12 @@ impl Tools {
         run(Command::new(&self.nft).args(args), NO_INPUT)
     }
 
-    /// Whether Sluice's table of `family` exists.
+    /// Whether Sluice's table of `family` exists (`nft list tables`: names only; listing the
+    /// table itself would load every element first, seconds at 10,000 services).
     pub fn has_table(&self, family: IpFamily) -> bool {
-        self.nft(&["list", "table", family_word(family), TABLE])
-            .is_ok()
+        let want = format!("table {} {TABLE}", family_word(family));
+        self.nft(&["list", "tables"])
+            .is_ok_and(|out| out.lines().any(|l| l.trim() == want))
     }
 
     /// `nft list table <family> sluice`, or `None` when there is no such table.
