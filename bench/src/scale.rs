@@ -170,11 +170,11 @@ fn slice(name: &str, ips: &[String]) -> anyhow::Result<EndpointSlice> {
     }))?)
 }
 
-/// `iptables -w -t TABLE -S CHAIN` (empty if the chain does not exist) and how long it took.
-fn ipt_list(table: &str, chain: &str) -> (String, Duration) {
+/// `program args…`'s stdout (empty on failure) and how long it took.
+fn timed_output(program: &str, args: &[&str]) -> (String, Duration) {
     let t = Instant::now();
-    let out = Command::new(tool(""))
-        .args(["-w", "-t", table, "-S", chain])
+    let out = Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output();
@@ -185,19 +185,14 @@ fn ipt_list(table: &str, chain: &str) -> (String, Duration) {
     (text, t.elapsed())
 }
 
+/// `iptables -w -t TABLE -S CHAIN` (empty if the chain does not exist) and how long it took.
+fn ipt_list(table: &str, chain: &str) -> (String, Duration) {
+    timed_output(&tool(""), &["-w", "-t", table, "-S", chain])
+}
+
 /// `nft ARGS` (empty output on failure) and how long it took.
 fn nft(args: &[&str]) -> (String, Duration) {
-    let t = Instant::now();
-    let out = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
-    let text = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => String::new(),
-    };
-    (text, t.elapsed())
+    timed_output("nft", args)
 }
 
 /// The endpoints in slots `0..eps` of front end `vip:80` (netlink; see [`crate::nftget`]) and

@@ -440,13 +440,10 @@ impl Dataplane for IptablesDataplane {
             incremental = rendered.incremental,
             "iptables-restore"
         );
-        let large = bytes >= sluice_proxy::heap::TRIM_AFTER_BYTES;
         self.state = Some(rendered.state);
-        if large {
-            // The render's text (tens of MB at 10,000 services) is freed now; glibc would keep
-            // most of that heap.
-            sluice_proxy::heap::trim();
-        }
+        // The render's text (tens of MB at 10,000 services) is freed now; glibc would keep
+        // most of that heap.
+        sluice_proxy::heap::trim_after(bytes);
         // Only now do the rules send new UDP flows to the right endpoints; flows pinned to the
         // old ones by conntrack must go.
         self.conntrack.clear(services, changes);

@@ -203,12 +203,10 @@ impl Dataplane for NftablesDataplane {
                 "nftables partial sync"
             );
         }
-        let big = rendered.text.len() >= sluice_proxy::heap::TRIM_AFTER_BYTES;
+        let bytes = rendered.text.len();
         drop(rendered.text);
         self.state = Some(rendered.state);
-        if big {
-            sluice_proxy::heap::trim();
-        }
+        sluice_proxy::heap::trim_after(bytes);
         // Flows of UDP endpoints that went away (and rejects cached before a UDP service got
         // endpoints) stay NATed by conntrack until deleted.
         self.conntrack.clear(services, changes);
