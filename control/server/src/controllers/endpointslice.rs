@@ -698,6 +698,13 @@ impl NsPods {
                         .flatten()
                         .collect::<BTreeSet<&String>>(),
                 ),
+                LabelReq::Equals(k, v) | LabelReq::DoubleEquals(k, v) => Some(
+                    self.by_label
+                        .get(&(k.clone(), v.clone()))
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                ),
                 _ => None,
             })
             .min_by_key(BTreeSet::len);
