@@ -17,6 +17,7 @@
 //! `endpointslices.rs`).
 
 mod cni_latency;
+mod conn_flood;
 mod endpointslices;
 mod nftget;
 mod pod_network;
@@ -109,6 +110,22 @@ enum Cmd {
         /// Seconds per netperf run.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Authenticated GET latency while thousands of connections without a token are held and
+    /// churned, and the server's memory per idle connection.
+    ConnFlood {
+        /// Attacker connection slots (each holds one silent TLS connection).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Seconds of the idle and of the flood measurement.
+        #[arg(long, default_value_t = 20)]
+        phase_secs: u64,
+        /// The server's --max-unauthenticated-connections (default: the server's own).
+        #[arg(long)]
+        max_unauthenticated: Option<usize>,
         /// Write the JSON result here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -569,6 +586,20 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 services,
                 eps: endpoints_per_service,
+                out,
+            })
+            .await
+        }
+        Cmd::ConnFlood {
+            connections,
+            phase_secs,
+            max_unauthenticated,
+            out,
+        } => {
+            conn_flood::run(conn_flood::Opts {
+                connections,
+                phase_secs,
+                max_unauthenticated,
                 out,
             })
             .await

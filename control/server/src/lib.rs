@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod controllers;
 pub mod fsutil;
 pub mod registry;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub watch_timeout: (u64, u64),
     /// Interval between BOOKMARK events.
     pub bookmark_interval: Duration,
+    /// Connection deadlines, body and in-flight limits.
+    pub limits: conn::Limits,
 }
 
 impl ServerConfig {
@@ -74,6 +77,7 @@ impl ServerConfig {
             store: StoreOptions::default(),
             watch_timeout: (1800, 3600),
             bookmark_interval: Duration::from_secs(60),
+            limits: conn::Limits::default(),
         }
     }
 }
@@ -112,7 +116,8 @@ pub struct Server {
     pub kubeconfig: PathBuf,
     /// The registry (for in-process use and tests).
     pub registry: Arc<Registry>,
-    handle: axum_server::Handle<SocketAddr>,
+    /// Connection counters of the API listener.
+    pub connections: Arc<conn::Tracker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -137,12 +142,13 @@ impl Server {
     /// Opens the store, prepares PKI and tokens, binds, and starts serving and the controllers.
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
         let io = |what: String| move |source| ServerError::Io { what, source };
-        std::fs::create_dir_all(&cfg.data_dir)
+        // The data dir holds the store, the CA key and the tokens: owner only.
+        fsutil::private_dir(&cfg.data_dir)
             .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(
-            &cfg.data_dir.join("store.redb"),
-            cfg.store.clone(),
-        )?);
+        let store_path = cfg.data_dir.join("store.redb");
+        fsutil::private_file(&store_path)
+            .map_err(io(format!("creating {}", store_path.display())))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&store_path, cfg.store.clone())?);
         let registry = Arc::new(Registry::new(store, cfg.registry.clone()));
         registry.bootstrap().await.map_err(ServerError::Bootstrap)?;
 
@@ -184,26 +190,26 @@ impl Server {
             ),
         )?;
 
-        let state = Arc::new(api::AppState {
-            registry: registry.clone(),
-            tokens: Arc::new(auth::Tokens::new(tokens_file)),
-            server_address: advertised,
-            watch_timeout: cfg.watch_timeout,
-            bookmark_interval: cfg.bookmark_interval,
-        });
+        let state = Arc::new(api::AppState::new(
+            registry.clone(),
+            Arc::new(auth::Tokens::new(tokens_file)),
+            advertised,
+            cfg.watch_timeout,
+            cfg.bookmark_interval,
+            cfg.limits.clone(),
+        ));
         let app = api::router(state);
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(io("listener".to_string()))?;
+        let connections = conn::Tracker::new(cfg.limits.max_unauthenticated_connections);
+        // Dropping the serve future (abort on shutdown) closes every connection it holds.
+        let mut tasks = vec![tokio::spawn(conn::serve(
             listener,
-            axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config),
-        )
-        .map_err(io("serving".to_string()))?
-        .handle(handle.clone());
-        let mut tasks = vec![tokio::spawn(async move {
-            if let Err(e) = server.serve(app.into_make_service()).await {
-                tracing::error!(error = %e, "API server stopped");
-            }
-        })];
+            pki.server_config,
+            app,
+            cfg.limits.clone(),
+            connections.clone(),
+        ))];
         tasks.extend(controllers::spawn_all(
             registry.clone(),
             cfg.controllers.clone(),
@@ -213,14 +219,13 @@ impl Server {
             addr,
             kubeconfig,
             registry,
-            handle,
+            connections,
             tasks,
         })
     }
 
     /// Stops serving and the controllers; waits until the store is closed.
     pub async fn shutdown(self) {
-        self.handle.shutdown();
         for t in &self.tasks {
             t.abort();
         }

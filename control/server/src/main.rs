@@ -87,6 +87,22 @@ struct ServeArgs {
     /// Events a watcher may fall behind before it is closed (it must then relist).
     #[arg(long, default_value_t = 4_096)]
     watch_buffer: usize,
+    /// Non-mutating requests in flight at once (watches excluded); more are answered 429.
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Mutating requests in flight at once; more are answered 429.
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
+    /// Seconds a request body may take to arrive (504 after).
+    #[arg(long, default_value_t = 60)]
+    request_timeout: u64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Connections that have not sent an authenticated request, at most; when full, the
+    /// oldest of them is closed to make room.
+    #[arg(long, default_value_t = 4_096)]
+    max_unauthenticated_connections: usize,
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -99,6 +115,10 @@ fn parse_range(s: &str) -> anyhow::Result<(u16, u16)> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    match sluice_control::conn::raise_file_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
     let mut cfg = ServerConfig::new(a.data_dir);
     cfg.listen = a.listen;
     cfg.advertise_address = a.advertise_address;
@@ -113,6 +133,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.controllers.max_endpoints_per_slice = a.max_endpoints_per_slice.max(1);
     cfg.store.history = a.watch_history;
     cfg.store.watch_buffer = a.watch_buffer;
+    cfg.limits.max_requests_inflight = a.max_requests_inflight.max(1);
+    cfg.limits.max_mutating_requests_inflight = a.max_mutating_requests_inflight.max(1);
+    cfg.limits.request_timeout = Duration::from_secs(a.request_timeout.max(1));
+    cfg.limits.max_request_body_bytes = a.max_request_bytes;
+    cfg.limits.max_unauthenticated_connections = a.max_unauthenticated_connections.max(1);
     let server = Server::start(cfg).await?;
     println!(
         "sluice-control serving on https://{}\nkubectl --kubeconfig {} get nodes",

@@ -28,6 +28,8 @@ pub struct Details {
     pub kind: Option<String>,
     /// `details.causes`.
     pub causes: Vec<Cause>,
+    /// `details.retryAfterSeconds`; also sent as the `Retry-After` header.
+    pub retry_after_seconds: Option<u32>,
 }
 
 /// An error answered to an API client.
@@ -193,6 +195,47 @@ impl ApiError {
         )
     }
 
+    /// 413 for a body over the limit, with the apiserver's wording.
+    pub fn entity_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
+    }
+
+    /// 429 when the in-flight limit is reached; the client retries after a second.
+    pub fn too_many_requests() -> Self {
+        let mut e = Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
+        e.details_mut().retry_after_seconds = Some(1);
+        e
+    }
+
+    /// 504 Timeout: the request did not complete in time (e.g. its body never arrived).
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
+
+    /// 504 for a resourceVersion the store has not reached after waiting, as the apiserver's
+    /// watch cache answers it (cause `ResourceVersionTooLarge`, retry after a second).
+    pub fn resource_version_too_large(requested: u64, current: u64) -> Self {
+        let mut e = Self::timeout(format!(
+            "Too large resource version: {requested}, current: {current}"
+        ));
+        let d = e.details_mut();
+        d.causes.push(Cause {
+            reason: "ResourceVersionTooLarge".into(),
+            message: "Too large resource version".into(),
+            field: String::new(),
+        });
+        d.retry_after_seconds = Some(1);
+        e
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
@@ -237,10 +280,19 @@ impl ApiError {
                     Value::Array(
                         det.causes
                             .iter()
-                            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                            .map(|c| {
+                                let mut o = json!({"reason": c.reason, "message": c.message});
+                                if !c.field.is_empty() {
+                                    o["field"] = json!(c.field);
+                                }
+                                o
+                            })
                             .collect(),
                     ),
                 );
+            }
+            if let Some(r) = det.retry_after_seconds {
+                d.insert("retryAfterSeconds".into(), json!(r));
             }
             v["details"] = Value::Object(d);
         }
@@ -259,12 +311,17 @@ fn kind_title(res: &Resource) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut r = (
             code,
             [(http::header::CONTENT_TYPE, "application/json")],
             self.to_status().to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.details.as_ref().and_then(|d| d.retry_after_seconds) {
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        r
     }
 }
 

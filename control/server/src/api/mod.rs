@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -25,6 +25,7 @@ use sluice_printers::IncludeObject;
 use sluice_store::Stored;
 
 use crate::auth::{self, Attributes, Tokens, User};
+use crate::conn::{ConnInfo, Limits};
 use crate::registry::{DeleteOptions, Part, PatchType, Registry};
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -43,6 +44,39 @@ pub struct AppState {
     pub watch_timeout: (u64, u64),
     /// Interval between BOOKMARK events for watchers that allow them.
     pub bookmark_interval: Duration,
+    /// Body size and read deadline, in-flight limits.
+    pub limits: Limits,
+    /// Permits for non-mutating requests in flight (`--max-requests-inflight`).
+    readonly_inflight: Arc<tokio::sync::Semaphore>,
+    /// Permits for mutating requests in flight (`--max-mutating-requests-inflight`).
+    mutating_inflight: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// The state of one API server.
+    pub fn new(
+        registry: Arc<Registry>,
+        tokens: Arc<Tokens>,
+        server_address: String,
+        watch_timeout: (u64, u64),
+        bookmark_interval: Duration,
+        limits: Limits,
+    ) -> Self {
+        AppState {
+            registry,
+            tokens,
+            server_address,
+            watch_timeout,
+            bookmark_interval,
+            readonly_inflight: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_requests_inflight.max(1),
+            )),
+            mutating_inflight: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_mutating_requests_inflight.max(1),
+            )),
+            limits,
+        }
+    }
 }
 
 /// The router.
@@ -52,8 +86,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/version", get(|| async { discovery::version() }))
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(handle)
-        .layer(DefaultBodyLimit::max(3 * 1024 * 1024))
         .with_state(state)
 }
 
@@ -200,15 +234,7 @@ fn include_object(q: &HashMap<String, String>) -> IncludeObject {
 /// sends none); YAML is accepted; protobuf is answered with 415, which makes client-go
 /// (kubectl ≥ 1.32 sends typed creates as protobuf) retry in JSON.
 fn parse_body(headers: &HeaderMap, verb: &str, body: &Bytes) -> ApiResult<Value> {
-    let ct = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = media_type(headers)?;
     let yaml = ct == "application/yaml";
     let ok = ct.is_empty()
         || ct == "application/json"
@@ -231,6 +257,99 @@ fn parse_body(headers: &HeaderMap, verb: &str, body: &Bytes) -> ApiResult<Value>
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
+/// The request's media type, lower-cased and without parameters; "" when there is no
+/// Content-Type. A header that is present but not `type/subtype` is refused (415), never
+/// taken for JSON.
+fn media_type(headers: &HeaderMap) -> ApiResult<String> {
+    let Some(h) = headers.get(http::header::CONTENT_TYPE) else {
+        return Ok(String::new());
+    };
+    let raw = h
+        .to_str()
+        .map_err(|_| ApiError::unsupported_media("<not ASCII>"))?;
+    let ct = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    match ct.split_once('/') {
+        Some((ty, sub)) if token(ty) && token(sub) => Ok(ct),
+        _ => Err(ApiError::unsupported_media(raw)),
+    }
+}
+
+/// Reads a request body: at most `max_request_body_bytes` (413 beyond, before reading
+/// anything when Content-Length says so) within `request_timeout` (504 otherwise: a client that
+/// announces a body and never sends it must not hold the request forever).
+async fn read_body(limits: &Limits, headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
+    let max = limits.max_request_body_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::entity_too_large(max));
+    }
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(limits.request_timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::timeout(
+            "Timeout: request did not complete within the allotted timeout (reading the request body)",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::entity_too_large(max))
+        }
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "error reading the request body: {e}"
+        ))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// An integer query parameter; a value that is not one is a 400, as on the apiserver.
+fn int_param(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    match q.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid value for {name}: {v:?}: must be a non-negative integer"
+            ))
+        }),
+    }
+}
+
+/// How long a request for a resourceVersion the store has not reached waits for it before
+/// the 504 (the apiserver's watch cache waits 3 s).
+const FUTURE_RV_WAIT: Duration = Duration::from_secs(3);
+
+/// `resourceVersion` of a get, list or watch: unset, or a revision the store has reached (a
+/// newer one is waited for, briefly, then refused with `ResourceVersionTooLarge`).
+async fn requested_revision(reg: &Registry, q: &HashMap<String, String>) -> ApiResult<Option<u64>> {
+    let Some(rv) = q.get("resourceVersion").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let rv: u64 = rv.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid resourceVersion {rv:?}: must be an unsigned integer"
+        ))
+    })?;
+    let store = reg.store();
+    let deadline = tokio::time::Instant::now() + FUTURE_RV_WAIT;
+    while store.revision() < rv {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::resource_version_too_large(rv, store.revision()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Some(rv))
+}
+
 fn selectors(
     res: &Resource,
     q: &HashMap<String, String>,
@@ -246,27 +365,67 @@ fn selectors(
 }
 
 /// Every request that is not a fixed route.
-async fn handle(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match handle_inner(&state, method, &uri, &headers, body).await {
+async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let conn = parts.extensions.get::<ConnInfo>().cloned();
+    let user = match authenticate(&state, &parts.headers) {
+        Ok(u) => u,
+        Err(e) => {
+            // A connection whose first words are a bad token is not kept for more.
+            if let Some(c) = conn.filter(|c| !c.is_authenticated()) {
+                c.close();
+            }
+            return e.into_response();
+        }
+    };
+    if let Some(c) = &conn {
+        c.authenticated();
+    }
+    match handle_inner(
+        &state,
+        &user,
+        parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
+/// Takes an in-flight permit for a request that is not long-running, or answers 429.
+/// `system:masters` is exempt, as on the apiserver, so an administrator can always get in.
+fn inflight_permit(
+    state: &AppState,
+    user: &User,
+    mutating: bool,
+) -> ApiResult<Option<tokio::sync::OwnedSemaphorePermit>> {
+    if user.is_admin() {
+        return Ok(None);
+    }
+    let sem = if mutating {
+        &state.mutating_inflight
+    } else {
+        &state.readonly_inflight
+    };
+    sem.clone()
+        .try_acquire_owned()
+        .map(Some)
+        .map_err(|_| ApiError::too_many_requests())
+}
+
 async fn handle_inner(
     state: &Arc<AppState>,
+    user: &User,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
-    let user = authenticate(state, headers)?;
+    let user = user.clone();
     let route = parse_path(uri.path(), &state.server_address)?;
     let t = match route {
         Route::Discovery(r) => {
@@ -296,6 +455,21 @@ async fn handle_inner(
         (&Method::DELETE, Some(_), _) => "delete",
         (&Method::DELETE, None, _) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
+    };
+
+    // Watches are long-running and not counted, as on the apiserver.
+    let _permit = if verb == "watch" {
+        None
+    } else {
+        inflight_permit(state, &user, method != Method::GET)?
+    };
+    let body = if matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    ) {
+        read_body(&state.limits, headers, body).await?
+    } else {
+        Bytes::new()
     };
 
     // Authorization attributes: the name for create comes from the body.
@@ -344,6 +518,8 @@ async fn handle_inner(
     match verb {
         "watch" => {
             let (l, f) = selectors(res, &q)?;
+            int_param(&q, "timeoutSeconds")?;
+            requested_revision(reg, &q).await?;
             watch::serve(
                 state.clone(),
                 res,
@@ -356,9 +532,12 @@ async fn handle_inner(
         }
         "list" => {
             let (l, f) = selectors(res, &q)?;
+            int_param(&q, "limit")?;
+            requested_revision(reg, &q).await?;
             list(reg, res, ns, &l, &f, &q, table)
         }
         "get" => {
+            requested_revision(reg, &q).await?;
             let name = t.name.as_deref().unwrap_or_default();
             match t.sub.as_deref() {
                 Some("scale") => Ok(json_value(

@@ -250,6 +250,27 @@ impl Registry {
                 "the body of the request is not a JSON object",
             ));
         };
+        // Type meta and metadata of the wrong JSON type are decode errors (400), as Go's
+        // decoder reports them, not something to fill in and then fail validation on.
+        for (field, want) in [("kind", "string"), ("apiVersion", "string")] {
+            if let Some(v) = map.get(field).filter(|v| !v.is_string() && !v.is_null()) {
+                return Err(ApiError::bad_request(format!(
+                    "couldn't get version/kind; json parse error: json: cannot unmarshal {} into Go struct field .{field} of type {want}",
+                    json_type(v)
+                )));
+            }
+        }
+        if let Some(m) = map
+            .get("metadata")
+            .filter(|m| !m.is_object() && !m.is_null())
+        {
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: json: cannot unmarshal {} into Go struct field {kind}.metadata of type v1.ObjectMeta",
+                json_type(m),
+                kind = res.kind,
+                version = res.version,
+            )));
+        }
         match map.get("kind").and_then(|k| k.as_str()) {
             None | Some("") => {
                 map.insert("kind".into(), json!(res.kind));
@@ -874,3 +895,15 @@ pub fn matches(res: &Resource, s: &Stored, labels: &LabelSelector, fields: &Fiel
 
 #[cfg(test)]
 mod tests;
+
+/// Go's name for a JSON value's type, as its decoder's errors say it.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
