@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+mod common;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Map, Value};
@@ -385,34 +387,13 @@ mod http_bodies {
         ct: &str,
         body: &[u8],
     ) -> (u16, Vec<u8>) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "connection closed without a response");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map(|v| v.trim().parse().unwrap())
-                    .expect("content-length");
-                while buf.len() < end + 4 + len {
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0);
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-                return (code, buf[end + 4..end + 4 + len].to_vec());
-            }
-        }
+        let auth = format!("Authorization: Bearer {token}");
+        let ct = format!("Content-Type: {ct}");
+        common::send(stream, method, path, &[&auth, &ct], body).await;
+        let r = common::read_resp(stream)
+            .await
+            .expect("connection closed without a response");
+        (r.code, r.body)
     }
 
     fn body() -> impl Strategy<Value = Vec<u8>> {
@@ -432,33 +413,12 @@ mod http_bodies {
     fn any_body_gets_a_success_or_a_4xx_status() {
         let f = Fixture::new();
         let server = f.server.as_ref().unwrap();
-        let token = std::fs::read_to_string(&server.kubeconfig)
-            .unwrap()
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("token:")
-                    .map(|t| t.trim().to_string())
-            })
-            .unwrap();
-        let ca = std::fs::read(server.kubeconfig.with_file_name("ca.crt")).unwrap();
+        let token = common::token_of(&std::fs::read_to_string(&server.kubeconfig).unwrap());
+        let connector = common::connector(&server.kubeconfig.with_file_name("ca.crt"));
         let addr = server.addr;
         let stream = f.rt.block_on(async {
-            use rustls::pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            connector
                 .connect(
                     rustls::pki_types::ServerName::try_from("localhost").unwrap(),
                     tcp,

@@ -8,35 +8,14 @@
 //! Each test starts its own `sluice-control` in-process on 127.0.0.1:0 with short deadlines.
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use serde_json::Value;
 use sluice_control::conn::Limits;
-use sluice_control::{Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
+use tokio::io::AsyncWriteExt;
 
-struct Fixture {
-    server: Server,
-    _dir: tempfile::TempDir,
-    data: std::path::PathBuf,
-    connector: TlsConnector,
-    admin: String,
-}
+mod common;
 
-fn token_of(kubeconfig: &str) -> String {
-    kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token:"))
-        .expect("token in kubeconfig")
-        .trim()
-        .to_string()
-}
+use common::*;
 
 /// Limits short enough for tests.
 fn quick() -> Limits {
@@ -50,203 +29,6 @@ fn quick() -> Limits {
         max_request_body_bytes: 64 * 1024,
         ..Limits::default()
     }
-}
-
-async fn start(limits: Limits) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut cfg = ServerConfig::new(data.clone());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.limits = limits;
-    let server = Server::start(cfg).await.unwrap();
-    let admin = token_of(&std::fs::read_to_string(&server.kubeconfig).unwrap());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(data.join("ca.crt")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Fixture {
-        server,
-        _dir: dir,
-        data,
-        connector: TlsConnector::from(Arc::new(tls)),
-        admin,
-    }
-}
-
-/// A parsed HTTP/1.1 response.
-#[derive(Debug)]
-struct Resp {
-    code: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: not JSON: {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-
-    /// Asserts a `Status` with this code and reason.
-    fn status(&self, code: u16, reason: &str) -> Value {
-        assert_eq!(self.code, code, "{}", String::from_utf8_lossy(&self.body));
-        assert_eq!(
-            self.header("content-type").as_deref(),
-            Some("application/json")
-        );
-        let v = self.json();
-        assert_eq!(v["kind"], "Status", "{v}");
-        assert_eq!(v["code"], code, "{v}");
-        assert_eq!(v["reason"], reason, "{v}");
-        v
-    }
-}
-
-impl Fixture {
-    async fn tcp(&self) -> TcpStream {
-        TcpStream::connect(self.server.addr).await.unwrap()
-    }
-
-    async fn tls(&self) -> TlsStream<TcpStream> {
-        let tcp = self.tcp().await;
-        self.connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap()
-    }
-
-    /// One request on a fresh connection; `extra` are header lines (without CRLF).
-    async fn req(&self, method: &str, path: &str, extra: &[&str], body: &[u8]) -> Resp {
-        let mut s = self.tls().await;
-        send(&mut s, method, path, extra, body).await;
-        read_resp(&mut s).await.expect("a response")
-    }
-
-    /// A request as the administrator.
-    async fn admin(&self, method: &str, path: &str, ct: Option<&str>, body: &[u8]) -> Resp {
-        let auth = format!("Authorization: Bearer {}", self.admin);
-        let ctl = ct.map(|c| format!("Content-Type: {c}"));
-        let mut h = vec![auth.as_str()];
-        h.extend(ctl.as_deref());
-        self.req(method, path, &h, body).await
-    }
-}
-
-async fn send<S: AsyncWriteExt + Unpin>(
-    s: &mut S,
-    method: &str,
-    path: &str,
-    extra: &[&str],
-    body: &[u8],
-) {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in extra {
-        head.push_str(h);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    s.flush().await.unwrap();
-}
-
-/// Reads one response (Content-Length or chunked body); None on EOF before a status line.
-async fn read_resp<S: AsyncReadExt + Unpin>(s: &mut S) -> Option<Resp> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut rest = buf[end + 4..].to_vec();
-    let mut r = Resp {
-        code,
-        head,
-        body: Vec::new(),
-    };
-    if let Some(n) = r.header("content-length") {
-        let n: usize = n.parse().unwrap();
-        while rest.len() < n {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(k) => rest.extend_from_slice(&chunk[..k]),
-            }
-        }
-        rest.truncate(n);
-        r.body = rest;
-    } else if r.header("transfer-encoding").as_deref() == Some("chunked") {
-        // Enough for the tests: read until the terminating chunk.
-        while !rest.ends_with(b"0\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(k) => rest.extend_from_slice(&chunk[..k]),
-            }
-        }
-        r.body = dechunk(&rest);
-    }
-    Some(r)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[i + 2..i + 2 + n]);
-        b = &b[i + 2 + n + 2..];
-    }
-    out
-}
-
-/// Waits until the peer closes the connection; returns how long that took (None: still
-/// open at `within`).
-async fn closed_within<S: AsyncReadExt + Unpin>(s: &mut S, within: Duration) -> Option<Duration> {
-    let t0 = Instant::now();
-    let mut b = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(within.saturating_sub(t0.elapsed()), s.read(&mut b)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// An authenticated GET answered, and how long it took.
-async fn timed_get(f: &Fixture) -> Duration {
-    let t0 = Instant::now();
-    let r = f
-        .admin("GET", "/api/v1/namespaces/default", None, b"")
-        .await;
-    assert_eq!(r.code, 200);
-    t0.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,5 +385,99 @@ async fn the_data_directory_is_private() {
     ] {
         assert_eq!(mode(&f.data.join(file)), 0o600, "{file}");
     }
+    f.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_selectors_are_400_on_every_verb_and_delete_nothing() {
+    let f = start(quick()).await;
+    for name in ["web", "api"] {
+        let body = format!(
+            r#"{{"metadata":{{"name":"{name}","labels":{{"app":"{name}"}}}},"spec":{{"ports":[{{"port":80}}]}}}}"#
+        );
+        let r = f
+            .admin(
+                "POST",
+                "/api/v1/namespaces/default/services",
+                Some("application/json"),
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.code, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let bad_labels = [
+        "!app=web",
+        "app=web,",
+        "a b c",
+        "x in (a",
+        "x in a",
+        "=foo",
+        "app==web==x",
+        "app=we b",
+        "k!",
+        "x>y",
+        "-bad=1",
+        "a=b)",
+        "(a=b)",
+    ];
+    let bad_fields = [
+        "metadata.name",
+        "metadata.name=a=b",
+        "spec.nodeName=x",
+        r"metadata.name=a\x",
+        "=x",
+    ];
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    for (param, values) in [
+        ("labelSelector", &bad_labels[..]),
+        ("fieldSelector", &bad_fields[..]),
+    ] {
+        for v in values {
+            let q = format!("{param}={}", enc(v));
+            for (method, path) in [
+                ("GET", format!("/api/v1/namespaces/default/services?{q}")),
+                ("GET", format!("/api/v1/services?{q}")),
+                (
+                    "GET",
+                    format!("/api/v1/namespaces/default/services?watch=true&{q}"),
+                ),
+                ("DELETE", format!("/api/v1/namespaces/default/services?{q}")),
+            ] {
+                let r = f.admin(method, &path, None, b"").await;
+                let s = r.status(400, "BadRequest");
+                assert!(
+                    !s["message"].as_str().unwrap().is_empty(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    // Nothing was deleted; a valid selector still works.
+    let r = f
+        .admin("GET", "/api/v1/namespaces/default/services", None, b"")
+        .await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2);
+    let r = f
+        .admin(
+            "DELETE",
+            &format!(
+                "/api/v1/namespaces/default/services?labelSelector={}",
+                enc("app!=web")
+            ),
+            None,
+            b"",
+        )
+        .await;
+    assert_eq!(r.code, 200);
+    let r = f
+        .admin("GET", "/api/v1/namespaces/default/services", None, b"")
+        .await;
+    let names: Vec<String> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["web"]);
     f.server.shutdown().await;
 }
