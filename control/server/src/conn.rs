@@ -352,25 +352,29 @@ async fn serve_conn(
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
-        let mut check = tokio::time::interval(Duration::from_secs(1).min(limits.idle_timeout));
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer per connection, set to when it would become idle; re-armed when woken early
+        // by activity, so 10,000 quiet connections cost no wake-ups until their deadlines.
         let closing = loop {
+            let limit = if st.authenticated.load(Ordering::Acquire) {
+                limits.idle_timeout
+            } else {
+                limits.unauthenticated_idle_timeout
+            }
+            .as_millis() as u64;
+            let now = tracker.now_ms();
+            let due = if st.inflight.load(Ordering::Acquire) > 0 {
+                now + limit
+            } else {
+                st.last_active.load(Ordering::Relaxed) + limit
+            };
+            if due <= now {
+                break true;
+            }
+            let wake = tracker.epoch + Duration::from_millis(due);
             tokio::select! {
                 _ = conn.as_mut() => break false,
                 _ = st.close.notified() => break true,
-                _ = check.tick() => {
-                    if st.inflight.load(Ordering::Acquire) == 0 {
-                        let idle = tracker.now_ms().saturating_sub(st.last_active.load(Ordering::Relaxed));
-                        let limit = if st.authenticated.load(Ordering::Acquire) {
-                            limits.idle_timeout
-                        } else {
-                            limits.unauthenticated_idle_timeout
-                        };
-                        if idle >= limit.as_millis() as u64 {
-                            break true;
-                        }
-                    }
-                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         };
         if closing {
