@@ -1,13 +1,15 @@
-//! Node IPAM: every Node gets a podCIDR (a `/--node-cidr-mask-size` subnet of
-//! `--cluster-cidr`), written to `spec.podCIDR` and `spec.podCIDRs`. Allocations are rebuilt
-//! from the stored Nodes at start-up, so a node keeps its CIDR across restarts, and are
-//! released when the Node is deleted.
+//! Node IPAM: every Node without a podCIDR gets one (the lowest free
+//! `/--node-cidr-mask-size` subnet of `--cluster-cidr`), written to `spec.podCIDR` and
+//! `spec.podCIDRs`. The reservations themselves are the registry's: it reserves every podCIDR
+//! a Node is written with (including one a node registers with), rebuilds them from the stored
+//! Nodes at start-up, and releases them when the Node is deleted (see `registry::node`).
 
 use std::sync::Arc;
 
 use serde_json::json;
 
 use super::{kind_of_key, name_of, str_at};
+use crate::alloc::Holder;
 use crate::registry::{Part, Registry};
 use crate::resources::by_kind;
 
@@ -24,18 +26,20 @@ pub async fn reconcile(reg: &Registry, node: &str) -> Result<(), String> {
     if !needs_cidr(&v) {
         return Ok(());
     }
-    let cidr = reg.allocate_pod_cidr().map_err(|e| e.to_string())?;
+    let holder = Holder::new(node, str_at(&v, "/metadata/uid").unwrap_or(""));
+    let cidr = reg.allocate_pod_cidr(&holder).map_err(|e| e.to_string())?;
     v["spec"]["podCIDR"] = json!(cidr.to_string());
     v["spec"]["podCIDRs"] = json!([cidr.to_string()]);
-    match reg.update(res, None, node, v, Part::Main).await {
+    // The write takes its own claim on the block; this one only kept it from being picked by
+    // anyone else until then.
+    let written = reg.update(res, None, node, v, Part::Main).await;
+    reg.release_pod_cidr(&holder, cidr);
+    match written {
         Ok(_) => {
             tracing::info!(node, %cidr, "allocated podCIDR");
             Ok(())
         }
-        Err(e) => {
-            reg.release_pod_cidr(cidr);
-            Err(e.to_string())
-        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -8,6 +8,7 @@
 //! JSON patch, merge patch or strategic merge patch on the stored object, then update.
 //! Delete: graceful for pods bound to a node, cascading for namespaces, releasing allocations.
 
+mod node;
 mod service;
 
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sluice_store::{Revision, Store, StoreError, Stored};
 
-use crate::alloc::{CidrAllocator, IpAllocator, PortAllocator};
+use crate::alloc::{IpAllocator, PodCidrs, PortAllocator};
 use crate::resources::{self, Resource};
 use crate::selectors::{labels_of, FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult, Cause};
@@ -50,7 +51,7 @@ impl Default for RegistryConfig {
 pub(crate) struct Allocators {
     pub(crate) cluster_ips: IpAllocator,
     pub(crate) node_ports: PortAllocator,
-    pub(crate) pod_cidrs: CidrAllocator,
+    pub(crate) pod_cidrs: PodCidrs,
 }
 
 /// Patch body formats.
@@ -147,7 +148,7 @@ impl Registry {
         let mut alloc = Allocators {
             cluster_ips: IpAllocator::new(cfg.service_cidr),
             node_ports: PortAllocator::new(cfg.node_port_range.0, cfg.node_port_range.1),
-            pod_cidrs: CidrAllocator::new(cfg.cluster_cidr, cfg.node_cidr_mask),
+            pod_cidrs: PodCidrs::new(cfg.cluster_cidr, cfg.node_cidr_mask),
         };
         let svcs = resources::by_kind("Service");
         for s in store.list(&svcs.prefix()).0 {
@@ -155,16 +156,7 @@ impl Registry {
                 service::reserve_existing(&mut alloc, &v, &s.key);
             }
         }
-        let nodes = resources::by_kind("Node");
-        for n in store.list(&nodes.prefix()).0 {
-            if let Ok(v) = n.value() {
-                if let Some(c) = str_at(&v, "/spec/podCIDR").and_then(|c| c.parse().ok()) {
-                    if let Err(e) = alloc.pod_cidrs.allocate(c) {
-                        tracing::warn!(node = %n.key, error = %e, "stored podCIDR not re-reserved");
-                    }
-                }
-            }
-        }
+        node::rebuild(&mut alloc.pod_cidrs, store.as_ref());
         Registry {
             store,
             cfg,
@@ -374,10 +366,18 @@ impl Registry {
         } else {
             service::Taken::default()
         };
+        let cidrs = match node::reserve(self, res, &name, None, &obj) {
+            Ok(t) => t,
+            Err(e) => {
+                service::release(self, &taken);
+                return Err(e);
+            }
+        };
         match self.store.create(key, obj).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 service::release(self, &taken);
+                cidrs.rollback(self);
                 Err(store_err(res, &name, e))
             }
         }
@@ -545,6 +545,13 @@ impl Registry {
             service::release(self, &taken);
             return Ok(Arc::new(current.clone()));
         }
+        let cidrs = match node::reserve(self, res, name, Some(&old), &new) {
+            Ok(t) => t,
+            Err(e) => {
+                service::release(self, &taken);
+                return Err(e);
+            }
+        };
         match self
             .store
             .update(res.key(ns, name), new, Some(current.mod_revision))
@@ -552,10 +559,12 @@ impl Registry {
         {
             Ok(s) => {
                 service::release(self, &freed);
+                cidrs.commit(self);
                 Ok(s)
             }
             Err(e) => {
                 service::release(self, &taken);
+                cidrs.rollback(self);
                 Err(store_err(res, name, e))
             }
         }
@@ -621,9 +630,7 @@ impl Registry {
             service::release(self, &service::held_by(&v));
         }
         if res.kind == "Node" {
-            if let Some(c) = str_at(&v, "/spec/podCIDR").and_then(|c| c.parse().ok()) {
-                self.allocators().pod_cidrs.release(c);
-            }
+            node::release_deleted(self, &v);
         }
         Ok(gone)
     }
@@ -693,16 +700,6 @@ impl Registry {
             }
         }
         Ok(())
-    }
-
-    /// Allocates a podCIDR for a node (the node IPAM controller's step).
-    pub(crate) fn allocate_pod_cidr(&self) -> Result<Ipv4Net, crate::alloc::AllocError> {
-        self.allocators().pod_cidrs.allocate_next()
-    }
-
-    /// Returns a podCIDR that could not be written.
-    pub(crate) fn release_pod_cidr(&self, c: Ipv4Net) {
-        self.allocators().pod_cidrs.release(c)
     }
 
     /// Whether a ClusterIP lies in the service CIDR (for tests and controllers).

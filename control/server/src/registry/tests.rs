@@ -452,3 +452,501 @@ async fn invalid_service_names_the_field() {
         "nothing allocated for a rejected object"
     );
 }
+
+// ---- Nodes: podCIDR reservation ---------------------------------------------------------
+
+fn node_obj(name: &str, cidr: Option<&str>) -> Value {
+    let mut v = json!({"metadata": {"name": name}});
+    if let Some(c) = cidr {
+        v["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
+    }
+    v
+}
+
+fn pod_cidr_cfg(cluster: &str) -> RegistryConfig {
+    RegistryConfig {
+        cluster_cidr: cluster.parse().unwrap(),
+        ..RegistryConfig::default()
+    }
+}
+
+/// Every stored Node's blocks: (name, uid, blocks).
+fn stored_node_cidrs(r: &Registry) -> Vec<(String, String, Vec<IpNet>)> {
+    r.store()
+        .list(&by_kind("Node").prefix())
+        .0
+        .iter()
+        .map(|s| {
+            let v = val(s);
+            let cidrs = v["spec"]["podCIDRs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| crate::alloc::parse_cidr_sloppy(c.as_str()?))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                v["metadata"]["name"].as_str().unwrap().to_string(),
+                v["metadata"]["uid"].as_str().unwrap().to_string(),
+                cidrs,
+            )
+        })
+        .collect()
+}
+
+/// The invariants: no two stored Nodes overlap; each stored block is held by its Node (so
+/// every one inside the cluster CIDR is marked used); nothing else is held (no leak); the
+/// next free slot overlaps no stored block.
+fn check_pod_cidr_invariants(r: &Registry) {
+    let nodes = stored_node_cidrs(r);
+    for (i, (a, _, ca)) in nodes.iter().enumerate() {
+        for (b, _, cb) in &nodes[i + 1..] {
+            for x in ca {
+                for y in cb {
+                    assert!(
+                        !crate::alloc::overlaps(x, y),
+                        "nodes {a} ({x}) and {b} ({y}) overlap"
+                    );
+                }
+            }
+        }
+    }
+    let alloc = r.allocators();
+    let cidrs = &alloc.pod_cidrs;
+    let mut held = std::collections::BTreeSet::new();
+    for (k, hs) in cidrs.held() {
+        for h in hs {
+            held.insert((h.name.clone(), h.uid.clone(), *k));
+        }
+    }
+    let mut stored = std::collections::BTreeSet::new();
+    for (name, uid, cs) in &nodes {
+        for c in cs {
+            stored.insert((name.clone(), uid.clone(), *c));
+            if let IpNet::V4(v4) = c {
+                if crate::alloc::overlaps(&IpNet::V4(cidrs.cluster()), c) {
+                    assert!(cidrs.is_used(IpNet::V4(*v4)), "{name}'s {c} is not used");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        held, stored,
+        "reservations must be exactly the stored blocks"
+    );
+    if let Some(next) = cidrs.next_free() {
+        for (name, _, cs) in &nodes {
+            for c in cs {
+                assert!(
+                    !crate::alloc::overlaps(c, &IpNet::V4(next)),
+                    "next free {next} overlaps {name}'s {c}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_registering_with_a_pod_cidr_reserves_it_and_overlaps_are_refused() {
+    let r = reg_with(pod_cidr_cfg("10.244.0.0/22"));
+    let nodes = by_kind("Node");
+    r.create(nodes, None, node_obj("own", Some("10.244.0.0/24")))
+        .await
+        .unwrap();
+    r.create(nodes, None, node_obj("plain", None))
+        .await
+        .unwrap();
+    // The IPAM controller's pick skips the block "own" brought.
+    crate::controllers::nodeipam::reconcile(&r, "plain")
+        .await
+        .unwrap();
+    let plain = val(&r.get(nodes, None, "plain").unwrap());
+    assert_eq!(plain["spec"]["podCIDR"], "10.244.1.0/24");
+    check_pod_cidr_invariants(&r);
+
+    // A block overlapping another node's: 422 naming the field and the other node.
+    for (name, cidr, other) in [
+        ("squat", "10.244.0.0/24", "own"),
+        ("small", "10.244.1.128/25", "plain"),
+        ("big", "10.244.0.0/23", "own"),
+        ("sloppy", "010.244.001.000/24", "plain"),
+        ("mapped", "::ffff:10.244.0.0/120", "own"),
+    ] {
+        let e = r
+            .create(nodes, None, node_obj(name, Some(cidr)))
+            .await
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"), "{name}");
+        let c = &e.causes()[0];
+        assert_eq!(c.field, "spec.podCIDRs", "{name}");
+        assert_eq!(c.reason, "FieldValueInvalid");
+        assert!(
+            e.message
+                .starts_with(&format!("Node \"{name}\" is invalid: spec.podCIDRs: Invalid value: []string{{\"{cidr}\"}}: ")),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.ends_with(&format!("of node \"{other}\"")),
+            "{}",
+            e.message
+        );
+        assert!(r.get(nodes, None, name).is_err());
+    }
+    check_pod_cidr_invariants(&r);
+
+    // Outside --cluster-cidr: allowed, reserved nowhere, but still exclusive.
+    r.create(nodes, None, node_obj("out", Some("192.168.7.0/24")))
+        .await
+        .unwrap();
+    let e = r
+        .create(nodes, None, node_obj("out2", Some("192.168.0.0/16")))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("of node \"out\""), "{}", e.message);
+    // Dual-stack: the IPv6 block is exclusive too.
+    let ds =
+        json!({"metadata": {"name": "ds"}, "spec": {"podCIDRs": ["10.244.2.0/24", "fd00:1::/64"]}});
+    r.create(nodes, None, ds).await.unwrap();
+    let ds2 = json!({"metadata": {"name": "ds2"}, "spec": {"podCIDRs": ["10.244.3.0/24", "fd00:1::/48"]}});
+    let e = r.create(nodes, None, ds2).await.unwrap_err();
+    assert!(e.message.contains("of node \"ds\""), "{}", e.message);
+    assert!(
+        !r.allocators()
+            .pod_cidrs
+            .is_used("10.244.3.0/24".parse().unwrap()),
+        "a refused create keeps none of its blocks"
+    );
+    check_pod_cidr_invariants(&r);
+
+    // Deleting a node releases its own block only.
+    r.delete(nodes, None, "own", &DeleteOptions::default())
+        .await
+        .unwrap();
+    assert!(r
+        .allocators()
+        .pod_cidrs
+        .is_used("10.244.1.0/24".parse().unwrap()));
+    r.create(nodes, None, node_obj("again", Some("10.244.0.0/24")))
+        .await
+        .unwrap();
+    check_pod_cidr_invariants(&r);
+}
+
+#[tokio::test]
+async fn pod_cidr_is_set_once_and_never_changed() {
+    let r = reg_with(pod_cidr_cfg("10.244.0.0/22"));
+    let nodes = by_kind("Node");
+    r.create(nodes, None, node_obj("a", Some("10.244.0.0/24")))
+        .await
+        .unwrap();
+    r.create(nodes, None, node_obj("b", None)).await.unwrap();
+    // "" → a block another node has: refused.
+    let mut b = val(&r.get(nodes, None, "b").unwrap());
+    b["spec"] = json!({"podCIDR": "10.244.0.0/25"});
+    let e = r
+        .update(nodes, None, "b", b.clone(), Part::Main)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.causes()[0].field.as_str()),
+        (422, "spec.podCIDRs")
+    );
+    // "" → a free block: allowed and reserved (also through a patch).
+    r.patch(
+        nodes,
+        None,
+        "b",
+        PatchType::Merge,
+        json!({"spec": {"podCIDR": "10.244.2.0/24"}}),
+        Part::Main,
+    )
+    .await
+    .unwrap();
+    assert!(r
+        .allocators()
+        .pod_cidrs
+        .is_used("10.244.2.0/24".parse().unwrap()));
+    check_pod_cidr_invariants(&r);
+    // Once set, it may not change (upstream ValidateNodeUpdate), nor be removed.
+    for spec in [
+        json!({"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"]}),
+        json!({"podCIDRs": []}),
+        json!({"podCIDRs": ["10.244.2.0/24", "fd00::/64"]}),
+    ] {
+        let mut b = val(&r.get(nodes, None, "b").unwrap());
+        b["spec"] = spec.clone();
+        let e = r.update(nodes, None, "b", b, Part::Main).await.unwrap_err();
+        assert_eq!(e.code, 422, "{spec}");
+        assert_eq!(
+            e.causes()[0].message,
+            "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid",
+            "{spec}"
+        );
+    }
+    // Status writes and label changes keep the block.
+    let mut b = val(&r.get(nodes, None, "b").unwrap());
+    b["metadata"]["labels"] = json!({"x": "y"});
+    r.update(nodes, None, "b", b, Part::Main).await.unwrap();
+    check_pod_cidr_invariants(&r);
+}
+
+#[tokio::test]
+async fn restart_rebuilds_pod_cidrs_and_keeps_clashes_from_older_versions_reserved() {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+    let cfg = pod_cidr_cfg("10.244.0.0/22");
+    let nodes = by_kind("Node");
+    // What an older version could store: "b" squatting on "a"'s block, a node bringing a /25
+    // and one with a sloppy spelling.
+    for (name, uid, cidr) in [
+        ("a", "u-a", "10.244.0.0/24"),
+        ("b", "u-b", "10.244.0.0/24"),
+        ("c", "u-c", "10.244.1.128/25"),
+        ("d", "u-d", "010.244.002.0/24"),
+    ] {
+        let v = json!({"apiVersion": "v1", "kind": "Node",
+                       "metadata": {"name": name, "uid": uid},
+                       "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+        store.create(nodes.key(None, name), v).await.unwrap();
+    }
+    let r = Registry::new(store.clone(), cfg.clone());
+    r.create(nodes, None, node_obj("new", None)).await.unwrap();
+    crate::controllers::nodeipam::reconcile(&r, "new")
+        .await
+        .unwrap();
+    assert_eq!(
+        val(&r.get(nodes, None, "new").unwrap())["spec"]["podCIDR"],
+        "10.244.3.0/24",
+        "only the last /24 is free"
+    );
+    // Deleting the first holder does not free the block while the squatter remains.
+    r.delete(nodes, None, "a", &DeleteOptions::default())
+        .await
+        .unwrap();
+    let r = Registry::new(store.clone(), cfg.clone());
+    assert!(r
+        .allocators()
+        .pod_cidrs
+        .is_used("10.244.0.0/24".parse().unwrap()));
+    let e = r
+        .create(nodes, None, node_obj("x", Some("10.244.0.0/24")))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("of node \"b\""), "{}", e.message);
+    r.delete(nodes, None, "b", &DeleteOptions::default())
+        .await
+        .unwrap();
+    r.create(nodes, None, node_obj("x", Some("10.244.0.0/24")))
+        .await
+        .unwrap();
+    check_pod_cidr_invariants(&r);
+    let r = Registry::new(store, cfg);
+    check_pod_cidr_invariants(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_give_two_nodes_overlapping_blocks() {
+    let r = Arc::new(reg_with(pod_cidr_cfg("10.244.0.0/20")));
+    let nodes = by_kind("Node");
+    // 64 creates at once, in groups of 8 asking for the same or nested blocks, plus 32 nodes
+    // without one whose CIDRs the IPAM step allocates at the same time.
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let r = r.clone();
+        let group = i / 8;
+        let cidr = match i % 4 {
+            0 => format!("10.244.{}.0/24", group),
+            1 => format!("10.244.{}.0/25", group),
+            2 => format!("10.244.{}.128/26", group),
+            _ => format!("10.244.{}.0/23", group & !1),
+        };
+        tasks.push(tokio::spawn(async move {
+            let name = format!("c{i}");
+            r.create(nodes, None, node_obj(&name, Some(&cidr)))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code)
+        }));
+    }
+    for i in 0..32u32 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("p{i}");
+            r.create(nodes, None, node_obj(&name, None))
+                .await
+                .map_err(|e| e.code)?;
+            crate::controllers::nodeipam::reconcile(&r, &name)
+                .await
+                .map_err(|_| 500)
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => {}
+            Err(422) => refused += 1,
+            Err(500) => {} // range full for a late IPAM pick
+            Err(c) => panic!("unexpected {c}"),
+        }
+    }
+    assert!(refused > 0, "the groups collide");
+    check_pod_cidr_invariants(&r);
+    // Same block, many at once: exactly one wins.
+    let r = Arc::new(reg_with(pod_cidr_cfg("10.244.0.0/20")));
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                r.create(
+                    nodes,
+                    None,
+                    node_obj(&format!("s{i}"), Some("10.244.5.0/24")),
+                )
+                .await
+                .is_ok()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    check_pod_cidr_invariants(&r);
+}
+
+mod pod_cidr_prop {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Create node `n`, maybe with a block.
+        Create(u8, Option<String>),
+        /// Delete node `n`.
+        Delete(u8),
+        /// The IPAM controller's step for node `n`.
+        Ipam(u8),
+        /// A client sets node `n`'s block ("" → value).
+        Set(u8, String),
+        /// Restart: a new registry over the same store.
+        Restart,
+    }
+
+    /// Blocks inside 10.244.0.0/21 (split into /24) of sizes /21 to /27, blocks around and
+    /// outside it, and IPv6 ones.
+    fn block() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => (0u32..32, 21u8..=27).prop_map(|(off, p)| {
+                let a = u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0)) + (off << 6);
+                ipnet::Ipv4Net::new(a.into(), p).unwrap().trunc().to_string()
+            }),
+            2 => (0u32..4, 16u8..=24).prop_map(|(i, p)| {
+                let a = u32::from(std::net::Ipv4Addr::new(10, 240, 0, 0)) + (i << 18);
+                ipnet::Ipv4Net::new(a.into(), p).unwrap().trunc().to_string()
+            }),
+            1 => (0u16..4, 60u8..=64).prop_map(|(i, p)| format!("fd00:0:0:{i}::/{p}")),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..10, proptest::option::of(block())).prop_map(|(n, c)| Op::Create(n, c)),
+            2 => (0u8..10).prop_map(Op::Delete),
+            3 => (0u8..10).prop_map(Op::Ipam),
+            2 => (0u8..10, block()).prop_map(|(n, c)| Op::Set(n, c)),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random interleavings of creates, deletes, IPAM picks, client-set blocks and
+        /// restarts keep the invariants after every step, and every outcome is what the
+        /// stored state says it must be.
+        #[test]
+        fn pod_cidrs_stay_exclusive_and_reserved(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let store: Arc<dyn Store> =
+                    Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+                let cfg = pod_cidr_cfg("10.244.0.0/21");
+                let mut r = Registry::new(store.clone(), cfg.clone());
+                let nodes = by_kind("Node");
+                for o in ops {
+                    let before = stored_node_cidrs(&r);
+                    let clashes = |name: &str, c: &str| {
+                        let net = crate::alloc::parse_cidr_sloppy(c).unwrap();
+                        before.iter().any(|(n, _, cs)| {
+                            n != name && cs.iter().any(|x| crate::alloc::overlaps(x, &net))
+                        })
+                    };
+                    let exists = |name: &str| before.iter().any(|(n, _, _)| n == name);
+                    match &o {
+                        Op::Create(n, c) => {
+                            let name = format!("n{n}");
+                            let got = r
+                                .create(nodes, None, node_obj(&name, c.as_deref()))
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.code);
+                            let want = if exists(&name) {
+                                Err(409)
+                            } else if c.as_deref().is_some_and(|c| clashes(&name, c)) {
+                                Err(422)
+                            } else {
+                                Ok(())
+                            };
+                            assert_eq!(got, want, "{o:?}");
+                        }
+                        Op::Delete(n) => {
+                            let name = format!("n{n}");
+                            let got = r.delete(nodes, None, &name, &DeleteOptions::default()).await;
+                            assert_eq!(got.is_ok(), exists(&name), "{o:?}");
+                        }
+                        Op::Ipam(n) => {
+                            let name = format!("n{n}");
+                            let had = before.iter().find(|(x, _, _)| *x == name).map(|(_, _, c)| c.clone());
+                            let free = r.allocators().pod_cidrs.next_free();
+                            let got = crate::controllers::nodeipam::reconcile(&r, &name).await;
+                            let after = stored_node_cidrs(&r);
+                            let now = after.iter().find(|(x, _, _)| *x == name).map(|(_, _, c)| c.clone());
+                            match had {
+                                None => assert!(got.is_ok() && now.is_none(), "{o:?}"),
+                                Some(c) if !c.is_empty() => assert_eq!(now, Some(c), "{o:?}"),
+                                Some(_) => match free {
+                                    Some(f) => assert_eq!(now, Some(vec![IpNet::V4(f)]), "{o:?}"),
+                                    None => assert!(got.is_err(), "{o:?}: full"),
+                                },
+                            }
+                        }
+                        Op::Set(n, c) => {
+                            let name = format!("n{n}");
+                            let got = r
+                                .patch(nodes, None, &name, PatchType::Merge,
+                                       json!({"spec": {"podCIDR": c, "podCIDRs": [c]}}), Part::Main)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.code);
+                            let had = before.iter().find(|(x, _, _)| *x == name).map(|(_, _, c)| c.clone());
+                            let same = |cs: &Vec<IpNet>| cs.len() == 1 && Some(cs[0]) == crate::alloc::parse_cidr_sloppy(c);
+                            let want = match had {
+                                None => Err(404),
+                                Some(cs) if same(&cs) => Ok(()),
+                                Some(cs) if !cs.is_empty() => Err(422),
+                                Some(_) if clashes(&name, c) => Err(422),
+                                Some(_) => Ok(()),
+                            };
+                            assert_eq!(got, want, "{o:?}");
+                        }
+                        Op::Restart => r = Registry::new(store.clone(), cfg.clone()),
+                    }
+                    check_pod_cidr_invariants(&r);
+                }
+            });
+        }
+    }
+}
