@@ -7,15 +7,27 @@
 //! Authorization follows Kubernetes' Node authorizer in spirit: members of `system:masters`
 //! may do anything; a node (`system:node:<name>`, group `system:nodes`) may read services,
 //! endpoints, endpointslices, pods and nodes, write its own Node and its Lease in
-//! `kube-node-lease`, and write the status of pods bound to it — nothing else.
+//! `kube-node-lease`, write the status of pods bound to it, and delete pods bound to it —
+//! nothing else.
+//!
+//! The NodeRestriction admission plugin's rules for nodes (upstream
+//! `plugin/pkg/admission/noderestriction`) are here too: a node may delete only pods whose
+//! `spec.nodeName` is itself, and may not add, change or remove its own Node's taints, labels
+//! under `node-restriction.kubernetes.io/`, or labels under `kubernetes.io`/`k8s.io` other than
+//! kubelet's ([`is_kubelet_label`]). The label and taint checks need the object being written,
+//! which [`authorize`] does not see: it leaves the admitted node for the registry on this
+//! thread ([`take_node_writer`]), which runs [`admit_node_write`] on the object it is about to
+//! store.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::resources::Resource;
 use crate::status::ApiError;
@@ -206,11 +218,39 @@ pub struct Attributes<'a> {
     pub pod_node: Option<&'a str>,
 }
 
+thread_local! {
+    /// The node whose write of a Node [`authorize`] admitted last on this thread.
+    static NODE_WRITER: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Takes (and clears) the node whose create, update or patch of a Node [`authorize`] admitted
+/// last on this thread. The API handler calls the registry right after `authorize`, with no
+/// await in between, so the registry's write of that Node runs on this thread before anything
+/// else does; it takes the value on entry, and `authorize` clears it for every other request.
+pub fn take_node_writer() -> Option<String> {
+    NODE_WRITER.with(|w| w.borrow_mut().take())
+}
+
+fn set_node_writer(node: Option<&str>) {
+    NODE_WRITER.with(|w| *w.borrow_mut() = node.map(str::to_string));
+}
+
 /// Decides a request. Admins may do anything; see the module doc for nodes.
 pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
-    if user.is_admin() || node_allowed(user, a) {
-        return Ok(());
+    set_node_writer(None);
+    if !user.is_admin() && !node_allowed(user, a) {
+        return Err(denied(user, a));
     }
+    if let Some(node) = user.node_name() {
+        admit_node_request(node, a)?;
+        if a.res.kind == "Node" && matches!(a.verb, "create" | "update" | "patch") {
+            set_node_writer(Some(node));
+        }
+    }
+    Ok(())
+}
+
+fn denied(user: &User, a: &Attributes<'_>) -> ApiError {
     let resource = match a.sub {
         Some(s) => format!("{}/{s}", a.res.plural),
         None => a.res.plural.to_string(),
@@ -229,9 +269,11 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
     if let Some(n) = a.name {
         e.message = format!("{} \"{n}\" is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\"{scope}", a.res.qualified(), user.name, a.verb, a.res.group);
     }
-    Err(e.with_subject(a.name, a.res.plural))
+    e.with_subject(a.name, a.res.plural)
 }
 
+/// What the `system:node` role lets every node do (the Node authorizer and NodeRestriction
+/// narrow it to the node's own objects).
 fn node_allowed(user: &User, a: &Attributes<'_>) -> bool {
     let Some(node) = user.node_name() else {
         return false;
@@ -239,10 +281,9 @@ fn node_allowed(user: &User, a: &Attributes<'_>) -> bool {
     let read = matches!(a.verb, "get" | "list" | "watch");
     match (a.res.kind, a.sub) {
         ("Service" | "Endpoints" | "EndpointSlice", None) => read,
-        ("Pod", None) => read,
-        ("Pod", Some("status")) => {
-            read || (matches!(a.verb, "update" | "patch") && a.pod_node == Some(node))
-        }
+        // Deleting a pod (eviction by the node, mirror pods): NodeRestriction checks whose.
+        ("Pod", None) => read || a.verb == "delete",
+        ("Pod", Some("status")) => read || matches!(a.verb, "update" | "patch"),
         ("Node", None | Some("status")) => {
             read || (matches!(a.verb, "create" | "update" | "patch") && a.name == Some(node))
         }
@@ -253,6 +294,179 @@ fn node_allowed(user: &User, a: &Attributes<'_>) -> bool {
         }
         _ => false,
     }
+}
+
+/// A 403 the way admission plugins answer (`admission.NewForbidden`):
+/// `<resource> "<name>" is forbidden: <why>`.
+pub fn admission_forbidden(res: &Resource, name: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        403,
+        "Forbidden",
+        format!("{} \"{name}\" is forbidden: {why}", res.qualified()),
+    )
+    .with_subject(Some(name), res.plural)
+}
+
+/// NodeRestriction's checks that need only the request and the stored pod's node.
+fn admit_node_request(node: &str, a: &Attributes<'_>) -> Result<(), ApiError> {
+    if a.res.kind != "Pod" || a.pod_node == Some(node) {
+        return Ok(());
+    }
+    let name = a.name.unwrap_or("");
+    match (a.sub, a.verb) {
+        (None, "delete") => Err(admission_forbidden(
+            a.res,
+            name,
+            format!("node \"{node}\" can only delete pods with spec.nodeName set to itself"),
+        )),
+        (Some("status"), "update" | "patch") => Err(admission_forbidden(
+            a.res,
+            name,
+            format!(
+                "node \"{node}\" can only update pod status for pods with spec.nodeName set to itself"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Label keys kubelets may set on their own Node (`kubeletapis.KubeletLabels()`).
+pub const KUBELET_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+];
+
+/// Label namespaces (and their subdomains) kubelets may set (`KubeletLabelNamespaces()`).
+pub const KUBELET_LABEL_NAMESPACES: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// Labels in this namespace (or a subdomain) are the cluster admin's for steering workloads
+/// to nodes; nodes may never set them.
+pub const NODE_RESTRICTION_NAMESPACE: &str = "node-restriction.kubernetes.io";
+
+/// The prefix of a label key, "" when it has none (`getLabelNamespace`).
+fn label_namespace(key: &str) -> &str {
+    key.split_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+fn in_domain(namespace: &str, domain: &str) -> bool {
+    namespace == domain
+        || namespace
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// Whether kubelets may set `key` on their own Node (`kubeletapis.IsKubeletLabel`).
+pub fn is_kubelet_label(key: &str) -> bool {
+    let ns = label_namespace(key);
+    KUBELET_LABELS.contains(&key) || KUBELET_LABEL_NAMESPACES.iter().any(|d| in_domain(ns, d))
+}
+
+fn is_kubernetes_label(key: &str) -> bool {
+    let ns = label_namespace(key);
+    in_domain(ns, "kubernetes.io") || in_domain(ns, "k8s.io")
+}
+
+/// Keys added, removed or changed between two label maps (`getModifiedLabels`).
+fn modified_labels(old: Option<&Value>, new: Option<&Value>) -> BTreeSet<String> {
+    let (old, new) = (
+        old.and_then(Value::as_object),
+        new.and_then(Value::as_object),
+    );
+    let mut out = BTreeSet::new();
+    for (a, b) in [(old, new), (new, old)] {
+        for (k, v) in a.into_iter().flatten() {
+            if b.and_then(|b| b.get(k)) != Some(v) {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Of the modified label keys, those a node may not add, change or remove on its own Node
+/// (`getForbiddenLabels`), sorted.
+pub fn forbidden_node_labels<'a>(modified: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = modified
+        .into_iter()
+        .filter(|k| {
+            in_domain(label_namespace(k), NODE_RESTRICTION_NAMESPACE)
+                || (is_kubernetes_label(k) && !is_kubelet_label(k))
+        })
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn taints_of(v: &Value) -> &[Value] {
+    v.pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// NodeRestriction's `admitNode` for node `node` writing Node `name`: `old` is the stored
+/// object (`None` on create), `new` the decoded object about to be written. A node may write
+/// only its own Node; on create it may not set forbidden labels; on update it may not modify
+/// taints or add, change or remove forbidden labels (labels it leaves as they are pass).
+pub fn admit_node_write(
+    node: &str,
+    res: &Resource,
+    name: &str,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    if name != node {
+        return Err(admission_forbidden(
+            res,
+            name,
+            format!("node \"{node}\" is not allowed to modify node \"{name}\""),
+        ));
+    }
+    let labels = |v: &Value| v.pointer("/metadata/labels").cloned();
+    let new_labels = labels(new);
+    let Some(old) = old else {
+        let modified = modified_labels(None, new_labels.as_ref());
+        let forbidden = forbidden_node_labels(modified.iter().map(String::as_str));
+        if !forbidden.is_empty() {
+            return Err(admission_forbidden(
+                res,
+                name,
+                format!(
+                    "node \"{node}\" is not allowed to set the following labels: {}",
+                    forbidden.join(", ")
+                ),
+            ));
+        }
+        return Ok(());
+    };
+    if taints_of(old) != taints_of(new) {
+        return Err(admission_forbidden(
+            res,
+            name,
+            format!("node \"{node}\" is not allowed to modify taints"),
+        ));
+    }
+    let modified = modified_labels(labels(old).as_ref(), new_labels.as_ref());
+    let forbidden = forbidden_node_labels(modified.iter().map(String::as_str));
+    if !forbidden.is_empty() {
+        return Err(admission_forbidden(
+            res,
+            name,
+            format!("is not allowed to modify labels: {}", forbidden.join(", ")),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,6 +552,102 @@ mod tests {
             &attrs("get", "Pod", None, Some("default"), Some("p"))
         )
         .is_err());
+    }
+
+    #[test]
+    fn nodes_delete_only_their_own_pods() {
+        let n1 = User::node("n1");
+        let mut a = attrs("delete", "Pod", None, Some("default"), Some("p"));
+        a.pod_node = Some("n1");
+        assert!(authorize(&n1, &a).is_ok());
+        for other in [Some("n2"), None] {
+            a.pod_node = other;
+            let e = authorize(&n1, &a).unwrap_err();
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                (
+                    403,
+                    "pods \"p\" is forbidden: node \"n1\" can only delete pods with spec.nodeName set to itself"
+                )
+            );
+        }
+        // Not a collection, and nobody else's.
+        let dc = attrs("deletecollection", "Pod", None, Some("default"), None);
+        assert!(authorize(&n1, &dc).is_err());
+    }
+
+    #[test]
+    fn kubelet_label_rules_match_upstream() {
+        // (key, kubelet may set it)
+        for (key, ok) in [
+            ("kubernetes.io/hostname", true),
+            ("kubernetes.io/arch", true),
+            ("kubernetes.io/os", true),
+            ("beta.kubernetes.io/arch", true),
+            ("beta.kubernetes.io/os", true),
+            ("beta.kubernetes.io/instance-type", true),
+            ("node.kubernetes.io/instance-type", true),
+            ("failure-domain.beta.kubernetes.io/region", true),
+            ("failure-domain.beta.kubernetes.io/zone", true),
+            ("topology.kubernetes.io/region", true),
+            ("topology.kubernetes.io/zone", true),
+            ("kubelet.kubernetes.io/anything", true),
+            ("x.kubelet.kubernetes.io/anything", true),
+            ("node.kubernetes.io/anything", true),
+            ("a.b.node.kubernetes.io/anything", true),
+            ("example.com/team", true),
+            ("plain", true),
+            ("kubernetes.io.example.com/x", true),
+            ("xkubernetes.io/x", true),
+            ("node-role.kubernetes.io/worker", false),
+            ("node-role.kubernetes.io/control-plane", false),
+            ("kubernetes.io/role", false),
+            ("kubernetes.io/hostnamex", false),
+            ("topology.kubernetes.io/rack", false),
+            ("k8s.io/x", false),
+            ("foo.k8s.io/x", false),
+            ("xnode.kubernetes.io/x", false),
+            ("node-restriction.kubernetes.io/pool", false),
+            ("a.node-restriction.kubernetes.io/pool", false),
+        ] {
+            assert_eq!(forbidden_node_labels([key]).is_empty(), ok, "{key}");
+        }
+        assert!(!is_kubelet_label("node-restriction.kubernetes.io/x"));
+        assert_eq!(
+            forbidden_node_labels(["z.k8s.io/a", "plain", "k8s.io/b", "z.k8s.io/a"]),
+            ["k8s.io/b", "z.k8s.io/a"]
+        );
+    }
+
+    #[test]
+    fn node_writes_compare_old_and_new() {
+        let nodes = by_kind("Node");
+        let old = serde_json::json!({"metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/master": "", "a": "1"}},
+                                     "spec": {"taints": [{"key": "t", "effect": "NoSchedule"}]}});
+        // Untouched forbidden label: fine; changing an allowed one too.
+        let mut new = old.clone();
+        new["metadata"]["labels"]["a"] = serde_json::json!("2");
+        assert!(admit_node_write("n1", nodes, "n1", Some(&old), &new).is_ok());
+        // Taints: any change, removal included.
+        let mut new = old.clone();
+        new["spec"] = serde_json::json!({});
+        let e = admit_node_write("n1", nodes, "n1", Some(&old), &new).unwrap_err();
+        assert_eq!(
+            e.message,
+            "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints"
+        );
+        // Absent and empty taints are the same.
+        let bare = serde_json::json!({"metadata": {"name": "n1"}});
+        let empty = serde_json::json!({"metadata": {"name": "n1"}, "spec": {"taints": []}});
+        assert!(admit_node_write("n1", nodes, "n1", Some(&bare), &empty).is_ok());
+        // Another node's object.
+        let e = admit_node_write("n2", nodes, "n1", Some(&old), &old).unwrap_err();
+        assert_eq!(
+            e.message,
+            "nodes \"n1\" is forbidden: node \"n2\" is not allowed to modify node \"n1\""
+        );
+        // A create may keep a taint (the create rules only look at labels).
+        assert!(admit_node_write("n1", nodes, "n1", None, &empty).is_ok());
     }
 
     #[test]

@@ -305,6 +305,7 @@ impl Registry {
         ns: Option<&str>,
         obj: Value,
     ) -> ApiResult<Arc<Stored>> {
+        let node_writer = node::writer(res);
         let mut obj = self.decode(res, obj)?;
         let ns = if res.namespaced { ns } else { None };
         {
@@ -352,6 +353,7 @@ impl Registry {
         sluice_validation::apply_defaults(vkind, &mut obj);
         prepare_for_create(res, &mut obj);
         let name = str_at(&obj, "/metadata/name").unwrap_or("").to_string();
+        node::admit(node_writer.as_deref(), res, &name, None, &obj, Part::Main)?;
         let errs = sluice_validation::validate_create(vkind, &obj);
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, &name, causes(errs)));
@@ -392,9 +394,16 @@ impl Registry {
         obj: Value,
         part: Part,
     ) -> ApiResult<Arc<Stored>> {
+        let node_writer = node::writer(res);
         let ns = if res.namespaced { ns } else { None };
         let current = self.get(res, ns, name)?;
         let new = self.decode(res, obj)?;
+        if node_writer.is_some() {
+            let old = current
+                .value()
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            node::admit(node_writer.as_deref(), res, name, Some(&old), &new, part)?;
+        }
         let body_rv = str_at(&new, "/metadata/resourceVersion").map(str::to_string);
         if let Some(rv) = &body_rv {
             if !rv.is_empty() && *rv != current.mod_revision.to_string() {
@@ -422,6 +431,7 @@ impl Registry {
         patch: Value,
         part: Part,
     ) -> ApiResult<Arc<Stored>> {
+        let node_writer = node::writer(res);
         let ns = if res.namespaced { ns } else { None };
         let mut attempts = 0;
         loop {
@@ -438,6 +448,14 @@ impl Registry {
                 }
             }
             let patched = self.decode(res, patched)?;
+            node::admit(
+                node_writer.as_deref(),
+                res,
+                name,
+                Some(&original),
+                &patched,
+                part,
+            )?;
             match self
                 .write_update(res, ns, name, &current, patched, part)
                 .await

@@ -10,15 +10,43 @@
 //! way, but does not refuse a clash; here a clash is refused because nothing could undo it.
 //! A block outside `--cluster-cidr` is reserved nowhere but still may not overlap another
 //! node's.
+//!
+//! NodeRestriction: when a node's own request is being served ([`crate::auth::take_node_writer`]),
+//! [`crate::auth::admit_node_write`] checks the object about to be written against the stored one.
 
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 use sluice_store::Store;
 
-use super::{causes, str_at, Registry};
+use super::{causes, str_at, Part, Registry};
 use crate::alloc::{parse_cidr_sloppy, AllocError, Holder, PodCidrs};
 use crate::resources::{self, Resource};
 use crate::status::{ApiError, ApiResult};
+
+/// The node whose own request the caller is serving, when it writes a Node. Always takes
+/// the hand-off from [`crate::auth::authorize`], so nothing stale is left on the thread.
+pub(super) fn writer(res: &Resource) -> Option<String> {
+    let w = crate::auth::take_node_writer();
+    (res.kind == "Node").then_some(w).flatten()
+}
+
+/// NodeRestriction on a node's write of a Node's main resource. Status writes keep the stored
+/// labels and spec, so there is nothing to check for them.
+pub(super) fn admit(
+    writer: Option<&str>,
+    res: &Resource,
+    name: &str,
+    old: Option<&Value>,
+    new: &Value,
+    part: Part,
+) -> ApiResult<()> {
+    match writer {
+        Some(node) if part == Part::Main => {
+            crate::auth::admit_node_write(node, res, name, old, new)
+        }
+        _ => Ok(()),
+    }
+}
 
 fn holder_of(v: &Value) -> Holder {
     Holder::new(

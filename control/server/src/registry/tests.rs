@@ -950,3 +950,429 @@ mod pod_cidr_prop {
         }
     }
 }
+
+// ---- Nodes: NodeRestriction ---------------------------------------------------------------
+
+/// Who sends a request in the table.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Admin,
+    N1,
+    N2,
+    /// Authenticated, in no group with rights.
+    Nobody,
+    /// No token.
+    NoToken,
+}
+
+const WHO: [Who; 5] = [Who::Admin, Who::N1, Who::N2, Who::Nobody, Who::NoToken];
+
+fn user_of(w: Who) -> Option<crate::auth::User> {
+    use crate::auth::User;
+    match w {
+        Who::Admin => Some(User::admin()),
+        Who::N1 => Some(User::node("n1")),
+        Who::N2 => Some(User::node("n2")),
+        Who::Nobody => Some(User {
+            name: "bob".into(),
+            groups: vec!["system:authenticated".into()],
+        }),
+        Who::NoToken => None,
+    }
+}
+
+/// One request of the table.
+#[derive(Debug, Clone)]
+enum Req {
+    /// POST a Node with these labels (the fixture's Node of that name is deleted first).
+    CreateNode(&'static str, Value),
+    /// PUT the stored Node with its labels edited: `Some(v)` sets a key, `None` removes it.
+    UpdateLabels(&'static str, Vec<(&'static str, Option<&'static str>)>),
+    /// PATCH a Node.
+    PatchNode(&'static str, PatchType, Value),
+    /// PUT a Node's status (the body also carries a label, which a status write ignores).
+    UpdateNodeStatus(&'static str),
+    /// DELETE a Node.
+    DeleteNode(&'static str),
+    /// DELETE a pod.
+    DeletePod(&'static str),
+    /// PUT a pod's status.
+    UpdatePodStatus(&'static str),
+    /// PATCH a pod's status.
+    PatchPodStatus(&'static str),
+}
+
+/// The fixture: Nodes n1 (with a label the admin set that nodes may not touch) and n2, both
+/// with podCIDRs; pods bound to n1, to n2, and unbound.
+async fn restriction_fixture() -> Registry {
+    let r = reg().await;
+    let nodes = by_kind("Node");
+    let n1 = json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1", "node-role.kubernetes.io/control-plane": ""}},
+                    "spec": {"podCIDR": "10.244.1.0/24"}});
+    let n2 = json!({"metadata": {"name": "n2", "labels": {"kubernetes.io/hostname": "n2"}},
+                    "spec": {"podCIDR": "10.244.2.0/24"}});
+    r.create(nodes, None, n1).await.unwrap();
+    r.create(nodes, None, n2).await.unwrap();
+    let pods = by_kind("Pod");
+    for (name, node) in [
+        ("p-n1", Some("n1")),
+        ("p-n2", Some("n2")),
+        ("p-unbound", None),
+    ] {
+        let mut p = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        r.create(pods, Some("default"), p).await.unwrap();
+    }
+    r
+}
+
+/// Serves one request as the API handler does: authenticate, authorize (with the stored
+/// pod's node for pods), then the registry call. The HTTP code.
+async fn serve(r: &Registry, who: Who, req: &Req) -> (u16, String) {
+    use crate::auth::{authorize, Attributes};
+    let nodes = by_kind("Node");
+    let pods = by_kind("Pod");
+    if let Req::CreateNode(name, _) = req {
+        // The Node to create must not exist yet.
+        let _ = r.delete(nodes, None, name, &DeleteOptions::default()).await;
+    }
+    let Some(user) = user_of(who) else {
+        return (401, "Unauthorized".into());
+    };
+    let (verb, res, sub, ns, name) = match req {
+        Req::CreateNode(n, _) => ("create", nodes, None, None, *n),
+        Req::UpdateLabels(n, _) => ("update", nodes, None, None, *n),
+        Req::PatchNode(n, _, _) => ("patch", nodes, None, None, *n),
+        Req::UpdateNodeStatus(n) => ("update", nodes, Some("status"), None, *n),
+        Req::DeleteNode(n) => ("delete", nodes, None, None, *n),
+        Req::DeletePod(n) => ("delete", pods, None, Some("default"), *n),
+        Req::UpdatePodStatus(n) => ("update", pods, Some("status"), Some("default"), *n),
+        Req::PatchPodStatus(n) => ("patch", pods, Some("status"), Some("default"), *n),
+    };
+    let pod_node = (res.kind == "Pod")
+        .then(|| r.get_value(res, ns, name).ok())
+        .flatten()
+        .and_then(|v| v["spec"]["nodeName"].as_str().map(str::to_string));
+    let attrs = Attributes {
+        verb,
+        res,
+        sub,
+        ns,
+        name: Some(name),
+        pod_node: pod_node.as_deref(),
+    };
+    if let Err(e) = authorize(&user, &attrs) {
+        return (e.code, e.message);
+    }
+    let part = if sub == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    };
+    let out = match req {
+        Req::CreateNode(n, labels) => {
+            r.create(
+                nodes,
+                None,
+                json!({"metadata": {"name": n, "labels": labels}}),
+            )
+            .await
+        }
+        Req::UpdateLabels(n, edits) => {
+            let mut v = r.get_value(nodes, None, n).unwrap();
+            for (k, x) in edits {
+                match x {
+                    Some(x) => v["metadata"]["labels"][*k] = json!(x),
+                    None => {
+                        v["metadata"]["labels"].as_object_mut().unwrap().remove(*k);
+                    }
+                }
+            }
+            r.update(nodes, None, n, v, part).await
+        }
+        Req::PatchNode(n, pt, p) => r.patch(nodes, None, n, *pt, p.clone(), part).await,
+        Req::UpdateNodeStatus(n) => {
+            let mut v = r.get_value(nodes, None, n).unwrap();
+            v["metadata"]["labels"]["node-role.kubernetes.io/worker"] = json!("");
+            v["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+            r.update(nodes, None, n, v, part).await
+        }
+        Req::DeleteNode(n) => r.delete(nodes, None, n, &DeleteOptions::default()).await,
+        Req::DeletePod(n) => {
+            r.delete(pods, Some("default"), n, &DeleteOptions::default())
+                .await
+        }
+        Req::UpdatePodStatus(n) => {
+            let mut v = r.get_value(pods, Some("default"), n).unwrap();
+            v["status"]["phase"] = json!("Running");
+            r.update(pods, Some("default"), n, v, part).await
+        }
+        Req::PatchPodStatus(n) => {
+            r.patch(
+                pods,
+                Some("default"),
+                n,
+                PatchType::Merge,
+                json!({"status": {"phase": "Running"}}),
+                part,
+            )
+            .await
+        }
+    };
+    match out {
+        Ok(_) if verb == "create" => (201, String::new()),
+        Ok(_) => (200, String::new()),
+        Err(e) => (e.code, e.message),
+    }
+}
+
+/// The table: request → expected code for admin, n1, n2, an authenticated nobody, no token.
+/// `tests/tests/node_restriction.rs` runs the same table against the server over HTTP.
+fn restriction_table() -> Vec<(Req, [u16; 5])> {
+    use PatchType::{Json, Merge, Strategic};
+    use Req::*;
+    let allowed = json!({
+        "kubernetes.io/hostname": "n1", "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "m5",
+        "topology.kubernetes.io/zone": "z1", "failure-domain.beta.kubernetes.io/region": "r1",
+        "kubelet.kubernetes.io/x": "1", "sub.node.kubernetes.io/y": "2", "example.com/team": "a",
+        "plain": "b"});
+    vec![
+        (CreateNode("n1", allowed), [201, 201, 403, 403, 401]),
+        (
+            CreateNode("n1", json!({"node-role.kubernetes.io/worker": ""})),
+            [201, 403, 403, 403, 401],
+        ),
+        (
+            CreateNode("n1", json!({"node-restriction.kubernetes.io/pool": "a"})),
+            [201, 403, 403, 403, 401],
+        ),
+        (
+            CreateNode("n1", json!({"a.node-restriction.kubernetes.io/pool": "a"})),
+            [201, 403, 403, 403, 401],
+        ),
+        (
+            CreateNode("n1", json!({"kubernetes.io/role": "x"})),
+            [201, 403, 403, 403, 401],
+        ),
+        (
+            CreateNode("n1", json!({"foo.k8s.io/x": "1"})),
+            [201, 403, 403, 403, 401],
+        ),
+        (CreateNode("n3", json!({})), [201, 403, 403, 403, 401]),
+        (
+            UpdateLabels("n1", vec![("example.com/team", Some("a"))]),
+            [200, 200, 403, 403, 401],
+        ),
+        (
+            UpdateLabels(
+                "n1",
+                vec![
+                    ("topology.kubernetes.io/zone", Some("z2")),
+                    ("kubernetes.io/hostname", Some("h")),
+                ],
+            ),
+            [200, 200, 403, 403, 401],
+        ),
+        (
+            UpdateLabels("n1", vec![("node-role.kubernetes.io/worker", Some(""))]),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            UpdateLabels("n1", vec![("node-role.kubernetes.io/control-plane", None)]),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            UpdateLabels(
+                "n1",
+                vec![("node-role.kubernetes.io/control-plane", Some("x"))],
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            UpdateLabels(
+                "n1",
+                vec![("node-restriction.kubernetes.io/pool", Some("a"))],
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            UpdateLabels("n2", vec![("example.com/team", Some("a"))]),
+            [200, 403, 200, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n1",
+                Merge,
+                json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": ""}}}),
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n1",
+                Merge,
+                json!({"metadata": {"labels": {"example.com/team": "b"}}}),
+            ),
+            [200, 200, 403, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n1",
+                Strategic,
+                json!({"metadata": {"labels": {"topology.kubernetes.io/region": "r"}}}),
+            ),
+            [200, 200, 403, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n1",
+                Strategic,
+                json!({"metadata": {"labels": {"k8s.io/x": "y"}}}),
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n1",
+                Json,
+                json!([{"op": "remove", "path": "/metadata/labels/node-role.kubernetes.io~1control-plane"}]),
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n1",
+                Merge,
+                json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}),
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (
+            PatchNode(
+                "n2",
+                Merge,
+                json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": ""}}}),
+            ),
+            [200, 403, 403, 403, 401],
+        ),
+        (UpdateNodeStatus("n1"), [200, 200, 403, 403, 401]),
+        (DeleteNode("n1"), [200, 403, 403, 403, 401]),
+        (DeletePod("p-n1"), [200, 200, 403, 403, 401]),
+        (DeletePod("p-n2"), [200, 403, 200, 403, 401]),
+        (DeletePod("p-unbound"), [200, 403, 403, 403, 401]),
+        (UpdatePodStatus("p-n1"), [200, 200, 403, 403, 401]),
+        (PatchPodStatus("p-n2"), [200, 403, 200, 403, 401]),
+    ]
+}
+
+#[tokio::test]
+async fn node_restriction_table() {
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for (req, codes) in restriction_table() {
+        for (who, want) in WHO.into_iter().zip(codes) {
+            let r = restriction_fixture().await;
+            let (got, msg) = serve(&r, who, &req).await;
+            n += 1;
+            if got != want {
+                failures.push(format!("{who:?} {req:?}: want {want}, got {got} {msg}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} rows:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(n, 28 * 5);
+}
+
+#[tokio::test]
+async fn node_restriction_messages_are_upstreams() {
+    let cases = [
+        (
+            Req::CreateNode("n1", json!({"node-role.kubernetes.io/worker": "", "node-restriction.kubernetes.io/a": "1", "example.com/x": "1"})),
+            "nodes \"n1\" is forbidden: node \"n1\" is not allowed to set the following labels: node-restriction.kubernetes.io/a, node-role.kubernetes.io/worker",
+        ),
+        (
+            Req::UpdateLabels("n1", vec![("node-role.kubernetes.io/control-plane", None), ("kubernetes.io/role", Some("x"))]),
+            "nodes \"n1\" is forbidden: is not allowed to modify labels: kubernetes.io/role, node-role.kubernetes.io/control-plane",
+        ),
+        (
+            Req::PatchNode("n1", PatchType::Merge, json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})),
+            "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints",
+        ),
+        (
+            Req::DeletePod("p-n2"),
+            "pods \"p-n2\" is forbidden: node \"n1\" can only delete pods with spec.nodeName set to itself",
+        ),
+        (
+            Req::PatchPodStatus("p-n2"),
+            "pods \"p-n2\" is forbidden: node \"n1\" can only update pod status for pods with spec.nodeName set to itself",
+        ),
+    ];
+    for (req, want) in cases {
+        let r = restriction_fixture().await;
+        let (code, msg) = serve(&r, Who::N1, &req).await;
+        assert_eq!((code, msg.as_str()), (403, want), "{req:?}");
+    }
+    // A forbidden label already there and left alone does not stop a node's other changes.
+    let r = restriction_fixture().await;
+    let (code, _) = serve(
+        &r,
+        Who::N1,
+        &Req::PatchNode(
+            "n1",
+            PatchType::Merge,
+            json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let v = r.get_value(by_kind("Node"), None, "n1").unwrap();
+    assert_eq!(
+        v["metadata"]["labels"]["node-role.kubernetes.io/control-plane"],
+        ""
+    );
+    // The hand-off from authorize does not outlive its request: an admin write afterwards on
+    // the same thread is not restricted, and a node's denied request leaves nothing behind.
+    let nodes = by_kind("Node");
+    crate::auth::authorize(
+        &crate::auth::User::node("n1"),
+        &crate::auth::Attributes {
+            verb: "patch",
+            res: nodes,
+            sub: None,
+            ns: None,
+            name: Some("n1"),
+            pod_node: None,
+        },
+    )
+    .unwrap();
+    crate::auth::authorize(
+        &crate::auth::User::admin(),
+        &crate::auth::Attributes {
+            verb: "patch",
+            res: nodes,
+            sub: None,
+            ns: None,
+            name: Some("n1"),
+            pod_node: None,
+        },
+    )
+    .unwrap();
+    r.patch(
+        nodes,
+        None,
+        "n1",
+        PatchType::Merge,
+        json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": ""}}}),
+        Part::Main,
+    )
+    .await
+    .unwrap();
+}
