@@ -1,14 +1,29 @@
 //! Node lifecycle: a node whose heartbeats stop for `--node-monitor-grace-period` gets its
 //! Ready condition set to Unknown (`NodeStatusUnknown`, "Kubelet stopped posting node
-//! status."), which takes its pods' endpoints out of service; when heartbeats resume, the
-//! condition this controller set is restored to True.
+//! status."), and every pod bound to it is marked not ready, as upstream's `MarkPodsNotReady`
+//! does: the pod's existing `Ready` condition becomes `False` (new `lastTransitionTime`, its
+//! reason and message kept; `ContainersReady` and container statuses are the kubelet's and
+//! stay), through a status write, so the EndpointSlice controller withdraws the pod. Pods in a
+//! terminal phase and pods without a Ready condition are left alone. A marking that fails is
+//! retried on the next pass while the node is still not Ready, and a controller that starts
+//! with a node already Unknown by its hand marks that node's pods again (a restart between the
+//! two writes must not leave them ready). When heartbeats resume, the condition this controller
+//! set is restored to True.
+//!
+//! Pods after recovery: upstream leaves them to the kubelet, whose status manager reconciles
+//! the pod's status with the API and so writes Ready=True again. Sluice's node agent writes no
+//! pod status, so a pod marked here would stay not ready forever. When the node is Ready again,
+//! a pod this process marked is therefore given its Ready status back, but only if nothing has
+//! written the pod since the marking (same resourceVersion): whatever reports pod status (a
+//! kubelet, a runtime, the lab) is left the last word. Markings made by an earlier process are
+//! not remembered across a restart; those pods wait for their reporter.
 //!
 //! A heartbeat is a change of the node's Lease `spec.renewTime` (in `kube-node-lease`) or of
 //! its Ready condition's `lastHeartbeatTime`. As in the upstream controller, staleness is
 //! measured on this process's clock from when a heartbeat value was first observed, so a
 //! control-plane restart or clock skew does not mark every node Unknown at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,10 +86,126 @@ fn set_ready(node: &mut Value, status: &str, reason: &str, message: &str) {
     }));
 }
 
+/// A pod this controller marked not ready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkedPod {
+    /// Namespace.
+    pub ns: String,
+    /// Name.
+    pub name: String,
+    /// The pod's resourceVersion after the marking.
+    pub revision: u64,
+    /// Its Ready status before (`True`, `Unknown`).
+    pub ready_before: String,
+}
+
+/// What [`mark_pods_not_ready`] did.
+#[derive(Debug, Default)]
+pub struct Marking {
+    /// Pods written.
+    pub marked: Vec<MarkedPod>,
+    /// Pods whose write failed (`ns/name: error`); the marking is to be retried.
+    pub errors: Vec<String>,
+}
+
+/// Marks every pod bound to `node` not ready (upstream `MarkPodsNotReady`): a pod's `Ready`
+/// condition, if it has one that is not already `False`, becomes `False` with a new
+/// `lastTransitionTime`, through a status write. Pods in a terminal phase are left alone.
+/// Every pod is tried; failures are collected.
+pub async fn mark_pods_not_ready(reg: &Registry, node: &str) -> Marking {
+    let res = by_kind("Pod");
+    let pods: Vec<Value> = reg
+        .store()
+        .list(&res.prefix())
+        .0
+        .iter()
+        .filter_map(|s| s.value().ok())
+        .filter(|p| str_at(p, "/spec/nodeName") == Some(node))
+        .collect();
+    let mut out = Marking::default();
+    for mut pod in pods {
+        if matches!(str_at(&pod, "/status/phase"), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(cond) = pod
+            .pointer_mut("/status/conditions")
+            .and_then(|c| c.as_array_mut())
+            .and_then(|cs| cs.iter_mut().find(|c| c["type"] == "Ready"))
+        else {
+            continue;
+        };
+        if cond["status"] == "False" {
+            continue;
+        }
+        let ready_before = cond["status"].as_str().unwrap_or("").to_string();
+        cond["status"] = json!("False");
+        cond["lastTransitionTime"] = json!(now_rfc3339());
+        let (ns, name) = (super::ns_of(&pod).to_string(), name_of(&pod).to_string());
+        match reg.update(res, Some(&ns), &name, pod, Part::Status).await {
+            Ok(s) => {
+                tracing::info!(node, pod = %format!("{ns}/{name}"), "node is not ready: pod Ready=False");
+                out.marked.push(MarkedPod {
+                    ns,
+                    name,
+                    revision: s.mod_revision,
+                    ready_before,
+                });
+            }
+            // Deleted meanwhile: nothing left to mark.
+            Err(e) if e.code == 404 => {}
+            Err(e) => out.errors.push(format!("{ns}/{name}: {e}")),
+        }
+    }
+    out
+}
+
+/// Gives pods marked by [`mark_pods_not_ready`] their Ready status back, each only if nothing
+/// has written it since (its resourceVersion is still the marking's). Returns how many.
+pub async fn restore_marked_pods(reg: &Registry, node: &str, marked: &[MarkedPod]) -> usize {
+    let res = by_kind("Pod");
+    let mut restored = 0;
+    for m in marked {
+        let Ok(s) = reg.get(res, Some(&m.ns), &m.name) else {
+            continue;
+        };
+        if s.mod_revision != m.revision {
+            continue;
+        }
+        let Ok(mut pod) = s.value() else { continue };
+        let Some(cond) = pod
+            .pointer_mut("/status/conditions")
+            .and_then(|c| c.as_array_mut())
+            .and_then(|cs| cs.iter_mut().find(|c| c["type"] == "Ready"))
+        else {
+            continue;
+        };
+        cond["status"] = json!(m.ready_before);
+        cond["lastTransitionTime"] = json!(now_rfc3339());
+        // The body carries the marking's resourceVersion: a write in between wins.
+        match reg
+            .update(res, Some(&m.ns), &m.name, pod, Part::Status)
+            .await
+        {
+            Ok(_) => {
+                restored += 1;
+                tracing::info!(node, pod = %format!("{}/{}", m.ns, m.name), "node is ready again: pod Ready restored");
+            }
+            Err(e) => {
+                tracing::debug!(node, pod = %format!("{}/{}", m.ns, m.name), error = %e, "pod not restored");
+            }
+        }
+    }
+    restored
+}
+
 /// Per-node observation: the last heartbeat value and when this process first saw it.
 #[derive(Default)]
 pub struct Monitor {
     seen: HashMap<String, ((String, String), Instant)>,
+    /// Nodes this controller made Unknown whose pods are still to be marked not ready.
+    mark_pods: BTreeSet<String>,
+    /// Pods this process marked, by node, to give back when the node is Ready again.
+    marked: HashMap<String, Vec<MarkedPod>>,
 }
 
 impl Monitor {
@@ -91,9 +222,22 @@ impl Monitor {
         let now = Instant::now();
         self.seen
             .retain(|n, _| nodes.iter().any(|v| name_of(v) == n));
+        self.mark_pods
+            .retain(|n| nodes.iter().any(|v| name_of(v) == n));
+        self.marked
+            .retain(|n, _| nodes.iter().any(|v| name_of(v) == n));
+        let mut not_ready = BTreeSet::new();
+        let mut ready_again = Vec::new();
         for node in nodes {
             let name = name_of(&node).to_string();
             let hb = heartbeat_of(reg, &node);
+            let ready = ready_condition(&node);
+            let status = ready.and_then(|c| c["status"].as_str()).unwrap_or("");
+            let ours = ready.and_then(|c| c["reason"].as_str()) == Some(UNKNOWN_REASON);
+            if !self.seen.contains_key(&name) && status == "Unknown" && ours {
+                // Made Unknown before this process started: its pods may not have been marked.
+                self.mark_pods.insert(name.clone());
+            }
             let entry = self
                 .seen
                 .entry(name.clone())
@@ -103,11 +247,9 @@ impl Monitor {
                 *entry = (hb, now);
             }
             let stale = now.duration_since(entry.1) > grace;
-            let ready = ready_condition(&node);
-            let status = ready.and_then(|c| c["status"].as_str()).unwrap_or("");
-            let ours = ready.and_then(|c| c["reason"].as_str()) == Some(UNKNOWN_REASON);
             let mut next = node.clone();
-            if stale && status != "Unknown" {
+            let becomes_unknown = stale && status != "Unknown";
+            if becomes_unknown {
                 set_ready(
                     &mut next,
                     "Unknown",
@@ -119,10 +261,44 @@ impl Monitor {
                 set_ready(&mut next, "True", "KubeletReady", "node heartbeats resumed");
                 tracing::info!(node = %name, "heartbeats resumed: Ready=True");
             } else {
+                if status != "True" {
+                    not_ready.insert(name);
+                } else if self.marked.contains_key(&name) {
+                    // Ready again by the agent's own write.
+                    ready_again.push(name);
+                }
                 continue;
             }
-            if let Err(e) = reg.update(res, None, &name, next, Part::Status).await {
-                tracing::warn!(node = %name, error = %e, "updating node condition failed");
+            match reg.update(res, None, &name, next, Part::Status).await {
+                Ok(_) if becomes_unknown => {
+                    self.mark_pods.insert(name.clone());
+                    not_ready.insert(name);
+                }
+                Ok(_) => ready_again.push(name),
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "updating node condition failed");
+                }
+            }
+        }
+        // Pods of nodes made Unknown (now, before a restart, or on a pass whose marking
+        // failed), while the node is still not Ready.
+        self.mark_pods.retain(|n| not_ready.contains(n));
+        let pending: Vec<String> = self.mark_pods.iter().cloned().collect();
+        for name in pending {
+            let m = mark_pods_not_ready(reg, &name).await;
+            self.marked
+                .entry(name.clone())
+                .or_default()
+                .extend(m.marked);
+            if m.errors.is_empty() {
+                self.mark_pods.remove(&name);
+            } else {
+                tracing::warn!(node = %name, errors = %m.errors.join("; "), "marking pods not ready failed; will retry");
+            }
+        }
+        for name in ready_again {
+            if let Some(marked) = self.marked.remove(&name) {
+                restore_marked_pods(reg, &name, &marked).await;
             }
         }
     }
@@ -231,5 +407,214 @@ mod tests {
             "Unknown",
             "no heartbeat, stays Unknown"
         );
+    }
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, conditions: Value) -> Value {
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox"}]});
+        if let Some(n) = node {
+            spec["nodeName"] = json!(n);
+        }
+        json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec,
+               "status": {"phase": phase, "conditions": conditions,
+                          "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0,
+                                                 "image": "busybox", "imageID": "",
+                                                 "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}})
+    }
+
+    fn ready_conds(status: &str) -> Value {
+        json!([
+            {"type": "Initialized", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Ready", "status": status, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "ContainersReady", "status": status, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ])
+    }
+
+    /// Creates a pod and writes its status (creation resets status to Pending).
+    async fn put_pod(reg: &Registry, p: Value) {
+        let pods = by_kind("Pod");
+        let name = name_of(&p).to_string();
+        reg.create(pods, Some("default"), p.clone()).await.unwrap();
+        let mut cur = reg.get_value(pods, Some("default"), &name).unwrap();
+        for (k, v) in p["status"].as_object().unwrap() {
+            cur["status"][k] = v.clone();
+        }
+        reg.update(pods, Some("default"), &name, cur, Part::Status)
+            .await
+            .unwrap();
+    }
+
+    fn pod_of(reg: &Registry, n: &str) -> Value {
+        reg.get_value(by_kind("Pod"), Some("default"), n).unwrap()
+    }
+
+    fn cond<'a>(p: &'a Value, ty: &str) -> &'a Value {
+        p["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == ty)
+            .unwrap()
+    }
+
+    async fn ready_node(reg: &Registry, n: &str) {
+        let nodes = by_kind("Node");
+        reg.create(nodes, None, json!({"metadata": {"name": n}}))
+            .await
+            .unwrap();
+        let mut v = reg.get_value(nodes, None, n).unwrap();
+        set_ready(&mut v, "True", "KubeletReady", "ready");
+        reg.update(nodes, None, n, v, Part::Status).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pods_on_a_lost_node_become_not_ready_and_nothing_else_is_touched() {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        for n in ["lost", "healthy"] {
+            ready_node(&reg, n).await;
+        }
+        let mut running = ready_conds("True");
+        running[1]["reason"] = json!("SomeReason");
+        running[1]["message"] = json!("kept");
+        put_pod(&reg, pod("web-1", Some("lost"), "Running", running)).await;
+        put_pod(
+            &reg,
+            pod("web-2", Some("lost"), "Running", ready_conds("True")),
+        )
+        .await;
+        put_pod(
+            &reg,
+            pod("done", Some("lost"), "Succeeded", ready_conds("True")),
+        )
+        .await;
+        put_pod(
+            &reg,
+            pod("failed", Some("lost"), "Failed", ready_conds("True")),
+        )
+        .await;
+        put_pod(
+            &reg,
+            pod("unready", Some("lost"), "Running", ready_conds("False")),
+        )
+        .await;
+        put_pod(&reg, pod("no-conds", Some("lost"), "Pending", json!([]))).await;
+        put_pod(
+            &reg,
+            pod("other", Some("healthy"), "Running", ready_conds("True")),
+        )
+        .await;
+        put_pod(&reg, pod("unbound", None, "Pending", ready_conds("True"))).await;
+        let untouched: Vec<(String, Value)> =
+            ["done", "failed", "unready", "no-conds", "other", "unbound"]
+                .iter()
+                .map(|n| (n.to_string(), pod_of(&reg, n)))
+                .collect();
+
+        let grace = Duration::from_secs(40);
+        let mut m = Monitor::default();
+        m.pass(&reg, grace).await;
+        for t in [20, 40, 60] {
+            tokio::time::advance(Duration::from_secs(20)).await;
+            renew(&reg, "healthy", &format!("2026-01-01T00:00:{t}.000000Z")).await;
+            m.pass(&reg, grace).await;
+        }
+        assert_eq!(ready_of(&reg, "lost").0, "Unknown");
+        assert_eq!(ready_of(&reg, "healthy").0, "True");
+
+        let w1 = pod_of(&reg, "web-1");
+        let r = cond(&w1, "Ready");
+        assert_eq!(r["status"], "False");
+        assert_ne!(r["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            (r["reason"].as_str(), r["message"].as_str()),
+            (Some("SomeReason"), Some("kept")),
+            "upstream keeps the condition's reason and message"
+        );
+        assert_eq!(cond(&w1, "ContainersReady")["status"], "True");
+        assert_eq!(w1["status"]["containerStatuses"][0]["ready"], true);
+        assert_eq!(w1["status"]["phase"], "Running");
+        assert_eq!(cond(&pod_of(&reg, "web-2"), "Ready")["status"], "False");
+        for (n, before) in &untouched {
+            assert_eq!(&pod_of(&reg, n), before, "{n} must be untouched");
+        }
+
+        // Nothing more to do on the next passes.
+        let rev = reg.store().revision();
+        m.pass(&reg, grace).await;
+        assert_eq!(reg.store().revision(), rev);
+
+        // Something reports web-2's status while the node is lost: that is its last word.
+        let mut w2 = pod_of(&reg, "web-2");
+        w2["status"]["podIP"] = json!("10.244.0.9");
+        reg.update(by_kind("Pod"), Some("default"), "web-2", w2, Part::Status)
+            .await
+            .unwrap();
+        let w2 = pod_of(&reg, "web-2");
+
+        // Heartbeats resume: the node is Ready again, and so is the pod nothing else wrote
+        // (Sluice's agent reports no pod status); the other is left as its reporter put it.
+        renew(&reg, "lost", "2026-01-01T00:02:00.000000Z").await;
+        m.pass(&reg, grace).await;
+        assert_eq!(ready_of(&reg, "lost").0, "True");
+        let w1 = pod_of(&reg, "web-1");
+        let r = cond(&w1, "Ready");
+        assert_eq!(
+            (r["status"].as_str(), r["reason"].as_str()),
+            (Some("True"), Some("SomeReason"))
+        );
+        assert_eq!(pod_of(&reg, "web-2"), w2);
+        for (n, before) in &untouched {
+            assert_eq!(&pod_of(&reg, n), before, "{n} must be untouched");
+        }
+        let rev = reg.store().revision();
+        m.pass(&reg, grace).await;
+        assert_eq!(reg.store().revision(), rev, "restored once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_controller_marks_the_pods_of_nodes_already_unknown() {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        let nodes = by_kind("Node");
+        for n in ["n1", "n2"] {
+            ready_node(&reg, n).await;
+        }
+        // n1 was made Unknown by a previous process that stopped before marking its pods;
+        // n2 says NotReady itself (not this controller's doing).
+        let mut v = reg.get_value(nodes, None, "n1").unwrap();
+        set_ready(
+            &mut v,
+            "Unknown",
+            UNKNOWN_REASON,
+            "Kubelet stopped posting node status.",
+        );
+        reg.update(nodes, None, "n1", v, Part::Status)
+            .await
+            .unwrap();
+        let mut v = reg.get_value(nodes, None, "n2").unwrap();
+        set_ready(&mut v, "False", "KubeletNotReady", "runtime down");
+        reg.update(nodes, None, "n2", v, Part::Status)
+            .await
+            .unwrap();
+        put_pod(&reg, pod("a", Some("n1"), "Running", ready_conds("True"))).await;
+        put_pod(&reg, pod("b", Some("n2"), "Running", ready_conds("True"))).await;
+
+        let mut m = Monitor::default();
+        m.pass(&reg, Duration::from_secs(40)).await;
+        assert_eq!(cond(&pod_of(&reg, "a"), "Ready")["status"], "False");
+        assert_eq!(cond(&pod_of(&reg, "b"), "Ready")["status"], "True");
+        // Marked once: a pod the agent reports ready again is not flipped back while the
+        // node stays Unknown.
+        let mut a = pod_of(&reg, "a");
+        a["status"]["conditions"] = ready_conds("True");
+        reg.update(by_kind("Pod"), Some("default"), "a", a, Part::Status)
+            .await
+            .unwrap();
+        m.pass(&reg, Duration::from_secs(40)).await;
+        assert_eq!(cond(&pod_of(&reg, "a"), "Ready")["status"], "True");
     }
 }
