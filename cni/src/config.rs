@@ -2,11 +2,10 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::error::{CniError, Code};
-use crate::ipam::Range;
+use crate::ipam::{self, Range, RangeError};
 use crate::types::{CniResult, Dns, Route};
 
 /// The CNI versions this plugin accepts in configurations.
@@ -38,13 +37,25 @@ pub enum ConfigError {
     /// A semantically invalid configuration.
     #[error("invalid network configuration: {0}")]
     Invalid(String),
+    /// An IPAM range, range set or the set list is refused; `at` is where in the config
+    /// (`ipam.ranges[0][1]`, `ipam.ranges[2]`, `ipam` for the single-range form).
+    #[error("{at}: {source}")]
+    Range {
+        /// The JSON path of the offending range or set.
+        at: String,
+        /// What is wrong.
+        #[source]
+        source: RangeError,
+    },
 }
 
 impl From<ConfigError> for CniError {
     fn from(e: ConfigError) -> CniError {
         let code = match &e {
             ConfigError::Decode(_) => Code::Decode,
-            ConfigError::MissingName | ConfigError::Invalid(_) => Code::InvalidConfig,
+            ConfigError::MissingName | ConfigError::Invalid(_) | ConfigError::Range { .. } => {
+                Code::InvalidConfig
+            }
             ConfigError::Version(_) => Code::IncompatibleVersion,
             ConfigError::Unsupported { .. } => Code::UnsupportedField,
         };
@@ -199,8 +210,28 @@ pub struct RangeConf {
 }
 
 impl NetConf {
-    /// Parses and validates stdin.
+    /// Parses and validates stdin, IPAM ranges included: every command but DEL (see
+    /// [`NetConf::parse_for_del`]) refuses a configuration whose ranges are invalid.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, ConfigError> {
+        let conf = NetConf::parse_base(bytes)?;
+        if let Some(ipam) = &conf.ipam {
+            ipam.range_sets()?;
+        }
+        Ok(conf)
+    }
+
+    /// Parses stdin for DEL: everything [`NetConf::parse`] checks is fatal except the IPAM
+    /// ranges, whose error is returned alongside. Releasing an attachment's leases needs only
+    /// the network name and data directory, and a DEL that can never succeed would leave the
+    /// runtime retrying it forever (and leak the leases a config allocated before it became
+    /// invalid, or before this plugin refused it).
+    pub fn parse_for_del(bytes: &[u8]) -> Result<(NetConf, Option<ConfigError>), ConfigError> {
+        let conf = NetConf::parse_base(bytes)?;
+        let bad = conf.ipam.as_ref().and_then(|i| i.range_sets().err());
+        Ok((conf, bad))
+    }
+
+    fn parse_base(bytes: &[u8]) -> Result<NetConf, ConfigError> {
         let conf: NetConf = serde_json::from_slice(bytes).map_err(ConfigError::Decode)?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(ConfigError::Version(conf.cni_version));
@@ -276,31 +307,74 @@ impl NetConf {
 }
 
 impl IpamConf {
-    /// The canonical range sets (old `subnet` form turned into one set).
+    /// The canonical range sets, validated as host-local's `LoadIPAMConfig` does: each range
+    /// canonicalised ([`Range::new`]), each set checked ([`ipam::check_set`]), and no two sets
+    /// sharing an address. The single-range form (`subnet`, `rangeStart`, …) comes first, as
+    /// host-local prepends it to `ranges`.
     pub fn range_sets(&self) -> Result<Vec<Vec<Range>>, ConfigError> {
-        let mut sets = Vec::new();
+        let err = |at: &str, source: RangeError| ConfigError::Range {
+            at: at.to_string(),
+            source,
+        };
+        // (where the set is, [(where the range is, the range)])
+        let mut located: Vec<(String, Vec<(String, &RangeConf)>)> = Vec::new();
+        let single;
         if let Some(subnet) = &self.subnet {
-            sets.push(vec![RangeConf {
+            single = RangeConf {
                 subnet: subnet.clone(),
                 range_start: self.range_start,
                 range_end: self.range_end,
                 gateway: self.gateway,
-            }]);
-        }
-        sets.extend(self.ranges.iter().cloned());
-        if sets.is_empty() {
-            return Err(ConfigError::Invalid("ipam: no IP ranges specified".into()));
-        }
-        let mut out = Vec::new();
-        for set in sets {
-            if set.is_empty() {
-                return Err(ConfigError::Invalid("ipam: empty range set".into()));
+            };
+            located.push(("ipam".into(), vec![("ipam".into(), &single)]));
+        } else {
+            // host-local silently ignores these without `subnet`; a range limit the operator
+            // wrote and we ignore would hand out addresses they meant to keep free.
+            let stray = [
+                ("rangeStart", self.range_start),
+                ("rangeEnd", self.range_end),
+                ("gateway", self.gateway),
+            ];
+            if let Some((field, Some(ip))) = stray.into_iter().find(|(_, ip)| ip.is_some()) {
+                return Err(err("ipam", RangeError::WithoutSubnet { field, ip }));
             }
-            let mut rs = Vec::new();
-            for r in set {
-                rs.push(canonical_range(&r)?);
+        }
+        for (k, set) in self.ranges.iter().enumerate() {
+            let ranges = set
+                .iter()
+                .enumerate()
+                .map(|(j, r)| (format!("ipam.ranges[{k}][{j}]"), r))
+                .collect();
+            located.push((format!("ipam.ranges[{k}]"), ranges));
+        }
+        if located.is_empty() {
+            return Err(err("ipam", RangeError::NoRanges));
+        }
+        let mut out: Vec<Vec<Range>> = Vec::with_capacity(located.len());
+        for (set_at, set) in &located {
+            let mut rs = Vec::with_capacity(set.len());
+            for (at, r) in set {
+                let range = Range::parse(&r.subnet, r.range_start, r.range_end, r.gateway)
+                    .map_err(|e| err(at, e))?;
+                rs.push(range);
             }
+            ipam::check_set(&rs).map_err(|e| err(set_at, e))?;
             out.push(rs);
+        }
+        // One address is allocated from each set: two sets sharing addresses could give an
+        // attachment the same address twice, or one set's round robin eat the other's pool.
+        for i in 0..out.len() {
+            for j in i + 1..out.len() {
+                if let Some((a, b)) = ipam::sets_overlap(&out[i], &out[j]) {
+                    let e = RangeError::SetsOverlap {
+                        set_a: located[i].0.clone(),
+                        set_b: located[j].0.clone(),
+                        a: a.to_string(),
+                        b: b.to_string(),
+                    };
+                    return Err(err("ipam", e));
+                }
+            }
         }
         Ok(out)
     }
@@ -309,51 +383,6 @@ impl IpamConf {
     pub fn data_dir(&self) -> &str {
         self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)
     }
-}
-
-fn canonical_range(r: &RangeConf) -> Result<Range, ConfigError> {
-    let subnet: IpNet = r
-        .subnet
-        .parse()
-        .map_err(|e| ConfigError::Invalid(format!("invalid subnet {:?}: {e}", r.subnet)))?;
-    let subnet = subnet.trunc();
-    let bits = if subnet.addr().is_ipv4() { 32 } else { 128 };
-    if bits - subnet.prefix_len() < 2 {
-        return Err(ConfigError::Invalid(format!(
-            "network {subnet} too small to allocate from"
-        )));
-    }
-    let first = crate::ipam::next_ip(subnet.network());
-    let last = crate::ipam::prev_ip(subnet.broadcast());
-    let inside = |ip: IpAddr, what: &str| {
-        if subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast() {
-            Ok(ip)
-        } else {
-            Err(ConfigError::Invalid(format!(
-                "{what} {ip} not in network {subnet}"
-            )))
-        }
-    };
-    let start = r
-        .range_start
-        .map(|ip| inside(ip, "RangeStart"))
-        .transpose()?;
-    let end = r.range_end.map(|ip| inside(ip, "RangeEnd")).transpose()?;
-    let gateway = match r.gateway {
-        Some(g) if subnet.contains(&g) => g,
-        Some(g) => {
-            return Err(ConfigError::Invalid(format!(
-                "gateway {g} not in network {subnet}"
-            )))
-        }
-        None => first,
-    };
-    Ok(Range {
-        subnet,
-        start: start.unwrap_or(first),
-        end: end.unwrap_or(last),
-        gateway,
-    })
 }
 
 #[cfg(test)]
@@ -374,9 +403,9 @@ mod tests {
             assert_eq!(c.cni_version, v);
             assert_eq!(c.bridge, "br9");
             let sets = c.ipam().unwrap().range_sets().unwrap();
-            assert_eq!(sets[0][0].gateway.to_string(), "10.1.2.1");
-            assert_eq!(sets[0][0].start.to_string(), "10.1.2.1");
-            assert_eq!(sets[0][0].end.to_string(), "10.1.2.254");
+            assert_eq!(sets[0][0].gateway().to_string(), "10.1.2.1");
+            assert_eq!(sets[0][0].start().to_string(), "10.1.2.1");
+            assert_eq!(sets[0][0].end().to_string(), "10.1.2.254");
         }
         let e: CniError = NetConf::parse(conf("9.9.9").as_bytes()).unwrap_err().into();
         assert_eq!(e.code, 1);
@@ -406,12 +435,15 @@ mod tests {
             .unwrap_err()
             .into();
         assert_eq!(e.code, 2);
-        let c = NetConf::parse(
+        let e: CniError = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","subnet":"10.0.0.0/31"}}"#,
         )
-        .unwrap();
-        let e: CniError = c.ipam().unwrap().range_sets().unwrap_err().into();
-        assert_eq!(e.code, 7);
+        .unwrap_err()
+        .into();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (7, "ipam: subnet 10.0.0.0/31 too small to allocate from")
+        );
     }
 
     #[test]
@@ -425,11 +457,119 @@ mod tests {
         let sets = c.ipam().unwrap().range_sets().unwrap();
         assert_eq!(sets.len(), 1);
         let r = &sets[0][0];
-        assert_eq!(r.subnet.to_string(), "10.9.0.0/16");
-        assert_eq!(r.start.to_string(), "10.9.1.10");
-        assert_eq!(r.end.to_string(), "10.9.1.20");
-        assert_eq!(r.gateway.to_string(), "10.9.0.254");
+        assert_eq!(r.subnet().to_string(), "10.9.0.0/16");
+        assert_eq!(r.start().to_string(), "10.9.1.10");
+        assert_eq!(r.end().to_string(), "10.9.1.20");
+        assert_eq!(r.gateway().to_string(), "10.9.0.254");
         assert_eq!(c.ipam().unwrap().data_dir(), DEFAULT_DATA_DIR);
+    }
+
+    fn ipam_err(ipam: &str) -> CniError {
+        let text = format!(r#"{{"cniVersion":"1.0.0","name":"n","ipam":{ipam}}}"#);
+        NetConf::parse(text.as_bytes()).unwrap_err().into()
+    }
+
+    /// host-local's config_test.go "new-style config": two sets, defaults filled in.
+    #[test]
+    fn host_local_new_style_config() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"0.3.1","name":"mynet","type":"ipvlan","master":"foo0",
+            "ipam":{"type":"host-local","ranges":[
+              [{"subnet":"10.1.2.0/24","rangeStart":"10.1.2.9","rangeEnd":"10.1.2.20","gateway":"10.1.2.30"},
+               {"subnet":"10.1.4.0/24"}],
+              [{"subnet":"11.1.2.0/24","rangeStart":"11.1.2.9","rangeEnd":"11.1.2.20","gateway":"11.1.2.30"}]]}}"#,
+        )
+        .unwrap();
+        let sets = c.ipam().unwrap().range_sets().unwrap();
+        let shape: Vec<Vec<String>> = sets
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|r| format!("{} {r} gw {}", r.subnet(), r.gateway()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                vec![
+                    "10.1.2.0/24 10.1.2.9-10.1.2.20 gw 10.1.2.30",
+                    "10.1.4.0/24 10.1.4.1-10.1.4.254 gw 10.1.4.1"
+                ],
+                vec!["11.1.2.0/24 11.1.2.9-11.1.2.20 gw 11.1.2.30"]
+            ]
+        );
+    }
+
+    /// host-local's config_test.go refusals (overlaps, families) and ours, all code 7 with the
+    /// JSON path, the field and the values in the message.
+    #[test]
+    fn invalid_ranges_are_code_7_with_path_field_and_values() {
+        #[rustfmt::skip]
+        let cases = [
+            // host-local: "range set 0 overlaps with 1".
+            (r#"{"type":"host-local","ranges":[[{"subnet":"10.1.2.0/24"},{"subnet":"10.2.2.0/24"}],
+                [{"subnet":"10.1.4.0/24"},{"subnet":"10.1.6.0/24"},{"subnet":"10.1.8.0/24"},{"subnet":"10.1.2.0/24"}]]}"#,
+             "ipam: range sets ipam.ranges[0] and ipam.ranges[1] overlap: 10.1.2.1-10.1.2.254 and 10.1.2.1-10.1.2.254"),
+            // host-local: "invalid range set 0: subnets … overlap".
+            (r#"{"type":"host-local","ranges":[[{"subnet":"10.1.0.0/22"},{"subnet":"10.1.2.0/24"}]]}"#,
+             "ipam.ranges[0]: ranges 10.1.0.1-10.1.3.254 and 10.1.2.1-10.1.2.254 overlap"),
+            // host-local: "invalid range set 0: mixed address families".
+            (r#"{"type":"host-local","ranges":[[{"subnet":"10.1.0.0/22"},{"subnet":"2001:db8:5::/64"}]]}"#,
+             "ipam.ranges[0]: mixed address families in one range set: 10.1.0.1-10.1.3.254 and 2001:db8:5::1-2001:db8:5:0:ffff:ffff:ffff:ffff"),
+            // The single-range form is set 0, as host-local prepends it.
+            (r#"{"type":"host-local","subnet":"10.9.0.0/16","ranges":[[{"subnet":"10.9.3.0/24"}]]}"#,
+             "ipam: range sets ipam and ipam.ranges[0] overlap: 10.9.0.1-10.9.255.254 and 10.9.3.1-10.9.3.254"),
+            // The review's regression, in both forms.
+            (r#"{"type":"host-local","subnet":"10.80.0.0/24","rangeStart":"10.80.0.200","rangeEnd":"10.80.0.100"}"#,
+             "ipam: rangeStart 10.80.0.200 is after rangeEnd 10.80.0.100"),
+            (r#"{"type":"host-local","ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.80.0.0/24","rangeStart":"10.80.0.200","rangeEnd":"10.80.0.100"}]]}"#,
+             "ipam.ranges[1][0]: rangeStart 10.80.0.200 is after rangeEnd 10.80.0.100"),
+            (r#"{"type":"host-local","ranges":[[{"subnet":"10.1.0.0/24"},{"subnet":"10.80.0.5/24"}]]}"#,
+             "ipam.ranges[0][1]: subnet 10.80.0.5/24 has host bits set: for a prefix length of 24 the network address is 10.80.0.0"),
+            (r#"{"type":"host-local","ranges":[[{"subnet":"10.80.0.0/24","gateway":"10.80.1.1"}]]}"#,
+             "ipam.ranges[0][0]: gateway 10.80.1.1 not in network 10.80.0.0/24"),
+            (r#"{"type":"host-local","ranges":[[{"subnet":"nonsense"}]]}"#,
+             "ipam.ranges[0][0]: invalid subnet \"nonsense\": invalid IP address syntax"),
+            (r#"{"type":"host-local","rangeStart":"10.0.0.5","ranges":[[{"subnet":"10.0.0.0/24"}]]}"#,
+             "ipam: rangeStart 10.0.0.5 given without subnet"),
+            (r#"{"type":"host-local"}"#, "ipam: no IP ranges specified"),
+            (r#"{"type":"host-local","ranges":[]}"#, "ipam: no IP ranges specified"),
+            (r#"{"type":"host-local","ranges":[[]]}"#, "ipam.ranges[0]: empty range set"),
+        ];
+        for (ipam, msg) in cases {
+            let e = ipam_err(ipam);
+            assert_eq!((e.code, e.msg.as_str()), (7, msg), "{ipam}");
+        }
+        // Dual stack: one IPv4 and one IPv6 set is fine, so is one subnet split in two ranges.
+        for ok in [
+            r#"{"type":"host-local","ranges":[[{"subnet":"10.1.2.0/24"}],[{"subnet":"2001:db8:1::/48"}]]}"#,
+            r#"{"type":"host-local","ranges":[[{"subnet":"10.0.0.0/24","rangeEnd":"10.0.0.127"},{"subnet":"10.0.0.0/24","rangeStart":"10.0.0.128"}]]}"#,
+        ] {
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"n","ipam":{ok}}}"#);
+            NetConf::parse(text.as_bytes()).unwrap();
+        }
+        // host-local's 0.2.0 one-address-per-family rule: we do not speak 0.2.0 at all.
+        let e: CniError = NetConf::parse(
+            br#"{"cniVersion":"0.2.0","name":"n","ipam":{"type":"host-local","subnet":"10.1.2.0/24"}}"#,
+        )
+        .unwrap_err()
+        .into();
+        assert_eq!(e.code, 1);
+    }
+
+    #[test]
+    fn del_parse_reports_but_tolerates_bad_ranges() {
+        let text = br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","subnet":"10.80.0.0/24","rangeStart":"10.80.0.200","rangeEnd":"10.80.0.100"}}"#;
+        let (c, bad) = NetConf::parse_for_del(text).unwrap();
+        assert_eq!(c.name, "n");
+        assert_eq!(
+            bad.unwrap().to_string(),
+            "ipam: rangeStart 10.80.0.200 is after rangeEnd 10.80.0.100"
+        );
+        // Everything else is still fatal for DEL.
+        assert!(NetConf::parse_for_del(br#"{"cniVersion":"1.0.0"}"#).is_err());
+        assert!(NetConf::parse_for_del(b"{").is_err());
     }
 
     #[test]

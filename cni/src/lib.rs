@@ -15,6 +15,11 @@
 //! leaves no lease, veth or rule behind. DEL releases the lease and deletes the veth, and is
 //! idempotent (missing netns, empty `CNI_NETNS`, no `prevResult`, repeated calls).
 //!
+//! IPAM ranges are validated as host-local validates them ([`ipam::Range::new`],
+//! [`config::IpamConf::range_sets`]) when stdin is parsed: ADD, CHECK, STATUS and GC refuse an
+//! impossible range (inverted, outside its subnet, overlapping, …) with code 7 before touching
+//! anything. DEL does not: it needs no range to release an attachment's leases, and warns.
+//!
 //! With `ipMasq`, [`masq`] adds iptables NAT rules in the namespace the plugin runs in. GC
 //! releases leases of attachments missing from `cni.dev/valid-attachments`; STATUS checks that
 //! the lease store is usable (code 50 otherwise).

@@ -157,7 +157,15 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<String>, CniError> {
         }
         "DEL" => {
             env.require(&["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"])?;
-            let conf = NetConf::parse(stdin)?;
+            // An invalid IPAM range does not stop DEL: releasing (id, ifname)'s leases and
+            // deleting the veth need no range, and a DEL that always fails blocks the sandbox's
+            // removal forever (host-local fails here; the spec asks DEL to clean up what it can).
+            let (conf, bad_ranges) = NetConf::parse_for_del(stdin)?;
+            if let Some(e) = bad_ranges {
+                eprintln!(
+                    "sluice-cni: DEL: invalid IPAM configuration ({e}); releasing the attachment's leases anyway"
+                );
+            }
             check_not_own_netns(env)?;
             cmd_del(env, &conf).map(|_| None)
         }
@@ -383,7 +391,7 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
             .map(|a| IpConfig {
                 version: None,
                 address: a.cidr(),
-                gateway: Some(a.range.gateway),
+                gateway: Some(a.range.gateway()),
                 interface: Some(2),
             })
             .collect(),
@@ -394,7 +402,7 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         for a in &allocs {
             let dst = if a.ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
             if !result.routes.iter().any(|r| r.dst == dst) {
-                result.routes.push(Route::new(dst, Some(a.range.gateway)));
+                result.routes.push(Route::new(dst, Some(a.range.gateway())));
             }
         }
     }
@@ -412,14 +420,14 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
             allocs
                 .iter()
                 .find(|a| a.ip.is_ipv4() == dst.addr().is_ipv4())
-                .map(|a| a.range.gateway)
+                .map(|a| a.range.gateway())
         });
         plan.push((dst, gw));
     }
     let addrs: Vec<IpNet> = allocs
         .iter()
-        .map(|a| IpNet::new(a.ip, a.range.subnet.prefix_len()).expect("valid prefix"))
-        .collect();
+        .map(|a| prefixed(a.ip, &a.range))
+        .collect::<Result<_, _>>()?;
     let cont_index = cont.index;
     netns::run_in(&netns_path, || {
         with_netlink(|h| {
@@ -442,8 +450,8 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
     if conf.gateway_on_bridge() {
         let gws: Vec<IpNet> = allocs
             .iter()
-            .map(|a| IpNet::new(a.range.gateway, a.range.subnet.prefix_len()).expect("prefix"))
-            .collect();
+            .map(|a| prefixed(a.range.gateway(), &a.range))
+            .collect::<Result<_, _>>()?;
         with_netlink(|h| async move {
             for g in gws {
                 net::add_addr(&h, bridge.index, g).await?;
@@ -466,7 +474,7 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
             undo.push("ipMasq rule", move || {
                 crate::masq::teardown(&n, &i, ip).map_err(|e| e.to_string())
             });
-            crate::masq::setup(&conf.name, &id, a.ip, a.range.subnet)
+            crate::masq::setup(&conf.name, &id, a.ip, a.range.subnet())
                 .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
         }
     }
@@ -474,6 +482,16 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
     undo.disarm();
     let result = result.for_version(&conf.cni_version);
     serde_json::to_string(&result).map_err(|e| CniError::new(Code::Internal, e.to_string()))
+}
+
+/// `ip/prefix` with the range's prefix length (same family by [`ipam::Range`]'s invariants).
+fn prefixed(ip: IpAddr, range: &ipam::Range) -> Result<IpNet, CniError> {
+    IpNet::new(ip, range.subnet().prefix_len()).map_err(|e| {
+        CniError::new(
+            Code::Internal,
+            format!("address {ip} with the prefix of {}: {e}", range.subnet()),
+        )
+    })
 }
 
 fn cmd_del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
@@ -767,6 +785,68 @@ mod tests {
         u.disarm();
         drop(u);
         assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-cni-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn env_for(command: &str) -> Env {
+        Env {
+            command: command.into(),
+            container_id: Some("c1".into()),
+            netns: Some("/nonexistent/sluice-cni-test-netns".into()),
+            ifname: Some("eth0".into()),
+            path: Some("/nonexistent".into()),
+            lock_timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    /// The review's bug: rangeStart after rangeEnd wrapped and handed out 10.80.1.0 on
+    /// 10.80.0.0/24. Now every command that uses the ranges refuses the config with code 7
+    /// before touching the store; DEL still releases what the attachment holds.
+    #[test]
+    fn inverted_range_is_refused_on_every_entry_point() {
+        let data = temp_dir("inverted");
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "n", "type": "sluice-cni",
+            "ipam": {"type": "host-local", "dataDir": data,
+                     "ranges": [[{"subnet": "10.80.0.0/24",
+                                  "rangeStart": "10.80.0.200", "rangeEnd": "10.80.0.100"}]]}
+        })
+        .to_string();
+        for cmd in ["ADD", "CHECK", "STATUS", "GC"] {
+            let e = run(&env_for(cmd), conf.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.code, e.msg.as_str()),
+                (
+                    7,
+                    "ipam.ranges[0][0]: rangeStart 10.80.0.200 is after rangeEnd 10.80.0.100"
+                ),
+                "{cmd}"
+            );
+            // Nothing allocated, no file written: not even the network's directory.
+            assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "{cmd}");
+        }
+        // A lease the buggy version handed out (outside the subnet) is released by DEL.
+        {
+            let mut st = DiskStore::open(&data, "n", Duration::from_secs(1)).unwrap();
+            let lease = ipam::Lease {
+                ip: "10.80.1.0".parse().unwrap(),
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            };
+            assert!(st.reserve(&lease, 0).unwrap());
+        }
+        assert_eq!(run(&env_for("DEL"), conf.as_bytes()).unwrap(), None);
+        assert!(!data.join("n/10.80.1.0").exists());
+        // DEL again, nothing held: still fine.
+        assert_eq!(run(&env_for("DEL"), conf.as_bytes()).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&data);
     }
 
     #[test]

@@ -1054,3 +1054,59 @@ fn bridge_options_mtu_hairpin_promisc_match_reference() {
         }
     }
 }
+
+/// The review's bug: `rangeStart` after `rangeEnd` used to wrap and hand out 10.80.1.0 on
+/// 10.80.0.0/24. The real binary now refuses the config with the spec's error JSON (code 7,
+/// the field and both values in `msg`), exits non-zero and creates nothing: no lease, no store
+/// directory, no bridge, no veth. CHECK, STATUS and GC refuse it the same way; DEL succeeds
+/// (there is nothing to release, and a DEL that always fails would block the sandbox's removal).
+#[test]
+fn inverted_range_is_refused_with_code_7() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new(Impl::Ours);
+    let ctr = Netns::new().unwrap();
+    let mut conf = lab.conf("1.1.0", "10.80.0.0/24");
+    conf["ipam"]["ranges"] = json!([[{
+        "subnet": "10.80.0.0/24", "rangeStart": "10.80.0.200", "rangeEnd": "10.80.0.100"
+    }]]);
+    let add = lab.add(&conf, &ctr, "c1");
+    assert!(!add.ok(), "ADD succeeded: {}", text(&add.out));
+    assert_eq!(add.code(), 7, "{}", text(&add.out));
+    let e = add.json();
+    assert_eq!(e["cniVersion"], "1.1.0", "{e}");
+    assert_eq!(
+        e["msg"], "ipam.ranges[0][0]: rangeStart 10.80.0.200 is after rangeEnd 10.80.0.100",
+        "{e}"
+    );
+    assert!(
+        !lab.lease_dir().exists(),
+        "store touched: {:?}",
+        lab.leases()
+    );
+    assert_eq!(lab.host.links(), BTreeSet::from(["lo".to_string()]));
+    assert_eq!(ctr.links(), BTreeSet::from(["lo".to_string()]));
+
+    assert_eq!(lab.check(&conf, &ctr, "c1").code(), 7);
+    assert_eq!(lab.run("STATUS", &conf, &[]).code(), 7);
+    assert_eq!(lab.run("GC", &conf, &[]).code(), 7);
+    assert!(!lab.lease_dir().exists());
+    let del = lab.del(&conf, &ctr.path(), "c1");
+    assert!(del.ok(), "{}", text(&del.out));
+    assert!(del.stdout().is_empty(), "{}", del.stdout());
+    assert!(lab.leases().is_empty());
+
+    // The reference refuses it too (its message blames rangeStart: "not in network").
+    if Path::new(REF_DIR).join("bridge").exists() && Path::new(REF_DIR).join("host-local").exists()
+    {
+        let lab = Lab::new(Impl::Reference);
+        let mut conf = lab.conf("1.0.0", "10.80.0.0/24");
+        conf["ipam"]["ranges"] = json!([[{
+            "subnet": "10.80.0.0/24", "rangeStart": "10.80.0.200", "rangeEnd": "10.80.0.100"
+        }]]);
+        let add = lab.add(&conf, &ctr, "c1");
+        assert!(!add.ok(), "reference ADD succeeded: {}", text(&add.out));
+        assert!(lab.leases().is_empty());
+    }
+}
