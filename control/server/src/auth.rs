@@ -15,11 +15,10 @@
 //! `spec.nodeName` is itself, and may not add, change or remove its own Node's taints, labels
 //! under `node-restriction.kubernetes.io/`, or labels under `kubernetes.io`/`k8s.io` other than
 //! kubelet's ([`is_kubelet_label`]). The label and taint checks need the object being written,
-//! which [`authorize`] does not see: it leaves the admitted node for the registry on this
-//! thread ([`take_node_writer`]), which runs [`admit_node_write`] on the object it is about to
-//! store.
+//! which [`authorize`] does not see: the API handler runs each request inside
+//! [`as_requester`], and the registry asks [`requesting_node`] and runs [`admit_node_write`] on
+//! the object it is about to store.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -218,34 +217,33 @@ pub struct Attributes<'a> {
     pub pod_node: Option<&'a str>,
 }
 
-thread_local! {
-    /// The node whose write of a Node [`authorize`] admitted last on this thread.
-    static NODE_WRITER: RefCell<Option<String>> = const { RefCell::new(None) };
+tokio::task_local! {
+    /// The node whose own request is being served (set by the API handler for the whole
+    /// request, so it follows the request's future across awaits and threads).
+    static REQUESTING_NODE: Option<String>;
 }
 
-/// Takes (and clears) the node whose create, update or patch of a Node [`authorize`] admitted
-/// last on this thread. The API handler calls the registry right after `authorize`, with no
-/// await in between, so the registry's write of that Node runs on this thread before anything
-/// else does; it takes the value on entry, and `authorize` clears it for every other request.
-pub fn take_node_writer() -> Option<String> {
-    NODE_WRITER.with(|w| w.borrow_mut().take())
+/// Runs `fut` — the handling of one request of `user` — so that the registry's Node writes
+/// inside it are held to NodeRestriction when `user` is a node ([`requesting_node`]).
+pub async fn as_requester<F: std::future::Future>(user: &User, fut: F) -> F::Output {
+    REQUESTING_NODE
+        .scope(user.node_name().map(str::to_string), fut)
+        .await
 }
 
-fn set_node_writer(node: Option<&str>) {
-    NODE_WRITER.with(|w| *w.borrow_mut() = node.map(str::to_string));
+/// The node whose request is being served, if the caller runs inside [`as_requester`] for a
+/// node; None for administrators, controllers and anything outside a request.
+pub fn requesting_node() -> Option<String> {
+    REQUESTING_NODE.try_with(Clone::clone).ok().flatten()
 }
 
 /// Decides a request. Admins may do anything; see the module doc for nodes.
 pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
-    set_node_writer(None);
     if !user.is_admin() && !node_allowed(user, a) {
         return Err(denied(user, a));
     }
     if let Some(node) = user.node_name() {
         admit_node_request(node, a)?;
-        if a.res.kind == "Node" && matches!(a.verb, "create" | "update" | "patch") {
-            set_node_writer(Some(node));
-        }
     }
     Ok(())
 }

@@ -381,16 +381,17 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     if let Some(c) = &conn {
         c.authenticated();
     }
-    match handle_inner(
+    let served = handle_inner(
         &state,
         &user,
         parts.method,
         &parts.uri,
         &parts.headers,
         body,
-    )
-    .await
-    {
+    );
+    // NodeRestriction's checks of the object a node writes happen in the registry, which
+    // learns who is asking from this scope.
+    match auth::as_requester(&user, served).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }

@@ -11,7 +11,7 @@
 //! A block outside `--cluster-cidr` is reserved nowhere but still may not overlap another
 //! node's.
 //!
-//! NodeRestriction: when a node's own request is being served ([`crate::auth::take_node_writer`]),
+//! NodeRestriction: when a node's own request is being served ([`crate::auth::requesting_node`]),
 //! [`crate::auth::admit_node_write`] checks the object about to be written against the stored one.
 
 use ipnet::{IpNet, Ipv4Net};
@@ -23,11 +23,11 @@ use crate::alloc::{parse_cidr_sloppy, AllocError, Holder, PodCidrs};
 use crate::resources::{self, Resource};
 use crate::status::{ApiError, ApiResult};
 
-/// The node whose own request the caller is serving, when it writes a Node. Always takes
-/// the hand-off from [`crate::auth::authorize`], so nothing stale is left on the thread.
+/// The node whose own request the caller is serving, when it writes a Node.
 pub(super) fn writer(res: &Resource) -> Option<String> {
-    let w = crate::auth::take_node_writer();
-    (res.kind == "Node").then_some(w).flatten()
+    (res.kind == "Node")
+        .then(crate::auth::requesting_node)
+        .flatten()
 }
 
 /// NodeRestriction on a node's write of a Node's main resource. Status writes keep the stored

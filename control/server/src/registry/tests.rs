@@ -1071,56 +1071,60 @@ async fn serve(r: &Registry, who: Who, req: &Req) -> (u16, String) {
     } else {
         Part::Main
     };
-    let out = match req {
-        Req::CreateNode(n, labels) => {
-            r.create(
-                nodes,
-                None,
-                json!({"metadata": {"name": n, "labels": labels}}),
-            )
-            .await
-        }
-        Req::UpdateLabels(n, edits) => {
-            let mut v = r.get_value(nodes, None, n).unwrap();
-            for (k, x) in edits {
-                match x {
-                    Some(x) => v["metadata"]["labels"][*k] = json!(x),
-                    None => {
-                        v["metadata"]["labels"].as_object_mut().unwrap().remove(*k);
+    // As the API handler does: the registry learns who is asking from this scope.
+    let out = crate::auth::as_requester(&user, async {
+        match req {
+            Req::CreateNode(n, labels) => {
+                r.create(
+                    nodes,
+                    None,
+                    json!({"metadata": {"name": n, "labels": labels}}),
+                )
+                .await
+            }
+            Req::UpdateLabels(n, edits) => {
+                let mut v = r.get_value(nodes, None, n).unwrap();
+                for (k, x) in edits {
+                    match x {
+                        Some(x) => v["metadata"]["labels"][*k] = json!(x),
+                        None => {
+                            v["metadata"]["labels"].as_object_mut().unwrap().remove(*k);
+                        }
                     }
                 }
+                r.update(nodes, None, n, v, part).await
             }
-            r.update(nodes, None, n, v, part).await
-        }
-        Req::PatchNode(n, pt, p) => r.patch(nodes, None, n, *pt, p.clone(), part).await,
-        Req::UpdateNodeStatus(n) => {
-            let mut v = r.get_value(nodes, None, n).unwrap();
-            v["metadata"]["labels"]["node-role.kubernetes.io/worker"] = json!("");
-            v["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
-            r.update(nodes, None, n, v, part).await
-        }
-        Req::DeleteNode(n) => r.delete(nodes, None, n, &DeleteOptions::default()).await,
-        Req::DeletePod(n) => {
-            r.delete(pods, Some("default"), n, &DeleteOptions::default())
+            Req::PatchNode(n, pt, p) => r.patch(nodes, None, n, *pt, p.clone(), part).await,
+            Req::UpdateNodeStatus(n) => {
+                let mut v = r.get_value(nodes, None, n).unwrap();
+                v["metadata"]["labels"]["node-role.kubernetes.io/worker"] = json!("");
+                v["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+                r.update(nodes, None, n, v, part).await
+            }
+            Req::DeleteNode(n) => r.delete(nodes, None, n, &DeleteOptions::default()).await,
+            Req::DeletePod(n) => {
+                r.delete(pods, Some("default"), n, &DeleteOptions::default())
+                    .await
+            }
+            Req::UpdatePodStatus(n) => {
+                let mut v = r.get_value(pods, Some("default"), n).unwrap();
+                v["status"]["phase"] = json!("Running");
+                r.update(pods, Some("default"), n, v, part).await
+            }
+            Req::PatchPodStatus(n) => {
+                r.patch(
+                    pods,
+                    Some("default"),
+                    n,
+                    PatchType::Merge,
+                    json!({"status": {"phase": "Running"}}),
+                    part,
+                )
                 .await
+            }
         }
-        Req::UpdatePodStatus(n) => {
-            let mut v = r.get_value(pods, Some("default"), n).unwrap();
-            v["status"]["phase"] = json!("Running");
-            r.update(pods, Some("default"), n, v, part).await
-        }
-        Req::PatchPodStatus(n) => {
-            r.patch(
-                pods,
-                Some("default"),
-                n,
-                PatchType::Merge,
-                json!({"status": {"phase": "Running"}}),
-                part,
-            )
-            .await
-        }
-    };
+    })
+    .await;
     match out {
         Ok(_) if verb == "create" => (201, String::new()),
         Ok(_) => (200, String::new()),
@@ -1338,33 +1342,16 @@ async fn node_restriction_messages_are_upstreams() {
         v["metadata"]["labels"]["node-role.kubernetes.io/control-plane"],
         ""
     );
-    // The hand-off from authorize does not outlive its request: an admin write afterwards on
-    // the same thread is not restricted, and a node's denied request leaves nothing behind.
+    // The restriction follows the request's scope: an admin or controller write outside a
+    // node's request is not restricted, even right after one on the same task.
     let nodes = by_kind("Node");
-    crate::auth::authorize(
-        &crate::auth::User::node("n1"),
-        &crate::auth::Attributes {
-            verb: "patch",
-            res: nodes,
-            sub: None,
-            ns: None,
-            name: Some("n1"),
-            pod_node: None,
-        },
-    )
-    .unwrap();
-    crate::auth::authorize(
-        &crate::auth::User::admin(),
-        &crate::auth::Attributes {
-            verb: "patch",
-            res: nodes,
-            sub: None,
-            ns: None,
-            name: Some("n1"),
-            pod_node: None,
-        },
-    )
-    .unwrap();
+    assert_eq!(crate::auth::requesting_node(), None);
+    crate::auth::as_requester(&crate::auth::User::node("n1"), async {
+        assert_eq!(crate::auth::requesting_node().as_deref(), Some("n1"));
+        tokio::task::yield_now().await;
+        assert_eq!(crate::auth::requesting_node().as_deref(), Some("n1"));
+    })
+    .await;
     r.patch(
         nodes,
         None,
