@@ -685,8 +685,8 @@ impl NsPods {
         self.pods.insert(name, (labels, project_pod(pod)));
     }
 
-    /// The pods `sel` selects: candidates from the narrowest `key in (values)` requirement
-    /// (a Service selector is all of those), then every requirement checked.
+    /// The pods `sel` selects: candidates from the narrowest `key=value` or `key in (values)`
+    /// requirement (a Service selector is all `key=value`), then every requirement checked.
     fn select(&self, sel: &LabelSelector) -> Vec<Value> {
         let candidates = sel
             .0
