@@ -1,7 +1,8 @@
 //! Privileged: the real dataplane with real `iptables-restore` inside a fresh network namespace
 //! (never the root namespace's firewall: every iptables command goes through
 //! `ip netns exec <test netns>`, and the sockets live on threads that joined that namespace).
-//! Prints `SKIP: <reason>` and returns when not root or when `ip`/iptables are missing.
+//! Prints `SKIP: <reason>` and returns when not root or when `ip`/iptables are missing; fails
+//! instead under `SLUICE_REQUIRE_ALL=1` (CI), like the `sluice-tests` suites.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
@@ -32,6 +33,24 @@ fn sh(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Twin of `sluice_tests::skip` (tests/src/lib.rs; a dev-dependency on `sluice-tests` would
+/// pull kube, tonic and containerd's CRI into this crate and loop back, since `sluice-tests`
+/// depends on the proxy crates). Prints `SKIP: <why>` on stdout and stderr and, when
+/// `SLUICE_REQUIRE_ALL` is `1` or `true`, panics so the test fails. Keep both in step.
+#[track_caller]
+fn skip(why: &str) {
+    println!("SKIP: {why}");
+    eprintln!("SKIP: {why}");
+    let flag = std::env::var("SLUICE_REQUIRE_ALL").unwrap_or_default();
+    if flag.trim() == "1" || flag.trim().eq_ignore_ascii_case("true") {
+        panic!(
+            "this test could not run: {why} (SLUICE_REQUIRE_ALL is set, so every test must \
+             really run here; install what is missing, see .ci/run)"
+        );
+    }
+}
+
+/// Why this machine cannot run the test (not root, a tool missing), if it cannot.
 fn skip_reason() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not root".into());
@@ -93,8 +112,7 @@ async fn ask(addr: &str, msg: &str) -> String {
 #[test]
 fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
     if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
-        return;
+        return skip(&r);
     }
     let ns = Netns(format!("sluiceus-t-{}", std::process::id()));
     assert!(sh(&["ip", "netns", "add", &ns.0]));

@@ -5,6 +5,10 @@
 //! kubectl (Debian's 1.20 and the preinstalled one) and kube-rs. This library holds the
 //! shared harness: locating binaries and clients, and a control-plane process that is killed
 //! and cleaned up on drop.
+//!
+//! A test that cannot run here (no root, a tool or kernel feature missing) calls [`skip`]: it
+//! prints `SKIP: <why>` and returns, or fails when `SLUICE_REQUIRE_ALL=1` (CI). A check that
+//! does not apply by design calls [`not_applicable`] (`N/A: <why>`), which never fails.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -37,10 +41,60 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Prints the conventional skip line. Tests call it and return when a tool is unavailable.
+/// The environment variable that turns every [`skip`] into a failure: `1` or `true` (any case)
+/// means every tier must really run here. CI's `.ci/run` sets it; a developer's machine without
+/// root or a tool leaves it unset and sees `SKIP:` lines instead.
+pub const REQUIRE_ALL: &str = "SLUICE_REQUIRE_ALL";
+
+/// Whether [`REQUIRE_ALL`] is set to `1` or `true` in this process's environment.
+pub fn require_all() -> bool {
+    require_all_value(std::env::var(REQUIRE_ALL).ok().as_deref())
+}
+
+/// Whether a value of [`REQUIRE_ALL`] (`None` when unset) asks for every test to run.
+fn require_all_value(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.trim() == "1" || v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Reports that this test cannot run on this machine because something it needs is missing:
+/// root, a tool or package (kubectl, `nft`, containerd, the reference CNI plugins…), a kernel
+/// feature. Prints `SKIP: <why>` on stdout and stderr; the caller then returns (or leaves out
+/// the part that needs the missing thing), and the test counts as passed.
+///
+/// With `SLUICE_REQUIRE_ALL=1` (or `true`; see [`REQUIRE_ALL`]) it panics instead, so the test
+/// fails: CI's machine is set up to run every tier, and a test that silently did nothing there
+/// would hide a broken setup or a missing package.
+///
+/// Not for checks a component cannot meet *by design* (a userspace proxy cannot preserve the
+/// client address, say): those use [`not_applicable`], which never fails. `skip` means "this
+/// machine lacks something", `not_applicable` means "this case does not apply, anywhere".
+#[track_caller]
 pub fn skip(why: &str) {
+    skip_or_fail(why, require_all());
+}
+
+/// [`skip`] with the flag's value passed in (so the unit tests need not touch the environment).
+#[track_caller]
+fn skip_or_fail(why: &str, require_all: bool) {
     println!("SKIP: {why}");
     eprintln!("SKIP: {why}");
+    if require_all {
+        panic!(
+            "this test could not run: {why} ({REQUIRE_ALL} is set, so every test must really run \
+             here; install what is missing, see .ci/run)"
+        );
+    }
+}
+
+/// Reports a check that does not apply to what is under test, by design, on any machine: e.g.
+/// the conformance suite's userspace mode cannot keep the client address under
+/// `externalTrafficPolicy: Local` (the agent itself connects to the backend) nor keep
+/// connections across an agent restart (they live in the agent process). Prints
+/// `N/A: <why>` on stdout and stderr and never fails, whatever [`REQUIRE_ALL`] says: nothing
+/// installed could make the check run. For something missing on this machine use [`skip`].
+pub fn not_applicable(why: &str) {
+    println!("N/A: {why}");
+    eprintln!("N/A: {why}");
 }
 
 /// A kubectl binary to drive the API with.
@@ -327,5 +381,48 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_all_values() {
+        for on in ["1", "true", "TRUE", "True", " 1\n"] {
+            assert!(require_all_value(Some(on)), "{on:?}");
+        }
+        for off in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("false"),
+            Some("no"),
+            Some("yes"),
+        ] {
+            assert!(!require_all_value(off), "{off:?}");
+        }
+    }
+
+    #[test]
+    fn skip_only_prints_without_the_flag() {
+        skip_or_fail("a tool is missing", false);
+        not_applicable("by design");
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "this test could not run: a tool is missing (SLUICE_REQUIRE_ALL is set"
+    )]
+    fn skip_fails_with_the_flag() {
+        skip_or_fail("a tool is missing", true);
+    }
+
+    #[test]
+    fn status_uid_field() {
+        assert!(status_says_root("Name:\tx\nUid:\t1000\t0\t0\t0\n"));
+        assert!(!status_says_root("Uid:\t0\t1000\t1000\t1000\n"));
+        assert!(!status_says_root(""));
     }
 }

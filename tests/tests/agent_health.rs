@@ -9,8 +9,8 @@
 //!   answers 503 without a local endpoint and 200 once a slice lists one on the agent's node;
 //! * `sluice-agent debug dump` inside the namespace prints the Service's `SLUICE-SVC-` chain.
 //!
-//! Needs root, `ip`, `iptables-save` and a kubectl; otherwise prints SKIP. Build the binaries
-//! first: `cargo build -p sluice-agent -p sluice-control`.
+//! Needs root, `ip`, `iptables-save` and a kubectl; otherwise prints SKIP (a failure under
+//! `SLUICE_REQUIRE_ALL=1`). Build the binaries first: `cargo build -p sluice-agent -p sluice-control`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

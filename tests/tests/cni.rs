@@ -4,8 +4,8 @@
 //! Every test creates its own "host" and "container" network namespaces
 //! (`sluice-cni-<pid>-<n>`) and runs the plugin inside the host one with `ip netns exec`, so
 //! the bridge, veths and iptables rules never touch the real root namespace. Namespaces and
-//! data directories are removed on drop. Without root or netns support the tests print
-//! `SKIP: <reason>` and return.
+//! data directories are removed on drop. Without root, netns support or the reference plugins
+//! the tests print `SKIP: <reason>` and return (they fail instead under `SLUICE_REQUIRE_ALL=1`).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -36,6 +36,22 @@ fn privileged() -> bool {
             false
         }
     }
+}
+
+/// Whether Debian's reference `bridge` and `host-local` plugins are in [`REF_DIR`].
+fn reference_installed() -> bool {
+    ["bridge", "host-local"]
+        .iter()
+        .all(|p| Path::new(REF_DIR).join(p).exists())
+}
+
+/// [`skip`]s the reference half of a test (`what`) when [`reference_installed`] is false.
+#[track_caller]
+fn skip_reference(what: &str) {
+    skip(&format!(
+        "Debian containernetworking-plugins (bridge, host-local) not installed in {REF_DIR}: \
+         {what} not compared with the reference"
+    ));
 }
 
 /// A network namespace created by the test, deleted on drop.
@@ -549,10 +565,8 @@ fn reference_bridge_matches_ours() {
     if !privileged() {
         return;
     }
-    if !Path::new(REF_DIR).join("bridge").exists()
-        || !Path::new(REF_DIR).join("host-local").exists()
-    {
-        skip("Debian containernetworking-plugins not installed in /usr/lib/cni");
+    if !reference_installed() {
+        skip_reference("the core scenario");
         return;
     }
     let reference = scenario(Impl::Reference);
@@ -569,7 +583,8 @@ fn old_versions_and_subnet_form() {
         return;
     }
     for imp in [Impl::Reference, Impl::Ours] {
-        if imp == Impl::Reference && !Path::new(REF_DIR).join("bridge").exists() {
+        if imp == Impl::Reference && !reference_installed() {
+            skip_reference("CNI versions and subnet form");
             continue;
         }
         // Debian's 1.1.1 plugins stop at 1.0.0; ours also takes 1.1.0.
@@ -972,7 +987,8 @@ fn add_del_latency_ours_vs_reference() {
         .unwrap_or(10);
     let mut report = Vec::new();
     for imp in [Impl::Ours, Impl::Reference] {
-        if imp == Impl::Reference && !Path::new(REF_DIR).join("bridge").exists() {
+        if imp == Impl::Reference && !reference_installed() {
+            skip_reference("ADD/DEL latency");
             continue;
         }
         let lab = Lab::new(imp);
@@ -1006,7 +1022,8 @@ fn bridge_options_mtu_hairpin_promisc_match_reference() {
         return;
     }
     for imp in [Impl::Reference, Impl::Ours] {
-        if imp == Impl::Reference && !Path::new(REF_DIR).join("bridge").exists() {
+        if imp == Impl::Reference && !reference_installed() {
+            skip_reference("bridge options");
             continue;
         }
         // Both together are refused, by the reference too.

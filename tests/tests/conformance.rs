@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{bin, is_root, lab, ok, skip, text, Kubectl};
+use sluice_tests::{bin, is_root, lab, not_applicable, ok, skip, text, Kubectl};
 
 const BB: &str = "/bin/busybox";
 
@@ -29,12 +29,17 @@ impl Drop for Lab {
 }
 
 impl Lab {
+    /// A two-node lab running `mode`; `None` after [`skip`] when this machine cannot host one
+    /// (not root, no kubectl).
     fn up(mode: &str) -> Option<Lab> {
         if !is_root() {
             skip("the lab needs root");
             return None;
         }
-        let kubectl = Kubectl::preinstalled().or_else(Kubectl::debian_120)?;
+        let Some(kubectl) = Kubectl::preinstalled().or_else(Kubectl::debian_120) else {
+            skip("no kubectl to drive the lab with (preinstalled or Debian 1.20 at /opt/kc)");
+            return None;
+        };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         let d = dir.to_string_lossy().to_string();
@@ -410,10 +415,10 @@ fn conformance(mode: Mode) {
             "client address not preserved: {reply:?}"
         );
     } else {
-        println!(
-            "SKIP: client address preservation for ETP Local: the {} mode proxies in the agent, the backend sees {seen_ip:?}",
+        not_applicable(&format!(
+            "client address preservation for ETP Local: the {} mode proxies in the agent, the backend sees {seen_ip:?}",
             mode.name
-        );
+        ));
     }
     let start = Instant::now();
     let dropped = l.connect_many_outside(n1_ip, lnp, 1);
@@ -588,10 +593,10 @@ fn conformance(mode: Mode) {
             lines()
         );
     } else {
-        println!(
-            "SKIP: established connections across an agent restart: the {} mode's connections live in the agent process",
+        not_applicable(&format!(
+            "established connections across an agent restart: the {} mode's connections live in the agent process",
             mode.name
-        );
+        ));
     }
     for ((_, ns, _), was) in nodes.iter().zip(&before_restart) {
         assert!(!was.is_empty(), "{ns} has the mode's rules");

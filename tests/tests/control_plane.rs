@@ -263,7 +263,10 @@ fn kubectl_workflow(k: &Kubectl) {
 fn kubectl_debian_120_workflow() {
     match Kubectl::debian_120() {
         Some(k) => kubectl_workflow(&k),
-        None => skip("Debian kubectl 1.20 not unpacked at /opt/kc (see .ci/run)"),
+        None => skip(
+            "Debian kubectl 1.20 not found ($SLUICE_KUBECTL_120, else /opt/kc/usr/bin/kubectl, \
+             which .ci/run unpacks)",
+        ),
     }
 }
 

@@ -51,7 +51,14 @@ impl Drop for Down<'_> {
 /// namespace (shims, containers) by pid, then its cgroup parent directories.
 struct Containerd {
     child: Child,
+    /// Its mount namespace (`mnt:[inode]`), once known.
     mnt_ns: Option<PathBuf>,
+    /// An open handle on that namespace, closed only after the cleanup in `Drop`: it keeps the
+    /// namespace, and so its inode number, alive. Without it the kernel hands the number of a
+    /// namespace whose last process just died to the next new one (every `ip netns exec` makes
+    /// one), and the cleanup loop would SIGKILL an unrelated process, such as another test's
+    /// kubectl.
+    _mnt_ns_handle: Option<std::fs::File>,
     cgroup_parent: String,
     log: PathBuf,
 }
@@ -346,6 +353,7 @@ fn containerd_cri_pod_on_sluice_cni() {
     let mut ctd_proc = Containerd {
         child,
         mnt_ns: None,
+        _mnt_ns_handle: None,
         cgroup_parent: format!("/sluice-cri-{}", std::process::id()),
         log: log.clone(),
     };
@@ -362,12 +370,19 @@ fn containerd_cri_pod_on_sluice_cni() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-    let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", ctd_proc.child.id())).unwrap();
+    // Hold the namespace first, then name what is held (see `Containerd::_mnt_ns_handle`).
+    let handle = std::fs::File::open(format!("/proc/{}/ns/mnt", ctd_proc.child.id())).unwrap();
+    let ns = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&handle)
+    ))
+    .unwrap();
     assert_ne!(
         ns, host_mnt,
         "containerd must run in its own mount namespace"
     );
     ctd_proc.mnt_ns = Some(ns);
+    ctd_proc._mnt_ns_handle = Some(handle);
     println!("containerd up in {:?}", t.elapsed());
 
     for tarball in [&pause_tar, &bb_tar] {

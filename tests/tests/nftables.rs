@@ -10,7 +10,8 @@
 //!   ClusterIP over both endpoints, answers a UDP one, refuses one without endpoints, and an
 //!   endpoint replaced by an incremental render (element updates only) takes effect.
 //!
-//! Without root or `nft` the tests print `SKIP: <reason>` and return.
+//! Without root or `nft` the tests print `SKIP: <reason>` and return (they fail instead under
+//! `SLUICE_REQUIRE_ALL=1`).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
