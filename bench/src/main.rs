@@ -120,15 +120,35 @@ enum Cmd {
         /// Attacker connection slots (each holds one silent TLS connection).
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
-        /// Seconds of the idle and of the flood measurement.
-        #[arg(long, default_value_t = 20)]
+        /// Seconds of each idle and each flood window.
+        #[arg(long, default_value_t = 10)]
         phase_secs: u64,
         /// The server's --max-unauthenticated-connections (default: the server's own).
         #[arg(long)]
         max_unauthenticated: Option<usize>,
+        /// New attacker connections per second, in all slots together.
+        #[arg(long, default_value_t = 1000)]
+        churn_rate: u64,
+        /// Idle/flood window pairs (phase-secs each), interleaved.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Write the JSON result here too.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The attacker process of `conn-flood` (started by it).
+    #[command(hide = true)]
+    ConnFloodAttacker {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        churn_rate: u64,
+        #[arg(long)]
+        secs: u64,
     },
     /// EndpointSlice controller: P Pods and S selector Services in one namespace → time until
     /// every Service's slice holds its endpoints, and the server's CPU.
@@ -594,13 +614,33 @@ async fn main() -> anyhow::Result<()> {
             connections,
             phase_secs,
             max_unauthenticated,
+            churn_rate,
+            rounds,
             out,
         } => {
             conn_flood::run(conn_flood::Opts {
                 connections,
                 phase_secs,
                 max_unauthenticated,
+                churn_rate,
+                rounds: rounds.max(1),
                 out,
+            })
+            .await
+        }
+        Cmd::ConnFloodAttacker {
+            addr,
+            ca,
+            connections,
+            churn_rate,
+            secs,
+        } => {
+            conn_flood::attacker(conn_flood::AttackerOpts {
+                addr,
+                ca,
+                connections,
+                churn_rate,
+                secs,
             })
             .await
         }

@@ -83,6 +83,24 @@ impl Default for Limits {
     }
 }
 
+/// Pending connections the kernel may queue before `accept` (capped by `net.core.somaxconn`).
+/// The std default of 128 overflows under a flood of new connections, and a client whose SYN is
+/// dropped waits a whole second for its retransmit; Go's servers (kube-apiserver) ask for
+/// `somaxconn` the same way.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the API listener with a deep accept queue.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
+}
+
 /// Raises the soft limit on open files to the hard limit (as Go's runtime does for every Go
 /// server, kube-apiserver included) and returns `(soft, hard)`: each connection is a file
 /// descriptor, and the usual soft default of 1,024 is far below what a server needs.

@@ -152,11 +152,7 @@ impl Server {
         let registry = Arc::new(Registry::new(store, cfg.registry.clone()));
         registry.bootstrap().await.map_err(ServerError::Bootstrap)?;
 
-        let listener = std::net::TcpListener::bind(cfg.listen)
-            .map_err(io(format!("binding {}", cfg.listen)))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io("listener".to_string()))?;
+        let listener = conn::listen(cfg.listen).map_err(io(format!("binding {}", cfg.listen)))?;
         let addr = listener.local_addr().map_err(io("listener".to_string()))?;
         let advertised = server_url(&cfg, addr);
 
@@ -199,8 +195,6 @@ impl Server {
             cfg.limits.clone(),
         ));
         let app = api::router(state);
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(io("listener".to_string()))?;
         let connections = conn::Tracker::new(cfg.limits.max_unauthenticated_connections);
         // Dropping the serve future (abort on shutdown) closes every connection it holds.
         let mut tasks = vec![tokio::spawn(conn::serve(
