@@ -313,7 +313,7 @@ async fn read_body(limits: &Limits, headers: &HeaderMap, body: Body) -> ApiResul
 }
 
 /// An integer query parameter; a value that is not one is a 400, as on the apiserver.
-fn int_param(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+pub(super) fn int_param(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
     match q.get(name).map(String::as_str) {
         None | Some("") => Ok(None),
         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
@@ -426,43 +426,20 @@ async fn handle_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let user = user.clone();
-    let route = parse_path(uri.path(), &state.server_address)?;
-    let t = match route {
-        Route::Discovery(r) => {
-            return if method == Method::GET {
-                Ok(r)
-            } else {
-                Err(ApiError::method_not_allowed())
-            };
-        }
+    let t = match parse_path(uri.path(), &state.server_address)? {
+        Route::Discovery(r) if method == Method::GET => return Ok(r),
+        Route::Discovery(_) => return Err(ApiError::method_not_allowed()),
         Route::Resource(t) => t,
     };
     let q = query_map(uri);
-    let res = t.res;
-    let ns = t.ns.as_deref();
-    let reg = &state.registry;
-    let table = wants_table(headers);
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-
-    let verb = match (&method, &t.name, is_watch) {
-        (&Method::GET, None, true) => "watch",
-        (&Method::GET, None, false) => "list",
-        (&Method::GET, Some(_), _) => "get",
-        (&Method::POST, None, _) => "create",
-        (&Method::POST, Some(_), _) if t.sub.as_deref() == Some("binding") => "create",
-        (&Method::PUT, Some(_), _) => "update",
-        (&Method::PATCH, Some(_), _) => "patch",
-        (&Method::DELETE, Some(_), _) => "delete",
-        (&Method::DELETE, None, _) => "deletecollection",
-        _ => return Err(ApiError::method_not_allowed()),
-    };
+    let verb = verb_of(&method, &t, is_watch)?;
 
     // Watches are long-running and not counted, as on the apiserver.
     let _permit = if verb == "watch" {
         None
     } else {
-        inflight_permit(state, &user, method != Method::GET)?
+        inflight_permit(state, user, method != Method::GET)?
     };
     let body = if matches!(
         verb,
@@ -472,54 +449,21 @@ async fn handle_inner(
     } else {
         Bytes::new()
     };
-
-    // Authorization attributes: the name for create comes from the body.
     let parsed_body = if matches!(verb, "create" | "update" | "patch") {
         Some(parse_body(headers, verb, &body)?)
     } else {
         None
     };
-    let body_name = parsed_body
-        .as_ref()
-        .and_then(|b| b.pointer("/metadata/name"))
-        .and_then(|n| n.as_str())
-        .map(str::to_string);
-    let name_for_authz = t.name.clone().or(body_name);
-    let pod_node = if res.kind == "Pod" && !user.is_admin() {
-        t.name
-            .as_deref()
-            .and_then(|n| reg.get_value(res, ns, n).ok())
-            .and_then(|v| {
-                v.pointer("/spec/nodeName")
-                    .and_then(|x| x.as_str())
-                    .map(str::to_string)
-            })
-    } else {
-        None
-    };
-    auth::authorize(
-        &user,
-        &Attributes {
-            verb: if t.sub.as_deref() == Some("binding") {
-                "create"
-            } else {
-                verb
-            },
-            res,
-            sub: t.sub.as_deref(),
-            ns,
-            name: name_for_authz.as_deref(),
-            pod_node: pod_node.as_deref(),
-        },
-    )?;
-    if res.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
+    authorize_request(&state.registry, user, &t, verb, parsed_body.as_ref())?;
+    if t.res.namespaced && t.ns.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::no_route());
     }
 
+    let (res, ns, reg) = (t.res, t.ns.as_deref(), &state.registry);
+    let table = wants_table(headers);
     match verb {
         "watch" => {
             let (l, f) = selectors(res, &q)?;
-            int_param(&q, "timeoutSeconds")?;
             requested_revision(reg, &q).await?;
             watch::serve(
                 state.clone(),
@@ -533,93 +477,15 @@ async fn handle_inner(
         }
         "list" => {
             let (l, f) = selectors(res, &q)?;
-            int_param(&q, "limit")?;
             requested_revision(reg, &q).await?;
             list(reg, res, ns, &l, &f, &q, table)
         }
         "get" => {
             requested_revision(reg, &q).await?;
-            let name = t.name.as_deref().unwrap_or_default();
-            match t.sub.as_deref() {
-                Some("scale") => Ok(json_value(
-                    StatusCode::OK,
-                    &reg.get_scale(ns.unwrap_or(""), name)?,
-                )),
-                _ => {
-                    let s = reg.get(res, ns, name)?;
-                    if table {
-                        let v = s.value().map_err(|e| ApiError::internal(e.to_string()))?;
-                        let t = sluice_printers::table(
-                            res.kind,
-                            &[v],
-                            &s.mod_revision.to_string(),
-                            None,
-                            jiff::Timestamp::now(),
-                            include_object(&q),
-                        );
-                        Ok(json_value(StatusCode::OK, &t))
-                    } else {
-                        Ok(json_bytes(StatusCode::OK, s.json.clone()))
-                    }
-                }
-            }
+            get_one(reg, &t, &q, table)
         }
-        "create" => {
-            let body = parsed_body.unwrap_or(Value::Null);
-            if t.sub.as_deref() == Some("binding") {
-                let name = t.name.as_deref().unwrap_or_default();
-                reg.bind_pod(ns.unwrap_or(""), name, &body).await?;
-                return Ok(json_value(
-                    StatusCode::CREATED,
-                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-                ));
-            }
-            let s = reg.create(res, ns, body).await?;
-            Ok(json_bytes(StatusCode::CREATED, s.json.clone()))
-        }
-        "update" => {
-            let name = t.name.as_deref().unwrap_or_default();
-            let body = parsed_body.unwrap_or(Value::Null);
-            match t.sub.as_deref() {
-                Some("scale") => Ok(json_value(
-                    StatusCode::OK,
-                    &reg.update_scale(ns.unwrap_or(""), name, body).await?,
-                )),
-                sub => {
-                    let part = if sub == Some("status") {
-                        Part::Status
-                    } else {
-                        Part::Main
-                    };
-                    let s = reg.update(res, ns, name, body, part).await?;
-                    Ok(json_bytes(StatusCode::OK, s.json.clone()))
-                }
-            }
-        }
-        "patch" => {
-            let name = t.name.as_deref().unwrap_or_default();
-            let ct = headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
-            let pt =
-                PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
-            let body = parsed_body.unwrap_or(Value::Null);
-            match t.sub.as_deref() {
-                Some("scale") => Ok(json_value(
-                    StatusCode::OK,
-                    &reg.patch_scale(ns.unwrap_or(""), name, pt, body).await?,
-                )),
-                sub => {
-                    let part = if sub == Some("status") {
-                        Part::Status
-                    } else {
-                        Part::Main
-                    };
-                    let s = reg.patch(res, ns, name, pt, body, part).await?;
-                    Ok(json_bytes(StatusCode::OK, s.json.clone()))
-                }
-            }
+        "create" | "update" | "patch" => {
+            write(reg, &t, verb, headers, parsed_body.unwrap_or(Value::Null)).await
         }
         "delete" => {
             let name = t.name.as_deref().unwrap_or_default();
@@ -644,6 +510,149 @@ async fn handle_inner(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// The Kubernetes verb of a request on a resource path.
+fn verb_of(method: &Method, t: &Target, is_watch: bool) -> ApiResult<&'static str> {
+    Ok(match (method, &t.name, is_watch) {
+        (&Method::GET, None, true) => "watch",
+        (&Method::GET, None, false) => "list",
+        (&Method::GET, Some(_), _) => "get",
+        (&Method::POST, None, _) => "create",
+        (&Method::POST, Some(_), _) if t.sub.as_deref() == Some("binding") => "create",
+        (&Method::PUT, Some(_), _) => "update",
+        (&Method::PATCH, Some(_), _) => "patch",
+        (&Method::DELETE, Some(_), _) => "delete",
+        (&Method::DELETE, None, _) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    })
+}
+
+/// Authorizes a request: the name for a create comes from the body, and for a node's pod
+/// request the node the stored pod is bound to.
+fn authorize_request(
+    reg: &Registry,
+    user: &User,
+    t: &Target,
+    verb: &'static str,
+    body: Option<&Value>,
+) -> ApiResult<()> {
+    let body_name = body
+        .and_then(|b| b.pointer("/metadata/name"))
+        .and_then(|n| n.as_str());
+    let ns = t.ns.as_deref();
+    let pod_node = if t.res.kind == "Pod" && !user.is_admin() {
+        t.name
+            .as_deref()
+            .and_then(|n| reg.get_value(t.res, ns, n).ok())
+            .and_then(|v| {
+                v.pointer("/spec/nodeName")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+            })
+    } else {
+        None
+    };
+    auth::authorize(
+        user,
+        &Attributes {
+            verb: if t.sub.as_deref() == Some("binding") {
+                "create"
+            } else {
+                verb
+            },
+            res: t.res,
+            sub: t.sub.as_deref(),
+            ns,
+            name: t.name.as_deref().or(body_name),
+            pod_node: pod_node.as_deref(),
+        },
+    )
+}
+
+/// GET of one object (or its scale), as JSON or a Table.
+fn get_one(
+    reg: &Registry,
+    t: &Target,
+    q: &HashMap<String, String>,
+    table: bool,
+) -> ApiResult<Response> {
+    let (res, ns) = (t.res, t.ns.as_deref());
+    let name = t.name.as_deref().unwrap_or_default();
+    if t.sub.as_deref() == Some("scale") {
+        return Ok(json_value(
+            StatusCode::OK,
+            &reg.get_scale(ns.unwrap_or(""), name)?,
+        ));
+    }
+    let s = reg.get(res, ns, name)?;
+    if !table {
+        return Ok(json_bytes(StatusCode::OK, s.json.clone()));
+    }
+    let v = s.value().map_err(|e| ApiError::internal(e.to_string()))?;
+    let t = sluice_printers::table(
+        res.kind,
+        &[v],
+        &s.mod_revision.to_string(),
+        None,
+        jiff::Timestamp::now(),
+        include_object(q),
+    );
+    Ok(json_value(StatusCode::OK, &t))
+}
+
+/// Create (and pod binding), update and patch, of an object, its status or its scale.
+async fn write(
+    reg: &Registry,
+    t: &Target,
+    verb: &str,
+    headers: &HeaderMap,
+    body: Value,
+) -> ApiResult<Response> {
+    let (res, ns) = (t.res, t.ns.as_deref());
+    let name = t.name.as_deref().unwrap_or_default();
+    let sub = t.sub.as_deref();
+    let part = if sub == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    };
+    let stored = match verb {
+        "create" if sub == Some("binding") => {
+            reg.bind_pod(ns.unwrap_or(""), name, &body).await?;
+            return Ok(json_value(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ));
+        }
+        "create" => {
+            let s = reg.create(res, ns, body).await?;
+            return Ok(json_bytes(StatusCode::CREATED, s.json.clone()));
+        }
+        "update" if sub == Some("scale") => {
+            return Ok(json_value(
+                StatusCode::OK,
+                &reg.update_scale(ns.unwrap_or(""), name, body).await?,
+            ))
+        }
+        "update" => reg.update(res, ns, name, body, part).await?,
+        _ => {
+            let ct = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let pt =
+                PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+            if sub == Some("scale") {
+                return Ok(json_value(
+                    StatusCode::OK,
+                    &reg.patch_scale(ns.unwrap_or(""), name, pt, body).await?,
+                ));
+            }
+            reg.patch(res, ns, name, pt, body, part).await?
+        }
+    };
+    Ok(json_bytes(StatusCode::OK, stored.json.clone()))
 }
 
 fn json_value(code: StatusCode, v: &Value) -> Response {
@@ -699,7 +708,7 @@ fn list(
         items.retain(|s| s.key > tok.start);
         rev = tok.rv;
     }
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let limit = usize::try_from(int_param(q, "limit")?.unwrap_or(0)).unwrap_or(usize::MAX);
     let mut cont = None;
     if limit > 0 && items.len() > limit {
         let last = items[limit - 1].key.clone();

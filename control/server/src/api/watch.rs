@@ -135,7 +135,7 @@ pub(super) fn serve(
         q.get("allowWatchBookmarks").map(String::as_str),
         Some("true" | "1")
     );
-    let timeout = match q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()) {
+    let timeout = match super::int_param(q, "timeoutSeconds")? {
         Some(t) => Duration::from_secs(t),
         None => {
             let (lo, hi) = state.watch_timeout;
