@@ -953,19 +953,7 @@ mod pod_cidr_prop {
 
 // ---- Nodes: NodeRestriction ---------------------------------------------------------------
 
-/// Who sends a request in the table.
-#[derive(Debug, Clone, Copy)]
-enum Who {
-    Admin,
-    N1,
-    N2,
-    /// Authenticated, in no group with rights.
-    Nobody,
-    /// No token.
-    NoToken,
-}
-
-const WHO: [Who; 5] = [Who::Admin, Who::N1, Who::N2, Who::Nobody, Who::NoToken];
+include!("../../testdata/node_restriction_table.rs");
 
 fn user_of(w: Who) -> Option<crate::auth::User> {
     use crate::auth::User;
@@ -979,27 +967,6 @@ fn user_of(w: Who) -> Option<crate::auth::User> {
         }),
         Who::NoToken => None,
     }
-}
-
-/// One request of the table.
-#[derive(Debug, Clone)]
-enum Req {
-    /// POST a Node with these labels (the fixture's Node of that name is deleted first).
-    CreateNode(&'static str, Value),
-    /// PUT the stored Node with its labels edited: `Some(v)` sets a key, `None` removes it.
-    UpdateLabels(&'static str, Vec<(&'static str, Option<&'static str>)>),
-    /// PATCH a Node.
-    PatchNode(&'static str, PatchType, Value),
-    /// PUT a Node's status (the body also carries a label, which a status write ignores).
-    UpdateNodeStatus(&'static str),
-    /// DELETE a Node.
-    DeleteNode(&'static str),
-    /// DELETE a pod.
-    DeletePod(&'static str),
-    /// PUT a pod's status.
-    UpdatePodStatus(&'static str),
-    /// PATCH a pod's status.
-    PatchPodStatus(&'static str),
 }
 
 /// The fixture: Nodes n1 (with a label the admin set that nodes may not touch) and n2, both
@@ -1094,7 +1061,10 @@ async fn serve(r: &Registry, who: Who, req: &Req) -> (u16, String) {
                 }
                 r.update(nodes, None, n, v, part).await
             }
-            Req::PatchNode(n, pt, p) => r.patch(nodes, None, n, *pt, p.clone(), part).await,
+            Req::PatchNode(n, pt, p) => {
+                r.patch(nodes, None, n, patch_type(*pt), p.clone(), part)
+                    .await
+            }
             Req::UpdateNodeStatus(n) => {
                 let mut v = r.get_value(nodes, None, n).unwrap();
                 v["metadata"]["labels"]["node-role.kubernetes.io/worker"] = json!("");
@@ -1132,151 +1102,20 @@ async fn serve(r: &Registry, who: Who, req: &Req) -> (u16, String) {
     }
 }
 
-/// The table: request → expected code for admin, n1, n2, an authenticated nobody, no token.
-/// `tests/tests/node_restriction.rs` runs the same table against the server over HTTP.
-fn restriction_table() -> Vec<(Req, [u16; 5])> {
-    use PatchType::{Json, Merge, Strategic};
-    use Req::*;
-    let allowed = json!({
-        "kubernetes.io/hostname": "n1", "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-        "beta.kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "m5",
-        "topology.kubernetes.io/zone": "z1", "failure-domain.beta.kubernetes.io/region": "r1",
-        "kubelet.kubernetes.io/x": "1", "sub.node.kubernetes.io/y": "2", "example.com/team": "a",
-        "plain": "b"});
-    vec![
-        (CreateNode("n1", allowed), [201, 201, 403, 403, 401]),
-        (
-            CreateNode("n1", json!({"node-role.kubernetes.io/worker": ""})),
-            [201, 403, 403, 403, 401],
-        ),
-        (
-            CreateNode("n1", json!({"node-restriction.kubernetes.io/pool": "a"})),
-            [201, 403, 403, 403, 401],
-        ),
-        (
-            CreateNode("n1", json!({"a.node-restriction.kubernetes.io/pool": "a"})),
-            [201, 403, 403, 403, 401],
-        ),
-        (
-            CreateNode("n1", json!({"kubernetes.io/role": "x"})),
-            [201, 403, 403, 403, 401],
-        ),
-        (
-            CreateNode("n1", json!({"foo.k8s.io/x": "1"})),
-            [201, 403, 403, 403, 401],
-        ),
-        (CreateNode("n3", json!({})), [201, 403, 403, 403, 401]),
-        (
-            UpdateLabels("n1", vec![("example.com/team", Some("a"))]),
-            [200, 200, 403, 403, 401],
-        ),
-        (
-            UpdateLabels(
-                "n1",
-                vec![
-                    ("topology.kubernetes.io/zone", Some("z2")),
-                    ("kubernetes.io/hostname", Some("h")),
-                ],
-            ),
-            [200, 200, 403, 403, 401],
-        ),
-        (
-            UpdateLabels("n1", vec![("node-role.kubernetes.io/worker", Some(""))]),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            UpdateLabels("n1", vec![("node-role.kubernetes.io/control-plane", None)]),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            UpdateLabels(
-                "n1",
-                vec![("node-role.kubernetes.io/control-plane", Some("x"))],
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            UpdateLabels(
-                "n1",
-                vec![("node-restriction.kubernetes.io/pool", Some("a"))],
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            UpdateLabels("n2", vec![("example.com/team", Some("a"))]),
-            [200, 403, 200, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n1",
-                Merge,
-                json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": ""}}}),
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n1",
-                Merge,
-                json!({"metadata": {"labels": {"example.com/team": "b"}}}),
-            ),
-            [200, 200, 403, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n1",
-                Strategic,
-                json!({"metadata": {"labels": {"topology.kubernetes.io/region": "r"}}}),
-            ),
-            [200, 200, 403, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n1",
-                Strategic,
-                json!({"metadata": {"labels": {"k8s.io/x": "y"}}}),
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n1",
-                Json,
-                json!([{"op": "remove", "path": "/metadata/labels/node-role.kubernetes.io~1control-plane"}]),
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n1",
-                Merge,
-                json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}),
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (
-            PatchNode(
-                "n2",
-                Merge,
-                json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": ""}}}),
-            ),
-            [200, 403, 403, 403, 401],
-        ),
-        (UpdateNodeStatus("n1"), [200, 200, 403, 403, 401]),
-        (DeleteNode("n1"), [200, 403, 403, 403, 401]),
-        (DeletePod("p-n1"), [200, 200, 403, 403, 401]),
-        (DeletePod("p-n2"), [200, 403, 200, 403, 401]),
-        (DeletePod("p-unbound"), [200, 403, 403, 403, 401]),
-        (UpdatePodStatus("p-n1"), [200, 200, 403, 403, 401]),
-        (PatchPodStatus("p-n2"), [200, 403, 200, 403, 401]),
-    ]
+/// The registry's patch type of a table row's.
+fn patch_type(pt: Pt) -> PatchType {
+    match pt {
+        Pt::Json => PatchType::Json,
+        Pt::Merge => PatchType::Merge,
+        Pt::Strategic => PatchType::Strategic,
+    }
 }
 
 #[tokio::test]
-async fn node_restriction_table() {
+async fn node_table() {
     let mut failures = Vec::new();
     let mut n = 0;
-    for (req, codes) in restriction_table() {
+    for (req, codes) in table() {
         for (who, want) in WHO.into_iter().zip(codes) {
             let r = restriction_fixture().await;
             let (got, msg) = serve(&r, who, &req).await;
@@ -1307,7 +1146,7 @@ async fn node_restriction_messages_are_upstreams() {
             "nodes \"n1\" is forbidden: is not allowed to modify labels: kubernetes.io/role, node-role.kubernetes.io/control-plane",
         ),
         (
-            Req::PatchNode("n1", PatchType::Merge, json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})),
+            Req::PatchNode("n1", Pt::Merge, json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})),
             "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints",
         ),
         (
@@ -1331,7 +1170,7 @@ async fn node_restriction_messages_are_upstreams() {
         Who::N1,
         &Req::PatchNode(
             "n1",
-            PatchType::Merge,
+            Pt::Merge,
             json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}}),
         ),
     )
