@@ -479,33 +479,17 @@ mod tests {
         running[1]["reason"] = json!("SomeReason");
         running[1]["message"] = json!("kept");
         put_pod(&reg, pod("web-1", Some("lost"), "Running", running)).await;
-        put_pod(
-            &reg,
-            pod("web-2", Some("lost"), "Running", ready_conds("True")),
-        )
-        .await;
-        put_pod(
-            &reg,
-            pod("done", Some("lost"), "Succeeded", ready_conds("True")),
-        )
-        .await;
-        put_pod(
-            &reg,
-            pod("failed", Some("lost"), "Failed", ready_conds("True")),
-        )
-        .await;
-        put_pod(
-            &reg,
-            pod("unready", Some("lost"), "Running", ready_conds("False")),
-        )
-        .await;
-        put_pod(&reg, pod("no-conds", Some("lost"), "Pending", json!([]))).await;
-        put_pod(
-            &reg,
-            pod("other", Some("healthy"), "Running", ready_conds("True")),
-        )
-        .await;
-        put_pod(&reg, pod("unbound", None, "Pending", ready_conds("True"))).await;
+        for (name, node, phase, conds) in [
+            ("web-2", Some("lost"), "Running", ready_conds("True")),
+            ("done", Some("lost"), "Succeeded", ready_conds("True")),
+            ("failed", Some("lost"), "Failed", ready_conds("True")),
+            ("unready", Some("lost"), "Running", ready_conds("False")),
+            ("no-conds", Some("lost"), "Pending", json!([])),
+            ("other", Some("healthy"), "Running", ready_conds("True")),
+            ("unbound", None, "Pending", ready_conds("True")),
+        ] {
+            put_pod(&reg, pod(name, node, phase, conds)).await;
+        }
         let untouched: Vec<(String, Value)> =
             ["done", "failed", "unready", "no-conds", "other", "unbound"]
                 .iter()
