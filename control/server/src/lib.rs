@@ -3,7 +3,10 @@
 //!
 //! Data flow:
 //! ```text
-//! kubectl / kube-rs / python ──HTTPS (bearer token)──► api (axum): paths, Table/JSON, watch
+//! kubectl / kube-rs / python ──HTTPS (bearer token)──► conn: accept, TLS and idle deadlines,
+//!                                                        │ unauthenticated-connection cap
+//!                                                        ▼
+//!                          api (axum): paths, limits (body, in-flight), Table/JSON, watch
 //!                                                        │
 //!                                                        ▼
 //!                          registry: decode → defaults → validate → allocate (IP, ports)
