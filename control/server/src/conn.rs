@@ -307,8 +307,14 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     let mut accept_errors = 0u64;
     loop {
-        while conns.try_join_next().is_some() {}
-        let (tcp, _peer) = match listener.accept().await {
+        // Finished connection tasks are reaped as they finish: reaping them in a batch before
+        // the next accept made the first connection after a flood wait for thousands of drops.
+        let accepted = tokio::select! {
+            biased;
+            r = listener.accept() => r,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (tcp, _peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning; the pending
