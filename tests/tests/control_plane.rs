@@ -201,6 +201,11 @@ fn kubectl_workflow(k: &Kubectl) {
     assert!(s.contains("0/1") && s.contains("Pending"), "{s}");
     let s = ok(run(&["get", "deployments"]));
     assert!(s.lines().next().unwrap().contains("UP-TO-DATE"), "{s}");
+    // `get all`: the kinds discovery puts in the `all` category, each as a Table.
+    let s = ok(run(&["get", "all"]));
+    for want in ["pod/p1", "service/web", "deployment.apps/web"] {
+        assert!(s.contains(want), "{}: get all lacks {want}: {s}", k.label);
+    }
     ok(run(&["get", "nodes"]));
     ok(run(&["get", "endpoints"]));
     ok(run(&["get", "endpointslices"]));

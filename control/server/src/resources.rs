@@ -18,6 +18,9 @@ pub struct Resource {
     pub namespaced: bool,
     /// kubectl short names.
     pub short_names: &'static [&'static str],
+    /// Discovery categories (`all` makes `kubectl get all` list it, as upstream lists pods,
+    /// services and workloads).
+    pub categories: &'static [&'static str],
     /// Subresources served (`status`, `binding`, `scale`).
     pub subresources: &'static [&'static str],
 }
@@ -101,6 +104,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "namespace",
         namespaced: false,
         short_names: &["ns"],
+        categories: &[],
         subresources: &["status"],
     },
     Resource {
@@ -111,6 +115,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "node",
         namespaced: false,
         short_names: &["no"],
+        categories: &[],
         subresources: &["status"],
     },
     Resource {
@@ -121,6 +126,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "pod",
         namespaced: true,
         short_names: &["po"],
+        categories: &["all"],
         subresources: &["status", "binding"],
     },
     Resource {
@@ -131,6 +137,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "service",
         namespaced: true,
         short_names: &["svc"],
+        categories: &["all"],
         subresources: &["status"],
     },
     Resource {
@@ -141,6 +148,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "endpoints",
         namespaced: true,
         short_names: &["ep"],
+        categories: &[],
         subresources: &[],
     },
     Resource {
@@ -151,6 +159,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "endpointslice",
         namespaced: true,
         short_names: &[],
+        categories: &[],
         subresources: &[],
     },
     Resource {
@@ -161,6 +170,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "deployment",
         namespaced: true,
         short_names: &["deploy"],
+        categories: &["all"],
         subresources: &["status", "scale"],
     },
     Resource {
@@ -171,6 +181,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "lease",
         namespaced: true,
         short_names: &[],
+        categories: &[],
         subresources: &[],
     },
 ];

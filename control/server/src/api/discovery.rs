@@ -63,6 +63,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Response> {
             "kind": r.kind,
             "verbs": VERBS,
             "shortNames": r.short_names,
+            "categories": r.categories,
         }));
         for sub in r.subresources {
             let mut e = json!({
