@@ -206,6 +206,39 @@ fn kubectl_workflow(k: &Kubectl) {
     for want in ["pod/p1", "service/web", "deployment.apps/web"] {
         assert!(s.contains(want), "{}: get all lacks {want}: {s}", k.label);
     }
+    // `auth can-i` answers from the real authorizer (kubectl ≥ 1.32 asks in protobuf), for the
+    // administrator and for a node's credentials.
+    let n1_kc = dir.path().join("n1.kubeconfig");
+    let o = std::process::Command::new(bin("sluice-control"))
+        .args(["token", "create", "--node", "n1", "--data-dir"])
+        .arg(&cp.dir)
+        .arg("--kubeconfig-out")
+        .arg(&n1_kc)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for (kubeconfig, question, want) in [
+        (&kc, &["create", "pods"][..], "yes"),
+        (&kc, &["delete", "nodes"][..], "yes"),
+        (&n1_kc, &["get", "services"][..], "yes"),
+        (&n1_kc, &["patch", "nodes/n1"][..], "yes"),
+        (&n1_kc, &["patch", "nodes/n2"][..], "no"),
+        (&n1_kc, &["create", "pods"][..], "no"),
+        (&n1_kc, &["list", "secrets"][..], "no"),
+    ] {
+        let mut args = vec!["auth", "can-i"];
+        args.extend(question);
+        // can-i exits 1 for "no"; its answer is the first word on stdout.
+        let o = k.run(kubeconfig, &home, &args);
+        let got = out(&o);
+        assert_eq!(
+            got.split_whitespace().next(),
+            Some(want),
+            "{}: auth can-i {question:?}: {}",
+            k.label,
+            text(&o)
+        );
+    }
     ok(run(&["get", "nodes"]));
     ok(run(&["get", "endpoints"]));
     ok(run(&["get", "endpointslices"]));

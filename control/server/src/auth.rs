@@ -237,11 +237,19 @@ pub fn requesting_node() -> Option<String> {
     REQUESTING_NODE.try_with(Clone::clone).ok().flatten()
 }
 
-/// Decides a request. Admins may do anything; see the module doc for nodes.
-pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
+/// The authorizer alone (what a SubjectAccessReview answers): admins may do anything; see the
+/// module doc for nodes. Admission's checks (NodeRestriction) are not part of it.
+pub fn allowed(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
     if !user.is_admin() && !node_allowed(user, a) {
         return Err(denied(user, a));
     }
+    Ok(())
+}
+
+/// Decides a request: the authorizer, then NodeRestriction's checks that need only the
+/// request.
+pub fn authorize(user: &User, a: &Attributes<'_>) -> Result<(), ApiError> {
+    allowed(user, a)?;
     if let Some(node) = user.node_name() {
         admit_node_request(node, a)?;
     }

@@ -29,6 +29,7 @@ pub fn api_versions(server_address: &str) -> Response {
 pub fn api_groups() -> Response {
     let groups: Vec<Value> = resources::group_versions()
         .into_iter()
+        .chain([(super::review::GROUP, super::review::VERSION)])
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, v)| {
             let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
@@ -51,6 +52,14 @@ const VERBS: &[&str] = &[
 
 /// `GET /api/v1` or `GET /apis/<group>/<version>`; None when the group/version is not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Response> {
+    if (group, version) == (super::review::GROUP, super::review::VERSION) {
+        return Some(json_response(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": format!("{group}/{version}"),
+            "resources": super::review::resources(),
+        })));
+    }
     let mut list = Vec::new();
     for r in RESOURCES
         .iter()

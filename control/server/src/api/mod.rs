@@ -7,6 +7,8 @@
 //! Tables are rendered by `sluice-printers`.
 
 mod discovery;
+pub mod protobuf;
+mod review;
 mod watch;
 
 use std::collections::HashMap;
@@ -139,6 +141,8 @@ struct Target {
 enum Route {
     Resource(Target),
     Discovery(Response),
+    /// `authorization.k8s.io/v1` SelfSubjectAccessReviews (answered, not stored).
+    Review,
 }
 
 fn parse_path(path: &str, server_address: &str) -> ApiResult<Route> {
@@ -151,6 +155,7 @@ fn parse_path(path: &str, server_address: &str) -> ApiResult<Route> {
         ["api"] => return Ok(Route::Discovery(discovery::api_versions(server_address))),
         ["apis"] => return Ok(Route::Discovery(discovery::api_groups())),
         ["openapi", "v2"] => return Ok(Route::Discovery(discovery::openapi_v2())),
+        ["apis", review::GROUP, review::VERSION, review::PLURAL] => return Ok(Route::Review),
         ["api", v, rest @ ..] => ("", v, rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => return Err(ApiError::no_route()),
@@ -429,6 +434,10 @@ async fn handle_inner(
     let t = match parse_path(uri.path(), &state.server_address)? {
         Route::Discovery(r) if method == Method::GET => return Ok(r),
         Route::Discovery(_) => return Err(ApiError::method_not_allowed()),
+        Route::Review if method == Method::POST => {
+            return self_subject_access_review(state, user, headers, body).await;
+        }
+        Route::Review => return Err(ApiError::method_not_allowed()),
         Route::Resource(t) => t,
     };
     let q = query_map(uri);
@@ -510,6 +519,34 @@ async fn handle_inner(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`, in JSON, YAML or protobuf
+/// (kubectl ≥ 1.32 sends `auth can-i` as protobuf).
+async fn self_subject_access_review(
+    state: &AppState,
+    user: &User,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let _permit = inflight_permit(state, user, true)?;
+    let body = read_body(&state.limits, headers, body).await?;
+    let review = if media_type(headers)? == protobuf::MEDIA_TYPE {
+        let env = protobuf::open(&body)?;
+        if env.kind != "SelfSubjectAccessReview" {
+            return Err(ApiError::bad_request(format!(
+                "the body holds a {:?}, not a SelfSubjectAccessReview",
+                env.kind
+            )));
+        }
+        protobuf::self_subject_access_review(&env.raw)?
+    } else {
+        parse_body(headers, "create", &body)?
+    };
+    Ok(json_value(
+        StatusCode::CREATED,
+        &review::review(user, &review)?,
+    ))
 }
 
 /// The Kubernetes verb of a request on a resource path.
@@ -782,8 +819,17 @@ mod tests {
         let r = |p: &str| match parse_path(p, "x").unwrap() {
             Route::Resource(t) => (t.res.plural, t.ns, t.name, t.sub),
             Route::Discovery(_) => ("discovery", None, None, None),
+            Route::Review => ("review", None, None, None),
         };
         assert_eq!(r("/api/v1/pods"), ("pods", None, None, None));
+        assert_eq!(
+            r("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),
+            ("review", None, None, None)
+        );
+        assert_eq!(
+            r("/apis/authorization.k8s.io/v1"),
+            ("discovery", None, None, None)
+        );
         assert_eq!(r("/api/v1/namespaces"), ("namespaces", None, None, None));
         assert_eq!(
             r("/api/v1/namespaces/default"),
