@@ -245,8 +245,6 @@ fn kubectl_workflow(k: &Kubectl) {
     ok(run(&["get", "namespaces"]));
 
     // A Service made while `get -w` runs shows up in its output.
-    // (Manifests, not `kubectl create service …`: kubectl ≥ 1.32's typed generators send
-    // protobuf, which Sluice answers with 415.)
     ok(run_in(
         &["create", "-f", "-"],
         &SVC.replace("name: web", "name: later"),
@@ -314,6 +312,105 @@ fn kubectl_preinstalled_workflow() {
         Some(k) => kubectl_workflow(&k),
         None => skip("no preinstalled kubectl on this machine"),
     }
+}
+
+/// kubectl's generators — `create namespace|deployment|service`, `expose` — store the same
+/// objects whether the client sends JSON (kubectl 1.20) or protobuf (kubectl ≥ 1.32), in one
+/// server, object by object, apart from what the server assigns (uid, times, IPs, ports).
+#[test]
+fn generators_store_the_same_objects_from_protobuf_and_json() {
+    let (Some(new), Some(old)) = (Kubectl::preinstalled(), Kubectl::debian_120()) else {
+        skip("needs both the preinstalled kubectl (protobuf) and Debian's 1.20 (JSON)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("data"), &[]).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    for (k, ns) in [(&new, "pb"), (&old, "json")] {
+        for args in [
+            vec!["create", "namespace", ns],
+            vec![
+                "-n",
+                ns,
+                "create",
+                "deployment",
+                "web",
+                "--image=nginx",
+                "--port=8080",
+            ],
+            vec![
+                "-n",
+                ns,
+                "expose",
+                "deployment",
+                "web",
+                "--port=80",
+                "--target-port=8080",
+            ],
+            vec![
+                "-n",
+                ns,
+                "create",
+                "service",
+                "clusterip",
+                "api",
+                "--tcp=80:8080",
+            ],
+            vec![
+                "-n",
+                ns,
+                "create",
+                "service",
+                "nodeport",
+                "np",
+                "--tcp=80:8080",
+            ],
+        ] {
+            let o = k.run(&cp.kubeconfig, &home, &args);
+            assert!(o.status.success(), "{} {args:?}: {}", k.label, text(&o));
+        }
+    }
+    let get = |ns: &str, obj: &str| -> Value {
+        let o = new.run(&cp.kubeconfig, &home, &["-n", ns, "get", obj, "-o", "json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let mut v: Value = serde_json::from_str(&out(&o)).unwrap();
+        let meta = v["metadata"].as_object_mut().unwrap();
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "namespace",
+            "name",
+        ] {
+            meta.remove(k);
+        }
+        if let Some(spec) = v["spec"].as_object_mut() {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+            for p in spec
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                p.as_object_mut().unwrap().remove("nodePort");
+            }
+        }
+        v
+    };
+    for obj in ["deployment/web", "service/web", "service/api", "service/np"] {
+        assert_eq!(get("pb", obj), get("json", obj), "{obj}");
+    }
+    let d = get("pb", "deployment/web");
+    assert_eq!(d["spec"]["replicas"], 1, "{d}");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    let s = get("pb", "service/web");
+    assert_eq!(s["spec"]["ports"][0]["targetPort"], 8080, "{s}");
+    assert_eq!(s["spec"]["selector"]["app"], "web", "{s}");
 }
 
 fn svc_json(name: &str, extra: Value) -> Service {

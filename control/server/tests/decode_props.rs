@@ -1,4 +1,4 @@
-//! Property tests of everything that decodes what a client sends: request bodies (JSON and YAML
+//! Property tests of everything that decodes what a client sends: request bodies (JSON, YAML and protobuf
 //! over real HTTP), object decoding, defaulting and validation (creates of every served kind),
 //! and patches (JSON patch, merge patch, strategic merge patch). Invariants: nothing panics,
 //! nothing answers 5xx, and every refusal is a 4xx `Status`.
@@ -406,6 +406,12 @@ mod http_bodies {
                 b
             }),
             "[-:{}\\[\\] a-z0-9\"'&*!|>\n]{0,120}".prop_map(String::into_bytes),
+            // A protobuf envelope around random bytes.
+            prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| {
+                let mut v = b"k8s\0".to_vec();
+                v.extend(b);
+                v
+            }),
         ]
     }
 
@@ -444,6 +450,7 @@ mod http_bodies {
                 "application/merge-patch+json",
                 "application/strategic-merge-patch+json",
                 "application/json; charset=utf-8",
+                "application/vnd.kubernetes.protobuf",
                 "text/plain",
             ]),
             body(),

@@ -8,6 +8,7 @@
 
 mod discovery;
 pub mod protobuf;
+mod protobuf_keep;
 mod review;
 mod watch;
 
@@ -236,10 +237,13 @@ fn include_object(q: &HashMap<String, String>) -> IncludeObject {
 }
 
 /// Decodes a request body. JSON is assumed when there is no Content-Type (the Python client
-/// sends none); YAML is accepted; protobuf is answered with 415, which makes client-go
-/// (kubectl ≥ 1.32 sends typed creates as protobuf) retry in JSON.
+/// sends none); YAML is accepted; protobuf creates and updates of the served kinds (kubectl ≥
+/// 1.32's generators send them) are decoded to the JSON the JSON path would have seen.
 fn parse_body(headers: &HeaderMap, verb: &str, body: &Bytes) -> ApiResult<Value> {
     let ct = media_type(headers)?;
+    if ct == protobuf::MEDIA_TYPE && matches!(verb, "create" | "update") {
+        return protobuf::object(&protobuf::open(body)?);
+    }
     let yaml = ct == "application/yaml";
     let ok = ct.is_empty()
         || ct == "application/json"
