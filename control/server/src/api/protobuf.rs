@@ -5,8 +5,8 @@
 //! would have decoded.
 //!
 //! Two decoders: the served kinds (core, apps, discovery and coordination `v1`) through a
-//! descriptor set compiled from the vendored upstream `.proto` files (`proto/`, see build.rs)
-//! and `prost-reflect`, turned into JSON field by field with the Kubernetes special types
+//! descriptor set compiled from the vendored upstream `.proto` files (`proto/k8s.desc`, made by
+//! `scripts/gen-proto-descriptors`, so building needs no protoc) and `prost-reflect`, turned into JSON field by field with the Kubernetes special types
 //! (`Time`, `MicroTime`, `IntOrString`, `Quantity`, `Duration`, `RawExtension`, `FieldsV1`)
 //! written as their JSON forms; and `authorization.k8s.io/v1` SelfSubjectAccessReview through
 //! `k8s-pb`'s typed message (`kubectl auth can-i`).
@@ -93,8 +93,8 @@ fn listed(table: &[&str], message: &str, field: &str) -> bool {
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/k8s.desc"))[..])
-            .expect("the descriptor set compiled by build.rs decodes")
+        DescriptorPool::decode(&include_bytes!("../../proto/k8s.desc")[..])
+            .expect("the committed descriptor set decodes")
     })
 }
 
@@ -191,7 +191,9 @@ fn message_json(m: &DynamicMessage) -> Result<Value, ApiError> {
         "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => {
             let is_str = field(m, "type").and_then(|v| v.as_i64()).unwrap_or(0) == 1;
             return Ok(if is_str {
-                json!(field(m, "strVal").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                json!(field(m, "strVal")
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default())
             } else {
                 json!(field(m, "intVal").and_then(|v| v.as_i32()).unwrap_or(0))
             });
@@ -387,7 +389,13 @@ mod tests {
                 ..Default::default()
             }],
             resources: Some(core::ResourceRequirements {
-                requests: [("cpu".to_string(), Quantity { string: Some("100m".into()) })].into(),
+                requests: [(
+                    "cpu".to_string(),
+                    Quantity {
+                        string: Some("100m".into()),
+                    },
+                )]
+                .into(),
                 ..Default::default()
             }),
             readiness_probe: Some(core::Probe {
@@ -499,6 +507,55 @@ mod tests {
             raw: Vec::new(),
         };
         assert_eq!(object(&env).unwrap_err().code, 415);
+    }
+
+    /// The committed descriptor set is what protoc makes of the vendored `.proto` files now
+    /// (compared decoded, so protoc's byte layout does not matter).
+    #[test]
+    fn the_descriptor_set_matches_the_proto_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let run = std::process::Command::new("protoc")
+            .current_dir(&dir)
+            .args(["-I", ".", "--include_imports"])
+            .arg(format!("--descriptor_set_out={}", out.path().display()))
+            .args([
+                "k8s.io/api/core/v1/generated.proto",
+                "k8s.io/api/apps/v1/generated.proto",
+                "k8s.io/api/discovery/v1/generated.proto",
+                "k8s.io/api/coordination/v1/generated.proto",
+            ])
+            .output();
+        let Ok(o) = run else {
+            let why = "protoc is not installed (Debian: protobuf-compiler)";
+            assert!(
+                !matches!(
+                    std::env::var("SLUICE_REQUIRE_ALL").as_deref(),
+                    Ok("1" | "true")
+                ),
+                "this test could not run: {why} (SLUICE_REQUIRE_ALL is set)"
+            );
+            println!("SKIP: {why}");
+            return;
+        };
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let fresh = DescriptorPool::decode(&std::fs::read(out.path()).unwrap()[..]).unwrap();
+        let names = |p: &DescriptorPool| {
+            p.all_messages()
+                .map(|m| {
+                    let fields: Vec<String> = m
+                        .fields()
+                        .map(|f| format!("{}:{}", f.name(), f.number()))
+                        .collect();
+                    format!("{} {}", m.full_name(), fields.join(","))
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(
+            names(pool()),
+            names(&fresh),
+            "control/server/proto/k8s.desc is stale: run scripts/gen-proto-descriptors"
+        );
     }
 
     #[test]
