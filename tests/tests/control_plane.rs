@@ -239,6 +239,27 @@ fn kubectl_workflow(k: &Kubectl) {
             text(&o)
         );
     }
+    // `auth can-i --list`: the rules the authorizer applies in this namespace.
+    let admin_rules = ok(k.run(&kc, &home, &["auth", "can-i", "--list"]));
+    assert!(admin_rules.contains("*.*"), "{}: {admin_rules}", k.label);
+    let node_rules = ok(k.run(&n1_kc, &home, &["auth", "can-i", "--list"]));
+    let line = |resource: &str| {
+        node_rules
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(resource))
+            .unwrap_or_else(|| panic!("{}: no {resource} rule: {node_rules}", k.label))
+            .to_string()
+    };
+    assert!(
+        line("services").contains("[get list watch]"),
+        "{node_rules}"
+    );
+    assert!(line("endpointslices.discovery.k8s.io").contains("[get list watch]"));
+    assert!(line("nodes").contains("[n1]"), "{node_rules}");
+    assert!(
+        !node_rules.contains("deployments") && !node_rules.contains("*.*"),
+        "{node_rules}"
+    );
     ok(run(&["get", "nodes"]));
     ok(run(&["get", "endpoints"]));
     ok(run(&["get", "endpointslices"]));

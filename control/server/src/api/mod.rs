@@ -142,8 +142,11 @@ struct Target {
 enum Route {
     Resource(Target),
     Discovery(Response),
-    /// `authorization.k8s.io/v1` SelfSubjectAccessReviews (answered, not stored).
-    Review,
+    /// `authorization.k8s.io/v1` self-subject reviews (answered, not stored): access review
+    /// (false) or rules review (true).
+    Review {
+        rules: bool,
+    },
 }
 
 fn parse_path(path: &str, server_address: &str) -> ApiResult<Route> {
@@ -156,7 +159,12 @@ fn parse_path(path: &str, server_address: &str) -> ApiResult<Route> {
         ["api"] => return Ok(Route::Discovery(discovery::api_versions(server_address))),
         ["apis"] => return Ok(Route::Discovery(discovery::api_groups())),
         ["openapi", "v2"] => return Ok(Route::Discovery(discovery::openapi_v2())),
-        ["apis", review::GROUP, review::VERSION, review::PLURAL] => return Ok(Route::Review),
+        ["apis", review::GROUP, review::VERSION, review::PLURAL] => {
+            return Ok(Route::Review { rules: false })
+        }
+        ["apis", review::GROUP, review::VERSION, review::RULES_PLURAL] => {
+            return Ok(Route::Review { rules: true })
+        }
         ["api", v, rest @ ..] => ("", v, rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => return Err(ApiError::no_route()),
@@ -438,10 +446,10 @@ async fn handle_inner(
     let t = match parse_path(uri.path(), &state.server_address)? {
         Route::Discovery(r) if method == Method::GET => return Ok(r),
         Route::Discovery(_) => return Err(ApiError::method_not_allowed()),
-        Route::Review if method == Method::POST => {
-            return self_subject_access_review(state, user, headers, body).await;
+        Route::Review { rules } if method == Method::POST => {
+            return self_subject_review(state, user, headers, body, rules).await;
         }
-        Route::Review => return Err(ApiError::method_not_allowed()),
+        Route::Review { .. } => return Err(ApiError::method_not_allowed()),
         Route::Resource(t) => t,
     };
     let q = query_map(uri);
@@ -525,32 +533,44 @@ async fn handle_inner(
     }
 }
 
-/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`, in JSON, YAML or protobuf
-/// (kubectl ≥ 1.32 sends `auth can-i` as protobuf).
-async fn self_subject_access_review(
+/// `POST /apis/authorization.k8s.io/v1/selfsubject{access,rules}reviews`, in JSON, YAML or
+/// protobuf (kubectl ≥ 1.32 sends `auth can-i` as protobuf).
+async fn self_subject_review(
     state: &AppState,
     user: &User,
     headers: &HeaderMap,
     body: Body,
+    rules: bool,
 ) -> ApiResult<Response> {
     let _permit = inflight_permit(state, user, true)?;
     let body = read_body(&state.limits, headers, body).await?;
-    let review = if media_type(headers)? == protobuf::MEDIA_TYPE {
+    let kind = if rules {
+        "SelfSubjectRulesReview"
+    } else {
+        "SelfSubjectAccessReview"
+    };
+    let request = if media_type(headers)? == protobuf::MEDIA_TYPE {
         let env = protobuf::open(&body)?;
-        if env.kind != "SelfSubjectAccessReview" {
+        if env.kind != kind {
             return Err(ApiError::bad_request(format!(
-                "the body holds a {:?}, not a SelfSubjectAccessReview",
+                "the body holds a {:?}, not a {kind}",
                 env.kind
             )));
         }
-        protobuf::self_subject_access_review(&env.raw)?
+        if rules {
+            protobuf::self_subject_rules_review(&env.raw)?
+        } else {
+            protobuf::self_subject_access_review(&env.raw)?
+        }
     } else {
         parse_body(headers, "create", &body)?
     };
-    Ok(json_value(
-        StatusCode::CREATED,
-        &review::review(user, &review)?,
-    ))
+    let answer = if rules {
+        review::rules_review(user, &request)?
+    } else {
+        review::review(user, &request)?
+    };
+    Ok(json_value(StatusCode::CREATED, &answer))
 }
 
 /// The Kubernetes verb of a request on a resource path.
@@ -823,12 +843,17 @@ mod tests {
         let r = |p: &str| match parse_path(p, "x").unwrap() {
             Route::Resource(t) => (t.res.plural, t.ns, t.name, t.sub),
             Route::Discovery(_) => ("discovery", None, None, None),
-            Route::Review => ("review", None, None, None),
+            Route::Review { rules: false } => ("review", None, None, None),
+            Route::Review { rules: true } => ("rules", None, None, None),
         };
         assert_eq!(r("/api/v1/pods"), ("pods", None, None, None));
         assert_eq!(
             r("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),
             ("review", None, None, None)
+        );
+        assert_eq!(
+            r("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"),
+            ("rules", None, None, None)
         );
         assert_eq!(
             r("/apis/authorization.k8s.io/v1"),

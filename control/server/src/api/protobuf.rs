@@ -310,6 +310,17 @@ pub fn self_subject_access_review(raw: &[u8]) -> Result<Value, ApiError> {
     }))
 }
 
+/// A SelfSubjectRulesReview's JSON from its protobuf message.
+pub fn self_subject_rules_review(raw: &[u8]) -> Result<Value, ApiError> {
+    let r = k8s_pb::api::authorization::v1::SelfSubjectRulesReview::decode(raw).map_err(bad)?;
+    let ns = r.spec.and_then(|s| s.namespace).unwrap_or_default();
+    Ok(json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": ns},
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
-//! `authorization.k8s.io/v1` SelfSubjectAccessReview: "may I do this?", answered by the same
-//! authorizer that guards every request (so `kubectl auth can-i` tells the truth about node
-//! credentials and NodeRestriction). Nothing is stored: a review is created and answered.
+//! `authorization.k8s.io/v1` SelfSubjectAccessReview ("may I do this?") and
+//! SelfSubjectRulesReview ("what may I do here?"), answered by the same authorizer that guards
+//! every request, so `kubectl auth can-i [--list]` tells the truth about node credentials.
+//! Nothing is stored: a review is created and answered. A rules review is not a second copy of
+//! the rules: it asks the authorizer about every served resource, subresource and verb.
 
 use serde_json::{json, Value};
 
@@ -12,8 +14,22 @@ use crate::status::{ApiError, ApiResult, Cause};
 pub const GROUP: &str = "authorization.k8s.io";
 /// Its version.
 pub const VERSION: &str = "v1";
-/// The resource.
+/// The access review resource.
 pub const PLURAL: &str = "selfsubjectaccessreviews";
+/// The rules review resource.
+pub const RULES_PLURAL: &str = "selfsubjectrulesreviews";
+
+/// The verbs a rules review asks about.
+const VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
 
 /// `GET /apis/authorization.k8s.io/v1` resources.
 pub fn resources() -> Value {
@@ -23,10 +39,31 @@ pub fn resources() -> Value {
         "namespaced": false,
         "kind": "SelfSubjectAccessReview",
         "verbs": ["create"],
+    }, {
+        "name": RULES_PLURAL,
+        "singularName": "selfsubjectrulesreview",
+        "namespaced": false,
+        "kind": "SelfSubjectRulesReview",
+        "verbs": ["create"],
     }])
 }
 
-/// Paths every authenticated user may GET (discovery, health, version, OpenAPI).
+/// Paths every authenticated user may GET (discovery, health, version, OpenAPI), as
+/// `nonResourceURLs` patterns.
+const PUBLIC_PATHS: [&str; 10] = [
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/openapi",
+    "/openapi/*",
+    "/version",
+    "/healthz",
+    "/livez",
+    "/readyz",
+];
+
+/// Whether every authenticated user may GET `path`.
 fn public_path(path: &str) -> bool {
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
     ["/api", "/apis", "/openapi", "/version"]
@@ -116,9 +153,132 @@ pub fn review(user: &User, body: &Value) -> ApiResult<Value> {
     }))
 }
 
+/// Answers a SelfSubjectRulesReview of `user` for `spec.namespace` (201 body).
+pub fn rules_review(user: &User, body: &Value) -> ApiResult<Value> {
+    let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let ns = str_of(&spec, "namespace");
+    let (resource_rules, non_resource_rules) = if user.is_admin() {
+        (
+            json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]),
+            json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}]),
+        )
+    } else {
+        (
+            Value::Array(resource_rules(user, ns)),
+            json!([{"verbs": ["get"], "nonResourceURLs": PUBLIC_PATHS}]),
+        )
+    };
+    Ok(json!({
+        "kind": "SelfSubjectRulesReview",
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "metadata": {"creationTimestamp": null},
+        "spec": spec,
+        "status": {
+            "resourceRules": resource_rules,
+            "nonResourceRules": non_resource_rules,
+            "incomplete": false,
+        },
+    }))
+}
+
+/// The authorizer's answers for every served resource and subresource in `ns`, as rules: verbs
+/// allowed on any name, then verbs allowed only on the user's own object (a node's own Node
+/// and Lease) with that name in `resourceNames`.
+fn resource_rules(user: &User, ns: &str) -> Vec<Value> {
+    let own = user.node_name();
+    let mut rules = Vec::new();
+    for res in RESOURCES {
+        let subs = std::iter::once(None).chain(res.subresources.iter().map(|s| Some(*s)));
+        for sub in subs {
+            let ask = |verb, name| {
+                auth::allowed(
+                    user,
+                    &Attributes {
+                        verb,
+                        res,
+                        sub,
+                        ns: (res.namespaced && !ns.is_empty()).then_some(ns),
+                        name,
+                        pod_node: None,
+                    },
+                )
+                .is_ok()
+            };
+            let any: Vec<&str> = VERBS.into_iter().filter(|v| ask(v, None)).collect();
+            let named: Vec<&str> = match own {
+                Some(n) => VERBS
+                    .into_iter()
+                    .filter(|v| !any.contains(v) && ask(v, Some(n)))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let resource = match sub {
+                Some(s) => format!("{}/{s}", res.plural),
+                None => res.plural.to_string(),
+            };
+            if !any.is_empty() {
+                rules
+                    .push(json!({"verbs": any, "apiGroups": [res.group], "resources": [resource]}));
+            }
+            if !named.is_empty() {
+                rules.push(
+                    json!({"verbs": named, "apiGroups": [res.group], "resources": [resource],
+                                  "resourceNames": [own]}),
+                );
+            }
+        }
+    }
+    rules
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_gets_the_rules_the_authorizer_applies() {
+        let rules = |ns| {
+            rules_review(&User::node("n1"), &json!({"spec": {"namespace": ns}})).unwrap()["status"]
+                ["resourceRules"]
+                .clone()
+        };
+        let default = rules("default");
+        let find = |rules: &Value, resource: &str, named: bool| -> Option<Value> {
+            rules.as_array().unwrap().iter().find_map(|r| {
+                (r["resources"][0] == resource && r.get("resourceNames").is_some() == named)
+                    .then(|| r["verbs"].clone())
+            })
+        };
+        assert_eq!(
+            find(&default, "services", false),
+            Some(json!(["get", "list", "watch"]))
+        );
+        assert_eq!(
+            find(&default, "nodes", true),
+            Some(json!(["create", "update", "patch"]))
+        );
+        assert_eq!(
+            find(&default, "pods/status", false),
+            Some(json!(["get", "list", "watch", "update", "patch"]))
+        );
+        assert_eq!(find(&default, "deployments", false), None);
+        assert_eq!(
+            find(&default, "leases", true),
+            None,
+            "only in kube-node-lease"
+        );
+        let lease_ns = rules("kube-node-lease");
+        assert_eq!(
+            find(&lease_ns, "leases", true),
+            Some(json!(["get", "create", "update", "patch", "delete"]))
+        );
+        let admin =
+            rules_review(&User::admin(), &json!({"spec": {"namespace": "default"}})).unwrap();
+        assert_eq!(
+            admin["status"]["resourceRules"][0]["resources"],
+            json!(["*"])
+        );
+    }
 
     #[test]
     fn public_paths() {
