@@ -1,6 +1,6 @@
 //! `service`: netperf TCP_CRR / TCP_RR / TCP_STREAM from a pod to one backend pod, directly,
 //! through a Service's ClusterIP (the lab's proxy mode), and through HAProxy on the node (the
-//! userspace peer), interleaved, as ratios of direct (see /work/shared/BENCHMARKING.md).
+//! userspace peer), interleaved, as ratios of direct (method and results: docs/benchmarks.md).
 //!
 //! `sluice-lab up --nodes 2 --proxy-mode MODE`; a `netserver` pod on n2 labelled `app=netperf`
 //! (the Service's only backend, so netperf's control and data connections reach the same
