@@ -486,31 +486,27 @@ fn agents_register_route_pod_cidrs_and_heartbeat() {
 
     // Masquerade chain in the node's own namespace (written just after the conflist). Without
     // a working iptables in the namespace the agent logs and carries on: skip the check then.
-    let nat = ip(&[
-        "netns",
-        "exec",
-        &lab.nodes[0],
-        "iptables",
-        "-t",
-        "nat",
-        "-S",
-    ]);
+    let nat_rules = |chain: Option<&str>| {
+        let mut args = vec![
+            "netns",
+            "exec",
+            &lab.nodes[0],
+            "iptables",
+            "-t",
+            "nat",
+            "-S",
+        ];
+        args.extend(chain);
+        ip(&args)
+    };
+    let nat = nat_rules(None);
     if nat.status.success() {
         let s = wait_for(
             Duration::from_secs(10),
             "SLUICENODE-MASQ chain in node 1",
             || lab.logs(),
             || {
-                let o = ip(&[
-                    "netns",
-                    "exec",
-                    &lab.nodes[0],
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-S",
-                    "SLUICENODE-MASQ",
-                ]);
+                let o = nat_rules(Some("SLUICENODE-MASQ"));
                 o.status.success().then(|| stdout(&o))
             },
         );

@@ -351,18 +351,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stale_heartbeats_make_ready_unknown_and_renewals_restore_it() {
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
-        let reg = Registry::new(store, RegistryConfig::default());
-        reg.bootstrap().await.unwrap();
+        let reg = registry().await;
         let nodes = by_kind("Node");
         for n in ["n1", "n2"] {
-            reg.create(nodes, None, json!({"metadata": {"name": n}}))
-                .await
-                .unwrap();
-            let mut v = reg.get_value(nodes, None, n).unwrap();
-            set_ready(&mut v, "True", "KubeletReady", "ready");
-            reg.update(nodes, None, n, v, Part::Status).await.unwrap();
+            ready_node(&reg, n).await;
         }
         renew(&reg, "n1", "2026-01-01T00:00:00.000000Z").await;
         // n2 says NotReady itself: heartbeats must not turn that into True.
@@ -456,6 +448,15 @@ mod tests {
             .unwrap()
     }
 
+    /// A bootstrapped registry on an in-memory store.
+    async fn registry() -> Registry {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
+        let reg = Registry::new(store, RegistryConfig::default());
+        reg.bootstrap().await.unwrap();
+        reg
+    }
+
     async fn ready_node(reg: &Registry, n: &str) {
         let nodes = by_kind("Node");
         reg.create(nodes, None, json!({"metadata": {"name": n}}))
@@ -468,10 +469,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pods_on_a_lost_node_become_not_ready_and_nothing_else_is_touched() {
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
-        let reg = Registry::new(store, RegistryConfig::default());
-        reg.bootstrap().await.unwrap();
+        let reg = registry().await;
         for n in ["lost", "healthy"] {
             ready_node(&reg, n).await;
         }
@@ -559,10 +557,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_restarted_controller_marks_the_pods_of_nodes_already_unknown() {
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
-        let reg = Registry::new(store, RegistryConfig::default());
-        reg.bootstrap().await.unwrap();
+        let reg = registry().await;
         let nodes = by_kind("Node");
         for n in ["n1", "n2"] {
             ready_node(&reg, n).await;
