@@ -267,6 +267,12 @@ fn dedup(errors: Vec<FieldError>) -> Vec<FieldError> {
     out
 }
 
+/// `resource.Quantity.MilliValue` of a quantity string (rounded up), or the decoder's error
+/// message when the string is not a quantity. The scheduler sums requests with it.
+pub fn quantity_milli_value(s: &str) -> Result<i64, &'static str> {
+    quantity::Quantity::parse(s).map(|q| q.milli_value())
+}
+
 /// DNS-1123 label check (at most 63 characters of `[a-z0-9-]`, starting and
 /// ending alphanumeric); returns apimachinery's error strings.
 pub fn is_dns1123_label(s: &str) -> Vec<String> {

@@ -159,6 +159,30 @@ impl Quantity {
         }
     }
 
+    /// The value in thousandths, rounded up (`Quantity.MilliValue`): `100m` → 100, `1` → 1000,
+    /// `1Ki` → 1_024_000. Saturates at the i64 range.
+    pub(crate) fn milli_value(&self) -> i64 {
+        match self.exact {
+            Some((m, e)) => {
+                let e = e + 3;
+                let v = if e >= 0 {
+                    10i128
+                        .checked_pow(e as u32)
+                        .and_then(|p| m.checked_mul(p))
+                        .unwrap_or(if m < 0 { i128::MIN } else { i128::MAX })
+                } else {
+                    match 10i128.checked_pow(e.unsigned_abs()) {
+                        // Ceiling division, as upstream rounds up.
+                        Some(p) => m.div_euclid(p) + i128::from(m.rem_euclid(p) != 0),
+                        None => i128::from(m > 0),
+                    }
+                };
+                v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+            }
+            None => (self.approx * 1000.0).ceil() as i64,
+        }
+    }
+
     /// Whether the value is a whole number (extended resources must be).
     pub(crate) fn is_integer(&self) -> bool {
         match self.exact {
@@ -211,6 +235,17 @@ mod tests {
         assert_eq!(Quantity::parse("1iG").err(), Some(SUFFIX_WRONG));
         assert_eq!(Quantity::parse("").err(), Some(FORMAT_WRONG));
         assert_eq!(Quantity::parse("1 Gi").err(), Some(FORMAT_WRONG));
+    }
+
+    #[test]
+    fn milli_values_round_up() {
+        assert_eq!(q("100m").milli_value(), 100);
+        assert_eq!(q("1").milli_value(), 1000);
+        assert_eq!(q("0.5").milli_value(), 500);
+        assert_eq!(q("1Ki").milli_value(), 1_024_000);
+        assert_eq!(q("1n").milli_value(), 1);
+        assert_eq!(q("128Mi").milli_value(), 134_217_728_000);
+        assert_eq!(q("-1n").milli_value(), 0);
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! (skeleton; filled in by the issue-11 work)
