@@ -28,6 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::registry::strategy::NodeRequest;
 use crate::resources::Resource;
 use crate::status::ApiError;
 
@@ -279,27 +280,18 @@ fn denied(user: &User, a: &Attributes<'_>) -> ApiError {
 }
 
 /// What the `system:node` role lets every node do (the Node authorizer and NodeRestriction
-/// narrow it to the node's own objects).
+/// narrow it to the node's own objects); each kind's strategy answers for itself.
 fn node_allowed(user: &User, a: &Attributes<'_>) -> bool {
     let Some(node) = user.node_name() else {
         return false;
     };
-    let read = matches!(a.verb, "get" | "list" | "watch");
-    match (a.res.kind, a.sub) {
-        ("Service" | "Endpoints" | "EndpointSlice", None) => read,
-        // Deleting a pod (eviction by the node, mirror pods): NodeRestriction checks whose.
-        ("Pod", None) => read || a.verb == "delete",
-        ("Pod", Some("status")) => read || matches!(a.verb, "update" | "patch"),
-        ("Node", None | Some("status")) => {
-            read || (matches!(a.verb, "create" | "update" | "patch") && a.name == Some(node))
-        }
-        ("Lease", None) => {
-            a.ns == Some("kube-node-lease")
-                && a.name == Some(node)
-                && matches!(a.verb, "get" | "create" | "update" | "patch" | "delete")
-        }
-        _ => false,
-    }
+    a.res.strategy.node_allowed(&NodeRequest {
+        verb: a.verb,
+        sub: a.sub,
+        ns: a.ns,
+        name: a.name,
+        node,
+    })
 }
 
 /// A 403 the way admission plugins answer (`admission.NewForbidden`):

@@ -1,8 +1,13 @@
 //! The resources Sluice serves: one descriptor per resource drives routing, discovery, store
 //! keys, validation and printing.
 
+use crate::registry::strategy::{self, NodeReadable, Strategy};
+use crate::registry::{
+    LeaseStrategy, NamespaceStrategy, NodeStrategy, PodStrategy, ServiceStrategy,
+};
+
 /// A served resource.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Resource {
     /// API group ("" for core).
     pub group: &'static str,
@@ -23,7 +28,17 @@ pub struct Resource {
     pub categories: &'static [&'static str],
     /// Subresources served (`status`, `binding`, `scale`).
     pub subresources: &'static [&'static str],
+    /// What the registry, field selectors and the node authorizer do differently for it.
+    pub strategy: &'static dyn Strategy,
 }
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.plural) == (other.group, other.version, other.plural)
+    }
+}
+
+impl Eq for Resource {}
 
 impl Resource {
     /// `v1` or `apps/v1`.
@@ -106,6 +121,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["ns"],
         categories: &[],
         subresources: &["status"],
+        strategy: &NamespaceStrategy,
     },
     Resource {
         group: "",
@@ -117,6 +133,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["no"],
         categories: &[],
         subresources: &["status"],
+        strategy: &NodeStrategy,
     },
     Resource {
         group: "",
@@ -128,6 +145,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["po"],
         categories: &["all"],
         subresources: &["status", "binding"],
+        strategy: &PodStrategy,
     },
     Resource {
         group: "",
@@ -139,6 +157,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["svc"],
         categories: &["all"],
         subresources: &["status"],
+        strategy: &ServiceStrategy,
     },
     Resource {
         group: "",
@@ -150,6 +169,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["ep"],
         categories: &[],
         subresources: &[],
+        strategy: &NodeReadable,
     },
     Resource {
         group: "discovery.k8s.io",
@@ -161,6 +181,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
+        strategy: &NodeReadable,
     },
     Resource {
         group: "apps",
@@ -172,6 +193,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["deploy"],
         categories: &["all"],
         subresources: &["status", "scale"],
+        strategy: &strategy::DEPLOYMENT,
     },
     Resource {
         group: "coordination.k8s.io",
@@ -183,6 +205,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
+        strategy: &LeaseStrategy,
     },
 ];
 

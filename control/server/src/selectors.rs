@@ -36,6 +36,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::resources::Resource;
+
 #[cfg(test)]
 mod tests;
 
@@ -561,26 +563,11 @@ fn requirement(key: &str, op: Op, mut values: Vec<String>) -> Result<LabelReq, S
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldSelector(pub Vec<(String, bool, String)>);
 
-/// Fields the apiserver lets clients select on, per kind (besides metadata.name/namespace).
-fn selectable(kind: &str, field: &str) -> bool {
+/// Fields the apiserver lets clients select on: name and namespace, and what the kind's
+/// strategy lists.
+fn selectable(res: &Resource, field: &str) -> bool {
     matches!(field, "metadata.name" | "metadata.namespace")
-        || match kind {
-            "Pod" => matches!(
-                field,
-                "spec.nodeName"
-                    | "spec.restartPolicy"
-                    | "spec.schedulerName"
-                    | "spec.serviceAccountName"
-                    | "spec.hostNetwork"
-                    | "status.phase"
-                    | "status.podIP"
-                    | "status.nominatedNodeName"
-            ),
-            "Node" => field == "spec.unschedulable",
-            "Namespace" => field == "status.phase",
-            "Service" => field == "spec.clusterIP" || field == "spec.type",
-            _ => false,
-        }
+        || res.strategy.selectable_fields().contains(&field)
 }
 
 /// Splits a field selector on the commas no backslash escapes; escapes stay in the terms.
@@ -687,9 +674,9 @@ impl fmt::Display for FieldSelector {
 impl FieldSelector {
     /// Parses a `fieldSelector` for a kind; syntax errors and fields the kind does not allow
     /// (`field label not supported: …`) are errors (400), as on the apiserver.
-    pub fn parse(kind: &str, s: &str) -> Result<Self, String> {
+    pub fn parse(res: &Resource, s: &str) -> Result<Self, String> {
         let reqs = parse_terms(s)?;
-        if let Some((field, _, _)) = reqs.iter().find(|(f, _, _)| !selectable(kind, f)) {
+        if let Some((field, _, _)) = reqs.iter().find(|(f, _, _)| !selectable(res, f)) {
             return Err(format!("field label not supported: {field}"));
         }
         Ok(FieldSelector(reqs))

@@ -374,7 +374,7 @@ fn selectors(
     let l = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("unable to parse labelSelector: {e}")))?;
     let f = FieldSelector::parse(
-        res.kind,
+        res,
         q.get("fieldSelector").map(String::as_str).unwrap_or(""),
     )
     .map_err(ApiError::bad_request)?;

@@ -8,8 +8,16 @@
 //! JSON patch, merge patch or strategic merge patch on the stored object, then update.
 //! Delete: graceful for pods bound to a node, cascading for namespaces, releasing allocations.
 
+mod namespace;
 mod node;
+mod pod;
 mod service;
+pub mod strategy;
+
+pub use namespace::NamespaceStrategy;
+pub use node::{LeaseStrategy, NodeStrategy};
+pub use pod::PodStrategy;
+pub use service::ServiceStrategy;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,7 @@ use crate::alloc::{IpAllocator, PodCidrs, PortAllocator};
 use crate::resources::{self, Resource};
 use crate::selectors::{labels_of, FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult, Cause};
+use strategy::DeleteMode;
 
 /// Ranges the registry allocates from.
 #[derive(Debug, Clone)]
@@ -351,7 +360,7 @@ impl Registry {
         }
         let vkind = res.validation_kind().expect("decode checked");
         sluice_validation::apply_defaults(vkind, &mut obj);
-        prepare_for_create(res, &mut obj);
+        res.strategy.prepare_for_create(&mut obj);
         let name = str_at(&obj, "/metadata/name").unwrap_or("").to_string();
         node::admit(node_writer.as_deref(), res, &name, None, &obj, Part::Main)?;
         let errs = sluice_validation::validate_create(vkind, &obj);
@@ -363,23 +372,14 @@ impl Registry {
         if self.store.get(&key).is_some() {
             return Err(ApiError::already_exists(res, &name));
         }
-        let taken = if res.kind == "Service" {
-            service::allocate_create(self, res, &name, &mut obj)?
-        } else {
-            service::Taken::default()
-        };
-        let cidrs = match node::reserve(self, res, &name, None, &obj) {
-            Ok(t) => t,
-            Err(e) => {
-                service::release(self, &taken);
-                return Err(e);
-            }
-        };
+        let held = res.strategy.reserve(self, res, &name, None, &mut obj)?;
         match self.store.create(key, obj).await {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                held.commit(self);
+                Ok(s)
+            }
             Err(e) => {
-                service::release(self, &taken);
-                cidrs.rollback(self);
+                held.rollback(self);
                 Err(store_err(res, &name, e))
             }
         }
@@ -545,44 +545,36 @@ impl Registry {
                 .unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        let mut taken = service::Taken::default();
-        let mut freed = service::Taken::default();
-        if res.kind == "Service" && part == Part::Main {
-            (taken, freed) = service::allocate_update(self, res, name, &old, &mut new)?;
-        }
+        let held: Box<dyn strategy::Held> = if part == Part::Main {
+            res.strategy
+                .reserve(self, res, name, Some(&old), &mut new)?
+        } else {
+            Box::new(strategy::NothingHeld)
+        };
         let errs = match part {
             Part::Main => sluice_validation::validate_update(vkind, &old, &new),
             Part::Status => sluice_validation::validate_status_update(vkind, &old, &new),
         };
         if !errs.is_empty() {
-            service::release(self, &taken);
+            held.rollback(self);
             return Err(ApiError::invalid(res, name, causes(errs)));
         }
         if old == new_without_rv(&new, &old) {
             // No-op update: the apiserver does not write (resourceVersion stays).
-            service::release(self, &taken);
+            held.rollback(self);
             return Ok(Arc::new(current.clone()));
         }
-        let cidrs = match node::reserve(self, res, name, Some(&old), &new) {
-            Ok(t) => t,
-            Err(e) => {
-                service::release(self, &taken);
-                return Err(e);
-            }
-        };
         match self
             .store
             .update(res.key(ns, name), new, Some(current.mod_revision))
             .await
         {
             Ok(s) => {
-                service::release(self, &freed);
-                cidrs.commit(self);
+                held.commit(self);
                 Ok(s)
             }
             Err(e) => {
-                service::release(self, &taken);
-                cidrs.rollback(self);
+                held.rollback(self);
                 Err(store_err(res, name, e))
             }
         }
@@ -612,15 +604,8 @@ impl Registry {
                 return Err(ApiError::conflict(res, name));
             }
         }
-        if res.kind == "Pod" {
-            let grace = opts.grace_period_seconds.unwrap_or_else(|| {
-                v.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(|g| g.as_i64())
-                    .unwrap_or(30)
-            });
-            let bound = str_at(&v, "/spec/nodeName").is_some_and(|n| !n.is_empty());
-            let finished = matches!(str_at(&v, "/status/phase"), Some("Succeeded" | "Failed"));
-            if bound && grace > 0 && !finished {
+        match res.strategy.delete_mode(&v, opts) {
+            DeleteMode::Graceful(grace) => {
                 if v.pointer("/metadata/deletionTimestamp").is_some() {
                     return Ok(current);
                 }
@@ -635,21 +620,15 @@ impl Registry {
                     .await
                     .map_err(|e| store_err(res, name, e));
             }
-        }
-        if res.kind == "Namespace" {
-            self.delete_namespace_contents(name).await?;
+            DeleteMode::NamespaceContents => self.delete_namespace_contents(name).await?,
+            DeleteMode::Immediate => {}
         }
         let gone = self
             .store
             .delete(current.key.clone(), Some(current.mod_revision))
             .await
             .map_err(|e| store_err(res, name, e))?;
-        if res.kind == "Service" {
-            service::release(self, &service::held_by(&v));
-        }
-        if res.kind == "Node" {
-            node::release_deleted(self, &v);
-        }
+        res.strategy.release_deleted(self, &v);
         Ok(gone)
     }
 
@@ -832,34 +811,6 @@ fn new_without_rv(new: &Value, old: &Value) -> Value {
         }
     }
     n
-}
-
-fn prepare_for_create(res: &Resource, obj: &mut Value) {
-    match res.kind {
-        "Pod" => {
-            obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
-        }
-        "Service" => {
-            obj["status"] = json!({"loadBalancer": {}});
-        }
-        "Deployment" => {
-            obj["status"] = json!({});
-        }
-        "Namespace" => {
-            obj["status"] = json!({"phase": "Active"});
-            let name = obj
-                .pointer("/metadata/name")
-                .cloned()
-                .unwrap_or(Value::Null);
-            if let Some(m) = obj["metadata"].as_object_mut() {
-                let labels = m.entry("labels").or_insert_with(|| json!({}));
-                if let Some(l) = labels.as_object_mut() {
-                    l.insert("kubernetes.io/metadata.name".into(), name);
-                }
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Applies a patch document of the given type.

@@ -25,7 +25,8 @@ use crate::status::{ApiError, ApiResult};
 
 /// The node whose own request the caller is serving, when it writes a Node.
 pub(super) fn writer(res: &Resource) -> Option<String> {
-    (res.kind == "Node")
+    res.strategy
+        .node_restricted_writes()
         .then(crate::auth::requesting_node)
         .flatten()
 }
@@ -91,23 +92,25 @@ fn cidrs_of(v: &Value) -> Vec<IpNet> {
 /// The claims one Node write took on the blocks it adds, and the blocks it gives up once
 /// stored. Stored, its claims are the object's; failed, they are given back.
 #[derive(Debug, Default)]
-pub(super) struct CidrTx {
+pub struct CidrTx {
     holder: Option<Holder>,
     taken: Vec<IpNet>,
     freed: Vec<IpNet>,
 }
 
-impl CidrTx {
+impl super::strategy::Held for CidrTx {
     /// The write failed or was not made: give back what it reserved.
-    pub(super) fn rollback(&self, reg: &Registry) {
+    fn rollback(&self, reg: &Registry) {
         self.release(reg, &self.taken);
     }
 
     /// The write is stored: release what the object no longer has.
-    pub(super) fn commit(&self, reg: &Registry) {
+    fn commit(&self, reg: &Registry) {
         self.release(reg, &self.freed);
     }
+}
 
+impl CidrTx {
     fn release(&self, reg: &Registry, nets: &[IpNet]) {
         let Some(h) = &self.holder else { return };
         if nets.is_empty() {
@@ -123,16 +126,13 @@ impl CidrTx {
 /// Reserves the podCIDR blocks `new` has and `old` (the stored object; `None` on create) has
 /// not, all or nothing; 422 naming `spec.podCIDRs` and the other node when one overlaps a
 /// block another Node has.
-pub(super) fn reserve(
+fn reserve(
     reg: &Registry,
     res: &Resource,
     name: &str,
     old: Option<&Value>,
     new: &Value,
 ) -> ApiResult<CidrTx> {
-    if res.kind != "Node" {
-        return Ok(CidrTx::default());
-    }
     let holder = holder_of(old.unwrap_or(new));
     let before = old.map(cidrs_of).unwrap_or_default();
     let after = cidrs_of(new);
@@ -171,7 +171,7 @@ pub(super) fn reserve(
 }
 
 /// Releases a deleted Node's blocks.
-pub(super) fn release_deleted(reg: &Registry, v: &Value) {
+fn release_deleted(reg: &Registry, v: &Value) {
     let holder = holder_of(v);
     let mut a = reg.allocators();
     for n in cidrs_of(v) {
@@ -216,5 +216,53 @@ impl Registry {
     /// Gives back the claim [`Registry::allocate_pod_cidr`] took.
     pub(crate) fn release_pod_cidr(&self, holder: &Holder, c: Ipv4Net) {
         self.allocators().pod_cidrs.release(holder, IpNet::V4(c))
+    }
+}
+
+/// The Node strategy: podCIDR reservations and NodeRestriction on a node's own writes.
+#[derive(Debug)]
+pub struct NodeStrategy;
+
+impl super::strategy::Strategy for NodeStrategy {
+    fn reserve(
+        &self,
+        reg: &Registry,
+        res: &Resource,
+        name: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+    ) -> ApiResult<Box<dyn super::strategy::Held>> {
+        Ok(Box::new(reserve(reg, res, name, old, new)?))
+    }
+
+    fn release_deleted(&self, reg: &Registry, v: &Value) {
+        release_deleted(reg, v);
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["spec.unschedulable"]
+    }
+
+    fn node_allowed(&self, r: &super::strategy::NodeRequest<'_>) -> bool {
+        matches!(r.sub, None | Some("status"))
+            && (r.is_read()
+                || (matches!(r.verb, "create" | "update" | "patch") && r.name == Some(r.node)))
+    }
+
+    fn node_restricted_writes(&self) -> bool {
+        true
+    }
+}
+
+/// Leases: a node renews its own heartbeat Lease in `kube-node-lease`.
+#[derive(Debug)]
+pub struct LeaseStrategy;
+
+impl super::strategy::Strategy for LeaseStrategy {
+    fn node_allowed(&self, r: &super::strategy::NodeRequest<'_>) -> bool {
+        r.sub.is_none()
+            && r.ns == Some("kube-node-lease")
+            && r.name == Some(r.node)
+            && matches!(r.verb, "get" | "create" | "update" | "patch" | "delete")
     }
 }

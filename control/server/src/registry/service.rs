@@ -382,3 +382,56 @@ fn allocate_into(
     }
     Ok(())
 }
+
+/// What one Service write took, and what it gives up once stored.
+struct ServiceHeld {
+    taken: Taken,
+    freed: Taken,
+}
+
+impl super::strategy::Held for ServiceHeld {
+    fn commit(&self, reg: &Registry) {
+        release(reg, &self.freed);
+    }
+
+    fn rollback(&self, reg: &Registry) {
+        release(reg, &self.taken);
+    }
+}
+
+/// The Service strategy: ClusterIP and NodePort allocation.
+#[derive(Debug)]
+pub struct ServiceStrategy;
+
+impl super::strategy::Strategy for ServiceStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) {
+        obj["status"] = json!({"loadBalancer": {}});
+    }
+
+    fn reserve(
+        &self,
+        reg: &Registry,
+        res: &Resource,
+        name: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+    ) -> ApiResult<Box<dyn super::strategy::Held>> {
+        let (taken, freed) = match old {
+            None => (allocate_create(reg, res, name, new)?, Taken::default()),
+            Some(old) => allocate_update(reg, res, name, old, new)?,
+        };
+        Ok(Box::new(ServiceHeld { taken, freed }))
+    }
+
+    fn release_deleted(&self, reg: &Registry, v: &Value) {
+        release(reg, &held_by(v));
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["spec.clusterIP", "spec.type"]
+    }
+
+    fn node_allowed(&self, r: &super::strategy::NodeRequest<'_>) -> bool {
+        r.sub.is_none() && r.is_read()
+    }
+}

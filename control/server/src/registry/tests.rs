@@ -932,7 +932,11 @@ mod pod_cidr_prop {
                                 .map(|_| ())
                                 .map_err(|e| e.code);
                             let had = before.iter().find(|(x, _, _)| *x == name).map(|(_, _, c)| c.clone());
-                            let same = |cs: &Vec<IpNet>| cs.len() == 1 && Some(cs[0]) == crate::alloc::parse_cidr_sloppy(c);
+                            // Validation compares the strings, as upstream does: the same block
+                            // spelled differently (host bits set) is a change, and refused.
+                            let stored = r.get_value(nodes, None, &name).ok()
+                                .and_then(|v| v.pointer("/spec/podCIDRs/0").and_then(|c| c.as_str()).map(str::to_string));
+                            let same = |cs: &Vec<IpNet>| cs.len() == 1 && stored.as_deref() == Some(c.as_str());
                             let want = match had {
                                 None => Err(404),
                                 Some(cs) if same(&cs) => Ok(()),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::resources::by_kind;
 
 fn l(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -886,25 +887,25 @@ fn apimachinery_field_matches() {
 
 #[test]
 fn field_selectors() {
-    let f = FieldSelector::parse("Pod", "metadata.name=web,spec.nodeName!=n2").unwrap();
+    let f = FieldSelector::parse(by_kind("Pod"), "metadata.name=web,spec.nodeName!=n2").unwrap();
     let pod = serde_json::json!({"spec": {"nodeName": "n1"}});
     assert!(f.matches(Some("default"), "web", Some(&pod)));
     assert!(!f.matches(Some("default"), "api", Some(&pod)));
     let on_n2 = serde_json::json!({"spec": {"nodeName": "n2"}});
     assert!(!f.matches(Some("default"), "web", Some(&on_n2)));
     assert!(!f.only_identity());
-    assert!(FieldSelector::parse("Pod", "metadata.name==x")
+    assert!(FieldSelector::parse(by_kind("Pod"), "metadata.name==x")
         .unwrap()
         .only_identity());
     assert_eq!(
-        FieldSelector::parse("Service", "spec.nodeName=x").unwrap_err(),
+        FieldSelector::parse(by_kind("Service"), "spec.nodeName=x").unwrap_err(),
         "field label not supported: spec.nodeName"
     );
     // Unscheduled pods have an empty nodeName.
-    let f = FieldSelector::parse("Pod", "spec.nodeName=").unwrap();
+    let f = FieldSelector::parse(by_kind("Pod"), "spec.nodeName=").unwrap();
     assert!(f.matches(None, "p", Some(&serde_json::json!({"spec": {}}))));
     // Booleans compare as their JSON text.
-    let f = FieldSelector::parse("Pod", "spec.hostNetwork=true").unwrap();
+    let f = FieldSelector::parse(by_kind("Pod"), "spec.hostNetwork=true").unwrap();
     assert!(f.matches(
         None,
         "p",
@@ -934,18 +935,20 @@ fn malformed_field_selectors() {
             "field label not supported: metadata.name ",
         ),
     ] {
-        let err = FieldSelector::parse("Node", sel).expect_err(sel);
+        let err = FieldSelector::parse(by_kind("Node"), sel).expect_err(sel);
         assert!(err.contains(want), "{sel:?}: {err:?} lacks {want:?}");
     }
     // Escaped separators are data; empty terms are skipped.
-    let f = FieldSelector::parse("Pod", r",metadata.name=a\,b\=c\\,,").unwrap();
+    let f = FieldSelector::parse(by_kind("Pod"), r",metadata.name=a\,b\=c\\,,").unwrap();
     assert_eq!(f.0, [(s("metadata.name"), true, s(r"a,b=c\"))]);
     assert!(f.matches(None, r"a,b=c\", None));
     // Spaces in values are kept.
-    let f = FieldSelector::parse("Pod", "metadata.name= x").unwrap();
+    let f = FieldSelector::parse(by_kind("Pod"), "metadata.name= x").unwrap();
     assert!(f.matches(None, " x", None));
     assert!(!f.matches(None, "x", None));
-    assert!(FieldSelector::parse("Pod", ",").unwrap().is_empty());
+    assert!(FieldSelector::parse(by_kind("Pod"), ",")
+        .unwrap()
+        .is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1248,7 +1251,7 @@ proptest! {
     /// (a) Any string as a field selector: no panic; accepted ones print back to themselves.
     #[test]
     fn arbitrary_field_selectors(input in from_pieces(FIELD_PIECES)) {
-        let _ = FieldSelector::parse("Pod", &input);
+        let _ = FieldSelector::parse(by_kind("Pod"), &input);
         if let Ok(reqs) = parse_terms(&input) {
             let printed = FieldSelector(reqs.clone()).to_string();
             let mut again = parse_terms(&printed).unwrap();
