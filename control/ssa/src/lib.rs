@@ -39,6 +39,8 @@
 //! current version), schema-change reconciliation, the last-applied
 //! annotation upgrade path, and the `scale` subresource's field mapping.
 
+#![warn(missing_docs)]
+
 mod apply;
 mod error;
 mod fieldset;

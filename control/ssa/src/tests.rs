@@ -568,6 +568,77 @@ fn service_ports_are_keyed_by_port_and_protocol() {
     );
 }
 
+#[test]
+fn defaulted_key_fields_identify_the_same_element() {
+    let mut live = nginx(1);
+    live["spec"]["template"]["spec"]["containers"][0]["ports"] =
+        json!([{"containerPort": 80, "protocol": "TCP", "name": "http"}]);
+    update_managed_fields(None, &mut live, "kubectl-create", None, deployments(), t(0));
+    let obj = apply(
+        Some(&live),
+        &nginx(1),
+        "kubectl",
+        false,
+        deployments(),
+        t(1),
+    )
+    .expect("apply");
+    assert_eq!(
+        obj["spec"]["template"]["spec"]["containers"][0]["ports"],
+        json!([{"containerPort": 80, "protocol": "TCP", "name": "http"}])
+    );
+}
+
+#[test]
+fn updates_that_change_nothing_leave_entries_alone() {
+    let mut created = nginx(1);
+    update_managed_fields(
+        None,
+        &mut created,
+        "kubectl-create",
+        None,
+        deployments(),
+        t(0),
+    );
+    let mut same = created.clone();
+    same["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("managedFields");
+    update_managed_fields(
+        Some(&created),
+        &mut same,
+        "kubectl-edit",
+        None,
+        deployments(),
+        t(5),
+    );
+    assert_eq!(same, created);
+
+    // A changed field moves to the writer; the creator keeps the rest.
+    let mut scaled = created.clone();
+    scaled["spec"]["replicas"] = json!(2);
+    update_managed_fields(
+        Some(&created),
+        &mut scaled,
+        "kubectl-scale",
+        None,
+        deployments(),
+        t(6),
+    );
+    let list = entries(&scaled);
+    let replicas = [
+        PathElement::Field("spec".into()),
+        PathElement::Field("replicas".into()),
+    ];
+    assert!(entry(&list, "kubectl-scale").fields.has(&replicas));
+    assert!(!entry(&list, "kubectl-create").fields.has(&replicas));
+    assert_eq!(
+        entry(&list, "kubectl-scale").time.as_deref(),
+        Some("2023-11-14T22:13:26Z")
+    );
+}
+
 mod properties {
     use proptest::prelude::*;
 
