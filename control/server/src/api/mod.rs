@@ -29,7 +29,7 @@ use sluice_store::Stored;
 
 use crate::auth::{self, Attributes, Tokens, User};
 use crate::conn::{ConnInfo, Limits};
-use crate::registry::{DeleteOptions, Part, PatchType, Registry};
+use crate::registry::{DeleteOptions, Part, PatchType, Propagation, Registry};
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
@@ -643,7 +643,7 @@ fn get_one(
     if t.sub.as_deref() == Some("scale") {
         return Ok(json_value(
             StatusCode::OK,
-            &reg.get_scale(ns.unwrap_or(""), name)?,
+            &reg.get_scale(res, ns.unwrap_or(""), name)?,
         ));
     }
     let s = reg.get(res, ns, name)?;
@@ -693,7 +693,7 @@ async fn write(
         "update" if sub == Some("scale") => {
             return Ok(json_value(
                 StatusCode::OK,
-                &reg.update_scale(ns.unwrap_or(""), name, body).await?,
+                &reg.update_scale(res, ns.unwrap_or(""), name, body).await?,
             ))
         }
         "update" => reg.update(res, ns, name, body, part).await?,
@@ -707,7 +707,8 @@ async fn write(
             if sub == Some("scale") {
                 return Ok(json_value(
                     StatusCode::OK,
-                    &reg.patch_scale(ns.unwrap_or(""), name, pt, body).await?,
+                    &reg.patch_scale(res, ns.unwrap_or(""), name, pt, body)
+                        .await?,
                 ));
             }
             reg.patch(res, ns, name, pt, body, part).await?
@@ -734,6 +735,19 @@ fn delete_options(body: &Bytes, q: &HashMap<String, String>) -> ApiResult<Delete
             .pointer("/preconditions/uid")
             .and_then(|x| x.as_str())
             .map(str::to_string);
+        if let Some(orphan) = v.get("orphanDependents").and_then(|o| o.as_bool()) {
+            o.propagation = Some(if orphan {
+                Propagation::Orphan
+            } else {
+                Propagation::Background
+            });
+        }
+        if let Some(p) = v.get("propagationPolicy").and_then(|p| p.as_str()) {
+            o.propagation = Some(propagation(p)?);
+        }
+    }
+    if let Some(p) = q.get("propagationPolicy") {
+        o.propagation = Some(propagation(p)?);
     }
     if let Some(g) = q.get("gracePeriodSeconds") {
         o.grace_period_seconds = Some(
@@ -742,6 +756,14 @@ fn delete_options(body: &Bytes, q: &HashMap<String, String>) -> ApiResult<Delete
         );
     }
     Ok(o)
+}
+
+fn propagation(p: &str) -> ApiResult<Propagation> {
+    Propagation::parse(p).ok_or_else(|| {
+        ApiError::new(422, "Invalid", format!(
+            "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+        ))
+    })
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

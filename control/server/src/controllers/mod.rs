@@ -10,11 +10,17 @@
 //! - `nodelifecycle`: heartbeats (Lease renewals or Ready.lastHeartbeatTime) → Ready Unknown
 //!   after the grace period, restored when heartbeats resume.
 //! - `podgc`: pods past their graceful-deletion deadline are removed.
+//! - `garbagecollector`: dependents of deleted owners are deleted (background, foreground)
+//!   or released (orphan).
 
+pub mod cache;
 pub mod endpointslice;
+pub mod events;
+pub mod garbagecollector;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
+pub mod workloads;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -59,7 +65,8 @@ pub fn spawn_all(reg: Arc<Registry>, cfg: ControllerConfig) -> Vec<tokio::task::
             cfg.node_monitor_grace_period,
             cfg.node_monitor_period,
         )),
-        tokio::spawn(podgc::run(reg)),
+        tokio::spawn(podgc::run(reg.clone())),
+        tokio::spawn(garbagecollector::run(reg)),
     ]
 }
 
@@ -83,9 +90,27 @@ pub(crate) fn kind_of_key(key: &str) -> Option<&'static str> {
         .map(|r| r.kind)
 }
 
+/// When a reconcile wants its key looked at again without any change (a pod becomes available
+/// after `minReadySeconds`, a progress deadline passes).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Requeue(pub Option<Duration>);
+
+impl From<()> for Requeue {
+    fn from(_: ()) -> Self {
+        Requeue(None)
+    }
+}
+
+impl From<Option<Duration>> for Requeue {
+    fn from(d: Option<Duration>) -> Self {
+        Requeue(d)
+    }
+}
+
 /// The shared loop: events → dirty keys → reconcile, full resync at start, after a lagged
-/// watch, and every five minutes; failed keys are retried after a short pause.
-pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
+/// watch, and every five minutes; failed keys are retried after a short pause, and a reconcile
+/// may ask for its key again after a delay.
+pub(crate) async fn run_dirty_loop<K, M, A, R, F, O>(
     reg: Arc<Registry>,
     name: &'static str,
     map_event: M,
@@ -96,7 +121,8 @@ pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
     M: Fn(&Registry, &Event) -> Vec<K>,
     A: Fn(&Registry) -> Vec<K>,
     R: Fn(Arc<Registry>, K) -> F,
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<O, String>>,
+    O: Into<Requeue>,
 {
     const RESYNC: Duration = Duration::from_secs(300);
     loop {
@@ -112,6 +138,7 @@ pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
         };
         let resync_at = tokio::time::Instant::now() + RESYNC;
         let mut failed: BTreeSet<K> = BTreeSet::new();
+        let mut later: Vec<(tokio::time::Instant, K)> = Vec::new();
         'watch: loop {
             // Take everything already delivered before reconciling, so bursts coalesce.
             while let Some(next) = stream.next().now_or_never() {
@@ -124,10 +151,25 @@ pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
                     None => break 'watch,
                 }
             }
+            let now = tokio::time::Instant::now();
+            later.retain(|(at, k)| {
+                let due = *at <= now;
+                if due {
+                    dirty.insert(k.clone());
+                }
+                !due
+            });
             if let Some(k) = dirty.pop_first() {
-                if let Err(e) = reconcile(reg.clone(), k.clone()).await {
-                    tracing::warn!(controller = name, key = ?k, error = %e, "reconcile failed; will retry");
-                    failed.insert(k);
+                match reconcile(reg.clone(), k.clone()).await {
+                    Ok(o) => {
+                        if let Requeue(Some(d)) = o.into() {
+                            later.push((tokio::time::Instant::now() + d, k));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(controller = name, key = ?k, error = %e, "reconcile failed; will retry");
+                        failed.insert(k);
+                    }
                 }
                 continue;
             }
@@ -135,6 +177,7 @@ pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
                 break 'watch;
             }
             let retry = !failed.is_empty();
+            let next_later = later.iter().map(|(at, _)| *at).min().unwrap_or(resync_at);
             tokio::select! {
                 next = stream.next() => match next {
                     Some(Ok(ev)) => dirty.extend(map_event(&reg, &ev)),
@@ -147,6 +190,7 @@ pub(crate) async fn run_dirty_loop<K, M, A, R, F>(
                 _ = tokio::time::sleep(Duration::from_millis(200)), if retry => {
                     dirty.append(&mut failed);
                 }
+                _ = tokio::time::sleep_until(next_later), if next_later < resync_at => {}
                 _ = tokio::time::sleep_until(resync_at) => break 'watch,
             }
         }

@@ -301,6 +301,87 @@ impl Monitor {
                 restore_marked_pods(reg, &name, &marked).await;
             }
         }
+        sync_condition_taints(reg).await;
+    }
+}
+
+/// Taint key of a node whose Ready condition is False.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// Taint key of a node whose Ready condition is Unknown.
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// The condition taints a node should carry for its Ready status, as upstream's lifecycle
+/// controller sets them (`TaintNodesByCondition` for NoSchedule, the taint-based eviction
+/// for NoExecute): not-ready for False, unreachable for Unknown, none for True or while the
+/// node has not reported a Ready condition yet.
+pub fn condition_taint_key(node: &Value) -> Option<&'static str> {
+    match ready_condition(node).and_then(|c| c["status"].as_str()) {
+        Some("False") => Some(TAINT_NOT_READY),
+        Some("Unknown") => Some(TAINT_UNREACHABLE),
+        _ => None,
+    }
+}
+
+/// `spec.taints` with the condition taints made to match the node's Ready status; None when
+/// nothing changes. Other taints, and a condition taint already present (with its
+/// `timeAdded`), are kept.
+pub fn with_condition_taints(node: &Value, now: &str) -> Option<Vec<Value>> {
+    let want = condition_taint_key(node);
+    let taints: Vec<Value> = node
+        .pointer("/spec/taints")
+        .and_then(|t| t.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let ours = |t: &Value| {
+        matches!(t["key"].as_str(), Some(TAINT_NOT_READY | TAINT_UNREACHABLE))
+            && matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+    };
+    let mut next: Vec<Value> = taints
+        .iter()
+        .filter(|t| !ours(t) || t["key"].as_str() == want)
+        .cloned()
+        .collect();
+    if let Some(key) = want {
+        for effect in ["NoSchedule", "NoExecute"] {
+            if !next
+                .iter()
+                .any(|t| t["key"] == key && t["effect"] == effect)
+            {
+                let mut t = json!({"key": key, "effect": effect});
+                if effect == "NoExecute" {
+                    t["timeAdded"] = json!(now);
+                }
+                next.push(t);
+            }
+        }
+    }
+    (next != taints).then_some(next)
+}
+
+/// Brings every node's condition taints in line with its Ready status.
+pub async fn sync_condition_taints(reg: &Registry) {
+    let res = by_kind("Node");
+    let now = now_rfc3339();
+    for s in reg.store().list(&res.prefix()).0 {
+        let Ok(mut node) = s.value() else { continue };
+        let Some(taints) = with_condition_taints(&node, &now) else {
+            continue;
+        };
+        let name = name_of(&node).to_string();
+        node["spec"]["taints"] = if taints.is_empty() {
+            Value::Null
+        } else {
+            json!(taints)
+        };
+        if let Some(spec) = node["spec"].as_object_mut() {
+            spec.retain(|_, v| !v.is_null());
+        }
+        // The body carries the listed resourceVersion: a concurrent write wins, the next pass
+        // retries.
+        match reg.update(res, None, &name, node, Part::Main).await {
+            Ok(_) => tracing::info!(node = %name, "condition taints updated"),
+            Err(e) => tracing::debug!(node = %name, error = %e, "condition taints not updated"),
+        }
     }
 }
 
@@ -323,6 +404,39 @@ mod tests {
 
     use super::*;
     use crate::registry::{Registry, RegistryConfig};
+
+    #[test]
+    fn condition_taints_follow_the_ready_status() {
+        let node = |status: &str, taints: Value| {
+            json!({"spec": {"taints": taints},
+                   "status": {"conditions": [{"type": "Ready", "status": status}]}})
+        };
+        let other = json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"});
+        assert_eq!(
+            with_condition_taints(&node("True", json!([other])), "t0"),
+            None
+        );
+        let t = with_condition_taints(&node("False", json!([other])), "t0").unwrap();
+        assert_eq!(
+            t,
+            vec![
+                other.clone(),
+                json!({"key": TAINT_NOT_READY, "effect": "NoSchedule"}),
+                json!({"key": TAINT_NOT_READY, "effect": "NoExecute", "timeAdded": "t0"}),
+            ]
+        );
+        // Kept as they are while the status stays; swapped when it changes; gone when Ready.
+        assert_eq!(with_condition_taints(&node("False", json!(t)), "t1"), None);
+        let u = with_condition_taints(&node("Unknown", json!(t)), "t1").unwrap();
+        assert_eq!(u.len(), 3);
+        assert!(u.iter().all(|x| x["key"] != TAINT_NOT_READY));
+        assert_eq!(u[2]["timeAdded"], "t1");
+        assert_eq!(
+            with_condition_taints(&node("True", json!(u)), "t2"),
+            Some(vec![other])
+        );
+        assert_eq!(with_condition_taints(&json!({"metadata": {}}), "t"), None);
+    }
 
     fn ready_of(reg: &Registry, n: &str) -> (String, String) {
         let v = reg.get_value(by_kind("Node"), None, n).unwrap();

@@ -95,11 +95,54 @@ pub enum Part {
     Status,
 }
 
+/// `DeleteOptions.propagationPolicy`: what happens to the object's dependents (objects whose
+/// `ownerReferences` name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The dependents are kept and their references to the owner removed (the `orphan`
+    /// finalizer holds the owner until the garbage collector has done so).
+    Orphan,
+    /// The owner goes now; the garbage collector deletes the dependents afterwards.
+    Background,
+    /// The owner stays, marked deleted with the `foregroundDeletion` finalizer, until the
+    /// garbage collector has deleted the dependents that block it.
+    Foreground,
+}
+
+impl Propagation {
+    /// From the `propagationPolicy` string.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Orphan" => Some(Propagation::Orphan),
+            "Background" => Some(Propagation::Background),
+            "Foreground" => Some(Propagation::Foreground),
+            _ => None,
+        }
+    }
+
+    /// The finalizer that holds the owner while the garbage collector works.
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Orphan => Some(FINALIZER_ORPHAN),
+            Propagation::Foreground => Some(FINALIZER_FOREGROUND),
+            Propagation::Background => None,
+        }
+    }
+}
+
+/// The finalizer of an owner deleted with `propagationPolicy: Orphan`.
+pub const FINALIZER_ORPHAN: &str = "orphan";
+/// The finalizer of an owner deleted with `propagationPolicy: Foreground`.
+pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
 /// `DeleteOptions` that matter here.
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
     /// `gracePeriodSeconds`.
     pub grace_period_seconds: Option<i64>,
+    /// `propagationPolicy` (or the deprecated `orphanDependents`); None is Background, the
+    /// default of every kind served here.
+    pub propagation: Option<Propagation>,
     /// `preconditions.resourceVersion`.
     pub precondition_rv: Option<String>,
     /// `preconditions.uid`.
@@ -564,6 +607,12 @@ impl Registry {
             held.rollback(self);
             return Ok(Arc::new(current.clone()));
         }
+        if finalized(&new) {
+            // The last finalizer of an object marked deleted went: it is removed, as the
+            // apiserver does on such an update.
+            held.rollback(self);
+            return self.remove(res, name, current, &old).await;
+        }
         match self
             .store
             .update(res.key(ns, name), new, Some(current.mod_revision))
@@ -623,12 +672,54 @@ impl Registry {
             DeleteMode::NamespaceContents => self.delete_namespace_contents(name).await?,
             DeleteMode::Immediate => {}
         }
+        // Finalizers hold the object, marked deleted, until their controllers remove them.
+        let mut finalizers: Vec<String> = v
+            .pointer("/metadata/finalizers")
+            .and_then(|f| f.as_array())
+            .map(|f| {
+                f.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(f) = opts.propagation.and_then(Propagation::finalizer) {
+            // A later delete may switch the policy, as upstream allows.
+            finalizers.retain(|x| x != FINALIZER_ORPHAN && x != FINALIZER_FOREGROUND);
+            finalizers.push(f.to_string());
+        }
+        if !finalizers.is_empty() {
+            let mut nv = v.clone();
+            nv["metadata"]["finalizers"] = json!(finalizers);
+            if v.pointer("/metadata/deletionTimestamp").is_none() {
+                nv["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            }
+            nv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if nv == v {
+                return Ok(current);
+            }
+            return self
+                .store
+                .update(current.key.clone(), nv, Some(current.mod_revision))
+                .await
+                .map_err(|e| store_err(res, name, e));
+        }
+        self.remove(res, name, &current, &v).await
+    }
+
+    /// Removes a stored object and gives back what it held.
+    async fn remove(
+        &self,
+        res: &Resource,
+        name: &str,
+        current: &Stored,
+        v: &Value,
+    ) -> ApiResult<Arc<Stored>> {
         let gone = self
             .store
             .delete(current.key.clone(), Some(current.mod_revision))
             .await
             .map_err(|e| store_err(res, name, e))?;
-        res.strategy.release_deleted(self, &v);
+        res.strategy.release_deleted(self, v);
         Ok(gone)
     }
 
@@ -737,16 +828,20 @@ impl Registry {
         }))
     }
 
-    /// `GET deployments/<name>/scale`: an `autoscaling/v1` Scale.
-    pub fn get_scale(&self, ns: &str, name: &str) -> ApiResult<Value> {
-        let res = resources::by_kind("Deployment");
+    /// `GET <deployments|replicasets>/<name>/scale`: an `autoscaling/v1` Scale.
+    pub fn get_scale(&self, res: &Resource, ns: &str, name: &str) -> ApiResult<Value> {
         let d = self.get(res, Some(ns), name)?;
         self.scale_of(&d)
     }
 
-    /// `PUT deployments/<name>/scale`.
-    pub async fn update_scale(&self, ns: &str, name: &str, scale: Value) -> ApiResult<Value> {
-        let res = resources::by_kind("Deployment");
+    /// `PUT <deployments|replicasets>/<name>/scale`.
+    pub async fn update_scale(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        scale: Value,
+    ) -> ApiResult<Value> {
         let current = self.get(res, Some(ns), name)?;
         if let Some(rv) = str_at(&scale, "/metadata/resourceVersion").filter(|r| !r.is_empty()) {
             if rv != current.mod_revision.to_string() {
@@ -775,16 +870,16 @@ impl Registry {
         self.scale_of(&s)
     }
 
-    /// `PATCH deployments/<name>/scale`: the patch applies to the Scale object.
+    /// `PATCH <deployments|replicasets>/<name>/scale`: the patch applies to the Scale object.
     pub async fn patch_scale(
         &self,
+        res: &Resource,
         ns: &str,
         name: &str,
         pt: PatchType,
         patch: Value,
     ) -> ApiResult<Value> {
-        let scale = self.get_scale(ns, name)?;
-        let res = resources::by_kind("Deployment");
+        let scale = self.get_scale(res, ns, name)?;
         let patched = match pt {
             PatchType::Strategic => {
                 let schema = sluice_smp::schema_for("autoscaling", "Scale").ok_or_else(|| {
@@ -795,8 +890,20 @@ impl Registry {
             }
             other => apply_patch(res, &scale, other, &patch)?,
         };
-        self.update_scale(ns, name, patched).await
+        self.update_scale(res, ns, name, patched).await
     }
+}
+
+/// Whether an object is marked deleted with no grace period left and no finalizer.
+fn finalized(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp").is_some()
+        && v.pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(|g| g.as_i64())
+            .unwrap_or(0)
+            == 0
+        && v.pointer("/metadata/finalizers")
+            .and_then(|f| f.as_array())
+            .is_none_or(|f| f.is_empty())
 }
 
 /// Compares ignoring resourceVersion: the stored object carries one, the new one may not.

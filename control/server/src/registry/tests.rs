@@ -340,6 +340,7 @@ async fn strategic_merge_patch_keeps_container_fields() {
     assert_eq!(out["metadata"]["generation"], 2);
     let scale = r
         .patch_scale(
+            res,
             "default",
             "web",
             PatchType::Merge,
