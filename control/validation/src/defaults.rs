@@ -34,7 +34,13 @@ pub(crate) fn apply(kind: Kind, obj: &mut Value) {
         Kind::Endpoints => endpoints(obj),
         Kind::EndpointSlice => endpoint_slice(obj),
         Kind::Deployment => deployment(obj),
-        Kind::Lease => {}
+        Kind::ReplicaSet => replica_set(obj),
+        Kind::Secret => secret(obj),
+        Kind::Lease
+        | Kind::ConfigMap
+        | Kind::ServiceAccount
+        | Kind::Event
+        | Kind::EventsV1Event => {}
     }
 }
 
@@ -447,6 +453,44 @@ fn deployment(obj: &mut Value) {
     default_absent(spec, "progressDeadlineSeconds", Value::from(600));
     if let Some(tspec) = ensure(spec, "template").and_then(|t| ensure(t, "spec")) {
         pod_spec(tspec, false);
+    }
+}
+
+fn replica_set(obj: &mut Value) {
+    let Some(spec) = ensure(obj, "spec") else {
+        return;
+    };
+    default_absent(spec, "replicas", Value::from(1));
+    if let Some(tspec) = ensure(spec, "template").and_then(|t| ensure(t, "spec")) {
+        pod_spec(tspec, false);
+    }
+}
+
+/// `SetDefaults_Secret` (type `Opaque`), and what v1 → internal conversion
+/// does with `stringData`: each entry overwrites the `data` entry of the same
+/// key (base64-encoded here, since `data` holds base64 in JSON), and
+/// `stringData` itself is never stored. Done here rather than in prepare so
+/// that every write path (create, update, patch results, status) sees only
+/// `data`, as the apiserver's decoder guarantees.
+fn secret(obj: &mut Value) {
+    default_zero(obj, "type", Value::from("Opaque"));
+    let Some(Value::Object(string_data)) = json::take(obj, "stringData") else {
+        return;
+    };
+    if string_data.is_empty() {
+        return;
+    }
+    let Some(data) = ensure(obj, "data") else {
+        return;
+    };
+    for (k, v) in string_data {
+        let bytes = match v {
+            Value::String(s) => s.into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        if let Ok(encoded) = serde_json::to_value(k8s_openapi::ByteString(bytes)) {
+            json::set(data, &k, encoded);
+        }
     }
 }
 

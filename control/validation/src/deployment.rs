@@ -30,64 +30,13 @@ fn validate_spec(spec: &Value, path: &Path) -> Vec<FieldError> {
     ));
 
     let selector = get(spec, "selector");
-    let sel_path = path.child("selector");
-    match selector {
-        None => errs.push(FieldError::required(&sel_path, "")),
-        Some(sel) => {
-            errs.extend(meta::validate_label_selector(sel, &sel_path));
-            if json::string_map(sel, "matchLabels").is_empty()
-                && json::list(sel, "matchExpressions").is_empty()
-            {
-                errs.push(FieldError::invalid(
-                    &sel_path,
-                    serde_json::json!({"matchLabels": null}),
-                    "empty selector is invalid for deployment",
-                ));
-            }
-        }
-    }
+    errs.extend(validate_replica_selector(selector, &path.child("selector")));
 
-    let tpath = path.child("template");
-    match get(spec, "template") {
-        None => errs.push(FieldError::required(&tpath, "")),
-        Some(template) => {
-            let null = Value::Null;
-            let tmeta = get(template, "metadata").unwrap_or(&null);
-            let labels = json::string_map(tmeta, "labels");
-            // A missing selector matches nothing; an empty one everything.
-            let matches = match selector {
-                None => false,
-                Some(sel) => meta::selector_matches(sel, &labels),
-            };
-            if !matches {
-                let value = json::object(tmeta, "labels")
-                    .cloned()
-                    .map(Value::Object)
-                    .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-                errs.push(FieldError::invalid(
-                    tpath.child("metadata").child("labels"),
-                    value,
-                    "`selector` does not match template `labels`",
-                ));
-            }
-            errs.extend(pod::validate_pod_template(template, &tpath));
-            let tspec = get(template, "spec").unwrap_or(&null);
-            let rp = json::string(tspec, "restartPolicy");
-            if rp != "Always" {
-                errs.push(FieldError::not_supported(
-                    tpath.child("spec").child("restartPolicy"),
-                    Value::from(rp),
-                    &["Always"],
-                ));
-            }
-            if get(tspec, "activeDeadlineSeconds").is_some() {
-                errs.push(FieldError::forbidden(
-                    tpath.child("spec").child("activeDeadlineSeconds"),
-                    "activeDeadlineSeconds in ReplicaSet is not Supported",
-                ));
-            }
-        }
-    }
+    errs.extend(validate_pod_template_for_replica_set(
+        get(spec, "template"),
+        selector,
+        &path.child("template"),
+    ));
 
     errs.extend(validate_strategy(
         get(spec, "strategy"),
@@ -113,6 +62,83 @@ fn validate_spec(spec: &Value, path: &Path) -> Vec<FieldError> {
                 Value::from(p),
                 "must be greater than minReadySeconds",
             ));
+        }
+    }
+    errs
+}
+
+/// The selector rules Deployments and ReplicaSets share: required, valid,
+/// and not empty (ReplicaSets keep upstream's "for deployment" wording).
+pub(crate) fn validate_replica_selector(
+    selector: Option<&Value>,
+    sel_path: &Path,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match selector {
+        None => errs.push(FieldError::required(sel_path, "")),
+        Some(sel) => {
+            errs.extend(meta::validate_label_selector(sel, sel_path));
+            if json::string_map(sel, "matchLabels").is_empty()
+                && json::list(sel, "matchExpressions").is_empty()
+            {
+                errs.push(FieldError::invalid(
+                    sel_path,
+                    serde_json::json!({"matchLabels": null}),
+                    "empty selector is invalid for deployment",
+                ));
+            }
+        }
+    }
+    errs
+}
+
+/// `ValidatePodTemplateSpecForReplicaSet`, shared by Deployments and
+/// ReplicaSets: the template must exist, match the selector, pass pod
+/// template validation and restart its containers `Always`.
+pub(crate) fn validate_pod_template_for_replica_set(
+    template: Option<&Value>,
+    selector: Option<&Value>,
+    tpath: &Path,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match template {
+        None => errs.push(FieldError::required(tpath, "")),
+        Some(template) => {
+            let null = Value::Null;
+            let tmeta = get(template, "metadata").unwrap_or(&null);
+            let labels = json::string_map(tmeta, "labels");
+            // A missing selector matches nothing; an empty one everything.
+            let matches = match selector {
+                None => false,
+                Some(sel) => meta::selector_matches(sel, &labels),
+            };
+            if !matches {
+                let value = json::object(tmeta, "labels")
+                    .cloned()
+                    .map(Value::Object)
+                    .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+                errs.push(FieldError::invalid(
+                    tpath.child("metadata").child("labels"),
+                    value,
+                    "`selector` does not match template `labels`",
+                ));
+            }
+            errs.extend(pod::validate_pod_template(template, tpath));
+            let tspec = get(template, "spec").unwrap_or(&null);
+            let rp = json::string(tspec, "restartPolicy");
+            if rp != "Always" {
+                errs.push(FieldError::not_supported(
+                    tpath.child("spec").child("restartPolicy"),
+                    Value::from(rp),
+                    &["Always"],
+                ));
+            }
+            if get(tspec, "activeDeadlineSeconds").is_some() {
+                errs.push(FieldError::forbidden(
+                    tpath.child("spec").child("activeDeadlineSeconds"),
+                    "activeDeadlineSeconds in ReplicaSet is not Supported",
+                ));
+            }
         }
     }
     errs

@@ -196,6 +196,11 @@ pub(crate) fn remove(v: &mut Value, key: &str) {
     }
 }
 
+/// Removes `key` and returns its value.
+pub(crate) fn take(v: &mut Value, key: &str) -> Option<Value> {
+    v.as_object_mut().and_then(|map| map.remove(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

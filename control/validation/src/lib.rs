@@ -28,10 +28,12 @@
 //! here. Name/namespace immutability and resourceVersion checks on update
 //! are the server's.
 
+mod configmap;
 mod defaults;
 mod deployment;
 mod endpoints;
 mod endpointslice;
+mod event;
 mod field;
 mod json;
 mod lease;
@@ -44,7 +46,10 @@ mod normalize;
 mod pod;
 mod prepare;
 mod quantity;
+mod replicaset;
+mod secret;
 mod service;
+mod serviceaccount;
 
 use serde_json::Value;
 
@@ -69,11 +74,24 @@ pub enum Kind {
     Deployment,
     /// coordination.k8s.io/v1 Lease.
     Lease,
+    /// apps/v1 ReplicaSet.
+    ReplicaSet,
+    /// core/v1 ConfigMap.
+    ConfigMap,
+    /// core/v1 Secret.
+    Secret,
+    /// core/v1 ServiceAccount.
+    ServiceAccount,
+    /// core/v1 Event (the legacy `events` resource of the core group).
+    Event,
+    /// events.k8s.io/v1 Event. Its `kind` string is also `"Event"`, so
+    /// [`Kind::from_kind`] never returns it; use [`Kind::from_group_kind`].
+    EventsV1Event,
 }
 
 impl Kind {
     /// All served kinds.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -82,11 +100,29 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::Deployment,
         Kind::Lease,
+        Kind::ReplicaSet,
+        Kind::ConfigMap,
+        Kind::Secret,
+        Kind::ServiceAccount,
+        // The core Event comes before the events.k8s.io one, so that
+        // `from_kind("Event")` keeps meaning the core kind.
+        Kind::Event,
+        Kind::EventsV1Event,
     ];
 
-    /// The kind for a `kind` string such as `"Pod"` (exact, case-sensitive).
+    /// The kind for a `kind` string such as `"Pod"` (exact, case-sensitive),
+    /// ignoring the group. `"Event"` is the core/v1 Event; callers that know
+    /// the group should use [`Kind::from_group_kind`].
     pub fn from_kind(kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == kind)
+    }
+
+    /// The kind for an API group (`""` for core) and `kind` string, e.g.
+    /// `("events.k8s.io", "Event")` → [`Kind::EventsV1Event`].
+    pub fn from_group_kind(group: &str, kind: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.group() == group && k.name() == kind)
     }
 
     /// The `kind` string, e.g. `"EndpointSlice"`.
@@ -100,6 +136,11 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Deployment => "Deployment",
             Kind::Lease => "Lease",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::Event | Kind::EventsV1Event => "Event",
         }
     }
 
@@ -107,8 +148,9 @@ impl Kind {
     pub fn group(&self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::Deployment => "apps",
+            Kind::Deployment | Kind::ReplicaSet => "apps",
             Kind::Lease => "coordination.k8s.io",
+            Kind::EventsV1Event => "events.k8s.io",
             _ => "",
         }
     }
@@ -117,8 +159,9 @@ impl Kind {
     pub fn api_version(&self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::Deployment => "apps/v1",
+            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
             Kind::Lease => "coordination.k8s.io/v1",
+            Kind::EventsV1Event => "events.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -169,7 +212,8 @@ pub fn normalize(kind: Kind, obj: Value) -> Result<Value, String> {
 /// `hostIP`/`hostIPs`, `podCIDR`/`podCIDRs` pairing; Service `clusterIPs`
 /// from `clusterIP`, and `ipFamilies`/`ipFamilyPolicy` (single-stack IPv4
 /// unless the object's IPs or families say otherwise; RequireDualStack for
-/// headless selector-less Services).
+/// headless selector-less Services); Secret `stringData` merged into `data`
+/// (base64) and removed, as the apiserver's v1 → internal conversion does.
 pub fn apply_defaults(kind: Kind, obj: &mut Value) {
     defaults::apply(kind, obj);
 }
@@ -177,8 +221,10 @@ pub fn apply_defaults(kind: Kind, obj: &mut Value) {
 /// The registry's `PrepareForCreate`, to run after [`apply_defaults`] on a
 /// create: resets status (Pod: `phase: Pending` and its `qosClass`;
 /// Namespace: `phase: Active`; Service: empty load balancer status;
-/// Deployment: empty), sets `metadata.generation: 1` for Pods, Deployments
-/// and EndpointSlices, and adds the `kubernetes` finalizer to Namespaces.
+/// Deployment, ReplicaSet: empty), sets `metadata.generation: 1` for Pods,
+/// Deployments, ReplicaSets and EndpointSlices, adds the `kubernetes`
+/// finalizer to Namespaces, and trims ServiceAccount `secrets` entries to
+/// their `name`.
 pub fn prepare_for_create(kind: Kind, obj: &mut Value) {
     prepare::for_create(kind, obj);
 }
@@ -186,7 +232,8 @@ pub fn prepare_for_create(kind: Kind, obj: &mut Value) {
 /// The registry's `PrepareForUpdate`, to run after [`apply_defaults`] on an
 /// update of the main resource: keeps the old status (and a Namespace's
 /// `spec.finalizers`), bumps `metadata.generation` when the spec changed
-/// (Deployment: or annotations), and for Services pairs
+/// (Deployment: or annotations), trims ServiceAccount `secrets` entries to
+/// their `name`, and for Services pairs
 /// `clusterIP`/`clusterIPs` for old clients and wipes fields the new type no
 /// longer uses when the client left them unchanged.
 pub fn prepare_for_update(kind: Kind, old: &Value, new: &mut Value) {
@@ -194,7 +241,7 @@ pub fn prepare_for_update(kind: Kind, old: &Value, new: &mut Value) {
 }
 
 /// The status strategy's `PrepareForUpdate`: keeps the old spec (Pods also
-/// keep ownerReferences; Deployments keep labels).
+/// keep ownerReferences; Deployments keep labels; ReplicaSets only the spec).
 pub fn prepare_for_status_update(kind: Kind, old: &Value, new: &mut Value) {
     prepare::for_status_update(kind, old, new);
 }
@@ -205,6 +252,11 @@ pub fn prepare_for_status_update(kind: Kind, old: &Value, new: &mut Value) {
 /// object must carry `metadata.namespace` (the server fills it from the
 /// request path before calling this). An empty name is accepted when
 /// `generateName` is set.
+///
+/// Events: [`Kind::Event`] gets upstream's legacy rules only (what a core/v1
+/// request gets), [`Kind::EventsV1Event`] the strict events.k8s.io/v1 rules
+/// on top; error paths use the internal field names in both cases
+/// (`involvedObject`, `message`, ...), as upstream reports them.
 pub fn validate_create(kind: Kind, obj: &Value) -> Vec<FieldError> {
     dedup(match kind {
         Kind::Namespace => namespace::validate_create(obj),
@@ -215,16 +267,23 @@ pub fn validate_create(kind: Kind, obj: &Value) -> Vec<FieldError> {
         Kind::EndpointSlice => endpointslice::validate_create(obj),
         Kind::Deployment => deployment::validate_create(obj),
         Kind::Lease => lease::validate_create(obj),
+        Kind::ReplicaSet => replicaset::validate_create(obj),
+        Kind::ConfigMap => configmap::validate_create(obj),
+        Kind::Secret => secret::validate_create(obj),
+        Kind::ServiceAccount => serviceaccount::validate_create(obj),
+        Kind::Event => event::validate_create(obj, event::Version::CoreV1),
+        Kind::EventsV1Event => event::validate_create(obj, event::Version::EventsV1),
     })
 }
 
 /// Validation of an update (after defaulting): what [`validate_create`]
 /// checks plus immutability — Service clusterIPs/ipFamilies (except around
 /// ExternalName and headless) and loadBalancerClass; Deployment
-/// `spec.selector`; Pod spec (only container images, activeDeadlineSeconds
-/// decreases and toleration additions may change); EndpointSlice
-/// `addressType`; Node podCIDRs/providerID once set; uid; no new finalizers
-/// on an object being deleted. Name/namespace immutability is the caller's.
+/// and ReplicaSet `spec.selector`; Pod spec (only container images,
+/// activeDeadlineSeconds decreases and toleration additions may change);
+/// EndpointSlice `addressType`; Node podCIDRs/providerID once set; Secret
+/// `type`; ConfigMap/Secret data once `immutable: true`; events.k8s.io/v1
+/// Event fields; uid; no new finalizers on an object being deleted. Name/namespace immutability is the caller's.
 pub fn validate_update(kind: Kind, old: &Value, new: &Value) -> Vec<FieldError> {
     dedup(match kind {
         Kind::Namespace => namespace::validate_update(old, new),
@@ -235,13 +294,19 @@ pub fn validate_update(kind: Kind, old: &Value, new: &Value) -> Vec<FieldError> 
         Kind::EndpointSlice => endpointslice::validate_update(old, new),
         Kind::Deployment => deployment::validate_update(old, new),
         Kind::Lease => lease::validate_update(old, new),
+        Kind::ReplicaSet => replicaset::validate_update(old, new),
+        Kind::ConfigMap => configmap::validate_update(old, new),
+        Kind::Secret => secret::validate_update(old, new),
+        Kind::ServiceAccount => serviceaccount::validate_update(old, new),
+        Kind::Event => event::validate_update(old, new, event::Version::CoreV1),
+        Kind::EventsV1Event => event::validate_update(old, new, event::Version::EventsV1),
     })
 }
 
 /// Validation of a `status` subresource update: metadata update rules plus
 /// the status — Pod podIPs/hostIPs (valid, one per family), condition types
 /// and statuses, nodeName unchanged; Node conditions, addresses, resources;
-/// Service load balancer ingress; Deployment replica counts;
+/// Service load balancer ingress; Deployment and ReplicaSet replica counts;
 /// Namespace phase. Kinds without a status subresource get
 /// [`validate_update`].
 pub fn validate_status_update(kind: Kind, old: &Value, new: &Value) -> Vec<FieldError> {
@@ -251,7 +316,15 @@ pub fn validate_status_update(kind: Kind, old: &Value, new: &Value) -> Vec<Field
         Kind::Pod => pod::validate_status_update(old, new),
         Kind::Service => service::validate_status_update(old, new),
         Kind::Deployment => deployment::validate_status_update(old, new),
-        Kind::Endpoints | Kind::EndpointSlice | Kind::Lease => validate_update(kind, old, new),
+        Kind::ReplicaSet => replicaset::validate_status_update(old, new),
+        Kind::Endpoints
+        | Kind::EndpointSlice
+        | Kind::Lease
+        | Kind::ConfigMap
+        | Kind::Secret
+        | Kind::ServiceAccount
+        | Kind::Event
+        | Kind::EventsV1Event => validate_update(kind, old, new),
     })
 }
 
@@ -295,6 +368,13 @@ pub fn is_dns1035_label(s: &str) -> Vec<String> {
 /// prefix and `/`, then at most 63 characters); apimachinery's strings.
 pub fn is_qualified_name(s: &str) -> Vec<String> {
     names::is_qualified_name(s)
+}
+
+/// ConfigMap/Secret key check (`IsConfigMapKey`: `[-._a-zA-Z0-9]+`, at
+/// most 253 characters, not `.`/`..` nor starting with `..`); apimachinery's
+/// strings. Useful wherever a key becomes a file name (volume items).
+pub fn is_config_map_key(s: &str) -> Vec<String> {
+    names::is_config_map_key(s)
 }
 
 /// Label-value check (empty, or at most 63 characters of `[A-Za-z0-9-_.]`

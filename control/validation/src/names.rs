@@ -254,6 +254,53 @@ pub(crate) fn is_valid_percent(s: &str) -> Vec<String> {
     }
 }
 
+/// `IsConfigMapKey`: ConfigMap and Secret keys (`[-._a-zA-Z0-9]+`, at most
+/// 253 characters, not `.`, `..` or starting with `..`, since they become
+/// file names in volumes).
+pub fn is_config_map_key(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > DNS1123_SUBDOMAIN_MAX {
+        errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
+    }
+    let valid = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !valid {
+        errs.push(regex_error(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+            "[-._a-zA-Z0-9]+",
+            &["key.name", "KEY_NAME", "key-name"],
+        ));
+    }
+    // `hasChDirPrefix`.
+    if value == "." {
+        errs.push("must not be '.'".to_string());
+    } else if value == ".." {
+        errs.push("must not be '..'".to_string());
+    } else if value.starts_with("..") {
+        errs.push("must not start with '..'".to_string());
+    }
+    errs
+}
+
+/// `ValidatePathSegmentName`: the generic store's only name rule (used for
+/// core/v1 Events, whose strategy checks no name format of its own).
+fn path_segment_errors(name: &str, prefix: bool) -> Vec<String> {
+    if !prefix {
+        for illegal in [".", ".."] {
+            if name == illegal {
+                return vec![format!("may not be '{illegal}'")];
+            }
+        }
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
+}
+
 /// `IsRelaxedEnvVarName` (the default since RelaxedEnvironmentVariableValidation went GA).
 pub(crate) fn is_env_var_name(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
@@ -291,6 +338,8 @@ pub(crate) enum NameRule {
     Label,
     /// DNS-1035 label (Services).
     Dns1035,
+    /// Only what a URL path segment forbids (core/v1 Events).
+    PathSegment,
 }
 
 /// apimachinery's `maskTrailingDash`: a generateName prefix may end in '-'.
@@ -309,7 +358,8 @@ fn mask_trailing_dash(name: &str) -> String {
 
 /// `ValidateNameFunc`: errors for a name (or, with `prefix`, a generateName).
 pub(crate) fn name_errors(rule: NameRule, name: &str, prefix: bool) -> Vec<String> {
-    let name = if prefix {
+    // Path segments have no trailing-dash rule to mask.
+    let name = if prefix && rule != NameRule::PathSegment {
         mask_trailing_dash(name)
     } else {
         name.to_string()
@@ -318,6 +368,7 @@ pub(crate) fn name_errors(rule: NameRule, name: &str, prefix: bool) -> Vec<Strin
         NameRule::Subdomain => is_dns1123_subdomain(&name),
         NameRule::Label => is_dns1123_label(&name),
         NameRule::Dns1035 => is_dns1035_label(&name),
+        NameRule::PathSegment => path_segment_errors(&name, prefix),
     }
 }
 

@@ -3,10 +3,13 @@
 //! become decode errors, `null` means "unset" as it does for Go's decoder, and
 //! quantities are checked for syntax the way `resource.Quantity` unmarshals.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1 as events;
 use k8s_openapi::serde::de::DeserializeOwned;
 use k8s_openapi::serde::Serialize;
 use serde_json::Value;
@@ -39,6 +42,12 @@ pub(crate) fn normalize(kind: Kind, mut obj: Value) -> Result<Value, String> {
         Kind::EndpointSlice => round_trip::<EndpointSlice>(obj),
         Kind::Deployment => round_trip::<Deployment>(obj),
         Kind::Lease => round_trip::<Lease>(obj),
+        Kind::ReplicaSet => round_trip::<ReplicaSet>(obj),
+        Kind::ConfigMap => round_trip::<ConfigMap>(obj),
+        Kind::Secret => round_trip::<Secret>(obj),
+        Kind::ServiceAccount => round_trip::<ServiceAccount>(obj),
+        Kind::Event => round_trip::<Event>(obj),
+        Kind::EventsV1Event => round_trip::<events::Event>(obj),
     };
     result.map_err(|e| decode_error(kind, &e))
 }

@@ -46,7 +46,12 @@ pub(crate) fn for_create(kind: Kind, obj: &mut Value) {
             json::set(obj, "status", json!({}));
             set_generation(obj, 1);
         }
+        Kind::ReplicaSet => {
+            json::set(obj, "status", json!({}));
+            set_generation(obj, 1);
+        }
         Kind::EndpointSlice => set_generation(obj, 1),
+        Kind::ServiceAccount => clean_secret_references(obj),
         Kind::Namespace => {
             json::set(obj, "status", json!({"phase": "Active"}));
             if let Some(spec) = json::ensure(obj, "spec") {
@@ -57,7 +62,25 @@ pub(crate) fn for_create(kind: Kind, obj: &mut Value) {
                 json::set(spec, "finalizers", Value::Array(finalizers));
             }
         }
-        Kind::Node | Kind::Endpoints | Kind::Lease => {}
+        Kind::Node
+        | Kind::Endpoints
+        | Kind::Lease
+        | Kind::ConfigMap
+        | Kind::Secret
+        | Kind::Event
+        | Kind::EventsV1Event => {}
+    }
+}
+
+/// `cleanSecretReferences`: a ServiceAccount's `secrets` entries keep only
+/// their `name` (the other ObjectReference fields mean nothing there).
+fn clean_secret_references(obj: &mut Value) {
+    for secret in json::list_mut(obj, "secrets").into_iter().flatten() {
+        let name = get(secret, "name").cloned();
+        *secret = match name {
+            Some(n) => json!({ "name": n }),
+            None => json!({}),
+        };
     }
 }
 
@@ -84,6 +107,13 @@ pub(crate) fn for_update(kind: Kind, old: &Value, new: &mut Value) {
                 || !json::semantic_eq(annotations(old).as_ref(), annotations(new).as_ref());
             set_generation(new, old_generation + i64::from(changed));
         }
+        Kind::ReplicaSet => {
+            // Unlike Deployments, annotations do not count as a change.
+            copy_field(old, new, "status");
+            let changed = !json::semantic_eq(get(old, "spec"), get(new, "spec"));
+            set_generation(new, old_generation + i64::from(changed));
+        }
+        Kind::ServiceAccount => clean_secret_references(new),
         Kind::EndpointSlice => {
             let changed = ["addressType", "endpoints", "ports"]
                 .iter()
@@ -108,7 +138,12 @@ pub(crate) fn for_update(kind: Kind, old: &Value, new: &mut Value) {
             }
         }
         Kind::Node => copy_field(old, new, "status"),
-        Kind::Endpoints | Kind::Lease => {}
+        Kind::Endpoints
+        | Kind::Lease
+        | Kind::ConfigMap
+        | Kind::Secret
+        | Kind::Event
+        | Kind::EventsV1Event => {}
     }
 }
 
@@ -134,8 +169,17 @@ pub(crate) fn for_status_update(kind: Kind, old: &Value, new: &mut Value) {
                 copy_field(&old_meta, meta, "labels");
             }
         }
-        Kind::Service | Kind::Node | Kind::Namespace => copy_field(old, new, "spec"),
-        Kind::Endpoints | Kind::EndpointSlice | Kind::Lease => {}
+        Kind::Service | Kind::Node | Kind::Namespace | Kind::ReplicaSet => {
+            copy_field(old, new, "spec")
+        }
+        Kind::Endpoints
+        | Kind::EndpointSlice
+        | Kind::Lease
+        | Kind::ConfigMap
+        | Kind::Secret
+        | Kind::ServiceAccount
+        | Kind::Event
+        | Kind::EventsV1Event => {}
     }
 }
 

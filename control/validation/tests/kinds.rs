@@ -13,9 +13,23 @@ use sluice_validation::{
 #[test]
 fn kind_names() {
     for k in Kind::ALL {
-        assert_eq!(Kind::from_kind(k.name()), Some(k));
+        assert_eq!(Kind::from_group_kind(k.group(), k.name()), Some(k));
+        if k != Kind::EventsV1Event {
+            assert_eq!(Kind::from_kind(k.name()), Some(k));
+        }
     }
-    assert_eq!(Kind::from_kind("ReplicaSet"), None);
+    // Two kinds are called "Event"; the kind string alone means core/v1.
+    assert_eq!(Kind::from_kind("Event"), Some(Kind::Event));
+    assert_eq!(
+        Kind::from_group_kind("events.k8s.io", "Event"),
+        Some(Kind::EventsV1Event)
+    );
+    assert_eq!(Kind::from_group_kind("", "Event"), Some(Kind::Event));
+    assert_eq!(Kind::from_group_kind("apps", "Event"), None);
+    assert_eq!(Kind::from_kind("DaemonSet"), None);
+    assert_eq!(Kind::ReplicaSet.api_version(), "apps/v1");
+    assert_eq!(Kind::EventsV1Event.api_version(), "events.k8s.io/v1");
+    assert!(Kind::EventsV1Event.namespaced());
     assert_eq!(Kind::Deployment.api_version(), "apps/v1");
     assert!(!Kind::Node.namespaced());
 }
