@@ -16,6 +16,8 @@
 //!
 //! Nothing here does I/O, spawns, or keeps time: callers pass `now`.
 
+#![warn(missing_docs)]
+
 mod affinity;
 pub mod resources;
 mod schedule;

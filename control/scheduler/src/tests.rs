@@ -1072,3 +1072,86 @@ fn eviction_timing() {
         Eviction::Now
     );
 }
+
+// ---- incremental accounting ----------------------------------------------
+
+/// A tiny deterministic generator (64-bit LCG) so the sequence below is
+/// the same on every run without a dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+#[test]
+fn incremental_usage_matches_recomputation() {
+    let nodes = ["n0", "n1", "n2"];
+    let mut s = snapshot(&nodes.map(|n| node(n, "8", "16Gi")));
+    // What each pod should currently contribute: (node, pod, assumed).
+    let mut model: BTreeMap<String, (String, Pod, bool)> = BTreeMap::new();
+    let mut rng = Lcg(7);
+    for step in 0..3000 {
+        let name = format!("p{}", rng.next(12));
+        let cpu = format!("{}m", 50 * (1 + rng.next(6)));
+        let mut p = pod(&name, &[("cpu", &cpu)]);
+        if rng.next(2) == 0 {
+            p = owned(p, &format!("rs-{}", rng.next(3)));
+        }
+        if rng.next(4) == 0 {
+            spec(&mut p).containers[0].ports = Some(vec![ContainerPort {
+                container_port: 80,
+                host_port: Some(8000 + rng.next(3) as i32),
+                ..Default::default()
+            }]);
+        }
+        let target = nodes[rng.next(3) as usize].to_string();
+        match rng.next(6) {
+            0 | 1 => {
+                let terminal = rng.next(5) == 0;
+                let bind = rng.next(3) != 0;
+                if bind {
+                    p = bound(p, &target);
+                }
+                if terminal {
+                    p.status = Some(PodStatus {
+                        phase: Some("Failed".to_string()),
+                        ..Default::default()
+                    });
+                }
+                s.upsert_pod(&p).unwrap();
+                if bind && !terminal {
+                    model.insert(name, (target, p, false));
+                } else if terminal || !model.get(&name).is_some_and(|m| m.2) {
+                    model.remove(&name);
+                }
+            }
+            2 | 3 => {
+                s.assume(&p, &target).unwrap();
+                model.insert(name, (target, p, true));
+            }
+            4 => {
+                s.remove_pod("default", &name);
+                model.remove(&name);
+            }
+            _ => {
+                s.forget("default", &name);
+                if model.get(&name).is_some_and(|m| m.2) {
+                    model.remove(&name);
+                }
+            }
+        }
+        let mut fresh = snapshot(&nodes.map(|n| node(n, "8", "16Gi")));
+        for (node, pod, _) in model.values() {
+            fresh.assume(pod, node).unwrap();
+        }
+        for n in nodes {
+            assert_eq!(s.usage(n), fresh.usage(n), "step {step}, node {n}");
+        }
+    }
+}
