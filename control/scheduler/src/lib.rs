@@ -15,6 +15,13 @@
 //! (NoExecute eviction deadlines) and pod admission (DefaultTolerationSeconds).
 //!
 //! Nothing here does I/O, spawns, or keeps time: callers pass `now`.
+//!
+//! Not modelled (the runner must not rely on them): preemption, volumes
+//! (VolumeBinding, VolumeZone, NodeVolumeLimits, VolumeRestrictions),
+//! inter-pod affinity, a pod's own `topologySpreadConstraints` (only the
+//! system-default spreading by controlling owner is scored), ImageLocality,
+//! DRA, and in-place resize (requests come from the spec only). Pods with
+//! `schedulingGates` should not be passed in: upstream keeps them queued.
 
 #![warn(missing_docs)]
 

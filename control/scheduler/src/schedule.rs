@@ -107,8 +107,9 @@ pub struct Unschedulable {
     /// request that does not parse, node-name affinity terms that
     /// contradict each other); every node then failed for this reason.
     pub pod_reason: Option<String>,
-    /// For each node that was evaluated, why it failed: the reasons of the
-    /// first filter that rejected it (NodeResourcesFit may give several).
+    /// For every node (empty when `pod_reason` is set), why it failed: the
+    /// reasons of the first filter that rejected it (NodeResourcesFit may
+    /// give several).
     pub node_reasons: BTreeMap<String, Vec<Reason>>,
     /// The pod has `preemptionPolicy: Never`.
     pub preemption_never: bool,
