@@ -46,6 +46,16 @@ const fn wide(name: &'static str, description: &'static str) -> Column {
     }
 }
 
+const fn integer(name: &'static str, description: &'static str) -> Column {
+    Column {
+        name,
+        ty: "integer",
+        format: "",
+        description,
+        priority: 0,
+    }
+}
+
 const NAME: Column = Column {
     name: "Name",
     ty: "string",
@@ -152,6 +162,78 @@ const LEASE: &[Column] = &[
     AGE,
 ];
 
+const REPLICA_SET: &[Column] = &[
+    NAME,
+    integer("Desired", "Number of desired pods (spec.replicas)."),
+    integer("Current", "Number of pods observed (status.replicas)."),
+    integer("Ready", "Number of ready pods (status.readyReplicas)."),
+    AGE,
+    wide("Containers", "Names of each container in the template."),
+    wide(
+        "Images",
+        "Images referenced by each container in the template.",
+    ),
+    wide(
+        "Selector",
+        "Label selector for the pods of the replica set.",
+    ),
+];
+
+const CONFIG_MAP: &[Column] = &[
+    NAME,
+    string("Data", "Number of data and binaryData entries."),
+    AGE,
+];
+
+const SECRET: &[Column] = &[
+    NAME,
+    string("Type", "Type of the secret, used to validate its data."),
+    string("Data", "Number of data entries."),
+    AGE,
+];
+
+const SERVICE_ACCOUNT: &[Column] = &[
+    NAME,
+    string(
+        "Secrets",
+        "Number of secrets listed in the service account.",
+    ),
+    AGE,
+];
+
+/// Shared by core/v1 and events.k8s.io/v1 Events, as upstream serves both
+/// from one internal type with one printer. The name comes last here.
+const EVENT: &[Column] = &[
+    string(
+        "Last Seen",
+        "Time the event was last seen (lastTimestamp, series or eventTime).",
+    ),
+    string("Type", "Type of the event (Normal, Warning)."),
+    string(
+        "Reason",
+        "Short machine-understandable reason for the event.",
+    ),
+    string("Object", "The object the event is about, as kind/name."),
+    wide(
+        "Subobject",
+        "Field path within the object (e.g. a container).",
+    ),
+    wide("Source", "Component and host that reported the event."),
+    string("Message", "Human-readable description of the event."),
+    wide(
+        "First Seen",
+        "Time the event was first seen (firstTimestamp or eventTime).",
+    ),
+    wide("Count", "Number of times the event occurred."),
+    Column {
+        name: "Name",
+        ty: "string",
+        format: "name",
+        description: "Name of the object, unique within its namespace or the cluster.",
+        priority: 1,
+    },
+];
+
 const DEFAULT: &[Column] = &[
     NAME,
     Column {
@@ -174,6 +256,11 @@ pub(crate) fn for_kind(kind: &str) -> &'static [Column] {
         "EndpointSlice" => ENDPOINT_SLICE,
         "Deployment" => DEPLOYMENT,
         "Lease" => LEASE,
+        "ReplicaSet" => REPLICA_SET,
+        "ConfigMap" => CONFIG_MAP,
+        "Secret" => SECRET,
+        "ServiceAccount" => SERVICE_ACCOUNT,
+        "Event" => EVENT,
         _ => DEFAULT,
     }
 }

@@ -330,6 +330,179 @@ pub(crate) fn lease(l: &Value, now: Timestamp) -> Printed {
     ])
 }
 
+// ---------------------------------------------------------------- ReplicaSet
+
+/// `metav1.FormatLabelSelector`: the selector string, `<none>` when it
+/// selects by nothing (missing or empty), `<error>` when it is invalid.
+fn format_label_selector(selector: Option<&Value>) -> String {
+    match selector_string(selector).as_str() {
+        "" => "<none>".to_string(),
+        "<invalid>" => "<error>".to_string(),
+        s => s.to_string(),
+    }
+}
+
+/// ReplicaSet: Name, Desired, Current, Ready (integers), Age, Containers,
+/// Images, Selector. A missing `spec.replicas` is read as its default, 1.
+/// Unlike the Deployment printer, the selector goes through
+/// `FormatLabelSelector` (`<none>` / `<error>`).
+pub(crate) fn replica_set(rs: &Value, now: Timestamp) -> Printed {
+    let containers = arr_at(rs, &["spec", "template", "spec", "containers"]);
+    let names: Vec<&str> = containers.iter().map(|c| str_at(c, &["name"])).collect();
+    let images: Vec<&str> = containers.iter().map(|c| str_at(c, &["image"])).collect();
+    Printed::cells(vec![
+        name(rs),
+        json!(int_at(rs, &["spec", "replicas"]).unwrap_or(1)),
+        json!(int_at(rs, &["status", "replicas"]).unwrap_or(0)),
+        json!(int_at(rs, &["status", "readyReplicas"]).unwrap_or(0)),
+        age(rs, now),
+        json!(names.join(",")),
+        json!(images.join(",")),
+        json!(format_label_selector(obj(rs, &["spec", "selector"]))),
+    ])
+}
+
+// ---------------------------------------------------------------- ConfigMap, Secret, ServiceAccount
+
+fn map_len(o: &Value, key: &str) -> usize {
+    obj(o, &[key])
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len())
+}
+
+/// ConfigMap: Name, Data (entries of `data` plus `binaryData`), Age.
+pub(crate) fn config_map(cm: &Value, now: Timestamp) -> Printed {
+    Printed::cells(vec![
+        name(cm),
+        json!(map_len(cm, "data") + map_len(cm, "binaryData")),
+        age(cm, now),
+    ])
+}
+
+/// Secret: Name, Type, Data (entries of `data`), Age.
+pub(crate) fn secret(s: &Value, now: Timestamp) -> Printed {
+    Printed::cells(vec![
+        name(s),
+        json!(str_at(s, &["type"])),
+        json!(map_len(s, "data")),
+        age(s, now),
+    ])
+}
+
+/// ServiceAccount: Name, Secrets (entries of `secrets`), Age.
+pub(crate) fn service_account(sa: &Value, now: Timestamp) -> Printed {
+    Printed::cells(vec![
+        name(sa),
+        json!(arr_at(sa, &["secrets"]).len()),
+        age(sa, now),
+    ])
+}
+
+// ---------------------------------------------------------------- Event
+
+/// Where an event's fields live: core/v1 names, or the events.k8s.io/v1
+/// names of the same internal fields.
+struct EventFields {
+    involved: &'static str,
+    message: &'static str,
+    source: &'static str,
+    first: &'static str,
+    last: &'static str,
+    count: &'static str,
+    controller: &'static str,
+}
+
+const CORE_EVENT: EventFields = EventFields {
+    involved: "involvedObject",
+    message: "message",
+    source: "source",
+    first: "firstTimestamp",
+    last: "lastTimestamp",
+    count: "count",
+    controller: "reportingComponent",
+};
+
+const EVENTS_V1_EVENT: EventFields = EventFields {
+    involved: "regarding",
+    message: "note",
+    source: "deprecatedSource",
+    first: "deprecatedFirstTimestamp",
+    last: "deprecatedLastTimestamp",
+    count: "deprecatedCount",
+    controller: "reportingController",
+};
+
+fn first_non_empty<'a>(a: &'a str, b: &'a str) -> &'a str {
+    if a.is_empty() {
+        b
+    } else {
+        a
+    }
+}
+
+/// Event (core/v1 or events.k8s.io/v1, told apart by `apiVersion`): Last
+/// Seen, Type, Reason, Object, Subobject, Source, Message, First Seen,
+/// Count, Name — `printEvent`. First Seen is `firstTimestamp`, else
+/// `eventTime`; Last Seen is `series.lastObservedTime`, else
+/// `lastTimestamp`, else First Seen (`<unknown>` when none is set). Count
+/// is `series.count`, else `count`, else 1 (singleton events of the new API
+/// carry none). Object is `kind/name` with the kind lower-cased.
+pub(crate) fn event(ev: &Value, now: Timestamp) -> Printed {
+    let f = if str_at(ev, &["apiVersion"]).starts_with("events.k8s.io/") {
+        &EVENTS_V1_EVENT
+    } else {
+        &CORE_EVENT
+    };
+    let first = match time_at(ev, &[f.first]) {
+        Some(t) => since(Some(t), now),
+        None => since(time_at(ev, &["eventTime"]), now),
+    };
+    let mut last = match time_at(ev, &[f.last]) {
+        Some(t) => since(Some(t), now),
+        None => first.clone(),
+    };
+    let mut count = int_at(ev, &[f.count]).unwrap_or(0);
+    if obj(ev, &["series"]).is_some() {
+        last = since(time_at(ev, &["series", "lastObservedTime"]), now);
+        count = int_at(ev, &["series", "count"]).unwrap_or(0);
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = str_at(ev, &[f.involved, "kind"]).to_lowercase();
+    let involved_name = str_at(ev, &[f.involved, "name"]);
+    let target = if involved_name.is_empty() {
+        kind
+    } else {
+        format!("{kind}/{involved_name}")
+    };
+    // `formatEventSource`: the source, else the reporting fields.
+    let component = first_non_empty(
+        str_at(ev, &[f.source, "component"]),
+        str_at(ev, &[f.controller]),
+    );
+    let host = first_non_empty(
+        str_at(ev, &[f.source, "host"]),
+        str_at(ev, &["reportingInstance"]),
+    );
+    let source = if host.is_empty() {
+        component.to_string()
+    } else {
+        format!("{component}, {host}")
+    };
+    Printed::cells(vec![
+        json!(last),
+        json!(str_at(ev, &["type"])),
+        json!(str_at(ev, &["reason"])),
+        json!(target),
+        json!(str_at(ev, &[f.involved, "fieldPath"])),
+        json!(source),
+        json!(str_at(ev, &[f.message]).trim()),
+        json!(first),
+        json!(count),
+        name(ev),
+    ])
+}
+
 // ---------------------------------------------------------------- default
 
 /// The default table convertor: Name and the creation time in RFC 3339 UTC

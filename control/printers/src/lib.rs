@@ -17,8 +17,13 @@
 //! formatted with [`human_duration`] semantics relative to `now`.
 //!
 //! Kinds with a dedicated printer: Pod, Service, Node, Namespace, Endpoints,
-//! EndpointSlice, Deployment and Lease. Every other kind gets the generic
-//! Name + Created At columns of the apiserver's default table convertor.
+//! EndpointSlice, Deployment, ReplicaSet, Lease, ConfigMap, Secret,
+//! ServiceAccount and Event. Every other kind gets the generic Name +
+//! Created At columns of the apiserver's default table convertor.
+//!
+//! Printers are chosen by kind string. The one name two served groups share,
+//! `Event` (core/v1 and events.k8s.io/v1), has one set of columns upstream
+//! too; its printer reads each object by its own `apiVersion`.
 
 mod columns;
 mod duration;
@@ -64,8 +69,9 @@ impl Printed {
 }
 
 /// Column definitions for `kind` (by kind name: "Pod", "Service", "Node",
-/// "Namespace", "Endpoints", "EndpointSlice", "Deployment", "Lease"; any
-/// other kind gets the default Name + Created At columns). Each definition
+/// "Namespace", "Endpoints", "EndpointSlice", "Deployment", "ReplicaSet",
+/// "Lease", "ConfigMap", "Secret", "ServiceAccount", "Event" (either
+/// group); any other kind gets the default Name + Created At columns). Each definition
 /// has `name`, `type`, `format`, `description` and `priority`.
 pub fn column_definitions(kind: &str) -> Vec<Value> {
     columns::for_kind(kind)
@@ -88,6 +94,11 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp, include: IncludeObject) -> V
         "EndpointSlice" => kinds::endpoint_slice(obj, now),
         "Deployment" => kinds::deployment(obj, now),
         "Lease" => kinds::lease(obj, now),
+        "ReplicaSet" => kinds::replica_set(obj, now),
+        "ConfigMap" => kinds::config_map(obj, now),
+        "Secret" => kinds::secret(obj, now),
+        "ServiceAccount" => kinds::service_account(obj, now),
+        "Event" => kinds::event(obj, now),
         _ => kinds::default(obj),
     };
     let object = match include {

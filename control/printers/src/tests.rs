@@ -190,7 +190,47 @@ fn column_names_and_priorities() {
         cols(&[("Name", 0), ("Holder", 0), ("Age", 0)])
     );
     assert_eq!(
+        names_and_priorities("ReplicaSet"),
+        cols(&[
+            ("Name", 0),
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ])
+    );
+    assert_eq!(
         names_and_priorities("ConfigMap"),
+        cols(&[("Name", 0), ("Data", 0), ("Age", 0)])
+    );
+    assert_eq!(
+        names_and_priorities("Secret"),
+        cols(&[("Name", 0), ("Type", 0), ("Data", 0), ("Age", 0)])
+    );
+    assert_eq!(
+        names_and_priorities("ServiceAccount"),
+        cols(&[("Name", 0), ("Secrets", 0), ("Age", 0)])
+    );
+    assert_eq!(
+        names_and_priorities("Event"),
+        cols(&[
+            ("Last Seen", 0),
+            ("Type", 0),
+            ("Reason", 0),
+            ("Object", 0),
+            ("Subobject", 1),
+            ("Source", 1),
+            ("Message", 0),
+            ("First Seen", 1),
+            ("Count", 1),
+            ("Name", 1),
+        ])
+    );
+    assert_eq!(
+        names_and_priorities("StatefulSet"),
         cols(&[("Name", 0), ("Created At", 0)])
     );
 }
@@ -206,7 +246,10 @@ fn column_fields_are_complete() {
         "EndpointSlice",
         "Deployment",
         "Lease",
+        "ReplicaSet",
+        "ConfigMap",
         "Secret",
+        "ServiceAccount",
     ] {
         let defs = column_definitions(kind);
         for (i, c) in defs.iter().enumerate() {
@@ -226,7 +269,13 @@ fn column_fields_are_complete() {
         let obj = json!({"metadata": {"name": "x"}});
         assert_eq!(cells(kind, &obj).len(), defs.len(), "{kind}");
     }
-    let default = column_definitions("ConfigMap");
+    let events = column_definitions("Event");
+    assert_eq!(events[9]["format"], json!("name"));
+    assert!(events[..9].iter().all(|c| c["format"] == json!("")));
+    assert_eq!(cells("Event", &json!({})).len(), events.len());
+    let rs = column_definitions("ReplicaSet");
+    assert_eq!(rs[1]["type"], json!("integer"));
+    let default = column_definitions("StatefulSet");
     assert_eq!(default[1]["type"], json!("date"));
     let deploy = column_definitions("Deployment");
     assert!(deploy.iter().all(|c| c["type"] == json!("string")));
@@ -963,18 +1012,211 @@ fn deployment_cells() {
     assert_eq!(cells("Deployment", &exists)[7], json!("a notin (x),b"));
 }
 
+// ------------------------------------------------------------ ReplicaSet
+
+#[test]
+fn replica_set_cells() {
+    let rs = json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": meta("web-5d4f", 3 * 3600 + 5 * 60),
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web", "pod-template-hash": "5d4f"}},
+            "template": {"spec": {"containers": [
+                {"name": "nginx", "image": "nginx:1.27"},
+                {"name": "log", "image": "fluent-bit:3"},
+            ]}},
+        },
+        "status": {"replicas": 3, "readyReplicas": 2, "availableReplicas": 2},
+    });
+    assert_eq!(
+        cells("ReplicaSet", &rs),
+        vec![
+            json!("web-5d4f"),
+            json!(3),
+            json!(3),
+            json!(2),
+            json!("3h5m"),
+            json!("nginx,log"),
+            json!("nginx:1.27,fluent-bit:3"),
+            json!("app=web,pod-template-hash=5d4f"),
+        ]
+    );
+    // Fresh: replicas defaulted to 1, no status yet.
+    let fresh = json!({"metadata": meta("fresh", 5), "spec": {}});
+    assert_eq!(
+        cells("ReplicaSet", &fresh),
+        vec![
+            json!("fresh"),
+            json!(1),
+            json!(0),
+            json!(0),
+            json!("5s"),
+            json!(""),
+            json!(""),
+            json!("<none>"),
+        ]
+    );
+    let bad = json!({"metadata": meta("bad", 1), "spec": {"selector": {
+        "matchExpressions": [{"key": "a", "operator": "Sometimes", "values": ["x"]}]}}});
+    assert_eq!(cells("ReplicaSet", &bad)[7], json!("<error>"));
+}
+
+// ------------------------------------------------------------ ConfigMap, Secret, ServiceAccount
+
+#[test]
+fn config_secret_service_account_cells() {
+    let cm = json!({"metadata": meta("settings", 90),
+                    "data": {"a": "1", "b": "2"}, "binaryData": {"c": "AA=="}});
+    assert_eq!(
+        cells("ConfigMap", &cm),
+        vec![json!("settings"), json!(3), json!("90s")]
+    );
+    let empty = json!({"metadata": meta("empty", 90)});
+    assert_eq!(cells("ConfigMap", &empty)[1], json!(0));
+
+    let secret = json!({"metadata": meta("tls", 86_400 * 3),
+                        "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}});
+    assert_eq!(
+        cells("Secret", &secret),
+        vec![
+            json!("tls"),
+            json!("kubernetes.io/tls"),
+            json!(2),
+            json!("3d")
+        ]
+    );
+
+    let sa = json!({"metadata": meta("builder", 600),
+                    "secrets": [{"name": "tok"}], "imagePullSecrets": [{"name": "reg"}]});
+    assert_eq!(
+        cells("ServiceAccount", &sa),
+        vec![json!("builder"), json!(1), json!("10m")]
+    );
+    let bare = json!({"metadata": meta("default", 600)});
+    assert_eq!(cells("ServiceAccount", &bare)[1], json!(0));
+}
+
+// ------------------------------------------------------------ Event
+
+#[test]
+fn core_event_cells() {
+    let ev = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "web-1.17a", "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": "web-1", "fieldPath": "spec.containers{nginx}"},
+        "reason": "BackOff",
+        "message": "Back-off restarting failed container\n",
+        "type": "Warning",
+        "source": {"component": "kubelet", "host": "node-1"},
+        "firstTimestamp": ago(3600),
+        "lastTimestamp": ago(45),
+        "count": 12,
+    });
+    assert_eq!(
+        cells("Event", &ev),
+        vec![
+            json!("45s"),
+            json!("Warning"),
+            json!("BackOff"),
+            json!("pod/web-1"),
+            json!("spec.containers{nginx}"),
+            json!("kubelet, node-1"),
+            json!("Back-off restarting failed container"),
+            json!("60m"),
+            json!(12),
+            json!("web-1.17a"),
+        ]
+    );
+
+    // Only an eventTime: both times come from it, count 1, source from the
+    // reporting fields; no name, just the kind.
+    let new_style = json!({
+        "apiVersion": "v1",
+        "metadata": {"name": "n"},
+        "involvedObject": {"kind": "Node"},
+        "eventTime": "2024-06-01T11:58:00.123456Z",
+        "reportingComponent": "kubelet",
+        "reportingInstance": "node-2",
+    });
+    let c = cells("Event", &new_style);
+    assert_eq!(c[0], json!("119s"));
+    assert_eq!(c[3], json!("node"));
+    assert_eq!(c[5], json!("kubelet, node-2"));
+    assert_eq!(c[7], json!("119s"));
+    assert_eq!(c[8], json!(1));
+
+    // A series overrides Last Seen and Count.
+    let mut series = ev.clone();
+    series["series"] = json!({"count": 40, "lastObservedTime": ago(5)});
+    let c = cells("Event", &series);
+    assert_eq!(c[0], json!("5s"));
+    assert_eq!(c[8], json!(40));
+
+    // No timestamp at all, no host.
+    let bare = json!({"metadata": {"name": "x"}, "source": {"component": "ctl"}});
+    let c = cells("Event", &bare);
+    assert_eq!(c[0], json!("<unknown>"));
+    assert_eq!(c[5], json!("ctl"));
+    assert_eq!(c[7], json!("<unknown>"));
+}
+
+#[test]
+fn events_v1_event_cells() {
+    let ev = json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "web-1.17b", "namespace": "default"},
+        "eventTime": ago(300),
+        "regarding": {"kind": "Pod", "name": "web-1"},
+        "reason": "Scheduled",
+        "note": "Successfully assigned default/web-1 to node-1",
+        "type": "Normal",
+        "action": "Binding",
+        "reportingController": "default-scheduler",
+        "reportingInstance": "default-scheduler-cp-1",
+    });
+    assert_eq!(
+        cells("Event", &ev),
+        vec![
+            json!("5m"),
+            json!("Normal"),
+            json!("Scheduled"),
+            json!("pod/web-1"),
+            json!(""),
+            json!("default-scheduler, default-scheduler-cp-1"),
+            json!("Successfully assigned default/web-1 to node-1"),
+            json!("5m"),
+            json!(1),
+            json!("web-1.17b"),
+        ]
+    );
+    // The deprecated* fields stand in for the core ones.
+    let mut old = ev.clone();
+    old["deprecatedFirstTimestamp"] = json!(ago(7200));
+    old["deprecatedLastTimestamp"] = json!(ago(60));
+    old["deprecatedCount"] = json!(7);
+    old["deprecatedSource"] = json!({"component": "kubelet"});
+    let c = cells("Event", &old);
+    assert_eq!(c[0], json!("60s"));
+    assert_eq!(c[5], json!("kubelet, default-scheduler-cp-1"));
+    assert_eq!(c[7], json!("120m"));
+    assert_eq!(c[8], json!(7));
+}
+
 // ------------------------------------------------------------ default kind
 
 #[test]
 fn default_convertor_cells() {
-    let cm = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
+    let sts = json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
         "metadata": {"name": "settings", "creationTimestamp": "2024-05-31T08:09:10Z"},
-        "data": {"k": "v"},
     });
     assert_eq!(
-        cells("ConfigMap", &cm),
+        cells("StatefulSet", &sts),
         vec![json!("settings"), json!("2024-05-31T08:09:10Z")]
     );
     let bare = json!({"metadata": {"name": "x"}});
