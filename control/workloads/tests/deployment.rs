@@ -477,19 +477,13 @@ fn scaling_mid_rollout_is_proportional() {
         w.step();
         w.tick();
     }
-    let active = w.rss.iter().filter(|r| spec_replicas(r) > 0).count();
-    assert_eq!(active, 2, "mid-rollout");
+    let sizes = |w: &World| w.rss.iter().map(spec_replicas).collect::<Vec<_>>();
+    assert_eq!(sizes(&w), [3, 1], "mid-rollout: old 3, new 1 (surge 1)");
     w.edit("web", |s| s.replicas = Some(5));
     w.step();
-    let total: i32 = w.rss.iter().map(spec_replicas).sum();
-    assert_eq!(
-        total, 6,
-        "5 replicas + 1 surge spread over both ReplicaSets"
-    );
-    assert!(
-        w.rss.iter().all(|r| spec_replicas(r) > 0),
-        "both grew proportionally"
-    );
+    // 5 + 1 surge = 6 allowed, 2 to add, largest first: old 3*6/4 = 4.5 rounds to 5
+    // (+2), which uses up the addition; the new one keeps 1.
+    assert_eq!(sizes(&w), [5, 1]);
     assert!(w
         .rss
         .iter()
@@ -690,4 +684,146 @@ mod props {
             rolling_update(replicas, &surge, &unavail, ready_after);
         }
     }
+}
+
+/// A ReplicaSet of "web" as the controller would have left it at `replicas` for a
+/// Deployment of `was` replicas (maxSurge 0), created `age` seconds before t0.
+fn sized_rs(name: &str, image: &str, replicas: i32, was: i32, age: i64) -> ReplicaSet {
+    let mut rs = new_replicaset(name, replicas, "web");
+    rs.spec.as_mut().expect("spec").template = Some(template("web", image));
+    rs.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: "web".into(),
+        uid: "uid-deploy-web".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    rs.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        t0() - k8s_openapi::jiff::SignedDuration::from_secs(age),
+    ));
+    rs.metadata.annotations = Some(labels(&[
+        (DESIRED_REPLICAS_ANNOTATION, &was.to_string()),
+        (MAX_REPLICAS_ANNOTATION, &was.to_string()),
+    ]));
+    rs
+}
+
+/// Upstream's TestScale proportional cases (maxSurge 0, maxUnavailable 0).
+#[test]
+fn proportional_scaling_matches_upstream_cases() {
+    // (old deployment size, new size, [(rs, replicas)] newest first, expected)
+    let cases: [(i32, i32, &[i32], &[i32]); 4] = [
+        (5, 10, &[2, 3], &[4, 6]),
+        (5, 3, &[2, 3], &[1, 2]),
+        (9, 4, &[8, 1], &[4, 0]),
+        (7, 10, &[2, 3, 2], &[3, 4, 3]),
+    ];
+    for (was, now, sizes, want) in cases {
+        let mut d = new_deployment("web", now, "nginx:new");
+        let ru = d
+            .spec
+            .as_mut()
+            .expect("spec")
+            .strategy
+            .as_mut()
+            .expect("s")
+            .rolling_update
+            .as_mut()
+            .expect("ru");
+        ru.max_surge = Some(ios("0"));
+        ru.max_unavailable = Some(ios("0"));
+        let rss: Vec<ReplicaSet> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let image = if i == 0 {
+                    "nginx:new".to_string()
+                } else {
+                    format!("nginx:{i}")
+                };
+                sized_rs(&format!("web-v{i}"), &image, *n, was, i as i64 * 100)
+            })
+            .collect();
+        let plan = reconcile(&d, &rss, &[], t0()).expect("reconcile");
+        let mut got: Vec<i32> = sizes.to_vec();
+        for a in &plan.actions {
+            if let Action::UpdateReplicaSet(rs) = a {
+                let i: usize = rs
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.strip_prefix("web-v"))
+                    .and_then(|n| n.parse().ok())
+                    .expect("name");
+                got[i] = spec_replicas(rs);
+                assert_eq!(
+                    annotation(&rs.metadata, DESIRED_REPLICAS_ANNOTATION),
+                    Some(now.to_string().as_str())
+                );
+            }
+        }
+        assert_eq!(got, want, "{was} -> {now}");
+    }
+}
+
+#[test]
+fn replica_failure_is_mirrored_into_the_deployment() {
+    use k8s_openapi::api::apps::v1::{ReplicaSetCondition, ReplicaSetStatus};
+    let mut w = world_with(new_deployment("web", 1, "nginx:1"));
+    w.converge(20, |_| {});
+    let i = w
+        .rss
+        .iter()
+        .position(|r| spec_replicas(r) == 1)
+        .expect("rs");
+    let st = w.rss[i]
+        .status
+        .get_or_insert_with(ReplicaSetStatus::default);
+    st.conditions = Some(vec![ReplicaSetCondition {
+        type_: "ReplicaFailure".into(),
+        status: "True".into(),
+        reason: Some("FailedCreate".into()),
+        message: Some("pods \"x\" is forbidden: exceeded quota".into()),
+        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(w.now)),
+    }]);
+    w.reconcile_deployments();
+    let c = cond(w.deployment("web"), "ReplicaFailure").expect("mirrored");
+    assert_eq!(c.reason.as_deref(), Some("FailedCreate"));
+}
+
+#[test]
+fn min_ready_seconds_is_passed_down_and_gates_availability() {
+    let mut d = new_deployment("web", 2, "nginx:1");
+    d.spec.as_mut().expect("spec").min_ready_seconds = Some(5);
+    let mut w = world_with(d);
+    let mut saw_ready_not_available = false;
+    let steps = w.converge(60, |w| {
+        let d = w.deployment("web");
+        let st = d.status.clone().unwrap_or_default();
+        saw_ready_not_available |=
+            st.ready_replicas.unwrap_or(0) > st.available_replicas.unwrap_or(0);
+    });
+    assert!(saw_ready_not_available);
+    assert!(steps >= 5, "{steps}");
+    assert_eq!(
+        new_rs(&w, "web")
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds),
+        Some(5)
+    );
+    assert_rollout_complete(&w, "web");
+    // Changing only minReadySeconds updates the ReplicaSet in place (same template).
+    let before = new_rs(&w, "web").metadata.uid.clone();
+    w.edit("web", |s| s.min_ready_seconds = Some(1));
+    w.converge(20, |_| {});
+    assert_eq!(new_rs(&w, "web").metadata.uid, before);
+    assert_eq!(
+        new_rs(&w, "web")
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds),
+        Some(1)
+    );
 }
