@@ -28,6 +28,8 @@
 //! Facts (annotation names, reasons, messages, ordering rules, rounding) follow
 //! upstream `pkg/controller/{replicaset,deployment}`; the code is our own.
 
+#![warn(missing_docs)]
+
 pub mod action;
 pub mod deployment;
 mod hash;
