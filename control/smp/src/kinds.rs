@@ -127,7 +127,26 @@ static DEPLOYMENT: [Field; 3] = [
     Field::object("status", &DEPLOYMENT_STATUS),
 ];
 
-/// Kinds with nothing special below their metadata (Lease, Scale).
+static REPLICA_SET_SPEC: [Field; 1] = [Field::object("template", &POD_TEMPLATE_SPEC)];
+
+static REPLICA_SET_STATUS: [Field; 1] = [Field::merge_by("conditions", "type", &[])];
+
+static REPLICA_SET: [Field; 3] = [
+    Field::object("metadata", &OBJECT_META),
+    Field::object("spec", &REPLICA_SET_SPEC),
+    Field::object("status", &REPLICA_SET_STATUS),
+];
+
+static SERVICE_ACCOUNT: [Field; 3] = [
+    Field::object("metadata", &OBJECT_META),
+    Field::merge_by("secrets", "name", &[]),
+    // `+listType=atomic`, no patch strategy (unlike a PodSpec's).
+    Field::atomic("imagePullSecrets"),
+];
+
+/// Kinds with nothing special below their metadata (Lease, Scale, ConfigMap,
+/// Secret and both Events, whose `data` maps merge key by key and whose
+/// lists are atomic).
 static METADATA_ONLY: [Field; 1] = [Field::object("metadata", &OBJECT_META)];
 
 static POD_SCHEMA: Schema = Schema::new(&POD);
@@ -137,12 +156,17 @@ static NAMESPACE_SCHEMA: Schema = Schema::new(&NAMESPACE);
 static ENDPOINTS_SCHEMA: Schema = Schema::new(&ENDPOINTS);
 static ENDPOINT_SLICE_SCHEMA: Schema = Schema::new(&ENDPOINT_SLICE);
 static DEPLOYMENT_SCHEMA: Schema = Schema::new(&DEPLOYMENT);
+static REPLICA_SET_SCHEMA: Schema = Schema::new(&REPLICA_SET);
+static SERVICE_ACCOUNT_SCHEMA: Schema = Schema::new(&SERVICE_ACCOUNT);
 static METADATA_ONLY_SCHEMA: Schema = Schema::new(&METADATA_ONLY);
 
 /// Schema for a served kind, by (apiGroup, kind): `("", "Pod")`, `("", "Service")`,
 /// `("", "Node")`, `("", "Namespace")`, `("", "Endpoints")`,
 /// `("discovery.k8s.io", "EndpointSlice")`, `("apps", "Deployment")`,
-/// `("coordination.k8s.io", "Lease")`, `("autoscaling", "Scale")`.
+/// `("apps", "ReplicaSet")`, `("", "ConfigMap")`, `("", "Secret")`,
+/// `("", "ServiceAccount")`, `("", "Event")`, `("events.k8s.io", "Event")`,
+/// `("coordination.k8s.io", "Lease")`, `("autoscaling", "Scale")`. The
+/// group matters: `"Event"` is served by two groups.
 ///
 /// Unknown kinds give `None`; the caller then answers 415 Unsupported Media
 /// Type, as the apiserver does for custom resources.
@@ -155,7 +179,12 @@ pub fn schema_for(group: &str, kind: &str) -> Option<&'static Schema> {
         ("", "Endpoints") => Some(&ENDPOINTS_SCHEMA),
         ("discovery.k8s.io", "EndpointSlice") => Some(&ENDPOINT_SLICE_SCHEMA),
         ("apps", "Deployment") => Some(&DEPLOYMENT_SCHEMA),
-        ("coordination.k8s.io", "Lease") | ("autoscaling", "Scale") => Some(&METADATA_ONLY_SCHEMA),
+        ("apps", "ReplicaSet") => Some(&REPLICA_SET_SCHEMA),
+        ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT_SCHEMA),
+        ("coordination.k8s.io", "Lease")
+        | ("autoscaling", "Scale")
+        | ("", "ConfigMap" | "Secret" | "Event")
+        | ("events.k8s.io", "Event") => Some(&METADATA_ONLY_SCHEMA),
         _ => None,
     }
 }

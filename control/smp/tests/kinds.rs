@@ -674,3 +674,127 @@ fn schema_tables() {
     assert!(schema_for("example.com", "Widget").is_none());
     assert!(schema_for("", "Deployment").is_none());
 }
+
+#[test]
+fn replica_set_template_and_conditions_merge() {
+    let rs = json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "web-5d4f", "namespace": "default"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [
+                    {"name": "nginx", "image": "nginx:1.25", "env": [{"name": "A", "value": "1"}]},
+                    {"name": "log", "image": "fluent-bit:3"}
+                ]}
+            }
+        },
+        "status": {"replicas": 2, "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}
+        ]}
+    });
+    let body = json!({
+        "spec": {"replicas": 3, "template": {"spec": {"containers": [
+            {"name": "nginx", "image": "nginx:1.27", "env": [{"name": "B", "value": "2"}]}
+        ]}}},
+        "status": {"conditions": [{"type": "ReplicaFailure", "status": "False"}]}
+    });
+    let result = patch("apps", "ReplicaSet", &rs, &body);
+    assert_eq!(result["spec"]["replicas"], json!(3));
+    // Without `$setElementOrder`, apimachinery puts the patch's own
+    // elements first.
+    assert_eq!(
+        result["spec"]["template"]["spec"]["containers"],
+        json!([
+            {"name": "nginx", "image": "nginx:1.27",
+             "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]},
+            {"name": "log", "image": "fluent-bit:3"}
+        ])
+    );
+    assert_eq!(
+        result["status"]["conditions"],
+        json!([{"type": "ReplicaFailure", "status": "False", "reason": "FailedCreate"}])
+    );
+}
+
+#[test]
+fn service_account_secrets_merge_and_pull_secrets_replace() {
+    let sa = json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "builder", "namespace": "ci"},
+        "secrets": [{"name": "tok-1"}],
+        "imagePullSecrets": [{"name": "reg-a"}]
+    });
+    let body = json!({
+        "secrets": [{"name": "tok-2"}],
+        "imagePullSecrets": [{"name": "reg-b"}]
+    });
+    let result = patch("", "ServiceAccount", &sa, &body);
+    assert_eq!(
+        result["secrets"],
+        json!([{"name": "tok-2"}, {"name": "tok-1"}])
+    );
+    assert_eq!(result["imagePullSecrets"], json!([{"name": "reg-b"}]));
+    let schema = schema("", "ServiceAccount");
+    assert_eq!(
+        schema.list_strategy(&["secrets"]),
+        ListStrategy::MergeByKey("name")
+    );
+    assert_eq!(
+        schema.list_strategy(&["imagePullSecrets"]),
+        ListStrategy::Replace
+    );
+}
+
+#[test]
+fn config_map_and_secret_data_merge_by_key() {
+    let cm = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg", "namespace": "default", "finalizers": ["a/x"]},
+        "data": {"a": "1", "b": "2"}
+    });
+    let body = json!({"metadata": {"finalizers": ["b/y"]}, "data": {"b": null, "c": "3"}});
+    let result = patch("", "ConfigMap", &cm, &body);
+    assert_eq!(result["data"], json!({"a": "1", "c": "3"}));
+    assert_eq!(result["metadata"]["finalizers"], json!(["b/y", "a/x"]));
+
+    let secret = json!({"kind": "Secret", "type": "Opaque", "data": {"u": "dQ=="}});
+    let result = patch("", "Secret", &secret, &json!({"data": {"p": "cA=="}}));
+    assert_eq!(result["data"], json!({"u": "dQ==", "p": "cA=="}));
+}
+
+#[test]
+fn events_in_both_groups() {
+    for group in ["", "events.k8s.io"] {
+        let events = schema(group, "Event");
+        assert_eq!(
+            events.list_strategy(&["metadata", "ownerReferences"]),
+            ListStrategy::MergeByKey("uid")
+        );
+    }
+    // A kubelet-style count bump on a core/v1 event.
+    let ev = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "web-1.17a", "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": "web-1"},
+        "count": 1,
+        "lastTimestamp": "2024-06-01T11:00:00Z"
+    });
+    let body = json!({"count": 2, "lastTimestamp": "2024-06-01T11:05:00Z", "message": "again"});
+    let result = patch("", "Event", &ev, &body);
+    assert_eq!(result["count"], json!(2));
+    assert_eq!(
+        result["involvedObject"],
+        json!({"kind": "Pod", "name": "web-1"})
+    );
+    assert_eq!(result["message"], json!("again"));
+    // Kinds are looked up per group.
+    assert!(schema_for("apps", "Event").is_none());
+    assert!(schema_for("events.k8s.io", "ConfigMap").is_none());
+}
