@@ -100,7 +100,7 @@ impl Resource {
 
     /// The validation kind, when validation knows it.
     pub fn validation_kind(&self) -> Option<sluice_validation::Kind> {
-        sluice_validation::Kind::from_kind(self.kind)
+        sluice_validation::Kind::from_group_kind(self.group, self.kind)
     }
 
     /// Whether the subresource is served.
@@ -207,6 +207,78 @@ pub static RESOURCES: &[Resource] = &[
         subresources: &[],
         strategy: &LeaseStrategy,
     },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        strategy: &strategy::REPLICA_SET,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        categories: &[],
+        subresources: &[],
+        strategy: &strategy::Plain,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &strategy::SECRET,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        namespaced: true,
+        short_names: &["sa"],
+        categories: &[],
+        subresources: &[],
+        strategy: &strategy::Plain,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        subresources: &[],
+        strategy: &strategy::CORE_EVENT,
+    },
+    Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        subresources: &[],
+        strategy: &strategy::EVENTS_V1_EVENT,
+    },
 ];
 
 /// Looks a resource up by URL coordinates.
@@ -216,7 +288,8 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-/// Looks a resource up by kind.
+/// Looks a resource up by kind (core/v1 first where two groups serve the same kind, as
+/// Event).
 pub fn by_kind(kind: &str) -> &'static Resource {
     RESOURCES
         .iter()

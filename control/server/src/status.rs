@@ -57,7 +57,7 @@ impl ApiError {
         }
     }
 
-    fn details_mut(&mut self) -> &mut Details {
+    pub(crate) fn details_mut(&mut self) -> &mut Details {
         self.details.get_or_insert_with(Default::default)
     }
 
@@ -69,7 +69,7 @@ impl ApiError {
             .unwrap_or(&[])
     }
 
-    fn about(mut self, res: &Resource, name: &str) -> Self {
+    pub(crate) fn about(mut self, res: &Resource, name: &str) -> Self {
         let d = self.details_mut();
         d.name = Some(name.to_string());
         d.group = Some(res.group.to_string());

@@ -29,7 +29,10 @@ use sluice_store::Stored;
 
 use crate::auth::{self, Attributes, Tokens, User};
 use crate::conn::{ConnInfo, Limits};
-use crate::registry::{DeleteOptions, Part, PatchType, Propagation, Registry};
+use crate::registry::{
+    manager_from_user_agent, with_field_manager, DeleteOptions, Part, PatchType, Propagation,
+    Registry,
+};
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
@@ -252,7 +255,8 @@ fn parse_body(headers: &HeaderMap, verb: &str, body: &Bytes) -> ApiResult<Value>
     if ct == protobuf::MEDIA_TYPE && matches!(verb, "create" | "update") {
         return protobuf::object(&protobuf::open(body)?);
     }
-    let yaml = ct == "application/yaml";
+    // An apply configuration is YAML (of which JSON is a subset).
+    let yaml = ct == "application/yaml" || ct == "application/apply-patch+yaml";
     let ok = ct.is_empty()
         || ct == "application/json"
         || yaml
@@ -506,7 +510,29 @@ async fn handle_inner(
             get_one(reg, &t, &q, table)
         }
         "create" | "update" | "patch" => {
-            write(reg, &t, verb, headers, parsed_body.unwrap_or(Value::Null)).await
+            let manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
+                Some(m) if m.chars().count() > 128 => {
+                    return Err(ApiError::bad_request(
+                        "fieldManager: Too long: may not be more than 128 bytes",
+                    ))
+                }
+                Some(m) => m.clone(),
+                None => manager_from_user_agent(
+                    headers
+                        .get(http::header::USER_AGENT)
+                        .and_then(|u| u.to_str().ok())
+                        .unwrap_or(""),
+                ),
+            };
+            let w = write(
+                reg,
+                &t,
+                verb,
+                headers,
+                &q,
+                parsed_body.unwrap_or(Value::Null),
+            );
+            with_field_manager(manager, w).await
         }
         "delete" => {
             let name = t.name.as_deref().unwrap_or_default();
@@ -668,6 +694,7 @@ async fn write(
     t: &Target,
     verb: &str,
     headers: &HeaderMap,
+    q: &HashMap<String, String>,
     body: Value,
 ) -> ApiResult<Response> {
     let (res, ns) = (t.res, t.ns.as_deref());
@@ -704,6 +731,21 @@ async fn write(
                 .unwrap_or("");
             let pt =
                 PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+            if pt == PatchType::Apply && sub != Some("scale") {
+                if !q.contains_key("fieldManager") {
+                    return Err(ApiError::bad_request(
+                        "PATCH request: fieldManager is required for apply requests",
+                    ));
+                }
+                let force = matches!(q.get("force").map(String::as_str), Some("true" | "1"));
+                let (s, created) = reg.apply(res, ns, name, body, force, part).await?;
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(json_bytes(code, s.json.clone()));
+            }
             if sub == Some("scale") {
                 return Ok(json_value(
                     StatusCode::OK,

@@ -33,12 +33,15 @@ pub struct Regarding {
     pub uid: String,
 }
 
+/// What makes two events the same one (object uid, reason, message).
+type Correlation = (String, String, String);
+
 /// Writes Events for one controller.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     component: &'static str,
     /// (object uid, reason, message) → the Event written for it (namespace, name).
-    seen: Arc<Mutex<HashMap<(String, String, String), (String, String)>>>,
+    seen: Arc<Mutex<HashMap<Correlation, (String, String)>>>,
 }
 
 impl Recorder {

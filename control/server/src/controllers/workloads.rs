@@ -131,9 +131,9 @@ fn map_event(state: &Mutex<State>, ev: &sluice_store::Event) -> Vec<Key> {
     } else {
         return Vec::new();
     };
-    fn metas<T: serde::de::DeserializeOwned>(ev: &sluice_store::Event) -> Vec<ObjectMeta>
+    fn metas<T>(ev: &sluice_store::Event) -> Vec<ObjectMeta>
     where
-        T: k8s_openapi::Metadata<Ty = ObjectMeta>,
+        T: serde::de::DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta>,
     {
         [Some(&ev.object), ev.prev.as_ref()]
             .into_iter()

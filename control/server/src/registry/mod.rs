@@ -8,12 +8,14 @@
 //! JSON patch, merge patch or strategic merge patch on the stored object, then update.
 //! Delete: graceful for pods bound to a node, cascading for namespaces, releasing allocations.
 
+mod managed;
 mod namespace;
 mod node;
 mod pod;
 mod service;
 pub mod strategy;
 
+pub use managed::{field_manager, manager_from_user_agent, with_field_manager, IN_PROCESS_MANAGER};
 pub use namespace::NamespaceStrategy;
 pub use node::{LeaseStrategy, NodeStrategy};
 pub use pod::PodStrategy;
@@ -72,6 +74,9 @@ pub enum PatchType {
     Merge,
     /// Kubernetes strategic merge patch.
     Strategic,
+    /// Server-side apply (`application/apply-patch+yaml`): the body is the manager's whole
+    /// intent, not a patch.
+    Apply,
 }
 
 impl PatchType {
@@ -81,6 +86,10 @@ impl PatchType {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
+            // JSON is YAML: one parser reads both forms.
+            "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
@@ -357,6 +366,18 @@ impl Registry {
         ns: Option<&str>,
         obj: Value,
     ) -> ApiResult<Arc<Stored>> {
+        self.create_inner(res, ns, obj, false).await
+    }
+
+    /// Creates an object; `applied` when it is the result of a server-side apply, whose
+    /// managedFields are already the apply's.
+    async fn create_inner(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: Value,
+        applied: bool,
+    ) -> ApiResult<Arc<Stored>> {
         let node_writer = node::writer(res);
         let mut obj = self.decode(res, obj)?;
         let ns = if res.namespaced { ns } else { None };
@@ -396,7 +417,6 @@ impl Registry {
                 "deletionTimestamp",
                 "deletionGracePeriodSeconds",
                 "selfLink",
-                "managedFields",
             ] {
                 meta.remove(k);
             }
@@ -404,6 +424,9 @@ impl Registry {
         let vkind = res.validation_kind().expect("decode checked");
         sluice_validation::apply_defaults(vkind, &mut obj);
         res.strategy.prepare_for_create(&mut obj);
+        if !applied {
+            managed::record_update(res, None, &mut obj, None);
+        }
         let name = str_at(&obj, "/metadata/name").unwrap_or("").to_string();
         node::admit(node_writer.as_deref(), res, &name, None, &obj, Part::Main)?;
         let errs = sluice_validation::validate_create(vkind, &obj);
@@ -509,7 +532,79 @@ impl Registry {
         }
     }
 
+    /// Server-side apply (`PATCH` with `application/apply-patch+yaml`): merges the manager's
+    /// configuration into the object, or creates it when missing (the bool says created).
+    pub async fn apply(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        applied: Value,
+        force: bool,
+        part: Part,
+    ) -> ApiResult<(Arc<Stored>, bool)> {
+        let node_writer = node::writer(res);
+        let ns = if res.namespaced { ns } else { None };
+        let body_name = str_at(&applied, "/metadata/name").unwrap_or("");
+        if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let sub = (part == Part::Status).then_some("status");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let Some(current) = self.store.get(&res.key(ns, name)) else {
+                if part == Part::Status {
+                    return Err(ApiError::not_found(res, name));
+                }
+                let merged = managed::merge_apply(res, name, None, &applied, force, sub)?;
+                match self.create_inner(res, ns, merged, true).await {
+                    Err(e) if e.code == 409 && attempts < 5 => continue,
+                    other => return other.map(|s| (s, true)),
+                }
+            };
+            let live = current
+                .value()
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let merged = managed::merge_apply(res, name, Some(&live), &applied, force, sub)?;
+            let merged = self.decode(res, merged)?;
+            node::admit(
+                node_writer.as_deref(),
+                res,
+                name,
+                Some(&live),
+                &merged,
+                part,
+            )?;
+            match self
+                .write_update_inner(res, ns, name, &current, merged, part, true)
+                .await
+            {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && attempts < 5 => continue,
+                other => return other.map(|s| (s, false)),
+            }
+        }
+    }
+
     async fn write_update(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        current: &Stored,
+        new: Value,
+        part: Part,
+    ) -> ApiResult<Arc<Stored>> {
+        self.write_update_inner(res, ns, name, current, new, part, false)
+            .await
+    }
+
+    /// [`Registry::write_update`]; `applied` when `new` is a server-side apply's result, whose
+    /// managedFields are already the apply's.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update_inner(
         &self,
         res: &Resource,
         ns: Option<&str>,
@@ -517,6 +612,7 @@ impl Registry {
         current: &Stored,
         mut new: Value,
         part: Part,
+        applied: bool,
     ) -> ApiResult<Arc<Stored>> {
         let old = current
             .value()
@@ -576,11 +672,14 @@ impl Registry {
                     }
                 }
             }
-            meta.remove("managedFields");
             meta.remove("selfLink");
         }
         let vkind = res.validation_kind().expect("served kind");
         sluice_validation::apply_defaults(vkind, &mut new);
+        if !applied {
+            let sub = (part == Part::Status).then_some("status");
+            managed::record_update(res, Some(&old), &mut new, sub);
+        }
         if part == Part::Main && old.get("spec") != new.get("spec") {
             let g = old
                 .pointer("/metadata/generation")
@@ -953,6 +1052,7 @@ pub fn apply_patch(
             sluice_smp::strategic_merge_patch(original, patch, schema)
                 .map_err(|e| ApiError::bad_request(e.to_string()))
         }
+        PatchType::Apply => Err(ApiError::unsupported_media("application/apply-patch+yaml")),
     }
 }
 

@@ -147,3 +147,62 @@ pub static DEPLOYMENT: Scalable = Scalable { selectable: &[] };
 pub static REPLICA_SET: Scalable = Scalable {
     selectable: &["status.replicas"],
 };
+
+/// Secrets: `type` is selectable.
+pub static SECRET: Selectable = Selectable {
+    fields: &["type"],
+    node_writes: false,
+};
+
+/// core/v1 Events: selectable as upstream (`kubectl describe` lists an object's events by
+/// `involvedObject.*`); nodes write them.
+pub static CORE_EVENT: Selectable = Selectable {
+    fields: &[
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "type",
+    ],
+    node_writes: true,
+};
+
+/// events.k8s.io/v1 Events.
+pub static EVENTS_V1_EVENT: Selectable = Selectable {
+    fields: &[
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "regarding.apiVersion",
+        "reason",
+        "reportingController",
+        "type",
+    ],
+    node_writes: true,
+};
+
+/// A kind with extra selectable fields; `node_writes` lets every node create and update
+/// objects of it (Events, which kubelets record).
+#[derive(Debug)]
+pub struct Selectable {
+    /// Fields selectable besides name and namespace.
+    pub fields: &'static [&'static str],
+    /// Nodes may create, update and patch these.
+    pub node_writes: bool,
+}
+
+impl Strategy for Selectable {
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        self.fields
+    }
+
+    fn node_allowed(&self, r: &NodeRequest<'_>) -> bool {
+        self.node_writes && r.sub.is_none() && matches!(r.verb, "create" | "update" | "patch")
+    }
+}

@@ -1207,3 +1207,171 @@ async fn node_restriction_messages_are_upstreams() {
     .await
     .unwrap();
 }
+
+// ---- Server-side apply and field managers -------------------------------------------------
+
+fn deployment(replicas: i64, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            },
+        },
+    })
+}
+
+async fn apply_as(
+    r: &Registry,
+    manager: &str,
+    body: Value,
+    force: bool,
+) -> ApiResult<(Arc<Stored>, bool)> {
+    let res = by_kind("Deployment");
+    with_field_manager(
+        manager.to_string(),
+        r.apply(res, Some("default"), "web", body, force, Part::Main),
+    )
+    .await
+}
+
+fn managers(v: &Value) -> Vec<(String, String)> {
+    v["metadata"]["managedFields"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .map(|e| {
+                    (
+                        e["manager"].as_str().unwrap_or("").to_string(),
+                        e["operation"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn apply_creates_then_merges_and_conflicts_name_the_other_manager() {
+    let r = reg().await;
+    let res = by_kind("Deployment");
+    let (s, created) = apply_as(&r, "alice", deployment(2, "nginx:1"), false)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(managers(&val(&s)), vec![("alice".into(), "Apply".into())]);
+    // Applying the same intent again changes nothing.
+    let (again, created) = apply_as(&r, "alice", deployment(2, "nginx:1"), false)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.mod_revision, s.mod_revision);
+
+    // An update by another manager takes the field it changed.
+    with_field_manager(
+        "kubectl-scale".into(),
+        r.patch(
+            res,
+            Some("default"),
+            "web",
+            PatchType::Merge,
+            json!({"spec": {"replicas": 5}}),
+            Part::Main,
+        ),
+    )
+    .await
+    .unwrap();
+    let e = apply_as(&r, "alice", deployment(3, "nginx:1"), false)
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.reason), (409, "Conflict"));
+    assert!(
+        e.message.contains("conflict with \"kubectl-scale\"")
+            && e.message.contains(".spec.replicas"),
+        "{}",
+        e.message
+    );
+    let causes = &e.details.as_ref().unwrap().causes;
+    assert_eq!(causes.len(), 1);
+    assert_eq!(
+        (causes[0].reason.as_str(), causes[0].field.as_str()),
+        ("FieldManagerConflict", ".spec.replicas")
+    );
+    // Agreeing on the value is no conflict; forcing takes the field.
+    apply_as(&r, "alice", deployment(5, "nginx:2"), false)
+        .await
+        .unwrap();
+    let (forced, _) = apply_as(&r, "alice", deployment(7, "nginx:2"), true)
+        .await
+        .unwrap();
+    let v = val(&forced);
+    assert_eq!(v["spec"]["replicas"], 7);
+    assert_eq!(
+        v["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:2"
+    );
+
+    // A second applier owning another field: both keep theirs; env merges by name.
+    let mut bob = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "labels": {"team": "b"}},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "web", "env": [{"name": "MODE", "value": "fast"}]}]}}},
+    });
+    apply_as(&r, "bob", bob.clone(), false).await.unwrap();
+    let v = val(&r.get(res, Some("default"), "web").unwrap());
+    assert_eq!(v["metadata"]["labels"]["team"], "b");
+    let c = &v["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (c["image"].as_str(), c["env"][0]["value"].as_str()),
+        (Some("nginx:2"), Some("fast"))
+    );
+    // Bob stops applying the label: it goes (nobody else owns it); alice's fields stay.
+    bob["metadata"].as_object_mut().unwrap().remove("labels");
+    apply_as(&r, "bob", bob, false).await.unwrap();
+    let v = val(&r.get(res, Some("default"), "web").unwrap());
+    assert_eq!(v["metadata"].get("labels"), None, "{v}");
+    assert_eq!(v["spec"]["replicas"], 7);
+}
+
+#[tokio::test]
+async fn objects_created_by_a_plain_create_can_be_applied_and_vice_versa() {
+    let r = reg().await;
+    let res = by_kind("Deployment");
+    let s = with_field_manager(
+        "kubectl-create".into(),
+        r.create(res, Some("default"), deployment(3, "nginx:1")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        managers(&val(&s)),
+        vec![("kubectl-create".into(), "Update".into())]
+    );
+    let e = apply_as(&r, "kubectl", deployment(4, "nginx:1"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 409);
+    apply_as(&r, "kubectl", deployment(3, "nginx:1"), false)
+        .await
+        .expect("the same value is shared, not a conflict");
+    // And a client-side update after the apply is recorded beside it.
+    let mut v = val(&r.get(res, Some("default"), "web").unwrap());
+    v["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:3");
+    let s = with_field_manager(
+        "kubectl-client-side-apply".into(),
+        r.update(res, Some("default"), "web", v, Part::Main),
+    )
+    .await
+    .unwrap();
+    let m = managers(&val(&s));
+    assert!(m.contains(&("kubectl".into(), "Apply".into())), "{m:?}");
+    assert!(
+        m.contains(&("kubectl-client-side-apply".into(), "Update".into())),
+        "{m:?}"
+    );
+}
