@@ -1,4 +1,4 @@
-//! Legacy discovery documents, `/version` and the OpenAPI stub.
+//! Legacy discovery documents, `/version` and the OpenAPI documents.
 //!
 //! kubectl 1.33 asks for aggregated discovery first and falls back to these when the reply is
 //! plain `APIVersions`/`APIGroupList` JSON; kubectl 1.20 only knows these.
@@ -128,17 +128,30 @@ pub fn version() -> Response {
     }))
 }
 
-/// `GET /openapi/v2`: an empty OpenAPI v2 document as protobuf (`openapi_v2.Document` with
-/// swagger "2.0" and info {title "x", version "1"}). With no schemas, kubectl's client-side
-/// validation skips every type, so `create`/`apply` work with the default `--validate=true`
-/// on both kubectl 1.20 and 1.33. It is sent as `application/octet-stream` because kubectl
-/// 1.20 rejects the real `...spec.v2@v1.0+protobuf` media type (Go's mime parser chokes on `@`)
-/// and fails on a JSON document.
+/// `GET /openapi/v2`: the served types' schemas as gnostic `openapi_v2.Document` protobuf
+/// (see [`super::openapi`]). It is sent as `application/octet-stream` because kubectl 1.20
+/// rejects the real `...spec.v2@v1.0+protobuf` media type (Go's mime parser chokes on `@`)
+/// and cannot decode a JSON document.
 pub fn openapi_v2() -> Response {
-    const DOC: &[u8] = b"\x0a\x032.0\x12\x06\x0a\x01x\x12\x011";
     (
         [(http::header::CONTENT_TYPE, "application/octet-stream")],
-        DOC,
+        super::openapi::v2_protobuf(),
     )
         .into_response()
+}
+
+/// `GET /openapi/v3`: the group-versions with OpenAPI 3 documents.
+pub fn openapi_v3() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        super::openapi::v3_discovery(),
+    )
+        .into_response()
+}
+
+/// `GET /openapi/v3/api/v1` or `/openapi/v3/apis/<group>/<version>` (`key` without the
+/// prefix); None when the group-version is not served.
+pub fn openapi_v3_group_version(key: &str) -> Option<Response> {
+    let doc = super::openapi::v3_group_version(key)?;
+    Some(([(http::header::CONTENT_TYPE, "application/json")], doc).into_response())
 }

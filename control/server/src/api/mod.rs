@@ -7,6 +7,7 @@
 //! Tables are rendered by `sluice-printers`.
 
 mod discovery;
+mod openapi;
 pub mod protobuf;
 mod protobuf_keep;
 mod review;
@@ -162,6 +163,12 @@ fn parse_path(path: &str, server_address: &str) -> ApiResult<Route> {
         ["api"] => return Ok(Route::Discovery(discovery::api_versions(server_address))),
         ["apis"] => return Ok(Route::Discovery(discovery::api_groups())),
         ["openapi", "v2"] => return Ok(Route::Discovery(discovery::openapi_v2())),
+        ["openapi", "v3"] => return Ok(Route::Discovery(discovery::openapi_v3())),
+        ["openapi", "v3", gv @ ..] => {
+            return discovery::openapi_v3_group_version(&gv.join("/"))
+                .map(Route::Discovery)
+                .ok_or_else(ApiError::no_route)
+        }
         ["apis", review::GROUP, review::VERSION, review::PLURAL] => {
             return Ok(Route::Review { rules: false })
         }

@@ -10,6 +10,12 @@
 //! - `nodelifecycle`: heartbeats (Lease renewals or Ready.lastHeartbeatTime) → Ready Unknown
 //!   after the grace period, restored when heartbeats resume.
 //! - `podgc`: pods past their graceful-deletion deadline are removed.
+//! - `workloads`: Deployments → ReplicaSets → Pods (`sluice-workloads` decides).
+//! - `scheduler`: pending pods → `pods/binding` (`sluice-scheduler` decides).
+//! - `taintmanager`: pods on nodes with NoExecute taints they do not tolerate (long enough)
+//!   are evicted.
+//! - `serviceaccounts`: the `default` ServiceAccount in every namespace.
+//! - `events`: Events past their TTL are deleted.
 //! - `garbagecollector`: dependents of deleted owners are deleted (background, foreground)
 //!   or released (orphan).
 
@@ -20,6 +26,9 @@ pub mod garbagecollector;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
+pub mod scheduler;
+pub mod serviceaccounts;
+pub mod taintmanager;
 pub mod workloads;
 
 use std::collections::BTreeSet;
@@ -43,6 +52,8 @@ pub struct ControllerConfig {
     pub node_monitor_grace_period: Duration,
     /// `--node-monitor-period`.
     pub node_monitor_period: Duration,
+    /// `--event-ttl`: how long Events are kept after they were last seen.
+    pub event_ttl: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -51,6 +62,7 @@ impl Default for ControllerConfig {
             max_endpoints_per_slice: 100,
             node_monitor_grace_period: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -66,7 +78,12 @@ pub fn spawn_all(reg: Arc<Registry>, cfg: ControllerConfig) -> Vec<tokio::task::
             cfg.node_monitor_period,
         )),
         tokio::spawn(podgc::run(reg.clone())),
-        tokio::spawn(garbagecollector::run(reg)),
+        tokio::spawn(garbagecollector::run(reg.clone())),
+        tokio::spawn(workloads::run(reg.clone())),
+        tokio::spawn(scheduler::run(reg.clone())),
+        tokio::spawn(taintmanager::run(reg.clone())),
+        tokio::spawn(serviceaccounts::run(reg.clone())),
+        tokio::spawn(events::run_ttl(reg, cfg.event_ttl)),
     ]
 }
 

@@ -9,7 +9,7 @@
 //! A reconcile gets only the objects it may own or adopt: those it controls and the orphans
 //! of its namespace.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -276,18 +276,21 @@ fn remember_delete(state: &Mutex<State>, reg: &Registry, res: &Resource, key: &s
     }
 }
 
-/// Writes one action. A conflict or a vanished object is an error: the key is retried, by
-/// which time the watch has brought the newer state.
+/// Writes one action. `written` holds the revision of each object this plan already wrote: a
+/// later action on the same object carries the earlier change, so it is written over that
+/// revision, not the one the plan was made from. A conflict or a vanished object is an error:
+/// the key is retried, by which time the watch has brought the newer state.
 async fn apply(
     reg: &Registry,
     state: &Mutex<State>,
     recorder: &Recorder,
+    written: &Mutex<HashMap<String, u64>>,
     a: Action,
 ) -> Result<(), String> {
     let pods = by_kind("Pod");
     let rss = by_kind("ReplicaSet");
     let deps = by_kind("Deployment");
-    let update = |res: &'static Resource, v: Value, part: Part| async move {
+    let update = |res: &'static Resource, mut v: Value, part: Part| async move {
         let ns = v
             .pointer("/metadata/namespace")
             .and_then(|n| n.as_str())
@@ -298,10 +301,23 @@ async fn apply(
             .and_then(|n| n.as_str())
             .unwrap_or("")
             .to_string();
+        let key = res.key(Some(&ns), &name);
+        let earlier = written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(rev) = earlier {
+            v["metadata"]["resourceVersion"] = Value::from(rev.to_string());
+        }
         let s = reg
             .update(res, Some(&ns), &name, v, part)
             .await
             .map_err(|e| e.to_string())?;
+        written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, s.mod_revision);
         remember(state, res, &s);
         Ok::<(), String>(())
     };
@@ -448,8 +464,9 @@ async fn reconcile(
             }
         }
     };
+    let written = Mutex::new(HashMap::new());
     for a in plan.actions {
-        apply(&reg, &state, &recorder, a).await?;
+        apply(&reg, &state, &recorder, &written, a).await?;
     }
     Ok(Requeue(plan.requeue_after))
 }

@@ -737,6 +737,50 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<Arc<Stored>> {
+        // A write between our read and the delete (a controller's status update) is not the
+        // client's conflict: retry on the newer object, as the apiserver's delete does, unless
+        // the client asked for a resourceVersion precondition.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.delete_once(res, ns, name, opts).await {
+                Err(e)
+                    if e.code == 409
+                        && e.reason == "Conflict"
+                        && opts.precondition_rv.is_none()
+                        && attempts < 5
+                        && !self.uid_precondition_failed(res, ns, name, opts) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn uid_precondition_failed(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> bool {
+        let Some(uid) = &opts.precondition_uid else {
+            return false;
+        };
+        let ns = if res.namespaced { ns } else { None };
+        self.get_value(res, ns, name)
+            .ok()
+            .is_none_or(|v| str_at(&v, "/metadata/uid") != Some(uid.as_str()))
+    }
+
+    async fn delete_once(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Arc<Stored>> {
         let ns = if res.namespaced { ns } else { None };
         let current = self.get(res, ns, name)?;
         let v = current
@@ -865,6 +909,22 @@ impl Registry {
             ));
         }
         v["spec"]["nodeName"] = json!(target);
+        // The binding sets PodScheduled=True, as the apiserver's binding storage does.
+        if !v["status"].is_object() {
+            v["status"] = json!({});
+        }
+        if let Some(st) = v["status"].as_object_mut() {
+            let conds = st.entry("conditions").or_insert_with(|| json!([]));
+            if let Some(list) = conds.as_array_mut() {
+                list.retain(|c| c["type"] != "PodScheduled");
+                list.push(json!({
+                    "type": "PodScheduled",
+                    "status": "True",
+                    "lastProbeTime": null,
+                    "lastTransitionTime": now_rfc3339(),
+                }));
+            }
+        }
         self.store
             .update(current.key.clone(), v, Some(current.mod_revision))
             .await

@@ -1,6 +1,7 @@
 //! Pods: created Pending, deleted gracefully once bound to a node (the node confirms, as
 //! kubelet does, or the pod GC removes the pod when the grace period ends).
 
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
 use super::strategy::{DeleteMode, NodeRequest, Strategy};
@@ -13,6 +14,19 @@ pub struct PodStrategy;
 impl Strategy for PodStrategy {
     fn prepare_for_create(&self, obj: &mut Value) {
         obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+        // The DefaultTolerationSeconds admission plugin: tolerate not-ready and unreachable
+        // nodes for 300 s, so pods are evicted (and replaced) five minutes after their node
+        // stops reporting.
+        if let Ok(mut pod) = serde_json::from_value::<Pod>(obj.clone()) {
+            let before = pod.spec.as_ref().and_then(|s| s.tolerations.clone());
+            sluice_scheduler::add_default_tolerations(&mut pod);
+            let after = pod.spec.as_ref().and_then(|s| s.tolerations.clone());
+            if before != after {
+                if let Ok(t) = serde_json::to_value(after) {
+                    obj["spec"]["tolerations"] = t;
+                }
+            }
+        }
     }
 
     fn delete_mode(&self, v: &Value, opts: &DeleteOptions) -> DeleteMode {
