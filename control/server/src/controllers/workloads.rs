@@ -465,10 +465,26 @@ async fn reconcile(
         }
     };
     let written = Mutex::new(HashMap::new());
-    for a in plan.actions {
+    for a in deployment_writes_last(plan.actions) {
         apply(&reg, &state, &recorder, &written, a).await?;
     }
     Ok(Requeue(plan.requeue_after))
+}
+
+/// A Deployment's plan lists its events (`ScalingReplicaSet`: what the ReplicaSet writes
+/// before them did) after the Deployment's own writes. Those are the ones that conflict when
+/// a user changes the Deployment meanwhile (`kubectl scale`, an apply), and the retry finds
+/// the ReplicaSets already scaled, so events recorded only after them would be lost. Upstream
+/// records each event as soon as its ReplicaSet write succeeds; so the Deployment's writes go
+/// last here (every other action keeps its order).
+fn deployment_writes_last(actions: Vec<Action>) -> Vec<Action> {
+    let (deployment, rest): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
+        matches!(
+            a,
+            Action::UpdateDeployment(_) | Action::UpdateDeploymentStatus(_)
+        )
+    });
+    rest.into_iter().chain(deployment).collect()
 }
 
 /// Runs both controllers in one loop over one set of caches.
@@ -483,4 +499,67 @@ pub async fn run(reg: Arc<Registry>) {
         move |reg, key: Key| reconcile(reg, for_reconcile.clone(), key),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_workloads::{Event, EventType, ObjectRef};
+
+    #[test]
+    fn deployment_writes_go_after_the_events_of_replicaset_writes() {
+        let rs = |n: &str| {
+            let mut r = ReplicaSet::default();
+            r.metadata.name = Some(n.into());
+            r
+        };
+        let event = |m: &str| {
+            Action::Event(Event {
+                regarding: ObjectRef {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    namespace: "ns".into(),
+                    name: "d".into(),
+                    uid: "u".into(),
+                },
+                event_type: EventType::Normal,
+                reason: "ScalingReplicaSet".into(),
+                message: m.into(),
+            })
+        };
+        let plan = vec![
+            Action::CreateReplicaSet(rs("new")),
+            Action::UpdateReplicaSet(rs("old")),
+            Action::UpdateDeployment(Deployment::default()),
+            Action::UpdateDeploymentStatus(Deployment::default()),
+            event("up"),
+            event("down"),
+        ];
+        let kinds: Vec<String> = deployment_writes_last(plan)
+            .iter()
+            .map(|a| match a {
+                Action::CreateReplicaSet(r) => {
+                    format!("create {}", r.metadata.name.as_deref().unwrap())
+                }
+                Action::UpdateReplicaSet(r) => {
+                    format!("update {}", r.metadata.name.as_deref().unwrap())
+                }
+                Action::UpdateDeployment(_) => "deployment".into(),
+                Action::UpdateDeploymentStatus(_) => "deployment status".into(),
+                Action::Event(e) => format!("event {}", e.message),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "create new",
+                "update old",
+                "event up",
+                "event down",
+                "deployment",
+                "deployment status"
+            ]
+        );
+    }
 }
