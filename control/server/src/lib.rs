@@ -158,6 +158,11 @@ impl Server {
         let listener = conn::listen(cfg.listen).map_err(io(format!("binding {}", cfg.listen)))?;
         let addr = listener.local_addr().map_err(io("listener".to_string()))?;
         let advertised = server_url(&cfg, addr);
+        let advertised_addr: SocketAddr = advertised.parse().unwrap_or(addr);
+        if let Err(e) = controllers::kubernetes_service::ensure(&registry, advertised_addr).await {
+            // Not fatal: a user may hold the first ClusterIP; the API still serves.
+            tracing::warn!(error = %e, "the kubernetes Service could not be written");
+        }
 
         let mut sans = vec![
             "localhost".to_string(),

@@ -23,6 +23,7 @@ pub mod cache;
 pub mod endpointslice;
 pub mod events;
 pub mod garbagecollector;
+pub mod kubernetes_service;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
