@@ -228,6 +228,16 @@ fn validate_rolling_update(ru: &Value, path: &Path) -> Vec<FieldError> {
 
 /// Validation of a Deployment update (apps/v1: the selector is immutable).
 pub(crate) fn validate_update(old: &Value, new: &Value) -> Vec<FieldError> {
+    validate_update_with(old, new, validate_spec)
+}
+
+/// An apps/v1 workload's update: metadata update rules, its spec (`validate_spec`), and the
+/// selector immutable (Deployments and ReplicaSets alike).
+pub(crate) fn validate_update_with(
+    old: &Value,
+    new: &Value,
+    validate_spec: fn(&Value, &Path) -> Vec<FieldError>,
+) -> Vec<FieldError> {
     let mut errs = meta::validate_object_meta_update(get(new, "metadata"), get(old, "metadata"));
     errs.extend(validate_spec(spec_of(new), &Path::new("spec")));
     errs.extend(meta::validate_immutable(

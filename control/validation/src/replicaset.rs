@@ -43,14 +43,7 @@ fn validate_spec(spec: &Value, path: &Path) -> Vec<FieldError> {
 
 /// Validation of a ReplicaSet update (apps/v1: the selector is immutable).
 pub(crate) fn validate_update(old: &Value, new: &Value) -> Vec<FieldError> {
-    let mut errs = meta::validate_object_meta_update(get(new, "metadata"), get(old, "metadata"));
-    errs.extend(validate_spec(spec_of(new), &Path::new("spec")));
-    errs.extend(meta::validate_immutable(
-        get(spec_of(new), "selector"),
-        get(spec_of(old), "selector"),
-        &Path::new("spec").child("selector"),
-    ));
-    errs
+    crate::deployment::validate_update_with(old, new, validate_spec)
 }
 
 /// Validation of a `replicasets/status` update (`ValidateReplicaSetStatus`).

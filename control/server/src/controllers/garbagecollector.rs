@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use sluice_store::{EventType, Stored};
 
 use crate::registry::{
-    DeleteOptions, PatchType, Propagation, Registry, FINALIZER_FOREGROUND, FINALIZER_ORPHAN,
+    DeleteOptions, Part, PatchType, Propagation, Registry, FINALIZER_FOREGROUND, FINALIZER_ORPHAN,
 };
 use crate::resources::{Resource, RESOURCES};
 
@@ -326,6 +326,34 @@ fn owner_exists(reg: &Registry, dep: &Item, o: &OwnerRef) -> bool {
         .is_some_and(|v| v.pointer("/metadata/uid").and_then(|u| u.as_str()) == Some(&o.uid))
 }
 
+/// Removes the entries `drop` picks from a list in the object's metadata, over the stored
+/// object's revision (a concurrent write wins; its event brings the object back here). An
+/// emptied list is removed, as Go omits empty lists on the wire.
+async fn drop_from_list(
+    reg: &Registry,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    field: &str,
+    drop: impl Fn(&Value) -> bool,
+) -> Result<(), crate::status::ApiError> {
+    let current = reg.get_value(res, ns, name)?;
+    let keep: Vec<Value> = current["metadata"][field]
+        .as_array()
+        .map(|xs| xs.iter().filter(|x| !drop(x)).cloned().collect())
+        .unwrap_or_default();
+    let keep = if keep.is_empty() {
+        Value::Null
+    } else {
+        json!(keep)
+    };
+    let rv = current["metadata"]["resourceVersion"].clone();
+    let patch = json!({"metadata": {field: keep, "resourceVersion": rv}});
+    reg.patch(res, ns, name, PatchType::Merge, patch, Part::Main)
+        .await
+        .map(|_| ())
+}
+
 /// Carries out one action through the registry.
 async fn apply(reg: &Registry, g: &Mutex<Graph>, a: GcAction) -> Result<(), String> {
     let uid = match &a {
@@ -366,66 +394,18 @@ async fn apply(reg: &Registry, g: &Mutex<Graph>, a: GcAction) -> Result<(), Stri
             reg.delete(res, ns, name, &opts).await.map(|_| ())
         }
         GcAction::RemoveOwnerRefs { owners, .. } => {
-            let current = match reg.get_value(res, ns, name) {
-                Ok(v) => v,
-                Err(e) if e.code == 404 => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            };
-            let keep: Vec<Value> = current
-                .pointer("/metadata/ownerReferences")
-                .and_then(|o| o.as_array())
-                .map(|os| {
-                    os.iter()
-                        .filter(|o| {
-                            !owners
-                                .iter()
-                                .any(|u| o.get("uid").and_then(|x| x.as_str()) == Some(u))
-                        })
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            // An emptied list is removed (Go omits empty lists on the wire).
-            let keep = if keep.is_empty() {
-                Value::Null
-            } else {
-                json!(keep)
-            };
-            let patch = json!({"metadata": {"ownerReferences": keep}});
-            reg.patch(
-                res,
-                ns,
-                name,
-                PatchType::Merge,
-                patch,
-                crate::registry::Part::Main,
-            )
+            drop_from_list(reg, res, ns, name, "ownerReferences", |o| {
+                owners
+                    .iter()
+                    .any(|u| o.get("uid").and_then(|x| x.as_str()) == Some(u))
+            })
             .await
-            .map(|_| ())
         }
         GcAction::RemoveFinalizer { finalizer, .. } => {
-            let keep: Vec<String> = it
-                .finalizers
-                .iter()
-                .filter(|f| *f != finalizer)
-                .cloned()
-                .collect();
-            let keep = if keep.is_empty() {
-                Value::Null
-            } else {
-                json!(keep)
-            };
-            let patch = json!({"metadata": {"finalizers": keep}});
-            reg.patch(
-                res,
-                ns,
-                name,
-                PatchType::Merge,
-                patch,
-                crate::registry::Part::Main,
-            )
+            drop_from_list(reg, res, ns, name, "finalizers", |f| {
+                f.as_str() == Some(finalizer)
+            })
             .await
-            .map(|_| ())
         }
     };
     match result {

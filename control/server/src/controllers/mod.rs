@@ -30,6 +30,8 @@ pub mod podgc;
 pub mod scheduler;
 pub mod serviceaccounts;
 pub mod taintmanager;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod workloads;
 
 use std::collections::BTreeSet;

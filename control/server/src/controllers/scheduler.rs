@@ -323,21 +323,11 @@ pub async fn run(reg: Arc<Registry>) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use serde_json::json;
-    use sluice_store::{RedbStore, Store, StoreOptions};
 
     use super::*;
-    use crate::registry::RegistryConfig;
-
-    async fn registry() -> Arc<Registry> {
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::in_memory(StoreOptions::default()).unwrap());
-        let reg = Arc::new(Registry::new(store, RegistryConfig::default()));
-        reg.bootstrap().await.unwrap();
-        reg
-    }
+    use crate::controllers::testing::{registry, until};
 
     async fn node(reg: &Registry, name: &str, ready: &str, cpu: &str) {
         reg.create(by_kind("Node"), None, json!({"metadata": {"name": name}}))
@@ -367,16 +357,6 @@ mod tests {
     fn pod_value(reg: &Registry, name: &str) -> Value {
         reg.get_value(by_kind("Pod"), Some("default"), name)
             .unwrap()
-    }
-
-    async fn until(what: &str, mut f: impl FnMut() -> bool) {
-        for _ in 0..200 {
-            if f() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("timed out waiting for {what}");
     }
 
     #[test]

@@ -1,9 +1,8 @@
-use std::time::Duration;
-
 use serde_json::json;
 use sluice_store::{RedbStore, Store, StoreOptions};
 
 use super::*;
+use crate::controllers::testing::until;
 use crate::registry::RegistryConfig;
 use crate::resources::by_kind;
 
@@ -242,16 +241,6 @@ fn pods(reg: &Registry) -> Vec<Value> {
         .iter()
         .map(|s| s.value().unwrap())
         .collect()
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn delete_owner(reg: &Registry, p: Propagation) {
