@@ -387,6 +387,26 @@ fn generators_store_the_same_objects_from_protobuf_and_json() {
                 "np",
                 "--tcp=80:8080",
             ],
+            vec![
+                "-n",
+                ns,
+                "create",
+                "configmap",
+                "cfg",
+                "--from-literal=a=1",
+                "--from-literal=b=two",
+            ],
+            vec![
+                "-n",
+                ns,
+                "create",
+                "secret",
+                "generic",
+                "pw",
+                "--from-literal=user=admin",
+                "--type=Opaque",
+            ],
+            vec!["-n", ns, "create", "serviceaccount", "robot"],
         ] {
             let o = k.run(&cp.kubeconfig, &home, &args);
             assert!(o.status.success(), "{} {args:?}: {}", k.label, text(&o));
@@ -425,7 +445,15 @@ fn generators_store_the_same_objects_from_protobuf_and_json() {
         }
         v
     };
-    for obj in ["deployment/web", "service/web", "service/api", "service/np"] {
+    for obj in [
+        "deployment/web",
+        "service/web",
+        "service/api",
+        "service/np",
+        "configmap/cfg",
+        "secret/pw",
+        "serviceaccount/robot",
+    ] {
         assert_eq!(get("pb", obj), get("json", obj), "{obj}");
     }
     let d = get("pb", "deployment/web");
