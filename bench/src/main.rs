@@ -14,10 +14,13 @@
 //! mode's first full sync and one endpoint change at 1,000 and 10,000 services, measured on the
 //! kernel's rules, and reads the agent's RSS (see `scale.rs`); `endpointslices` times the
 //! EndpointSlice controller with many Pods and selector Services in one namespace (see
-//! `endpointslices.rs`).
+//! `endpointslices.rs`); `deployments` times the Deployment/ReplicaSet controllers and the
+//! scheduler from Deployment creates to every pod bound on registered nodes (see
+//! `deployments.rs`).
 
 mod cni_latency;
 mod conn_flood;
+mod deployments;
 mod endpointslices;
 mod nftget;
 mod pod_network;
@@ -162,6 +165,38 @@ enum Cmd {
         /// Concurrent create requests.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Write the JSON result here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Deployment/ReplicaSet controllers and scheduler: D Deployments × R replicas on N Ready
+    /// nodes → time until every pod is bound, pods bound per second, pods per node, and the
+    /// server's CPU and peak RSS.
+    Deployments {
+        /// Nodes registered (Ready, cpu 32, memory 128Gi, pods 110; Leases renewed).
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+        /// Deployments created.
+        #[arg(long, default_value_t = 100)]
+        deployments: usize,
+        /// Replicas per Deployment.
+        #[arg(long, default_value_t = 10)]
+        replicas: usize,
+        /// Namespaces the Deployments are spread over (round robin).
+        #[arg(long, default_value_t = 4)]
+        namespaces: usize,
+        /// Concurrent Deployment create requests.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Give up when not every pod is bound after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Record the server with `perf record -g` over the timed phase into this file.
+        #[arg(long)]
+        perf: Option<PathBuf>,
+        /// Then, pods without an owner created by the client (the scheduler alone); 0 skips.
+        #[arg(long, default_value_t = 1000)]
+        bare_pods: usize,
         /// Write the JSON result here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -654,6 +689,30 @@ async fn main() -> anyhow::Result<()> {
                 pods,
                 services,
                 concurrency,
+                out,
+            })
+            .await
+        }
+        Cmd::Deployments {
+            nodes,
+            deployments,
+            replicas,
+            namespaces,
+            concurrency,
+            timeout,
+            perf,
+            bare_pods,
+            out,
+        } => {
+            deployments::run(deployments::Opts {
+                nodes,
+                deployments,
+                replicas,
+                namespaces,
+                concurrency,
+                timeout: Duration::from_secs(timeout),
+                perf,
+                bare_pods,
                 out,
             })
             .await
