@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::str_at;
-use crate::registry::{now_rfc3339, DeleteOptions, Part, Registry};
+use crate::registry::{DeleteOptions, Part, Registry};
 use crate::resources::RESOURCES;
 
 /// What an event is about.
@@ -53,6 +53,25 @@ impl Recorder {
         }
     }
 
+    /// Records an event in the background: the controller goes on without waiting for the
+    /// Event's durable write (upstream's recorder also writes from its own goroutine). The
+    /// name and time are taken now, so Events still sort in the order they happened.
+    pub fn emit(
+        &self,
+        reg: &Arc<Registry>,
+        regarding: Regarding,
+        event_type: &'static str,
+        reason: String,
+        message: String,
+    ) {
+        let (rec, reg) = (self.clone(), reg.clone());
+        let at = jiff::Timestamp::now();
+        tokio::spawn(async move {
+            rec.write(&reg, &regarding, event_type, &reason, &message, at)
+                .await
+        });
+    }
+
     /// Records an event; failures are logged, never returned (events are best effort, as
     /// upstream's recorder treats them).
     pub async fn record(
@@ -62,6 +81,26 @@ impl Recorder {
         event_type: &str,
         reason: &str,
         message: &str,
+    ) {
+        self.write(
+            reg,
+            regarding,
+            event_type,
+            reason,
+            message,
+            jiff::Timestamp::now(),
+        )
+        .await
+    }
+
+    async fn write(
+        &self,
+        reg: &Registry,
+        regarding: &Regarding,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+        at: jiff::Timestamp,
     ) {
         let Some(res) = RESOURCES
             .iter()
@@ -74,7 +113,7 @@ impl Recorder {
         } else {
             regarding.namespace.clone()
         };
-        let now = now_rfc3339();
+        let now = at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let key = (
             regarding.uid.clone(),
             reason.to_string(),
@@ -100,7 +139,7 @@ impl Recorder {
                 }
             }
         }
-        let nanos = jiff::Timestamp::now().as_nanosecond();
+        let nanos = at.as_nanosecond();
         let name = format!("{}.{:x}", regarding.name, nanos);
         let ev = json!({
             "metadata": {"name": name, "namespace": ns},

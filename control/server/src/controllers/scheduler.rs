@@ -269,15 +269,13 @@ async fn reconcile(reg: Arc<Registry>, state: Arc<Mutex<State>>, key: Key) -> Re
                 st.pending.insert(key.clone());
                 return Err(e.to_string());
             }
-            events
-                .record(
-                    &reg,
-                    &regarding(&pod),
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
-                )
-                .await;
+            events.emit(
+                &reg,
+                regarding(&pod),
+                "Normal",
+                "Scheduled".into(),
+                format!("Successfully assigned {}/{} to {node}", key.0, key.1),
+            );
             Ok(())
         }
         Err(unsched) => {
@@ -292,15 +290,13 @@ async fn reconcile(reg: Arc<Registry>, state: Arc<Mutex<State>>, key: Key) -> Re
                     Err(e) if e.code == 404 => return Ok(()),
                     Err(e) => return Err(e.to_string()),
                 }
-                events
-                    .record(
-                        &reg,
-                        &regarding(&pod),
-                        "Warning",
-                        "FailedScheduling",
-                        &message,
-                    )
-                    .await;
+                events.emit(
+                    &reg,
+                    regarding(&pod),
+                    "Warning",
+                    "FailedScheduling".into(),
+                    message,
+                );
             }
             Ok(())
         }

@@ -281,7 +281,7 @@ fn remember_delete(state: &Mutex<State>, reg: &Registry, res: &Resource, key: &s
 /// revision, not the one the plan was made from. A conflict or a vanished object is an error:
 /// the key is retried, by which time the watch has brought the newer state.
 async fn apply(
-    reg: &Registry,
+    reg: &Arc<Registry>,
     state: &Mutex<State>,
     recorder: &Recorder,
     written: &Mutex<HashMap<String, u64>>,
@@ -331,15 +331,13 @@ async fn apply(
             remember(state, pods, &s);
             let name = pods.split_key(&s.key).1.to_string();
             let ev = on_success.render(&name);
-            recorder
-                .record(
-                    reg,
-                    &regarding(&ev.regarding),
-                    ev.event_type.as_str(),
-                    &ev.reason,
-                    &ev.message,
-                )
-                .await;
+            recorder.emit(
+                reg,
+                regarding(&ev.regarding),
+                ev.event_type.as_str(),
+                ev.reason,
+                ev.message,
+            );
             Ok(())
         }
         Action::DeletePod {
@@ -392,15 +390,13 @@ async fn apply(
             update(res, v, Part::Main).await
         }
         Action::Event(ev) => {
-            recorder
-                .record(
-                    reg,
-                    &regarding(&ev.regarding),
-                    ev.event_type.as_str(),
-                    &ev.reason,
-                    &ev.message,
-                )
-                .await;
+            recorder.emit(
+                reg,
+                regarding(&ev.regarding),
+                ev.event_type.as_str(),
+                ev.reason,
+                ev.message,
+            );
             Ok(())
         }
     }
@@ -465,8 +461,35 @@ async fn reconcile(
         }
     };
     let written = Mutex::new(HashMap::new());
-    for a in deployment_writes_last(plan.actions) {
-        apply(&reg, &state, &recorder, &written, a).await?;
+    let mut actions = deployment_writes_last(plan.actions).into_iter().peekable();
+    while let Some(a) = actions.next() {
+        if !matches!(a, Action::CreatePod { .. }) {
+            apply(&reg, &state, &recorder, &written, a).await?;
+            continue;
+        }
+        // Pod creates go out in slow-start batches (1, 2, 4, … at once), as upstream's
+        // ReplicaSet controller sends them: concurrent creates share the store's commits,
+        // and a failing batch stops the rest (quota, a namespace going away).
+        let mut creates = vec![a];
+        while matches!(actions.peek(), Some(Action::CreatePod { .. })) {
+            creates.extend(actions.next());
+        }
+        let mut batch = 1;
+        let mut rest = creates.into_iter();
+        loop {
+            let group: Vec<Action> = rest.by_ref().take(batch).collect();
+            if group.is_empty() {
+                break;
+            }
+            let results = futures::future::join_all(
+                group
+                    .into_iter()
+                    .map(|a| apply(&reg, &state, &recorder, &written, a)),
+            )
+            .await;
+            results.into_iter().collect::<Result<Vec<()>, String>>()?;
+            batch *= 2;
+        }
     }
     Ok(Requeue(plan.requeue_after))
 }
