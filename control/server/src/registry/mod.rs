@@ -1,12 +1,15 @@
 //! The registry: every write to an object goes through here, whether it comes from an API
-//! client or from a controller.
+//! client or from a controller. What differs by kind is the kind's [`strategy::Strategy`].
 //!
 //! Create: decode (unknown fields dropped) → fill metadata (uid, creationTimestamp,
-//! generateName) → kind defaults → reset fields clients may not set → validate → allocate
-//! (ClusterIP, NodePort) → store. Update: the same on top of the stored object with optimistic
-//! concurrency; status and main resource are written separately as on the apiserver. Patch:
-//! JSON patch, merge patch or strategic merge patch on the stored object, then update.
-//! Delete: graceful for pods bound to a node, cascading for namespaces, releasing allocations.
+//! generateName) → kind defaults → the strategy's create preparation → managedFields for the
+//! writer → validate → allocate (ClusterIP, NodePort, podCIDR) → store. Update: the same on top
+//! of the stored object with optimistic concurrency; status and main resource are written
+//! separately as on the apiserver. Patch: JSON patch, merge patch or strategic merge patch on
+//! the stored object, then update; server-side apply merges the manager's configuration with
+//! `sluice-ssa` (creating the object when missing). Delete: graceful for pods bound to a node,
+//! cascading for namespaces; an object with finalizers (or deleted with the Orphan or
+//! Foreground propagation policy) is only marked, and goes when its last finalizer is removed.
 
 mod managed;
 mod namespace;
