@@ -189,6 +189,21 @@ fn skeleton(res: &Resource) -> Value {
         "Lease" => {
             json!({"metadata": {}, "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40}})
         }
+        "ReplicaSet" => {
+            json!({"metadata": {}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
+        }
+        "ConfigMap" => json!({"metadata": {}, "data": {"a": "1", "b.txt": "two"}}),
+        "Secret" => json!({"metadata": {}, "type": "Opaque", "data": {"pw": "aHVudGVyMg=="},
+            "stringData": {"user": "admin"}}),
+        "ServiceAccount" => json!({"metadata": {}, "secrets": [{"name": "token"}]}),
+        "Event" if res.group.is_empty() => json!({"metadata": {"namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+            "reason": "Started", "message": "started", "type": "Normal", "count": 1}),
+        "Event" => json!({"metadata": {"namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "example.com/c",
+            "reportingInstance": "i", "action": "Start", "reason": "Started", "type": "Normal",
+            "regarding": {"kind": "Pod", "name": "web", "namespace": "default"}}),
         other => panic!("no skeleton for {other}"),
     }
 }

@@ -391,6 +391,16 @@ async fn the_data_directory_is_private() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_selectors_are_400_on_every_verb_and_delete_nothing() {
     let f = start(quick()).await;
+    // Its own namespace: `default` also holds the API server's `kubernetes` Service.
+    let r = f
+        .admin(
+            "POST",
+            "/api/v1/namespaces",
+            Some("application/json"),
+            br#"{"metadata":{"name":"sel"}}"#,
+        )
+        .await;
+    assert_eq!(r.code, 201);
     for name in ["web", "api"] {
         let body = format!(
             r#"{{"metadata":{{"name":"{name}","labels":{{"app":"{name}"}}}},"spec":{{"ports":[{{"port":80}}]}}}}"#
@@ -398,7 +408,7 @@ async fn malformed_selectors_are_400_on_every_verb_and_delete_nothing() {
         let r = f
             .admin(
                 "POST",
-                "/api/v1/namespaces/default/services",
+                "/api/v1/namespaces/sel/services",
                 Some("application/json"),
                 body.as_bytes(),
             )
@@ -435,13 +445,13 @@ async fn malformed_selectors_are_400_on_every_verb_and_delete_nothing() {
         for v in values {
             let q = format!("{param}={}", enc(v));
             for (method, path) in [
-                ("GET", format!("/api/v1/namespaces/default/services?{q}")),
+                ("GET", format!("/api/v1/namespaces/sel/services?{q}")),
                 ("GET", format!("/api/v1/services?{q}")),
                 (
                     "GET",
-                    format!("/api/v1/namespaces/default/services?watch=true&{q}"),
+                    format!("/api/v1/namespaces/sel/services?watch=true&{q}"),
                 ),
-                ("DELETE", format!("/api/v1/namespaces/default/services?{q}")),
+                ("DELETE", format!("/api/v1/namespaces/sel/services?{q}")),
             ] {
                 let r = f.admin(method, &path, None, b"").await;
                 let s = r.status(400, "BadRequest");
@@ -454,14 +464,14 @@ async fn malformed_selectors_are_400_on_every_verb_and_delete_nothing() {
     }
     // Nothing was deleted; a valid selector still works.
     let r = f
-        .admin("GET", "/api/v1/namespaces/default/services", None, b"")
+        .admin("GET", "/api/v1/namespaces/sel/services", None, b"")
         .await;
     assert_eq!(r.json()["items"].as_array().unwrap().len(), 2);
     let r = f
         .admin(
             "DELETE",
             &format!(
-                "/api/v1/namespaces/default/services?labelSelector={}",
+                "/api/v1/namespaces/sel/services?labelSelector={}",
                 enc("app!=web")
             ),
             None,
@@ -470,7 +480,7 @@ async fn malformed_selectors_are_400_on_every_verb_and_delete_nothing() {
         .await;
     assert_eq!(r.code, 200);
     let r = f
-        .admin("GET", "/api/v1/namespaces/default/services", None, b"")
+        .admin("GET", "/api/v1/namespaces/sel/services", None, b"")
         .await;
     let names: Vec<String> = r.json()["items"]
         .as_array()

@@ -427,19 +427,19 @@ mod tests {
             pod_value(&reg, "b")["spec"]["nodeName"] == "n2"
         })
         .await;
-        let events: Vec<Value> = reg
-            .store()
-            .list(&by_kind("Event").prefix())
-            .0
-            .iter()
-            .map(|s| s.value().unwrap())
-            .collect();
-        let reasons: Vec<&str> = events
-            .iter()
-            .filter(|e| e["involvedObject"]["name"] == "b")
-            .map(|e| e["reason"].as_str().unwrap())
-            .collect();
-        assert_eq!(reasons, ["FailedScheduling", "Scheduled"]);
+        // Events are written in the background, named by the time they happened.
+        let reasons = || -> Vec<String> {
+            reg.store()
+                .list(&by_kind("Event").prefix())
+                .0
+                .iter()
+                .map(|s| s.value().unwrap())
+                .filter(|e| e["involvedObject"]["name"] == "b")
+                .map(|e| e["reason"].as_str().unwrap().to_string())
+                .collect()
+        };
+        until("b's events", || reasons().len() == 2).await;
+        assert_eq!(reasons(), ["FailedScheduling", "Scheduled"]);
         task.abort();
     }
 }

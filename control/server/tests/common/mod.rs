@@ -153,8 +153,10 @@ pub async fn send<S: AsyncWriteExt + Unpin>(
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    s.flush().await.unwrap();
+    // A server that refuses the request from its headers (413) may answer and close before
+    // the body is all sent: the write then fails (EPIPE) and the response is what counts.
+    let _ = s.write_all(body).await;
+    let _ = s.flush().await;
 }
 
 /// Reads one response (Content-Length or chunked body); None on EOF before a status line.
