@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -684,7 +684,7 @@ async fn authentication_and_node_authorization() {
         let p: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
         pods.create(&PostParams::default(), &p).await.unwrap();
     }
-    let pods_n1: Api<Pod> = Api::namespaced(n1, "default");
+    let pods_n1: Api<Pod> = Api::namespaced(n1.clone(), "default");
     let running = Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.244.0.9"}}));
     pods_n1
         .patch_status("on1", &PatchParams::default(), &running)
@@ -696,6 +696,49 @@ async fn authentication_and_node_authorization() {
     {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 403),
         other => panic!("expected 403, got {other:?}"),
+    }
+
+    // Secrets: a node reads those its pods reference (by name, or listed by
+    // `metadata.name`, as kubelets watch them), and no others.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    for name in ["mine", "theirs"] {
+        let s: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {"k": "v"}}))
+                .unwrap();
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "uses"}, "spec": {
+        "nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
+        "envFrom": [{"secretRef": {"name": "mine"}}]}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": "uses2"}, "spec": {
+        "nodeName": "n2", "volumes": [{"name": "v", "secret": {"secretName": "theirs"}}],
+        "containers": [{"name": "c", "image": "busybox"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let secrets_n1: Api<Secret> = Api::namespaced(n1, "default");
+    assert_eq!(
+        secrets_n1.get("mine").await.unwrap().data.unwrap()["k"].0,
+        b"v"
+    );
+    let one = secrets_n1
+        .list(&ListParams::default().fields("metadata.name=mine"))
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1);
+    for denied in [
+        secrets_n1.get("theirs").await.map(|_| ()),
+        secrets_n1.list(&ListParams::default()).await.map(|_| ()),
+        secrets_n1
+            .list(&ListParams::default().fields("metadata.name=theirs"))
+            .await
+            .map(|_| ()),
+    ] {
+        match denied {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403),
+            other => panic!("expected 403, got {other:?}"),
+        }
     }
 }
 

@@ -216,6 +216,10 @@ pub struct Attributes<'a> {
     pub name: Option<&'a str>,
     /// For pods: the node the stored pod is bound to.
     pub pod_node: Option<&'a str>,
+    /// For a node's read of a ConfigMap, Secret or ServiceAccount: whether a pod bound to
+    /// that node references the object (the Node authorizer's graph, reduced to what it
+    /// asks).
+    pub referenced_by_node: bool,
 }
 
 tokio::task_local! {
@@ -291,6 +295,7 @@ fn node_allowed(user: &User, a: &Attributes<'_>) -> bool {
         ns: a.ns,
         name: a.name,
         node,
+        referenced: a.referenced_by_node,
     })
 }
 
@@ -486,6 +491,7 @@ mod tests {
             ns,
             name,
             pod_node: None,
+            referenced_by_node: false,
         }
     }
 

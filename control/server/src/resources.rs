@@ -229,7 +229,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["cm"],
         categories: &[],
         subresources: &[],
-        strategy: &strategy::Plain,
+        strategy: &strategy::REFERENCED,
     },
     Resource {
         group: "",
@@ -253,7 +253,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["sa"],
         categories: &[],
         subresources: &[],
-        strategy: &strategy::Plain,
+        strategy: &strategy::REFERENCED,
     },
     Resource {
         group: "",

@@ -486,7 +486,18 @@ async fn handle_inner(
     } else {
         None
     };
-    authorize_request(&state.registry, user, &t, verb, parsed_body.as_ref())?;
+    let selected_name = q
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name="))
+        .filter(|n| !n.contains([',', '\\', '=', '!']));
+    authorize_request(
+        &state.registry,
+        user,
+        &t,
+        verb,
+        parsed_body.as_ref(),
+        selected_name,
+    )?;
     if t.res.namespaced && t.ns.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::no_route());
     }
@@ -630,6 +641,7 @@ fn authorize_request(
     t: &Target,
     verb: &'static str,
     body: Option<&Value>,
+    selected_name: Option<&str>,
 ) -> ApiResult<()> {
     let body_name = body
         .and_then(|b| b.pointer("/metadata/name"))
@@ -647,6 +659,15 @@ fn authorize_request(
     } else {
         None
     };
+    // The object a node asks for: by name, or by a `metadata.name=` field selector (how a
+    // kubelet lists and watches one object).
+    let asked = t.name.as_deref().or(selected_name);
+    let referenced_by_node = match (user.node_name(), ns, asked) {
+        (Some(node), Some(ns), Some(name)) if t.res.strategy.node_reads_when_referenced() => {
+            reg.node_references(node, t.res, ns, name)
+        }
+        _ => false,
+    };
     auth::authorize(
         user,
         &Attributes {
@@ -660,6 +681,7 @@ fn authorize_request(
             ns,
             name: t.name.as_deref().or(body_name),
             pod_node: pod_node.as_deref(),
+            referenced_by_node,
         },
     )
 }

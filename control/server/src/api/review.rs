@@ -100,6 +100,7 @@ fn decide_resource(user: &User, ra: &Value) -> (bool, String) {
         ns: non_empty("namespace"),
         name: non_empty("name"),
         pod_node: None,
+        referenced_by_node: false,
     };
     // The authorizer only, as upstream: admission (NodeRestriction) judges the write itself.
     match auth::allowed(user, &attrs) {
@@ -200,6 +201,7 @@ fn resource_rules(user: &User, ns: &str) -> Vec<Value> {
                         ns: (res.namespaced && !ns.is_empty()).then_some(ns),
                         name,
                         pod_node: None,
+                        referenced_by_node: false,
                     },
                 )
                 .is_ok()

@@ -952,6 +952,20 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether a pod bound to `node` references the object `res`/`ns`/`name` (for the Node
+    /// authorizer: a kubelet reads the ConfigMaps, Secrets and ServiceAccounts of its pods).
+    pub fn node_references(&self, node: &str, res: &Resource, ns: &str, name: &str) -> bool {
+        let pods = resources::by_kind("Pod");
+        self.store
+            .list(&pods.ns_prefix(Some(ns)))
+            .0
+            .iter()
+            .filter_map(|s| s.value().ok())
+            .any(|p| {
+                str_at(&p, "/spec/nodeName") == Some(node) && pod::references(&p, res.kind, name)
+            })
+    }
+
     /// Whether a ClusterIP lies in the service CIDR (for tests and controllers).
     pub fn in_service_cidr(&self, ip: IpAddr) -> bool {
         self.allocators().cluster_ips.in_range(ip)

@@ -72,3 +72,98 @@ impl Strategy for PodStrategy {
         }
     }
 }
+
+/// Whether a pod spec references the object `kind`/`name` in its own namespace: volumes
+/// (including projected sources), `env` and `envFrom` of every container, image pull
+/// secrets, and the service account — what a kubelet must read to run it.
+pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
+    let Some(spec) = pod.get("spec") else {
+        return false;
+    };
+    let is = |v: &Value| v.as_str() == Some(name);
+    let list = |v: &Value, k: &str| -> Vec<Value> {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    match kind {
+        "ServiceAccount" => {
+            return spec.get("serviceAccountName").map_or(name == "default", is);
+        }
+        "Secret"
+            if list(spec, "imagePullSecrets")
+                .iter()
+                .any(|s| is(&s["name"])) =>
+        {
+            return true
+        }
+        _ => {}
+    }
+    // (field of a volume source, its name key) and the same for env/envFrom references.
+    let (volume, volume_key, key_ref, from_ref) = match kind {
+        "ConfigMap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+        "Secret" => ("secret", "secretName", "secretKeyRef", "secretRef"),
+        _ => return false,
+    };
+    for v in list(spec, "volumes") {
+        if is(&v[volume][volume_key]) {
+            return true;
+        }
+        for src in list(&v["projected"], "sources") {
+            if is(&src[volume]["name"]) {
+                return true;
+            }
+        }
+    }
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| list(spec, k))
+        .any(|c| {
+            list(&c, "env")
+                .iter()
+                .any(|e| is(&e["valueFrom"][key_ref]["name"]))
+                || list(&c, "envFrom").iter().any(|e| is(&e[from_ref]["name"]))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::references;
+
+    #[test]
+    fn a_pod_references_what_its_kubelet_must_read() {
+        let pod = json!({"spec": {
+            "serviceAccountName": "robot",
+            "imagePullSecrets": [{"name": "pull"}],
+            "volumes": [
+                {"name": "a", "configMap": {"name": "cfg-vol"}},
+                {"name": "b", "secret": {"secretName": "sec-vol"}},
+                {"name": "c", "projected": {"sources": [{"configMap": {"name": "cfg-proj"}},
+                                                        {"secret": {"name": "sec-proj"}}]}},
+            ],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "sec-from"}}]}],
+            "containers": [{"name": "c", "env": [
+                {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg-env", "key": "k"}}},
+                {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "sec-env", "key": "k"}}},
+            ], "envFrom": [{"configMapRef": {"name": "cfg-from"}}]}],
+        }});
+        for n in ["cfg-vol", "cfg-proj", "cfg-env", "cfg-from"] {
+            assert!(references(&pod, "ConfigMap", n), "{n}");
+            assert!(!references(&pod, "Secret", n), "{n}");
+        }
+        for n in ["sec-vol", "sec-proj", "sec-env", "sec-from", "pull"] {
+            assert!(references(&pod, "Secret", n), "{n}");
+        }
+        assert!(!references(&pod, "Secret", "other"));
+        assert!(references(&pod, "ServiceAccount", "robot"));
+        assert!(!references(&pod, "ServiceAccount", "default"));
+        assert!(references(
+            &json!({"spec": {}}),
+            "ServiceAccount",
+            "default"
+        ));
+    }
+}

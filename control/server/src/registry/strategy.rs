@@ -40,6 +40,8 @@ pub struct NodeRequest<'a> {
     pub name: Option<&'a str>,
     /// The requesting node's name.
     pub node: &'a str,
+    /// A pod bound to the node references the object (ConfigMaps, Secrets, ServiceAccounts).
+    pub referenced: bool,
 }
 
 impl NodeRequest<'_> {
@@ -102,6 +104,12 @@ pub trait Strategy: Sync + Send + std::fmt::Debug {
         false
     }
 
+    /// Whether a node may read objects of this kind that its pods reference (and only
+    /// those); the API handler then works out [`NodeRequest::referenced`].
+    fn node_reads_when_referenced(&self) -> bool {
+        false
+    }
+
     /// Whether writes by a node to this kind pass NodeRestriction's object checks.
     fn node_restricted_writes(&self) -> bool {
         false
@@ -149,10 +157,7 @@ pub static REPLICA_SET: Scalable = Scalable {
 };
 
 /// Secrets: `type` is selectable.
-pub static SECRET: Selectable = Selectable {
-    fields: &["type"],
-    node_writes: false,
-};
+pub static SECRET: ReferencedByPods = ReferencedByPods { fields: &["type"] };
 
 /// core/v1 Events: selectable as upstream (`kubectl describe` lists an object's events by
 /// `involvedObject.*`); nodes write them.
@@ -206,3 +211,29 @@ impl Strategy for Selectable {
         self.node_writes && r.sub.is_none() && matches!(r.verb, "create" | "update" | "patch")
     }
 }
+
+/// ConfigMaps, Secrets and ServiceAccounts: a node may get (or list/watch by
+/// `metadata.name`) the ones its pods reference, as upstream's Node authorizer allows kubelets
+/// to, and nothing else.
+#[derive(Debug)]
+pub struct ReferencedByPods {
+    /// Fields selectable besides name and namespace.
+    pub fields: &'static [&'static str],
+}
+
+impl Strategy for ReferencedByPods {
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        self.fields
+    }
+
+    fn node_reads_when_referenced(&self) -> bool {
+        true
+    }
+
+    fn node_allowed(&self, r: &NodeRequest<'_>) -> bool {
+        r.referenced && r.sub.is_none() && r.is_read()
+    }
+}
+
+/// ConfigMaps and ServiceAccounts.
+pub static REFERENCED: ReferencedByPods = ReferencedByPods { fields: &[] };

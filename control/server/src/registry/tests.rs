@@ -1034,6 +1034,7 @@ async fn serve(r: &Registry, who: Who, req: &Req) -> (u16, String) {
         ns,
         name: Some(name),
         pod_node: pod_node.as_deref(),
+        referenced_by_node: false,
     };
     if let Err(e) = authorize(&user, &attrs) {
         return (e.code, e.message);
