@@ -212,10 +212,9 @@ impl Server {
             cfg.limits.clone(),
             connections.clone(),
         ))];
-        tasks.extend(controllers::spawn_all(
-            registry.clone(),
-            cfg.controllers.clone(),
-        ));
+        let mut controller_cfg = cfg.controllers.clone();
+        controller_cfg.root_ca_pem = Some(pki.ca_pem.clone());
+        tasks.extend(controllers::spawn_all(registry.clone(), controller_cfg));
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "sluice-control serving");
         Ok(Server {
             addr,

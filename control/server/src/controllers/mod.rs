@@ -14,7 +14,8 @@
 //! - `scheduler`: pending pods → `pods/binding` (`sluice-scheduler` decides).
 //! - `taintmanager`: pods on nodes with NoExecute taints they do not tolerate (long enough)
 //!   are evicted.
-//! - `serviceaccounts`: the `default` ServiceAccount in every namespace.
+//! - `serviceaccounts`: the `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in
+//!   every namespace.
 //! - `events`: Events past their TTL are deleted.
 //! - `garbagecollector`: dependents of deleted owners are deleted (background, foreground)
 //!   or released (orphan).
@@ -57,6 +58,9 @@ pub struct ControllerConfig {
     pub node_monitor_period: Duration,
     /// `--event-ttl`: how long Events are kept after they were last seen.
     pub event_ttl: Duration,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace; None
+    /// publishes nothing.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -66,6 +70,7 @@ impl Default for ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
             event_ttl: Duration::from_secs(3600),
+            root_ca_pem: None,
         }
     }
 }
@@ -85,7 +90,7 @@ pub fn spawn_all(reg: Arc<Registry>, cfg: ControllerConfig) -> Vec<tokio::task::
         tokio::spawn(workloads::run(reg.clone())),
         tokio::spawn(scheduler::run(reg.clone())),
         tokio::spawn(taintmanager::run(reg.clone())),
-        tokio::spawn(serviceaccounts::run(reg.clone())),
+        tokio::spawn(serviceaccounts::run(reg.clone(), cfg.root_ca_pem.clone())),
         tokio::spawn(events::run_ttl(reg, cfg.event_ttl)),
     ]
 }
