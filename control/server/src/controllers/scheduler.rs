@@ -32,6 +32,9 @@ pub type Key = (String, String);
 pub struct State {
     snapshot: Snapshot,
     pending: BTreeSet<Key>,
+    /// Pending pods not tried since they arrived or the cluster last changed (upstream's
+    /// active queue); a reconcile takes a batch of them along with its own key.
+    fresh: BTreeSet<Key>,
     events: Recorder,
 }
 
@@ -67,6 +70,7 @@ impl State {
         State {
             snapshot: Snapshot::new(),
             pending: BTreeSet::new(),
+            fresh: BTreeSet::new(),
             events: Recorder::new(SCHEDULER_NAME),
         }
     }
@@ -94,11 +98,19 @@ impl State {
         }
         self.snapshot.remove_pod(&key.0, &key.1);
         if wants_scheduling(p) {
-            self.pending.insert(key);
+            if self.pending.insert(key.clone()) {
+                self.fresh.insert(key);
+            }
         } else {
             self.pending.remove(&key);
         }
         false
+    }
+
+    /// The cluster changed: every pending pod is worth another try.
+    fn retry_all(&mut self) -> Vec<Key> {
+        self.fresh.extend(self.pending.iter().cloned());
+        self.pending.iter().cloned().collect()
     }
 
     fn node(&mut self, n: &Node, deleted: bool) {
@@ -153,14 +165,14 @@ fn map_event(state: &Mutex<State>, ev: &Event) -> Vec<Key> {
             return Vec::new();
         };
         st.node(&n, deleted);
-        return st.pending.iter().cloned().collect();
+        return st.retry_all();
     }
     if key.starts_with(&by_kind("Pod").prefix()) {
         let Ok(p) = serde_json::from_slice::<Pod>(&ev.object.json) else {
             return Vec::new();
         };
         if st.pod(&p, deleted) {
-            return st.pending.iter().cloned().collect();
+            return st.retry_all();
         }
         let k = key_of(&p);
         if st.pending.contains(&k) {
@@ -185,6 +197,7 @@ fn resync(state: &Mutex<State>, reg: &Registry) -> Vec<Key> {
             st.pod(&p, false);
         }
     }
+    st.fresh = st.pending.clone();
     st.pending.iter().cloned().collect()
 }
 
@@ -228,79 +241,141 @@ pub fn unschedulable_status(pod: &Value, message: &str) -> Option<Value> {
     Some(v)
 }
 
-async fn reconcile(reg: Arc<Registry>, state: Arc<Mutex<State>>, key: Key) -> Result<(), String> {
+/// How many pending pods one reconcile places before binding them together.
+const BATCH: usize = 16;
+
+/// What placing one pod came to.
+enum Placed {
+    /// Assumed on a node; the binding is still to be written.
+    Bind(Key, Box<Pod>, String),
+    /// Nothing (more) to do for it now.
+    Done,
+}
+
+/// Reads a pending pod and places it in the snapshot, or records why it fits nowhere.
+async fn place(reg: &Arc<Registry>, state: &Mutex<State>, key: &Key) -> Result<Placed, String> {
     let pods = by_kind("Pod");
     let Ok(stored) = reg.get(pods, Some(&key.0), &key.1) else {
         state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pending
-            .remove(&key);
-        return Ok(());
+            .remove(key);
+        return Ok(Placed::Done);
     };
     let pod: Pod = serde_json::from_slice(&stored.json).map_err(|e| e.to_string())?;
     let (decision, events) = {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         if !wants_scheduling(&pod) {
-            st.pending.remove(&key);
-            return Ok(());
+            st.pending.remove(key);
+            return Ok(Placed::Done);
         }
         let d = sluice_scheduler::schedule(&st.snapshot, &pod);
         if let Ok(node) = &d {
-            // Later pods see this one on its node before the watch reports the binding.
+            // Later pods see this one on its node before the binding is even written.
             st.snapshot.assume(&pod, node).map_err(|e| e.to_string())?;
-            st.pending.remove(&key);
+            st.pending.remove(key);
         }
         (d, st.events.clone())
     };
-    match decision {
-        Ok(node) => {
-            let binding = json!({
-                "apiVersion": "v1", "kind": "Binding",
-                "metadata": {"name": key.1, "namespace": key.0},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-            });
-            if let Err(e) = reg.bind_pod(&key.0, &key.1, &binding).await {
-                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                st.snapshot.forget(&key.0, &key.1);
-                if e.code == 404 {
-                    return Ok(());
-                }
-                st.pending.insert(key.clone());
-                return Err(e.to_string());
-            }
-            events.emit(
-                &reg,
-                regarding(&pod),
-                "Normal",
-                "Scheduled".into(),
-                format!("Successfully assigned {}/{} to {node}", key.0, key.1),
-            );
-            Ok(())
+    let unsched = match decision {
+        Ok(node) => return Ok(Placed::Bind(key.clone(), Box::new(pod), node)),
+        Err(u) => u,
+    };
+    let message = unsched.message();
+    let v = stored.value().map_err(|e| e.to_string())?;
+    if let Some(next) = unschedulable_status(&v, &message) {
+        match reg
+            .update(pods, Some(&key.0), &key.1, next, Part::Status)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code == 404 => return Ok(Placed::Done),
+            Err(e) => return Err(e.to_string()),
         }
-        Err(unsched) => {
-            let message = unsched.message();
-            let v = stored.value().map_err(|e| e.to_string())?;
-            if let Some(next) = unschedulable_status(&v, &message) {
-                match reg
-                    .update(pods, Some(&key.0), &key.1, next, Part::Status)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                }
-                events.emit(
-                    &reg,
-                    regarding(&pod),
-                    "Warning",
-                    "FailedScheduling".into(),
-                    message,
-                );
+        events.emit(
+            reg,
+            regarding(&pod),
+            "Warning",
+            "FailedScheduling".into(),
+            message,
+        );
+    }
+    Ok(Placed::Done)
+}
+
+/// Writes one binding; on failure the assumption is dropped and the pod is pending again.
+async fn bind(
+    reg: &Arc<Registry>,
+    state: &Mutex<State>,
+    key: Key,
+    pod: Box<Pod>,
+    node: String,
+) -> Result<(), String> {
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": key.1, "namespace": key.0},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    if let Err(e) = reg.bind_pod(&key.0, &key.1, &binding).await {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        st.snapshot.forget(&key.0, &key.1);
+        if e.code == 404 {
+            return Ok(());
+        }
+        st.pending.insert(key.clone());
+        st.fresh.insert(key);
+        return Err(e.to_string());
+    }
+    let events = state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .events
+        .clone();
+    events.emit(
+        reg,
+        regarding(&pod),
+        "Normal",
+        "Scheduled".into(),
+        format!("Successfully assigned {}/{} to {node}", key.0, key.1),
+    );
+    Ok(())
+}
+
+/// Places the pod `key` and up to [`BATCH`] − 1 other fresh pending pods one after another
+/// (each sees the ones before it in the snapshot), then writes their bindings concurrently so
+/// they share the store's commits. A failed binding fails the reconcile, which is retried; its
+/// pod is pending and fresh again, so the retry's batch takes it.
+async fn reconcile(reg: Arc<Registry>, state: Arc<Mutex<State>>, key: Key) -> Result<(), String> {
+    let keys: Vec<Key> = {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        st.fresh.remove(&key);
+        let others: Vec<Key> = st.fresh.iter().take(BATCH - 1).cloned().collect();
+        for k in &others {
+            st.fresh.remove(k);
+        }
+        std::iter::once(key).chain(others).collect()
+    };
+    let mut binds = Vec::new();
+    let mut failed = Ok(());
+    for k in &keys {
+        match place(&reg, &state, k).await {
+            Ok(Placed::Bind(k, pod, node)) => binds.push(bind(&reg, &state, k, pod, node)),
+            Ok(Placed::Done) => {}
+            // The pods placed before it are still bound; this one is tried again.
+            Err(e) => {
+                state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fresh
+                    .insert(k.clone());
+                failed = Err(e);
             }
-            Ok(())
         }
     }
+    let bound: Result<Vec<()>, String> =
+        futures::future::join_all(binds).await.into_iter().collect();
+    failed.and(bound.map(|_| ()))
 }
 
 /// Runs the scheduler.
