@@ -5,6 +5,8 @@
 //! (no `spec.nodeName`, `schedulerName` ours, not being deleted, no scheduling gates) is a key;
 //! reconciling it reads the pod from the store, asks [`sluice_scheduler::schedule`], assumes
 //! the placement in the snapshot (so the next pod sees it before the watch does) and binds.
+//! One reconcile places a batch of pending pods this way and writes their bindings together,
+//! so they share the store's commits.
 //! A pod that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and upstream's
 //! message, and a FailedScheduling event; it waits until a node changes or an assigned pod
 //! goes, which re-queues every pending pod (upstream moves unschedulable pods back to the
