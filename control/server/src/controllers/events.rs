@@ -72,27 +72,8 @@ impl Recorder {
         });
     }
 
-    /// Records an event; failures are logged, never returned (events are best effort, as
+    /// Writes an event now; failures are logged, never returned (events are best effort, as
     /// upstream's recorder treats them).
-    pub async fn record(
-        &self,
-        reg: &Registry,
-        regarding: &Regarding,
-        event_type: &str,
-        reason: &str,
-        message: &str,
-    ) {
-        self.write(
-            reg,
-            regarding,
-            event_type,
-            reason,
-            message,
-            jiff::Timestamp::now(),
-        )
-        .await
-    }
-
     async fn write(
         &self,
         reg: &Registry,

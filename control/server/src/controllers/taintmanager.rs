@@ -60,7 +60,7 @@ pub fn due(nodes: &[Node], pods: &[Pod], now: jiff::Timestamp) -> Vec<(String, S
 }
 
 /// One pass over the store.
-pub async fn pass(reg: &Registry, events: &Recorder) {
+pub async fn pass(reg: &Arc<Registry>, events: &Recorder) {
     let nodes: Vec<Node> = reg
         .store()
         .list(&by_kind("Node").prefix())
@@ -94,15 +94,13 @@ pub async fn pass(reg: &Registry, events: &Recorder) {
                     name: name.clone(),
                     uid,
                 };
-                events
-                    .record(
-                        reg,
-                        &about,
-                        "Normal",
-                        "TaintManagerEviction",
-                        &format!("Marking for deletion Pod {ns}/{name}"),
-                    )
-                    .await;
+                events.emit(
+                    reg,
+                    about,
+                    "Normal",
+                    "TaintManagerEviction".into(),
+                    format!("Marking for deletion Pod {ns}/{name}"),
+                );
             }
             Err(e) if e.code == 404 || e.code == 409 => {}
             Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "eviction failed"),

@@ -243,6 +243,16 @@ fn regarding(r: &sluice_workloads::ObjectRef) -> Regarding {
     }
 }
 
+fn emit(recorder: &Recorder, reg: &Arc<Registry>, ev: sluice_workloads::Event) {
+    recorder.emit(
+        reg,
+        regarding(&ev.regarding),
+        ev.event_type.as_str(),
+        ev.reason,
+        ev.message,
+    );
+}
+
 /// Records a write's result in the cache of its resource.
 fn remember(state: &Mutex<State>, res: &Resource, s: &sluice_store::Stored) {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -330,14 +340,7 @@ async fn apply(
                 .map_err(|e| e.to_string())?;
             remember(state, pods, &s);
             let name = pods.split_key(&s.key).1.to_string();
-            let ev = on_success.render(&name);
-            recorder.emit(
-                reg,
-                regarding(&ev.regarding),
-                ev.event_type.as_str(),
-                ev.reason,
-                ev.message,
-            );
+            emit(recorder, reg, on_success.render(&name));
             Ok(())
         }
         Action::DeletePod {
@@ -390,13 +393,7 @@ async fn apply(
             update(res, v, Part::Main).await
         }
         Action::Event(ev) => {
-            recorder.emit(
-                reg,
-                regarding(&ev.regarding),
-                ev.event_type.as_str(),
-                ev.reason,
-                ev.message,
-            );
+            emit(recorder, reg, ev);
             Ok(())
         }
     }
