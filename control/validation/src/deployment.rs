@@ -17,6 +17,15 @@ fn spec_of(obj: &Value) -> &Value {
 
 /// Validation of a new Deployment.
 pub(crate) fn validate_create(obj: &Value) -> Vec<FieldError> {
+    validate_create_with(obj, validate_spec)
+}
+
+/// A new apps/v1 workload: its metadata (a DNS subdomain name) and its spec
+/// (`validate_spec`), for Deployments and ReplicaSets alike.
+pub(crate) fn validate_create_with(
+    obj: &Value,
+    validate_spec: fn(&Value, &Path) -> Vec<FieldError>,
+) -> Vec<FieldError> {
     let mut errs = meta::validate_object_meta(get(obj, "metadata"), true, NameRule::Subdomain);
     errs.extend(validate_spec(spec_of(obj), &Path::new("spec")));
     errs

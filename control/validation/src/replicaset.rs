@@ -8,18 +8,10 @@ use crate::deployment::{validate_pod_template_for_replica_set, validate_replica_
 use crate::field::{FieldError, Path};
 use crate::json::{get, int};
 use crate::meta;
-use crate::names::NameRule;
-
-fn spec_of(obj: &Value) -> &Value {
-    static NULL: Value = Value::Null;
-    get(obj, "spec").unwrap_or(&NULL)
-}
 
 /// Validation of a new ReplicaSet.
 pub(crate) fn validate_create(obj: &Value) -> Vec<FieldError> {
-    let mut errs = meta::validate_object_meta(get(obj, "metadata"), true, NameRule::Subdomain);
-    errs.extend(validate_spec(spec_of(obj), &Path::new("spec")));
-    errs
+    crate::deployment::validate_create_with(obj, validate_spec)
 }
 
 /// `ValidateReplicaSetSpec`, in upstream's order: replicas, minReadySeconds,
