@@ -119,11 +119,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!(node = %id.name, "node registered");
 
+    let cri = match &cli.container_runtime_endpoint {
+        Some(ep) => Some(
+            crate::pods::cri::Cri::connect(ep)
+                .await
+                .with_context(|| format!("container runtime {ep}"))?,
+        ),
+        None => None,
+    };
     let hb = tokio::spawn(heartbeat(
         client.clone(),
         id.clone(),
         cli.heartbeat_interval,
+        cri.clone(),
     ));
+    let pods = cri.clone().map(|cri| {
+        let settings = crate::pods::spec::Settings {
+            pod_logs_dir: cli.pod_logs_dir.clone(),
+            cgroup_root: cli.cgroup_root.clone(),
+            node_ip: node_ip.to_string(),
+        };
+        tracing::info!(endpoint = ?cli.container_runtime_endpoint, "running this node's pods through the CRI");
+        tokio::spawn(crate::pods::run(
+            client.clone(),
+            cri,
+            settings,
+            id.name.clone(),
+        ))
+    });
     let opts = crate::proxy::ProxyOptions {
         node_name: id.name.clone(),
         proxy_name: cli.proxy_name.clone(),
@@ -215,6 +238,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     hb.abort();
+    // Pods keep running: a restarted agent adopts them.
+    if let Some(p) = pods {
+        p.abort();
+    }
     if let Some(p) = proxy {
         p.abort();
     }
@@ -419,12 +446,28 @@ pub async fn renew_lease(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn heartbeat(client: Client, id: Identity, every: Duration) {
+async fn heartbeat(
+    client: Client,
+    mut id: Identity,
+    every: Duration,
+    cri: Option<crate::pods::cri::Cri>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
+        if let Some(cri) = &cri {
+            // The runtime's version and images, as kubelet reports them.
+            match cri.version().await {
+                Ok(v) => id.info.container_runtime_version = v,
+                Err(e) => tracing::warn!(error = %e, "container runtime version"),
+            }
+            match crate::pods::node_images(cri).await {
+                Ok(images) => id.images = Some(images),
+                Err(e) => tracing::warn!(error = %e, "listing images"),
+            }
+        }
         if let Err(e) = renew_lease(&client, &id.name).await {
             tracing::warn!(error = %format!("{e:#}"), "lease renewal failed");
         }
@@ -482,8 +525,12 @@ impl Syncer {
     }
 
     fn sync_local(&mut self, cidr: Ipv4Net) {
-        match conflist::render(cidr, &self.cli.bridge)
-            .and_then(|c| conflist::write_if_changed(&self.cli.cni_conf_dir, &c))
+        match conflist::render(
+            cidr,
+            &self.cli.bridge,
+            self.cli.cni_ipam_data_dir.as_deref(),
+        )
+        .and_then(|c| conflist::write_if_changed(&self.cli.cni_conf_dir, &c))
         {
             Ok(true) => tracing::info!(
                 pod_cidr = %cidr,

@@ -34,7 +34,33 @@ pub enum Command {
     /// Troubleshooting helpers that read this node's state; they change nothing.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Container images in the node's containerd.
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
+
+/// `sluice-agent image …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ImageCommand {
+    /// Imports OCI image tarballs (image layouts, as `docker save`/`ctr export` write) into the
+    /// runtime's `k8s.io` namespace, where the CRI finds them. CRI has no import call, so this
+    /// runs containerd's own client, `ctr images import`, against the endpoint's socket.
+    Import(ImportArgs),
+}
+
+/// Flags of `sluice-agent image import`.
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// containerd's socket (`unix:///run/containerd/containerd.sock` or a plain path).
+    #[arg(long, default_value = DEFAULT_RUNTIME_ENDPOINT)]
+    pub container_runtime_endpoint: String,
+    /// Tarballs to import.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// containerd's default socket, as kubelet's `--container-runtime-endpoint` names it.
+pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 
 /// `sluice-agent debug …`.
 #[derive(Subcommand, Debug, Clone)]
@@ -83,6 +109,23 @@ pub struct Cli {
     /// runtime; the agent itself does not run plugins yet.
     #[arg(long, default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
+    /// Directory of the host-local IPAM leases, written into the CNI configuration as
+    /// `ipam.dataDir` (default: the plugin's, `/var/lib/cni/networks`).
+    #[arg(long)]
+    pub cni_ipam_data_dir: Option<PathBuf>,
+    /// containerd's CRI socket (`unix:///run/containerd/containerd.sock`). Given, the agent runs
+    /// the pods bound to this node as kubelet does: sandboxes and containers through the CRI,
+    /// status, restarts, probes. Without it the agent only networks the node and proxies.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
+    /// Where containers' logs go: `<dir>/<namespace>_<pod>_<uid>/<container>/<restarts>.log`,
+    /// kubelet's layout under `/var/log/pods`.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+    /// cgroup under which pods' cgroups are made (`<root>/kubepods/pod<uid>`), in every
+    /// hierarchy the runtime uses.
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
     /// Name of the pod bridge written into the CNI configuration.
     #[arg(long, default_value = "sluice0")]
     pub bridge: String,

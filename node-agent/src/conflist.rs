@@ -36,8 +36,19 @@ pub fn gateway(pod_cidr: Ipv4Net) -> Result<std::net::Ipv4Addr, Error> {
     Ok(std::net::Ipv4Addr::from(u32::from(cidr.network()) + 1))
 }
 
-/// Renders the conflist for a podCIDR (pretty JSON with a trailing newline).
-pub fn render(pod_cidr: Ipv4Net, bridge: &str) -> Result<String, Error> {
+/// Where host-local keeps its leases unless `--cni-ipam-data-dir` says otherwise.
+pub const DEFAULT_IPAM_DATA_DIR: &str = "/var/lib/cni/networks";
+
+/// Renders the conflist for a podCIDR (pretty JSON with a trailing newline); leases go to
+/// `ipam_data_dir` (default [`DEFAULT_IPAM_DATA_DIR`]).
+pub fn render(
+    pod_cidr: Ipv4Net,
+    bridge: &str,
+    ipam_data_dir: Option<&Path>,
+) -> Result<String, Error> {
+    let data_dir = ipam_data_dir
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_else(|| DEFAULT_IPAM_DATA_DIR.to_string());
     let cidr = pod_cidr.trunc();
     let gw = gateway(cidr)?;
     // 1.0.0, not 1.1.0: containerd 1.6 cannot read a 1.1.0 result ("unsupported CNI result
@@ -58,7 +69,7 @@ pub fn render(pod_cidr: Ipv4Net, bridge: &str) -> Result<String, Error> {
                     "type": "host-local",
                     "ranges": [[{"subnet": cidr.to_string(), "gateway": gw.to_string()}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": "/var/lib/cni/networks"
+                    "dataDir": data_dir
                 }
             },
             {"type": "portmap", "capabilities": {"portMappings": true}}
@@ -100,7 +111,7 @@ mod tests {
 
     #[test]
     fn renders_the_documented_conflist() {
-        let s = render("10.244.3.0/24".parse().unwrap(), "sluice0").unwrap();
+        let s = render("10.244.3.0/24".parse().unwrap(), "sluice0", None).unwrap();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         let want = json!({"cniVersion":"1.0.0","name":"sluice","plugins":[{"type":"sluice-cni","bridge":"sluice0","isGateway":true,"hairpinMode":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.3.0/24","gateway":"10.244.3.1"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/cni/networks"}},{"type":"portmap","capabilities":{"portMappings":true}}]});
         assert_eq!(v, want);
@@ -109,14 +120,20 @@ mod tests {
 
     #[test]
     fn normalises_host_bits_and_rejects_tiny_cidrs() {
-        let s = render("10.244.3.7/24".parse().unwrap(), "br").unwrap();
+        let s = render(
+            "10.244.3.7/24".parse().unwrap(),
+            "br",
+            Some(Path::new("/x/ipam")),
+        )
+        .unwrap();
         assert!(s.contains("\"10.244.3.0/24\""), "{s}");
+        assert!(s.contains("\"dataDir\": \"/x/ipam\""), "{s}");
         assert_eq!(
             gateway("10.1.0.0/30".parse().unwrap()).unwrap().to_string(),
             "10.1.0.1"
         );
         assert!(matches!(
-            render("10.1.0.0/31".parse().unwrap(), "br"),
+            render("10.1.0.0/31".parse().unwrap(), "br", None),
             Err(Error::TooSmall(_))
         ));
     }
@@ -125,8 +142,8 @@ mod tests {
     fn writes_atomically_and_only_on_change() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("net.d");
-        let a = render("10.244.1.0/24".parse().unwrap(), "sluice0").unwrap();
-        let b = render("10.244.2.0/24".parse().unwrap(), "sluice0").unwrap();
+        let a = render("10.244.1.0/24".parse().unwrap(), "sluice0", None).unwrap();
+        let b = render("10.244.2.0/24".parse().unwrap(), "sluice0", None).unwrap();
         assert!(write_if_changed(&dir, &a).unwrap());
         assert!(!write_if_changed(&dir, &a).unwrap());
         assert!(write_if_changed(&dir, &b).unwrap());

@@ -7,7 +7,9 @@
 //! `--iptables-backend` the proxy uses too). Service proxying ([`proxy`]): watchers on Services,
 //! EndpointSlices and this Node feed a `sluice_proxy::proxier::Proxier` whose dataplane is the
 //! `--proxy-mode` (`userspace`: sluice-proxy-userspace, `iptables`: sluice-proxy-iptables,
-//! `nftables`: sluice-proxy-nftables); starting in one mode removes the others' rules. Running pods through CRI comes later.
+//! `nftables`: sluice-proxy-nftables); starting in one mode removes the others' rules.
+//! With `--container-runtime-endpoint` the agent also runs the pods bound to its node through
+//! containerd's CRI, as kubelet does ([`pods`]).
 //!
 //! Observability: `/healthz` + `/livez` and `/metrics` servers ([`health`]), HealthCheckNodePort
 //! listeners ([`healthcheck`]), and `sluice-agent debug dump` ([`debug`]).
@@ -24,6 +26,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod masq;
 pub mod netlink;
+pub mod pods;
 pub mod proxy;
 pub mod routes;
 pub mod status;

@@ -1,10 +1,11 @@
 //! `sluice-agent`: the Sluice node agent binary.
 //!
 //! Without a subcommand it runs the agent (the flags of [`sluice_agent::cli::Cli`]);
-//! `sluice-agent debug dump` prints a proxy mode's kernel state and exits.
+//! `sluice-agent debug dump` prints a proxy mode's kernel state and exits; `sluice-agent image
+//! import` loads image tarballs into containerd.
 
 use clap::Parser;
-use sluice_agent::cli::{Command, DebugCommand, Invocation};
+use sluice_agent::cli::{Command, DebugCommand, ImageCommand, Invocation};
 
 fn main() -> std::process::ExitCode {
     let inv = Invocation::parse();
@@ -25,6 +26,23 @@ fn main() -> std::process::ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sluice-agent: debug dump: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        (Some(Command::Image(ImageCommand::Import(args))), _) => {
+            return match sluice_agent::pods::cri::import_images(
+                &args.container_runtime_endpoint,
+                &args.files,
+            ) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice-agent: image import: {e}");
                     std::process::ExitCode::FAILURE
                 }
             };

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    ContainerImage, Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -27,6 +30,28 @@ pub struct Identity {
     pub node_ip: IpAddr,
     /// `status.nodeInfo`.
     pub info: NodeSystemInfo,
+    /// `status.capacity` (and allocatable: nothing is reserved): cpu, memory, pods.
+    pub capacity: BTreeMap<String, Quantity>,
+    /// `status.images`, when the agent runs pods (`None`: left alone).
+    pub images: Option<Vec<ContainerImage>>,
+}
+
+/// Pods a node accepts (kubelet's default `--max-pods`).
+pub const MAX_PODS: u32 = 110;
+
+/// The machine's capacity: logical CPUs, `MemTotal` from a meminfo text, and [`MAX_PODS`].
+pub fn capacity(cpus: usize, meminfo: &str) -> BTreeMap<String, Quantity> {
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    BTreeMap::from([
+        ("cpu".to_string(), Quantity(cpus.to_string())),
+        ("memory".to_string(), Quantity(format!("{mem_kib}Ki"))),
+        ("pods".to_string(), Quantity(MAX_PODS.to_string())),
+    ])
 }
 
 /// Go's name for a Rust target architecture (`kubernetes.io/arch`).
@@ -74,10 +99,16 @@ impl Identity {
             swap: None,
             system_uuid: read_trim("/sys/class/dmi/id/product_uuid"),
         };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Identity {
             name: name.into(),
             node_ip,
             info,
+            capacity: capacity(
+                cpus,
+                &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+            ),
+            images: None,
         }
     }
 
@@ -148,7 +179,57 @@ pub fn apply_status(
         status.node_info = Some(id.info.clone());
         changed = true;
     }
+    if status.capacity.as_ref() != Some(&id.capacity) {
+        status.capacity = Some(id.capacity.clone());
+        changed = true;
+    }
+    if status.allocatable.as_ref() != Some(&id.capacity) {
+        status.allocatable = Some(id.capacity.clone());
+        changed = true;
+    }
+    if id.images.is_some() && status.images != id.images {
+        status.images = id.images.clone();
+        changed = true;
+    }
     let conds = status.conditions.get_or_insert_with(Vec::new);
+    // The agent does not evict on pressure; it reports none, as a kubelet with room does.
+    for (type_, reason, message) in [
+        (
+            "MemoryPressure",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+    ] {
+        match conds.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) if c.status == "False" => {
+                if heartbeat {
+                    c.last_heartbeat_time = Some(Time(now));
+                }
+            }
+            _ => {
+                conds.retain(|c| c.type_ != type_);
+                conds.push(NodeCondition {
+                    type_: type_.into(),
+                    status: "False".into(),
+                    reason: Some(reason.into()),
+                    message: Some(message.into()),
+                    last_heartbeat_time: Some(Time(now)),
+                    last_transition_time: Some(Time(now)),
+                });
+                changed = true;
+            }
+        }
+    }
     match conds.iter_mut().find(|c| c.type_ == "Ready") {
         Some(c) if c.status == "True" && c.reason.as_deref() == Some(READY_REASON) => {
             if heartbeat {
@@ -227,8 +308,21 @@ mod tests {
         assert_eq!(v["nodeInfo"]["kubeletVersion"], KUBELET_VERSION);
         assert_eq!(v["nodeInfo"]["operatingSystem"], "linux");
         assert!(!v["nodeInfo"]["kernelVersion"].as_str().unwrap().is_empty());
-        let ready = &v["conditions"][0];
-        assert_eq!(ready["type"], "Ready");
+        let types: Vec<&str> = v["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"],
+            "kubelet's order"
+        );
+        let ready = &v["conditions"][3];
+        assert_eq!(v["conditions"][0]["status"], "False");
+        assert_eq!(v["capacity"]["pods"], "110");
+        assert_eq!(v["capacity"], v["allocatable"]);
         assert_eq!(ready["status"], "True");
         assert_eq!(ready["reason"], READY_REASON);
         assert!(ready["lastHeartbeatTime"].is_string());
@@ -279,7 +373,7 @@ mod tests {
         assert_eq!(c.last_transition_time, Some(Time(ts(30))));
         assert_eq!(
             st.conditions.as_ref().unwrap().len(),
-            2,
+            5,
             "other conditions kept"
         );
     }
@@ -301,6 +395,14 @@ mod tests {
             v["spec"]["renewTime"].as_str().unwrap().contains('.'),
             "MicroTime: {v}"
         );
+    }
+
+    #[test]
+    fn capacity_from_the_machine() {
+        let c = capacity(2, "MemTotal:        8000000 kB\nMemFree: 1 kB\n");
+        assert_eq!(c["cpu"].0, "2");
+        assert_eq!(c["memory"].0, "8000000Ki");
+        assert_eq!(c["pods"].0, "110");
     }
 
     #[test]
