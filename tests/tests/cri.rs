@@ -9,9 +9,6 @@
 //! private mount namespace still keeps every containerd mount (overlay rootfs, netns pins)
 //! out of the host's.
 
-#[path = "../cri/image.rs"]
-mod image;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,8 +22,8 @@ use serde_json::Value;
 use sluice_tests::{bin, is_root, lab, ok, skip, target_dir, text};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-const PAUSE: &str = "registry.k8s.io/pause:3.6";
-const BUSYBOX: &str = "docker.io/library/busybox:sluice-cri";
+const PAUSE: &str = sluice_images::PAUSE;
+const BUSYBOX: &str = sluice_images::BUSYBOX;
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -283,10 +280,9 @@ fn containerd_cri_pod_on_sluice_cni() {
     // Images.
     let work = tmp.path().join("images");
     std::fs::create_dir_all(&work).unwrap();
-    let t = Instant::now();
-    let pause_tar = image::pause(&work, PAUSE).expect("building the pause image");
-    let bb_tar = image::busybox(&work, BUSYBOX).expect("building the busybox image");
-    println!("images built in {:?}", t.elapsed());
+    // All three are imported (the echo image too, so a broken tarball shows here); the
+    // sandbox uses PAUSE and the container BUSYBOX.
+    let tarballs = sluice_images::write_all(&work).expect("writing the image tarballs");
 
     // CNI: bin_dir holds a logging wrapper around sluice-cni plus loopback and portmap;
     // conf_dir holds n1's conflist. The IPAM store is the one the lab uses for n1, so the
@@ -385,7 +381,7 @@ fn containerd_cri_pod_on_sluice_cni() {
     ctd_proc._mnt_ns_handle = Some(handle);
     println!("containerd up in {:?}", t.elapsed());
 
-    for tarball in [&pause_tar, &bb_tar] {
+    for (_, tarball) in &tarballs {
         let o = Command::new("ctr")
             .arg("-a")
             .arg(&sock)
@@ -477,7 +473,7 @@ async fn scenario(s: Scenario) -> anyhow::Result<()> {
         .iter()
         .flat_map(|i| i.repo_tags.clone())
         .collect();
-    for want in [PAUSE, BUSYBOX] {
+    for want in [PAUSE, sluice_images::ECHO, BUSYBOX] {
         if !tags.iter().any(|t| t == want) {
             bail!("image {want} not listed by CRI: {tags:?}");
         }
