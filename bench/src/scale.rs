@@ -971,7 +971,8 @@ fn run_one(target: &Path, n: usize, o: &Opts) -> anyhow::Result<Value> {
         breakdown: o.breakdown,
         lab_bin: lab.bin.clone(),
         dir: lab.dir.canonicalize()?,
-        kubeconfig: PathBuf::from(cluster["kubeconfig"].as_str().context("kubeconfig")?),
+        // The API client runs inside n1's namespace: the in-lab kubeconfig (172.31.0.1:6443).
+        kubeconfig: PathBuf::from(cluster["labKubeconfig"].as_str().context("labKubeconfig")?),
         lab_netns: cluster["labNetns"]
             .as_str()
             .context("labNetns")?

@@ -125,7 +125,6 @@ fn wait_path(lab: &Lab, to: &Target, timeout: Duration) -> anyhow::Result<()> {
 
 struct Kube {
     kubectl: sluice_tests::Kubectl,
-    lab_ns: String,
     kubeconfig: String,
     home: PathBuf,
 }
@@ -133,9 +132,8 @@ struct Kube {
 impl Kube {
     fn run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
         use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.lab_ns])
-            .arg(&self.kubectl.path)
+        // From the host: cluster.json's kubeconfig names the lab's forwarder on 127.0.0.1.
+        let mut child = Command::new(&self.kubectl.path)
             .env("HOME", &self.home)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .args(["--kubeconfig", &self.kubeconfig, "--request-timeout=10s"])
@@ -225,10 +223,6 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home)?;
     let kube = Kube {
-        lab_ns: cluster["labNetns"]
-            .as_str()
-            .context("labNetns")?
-            .to_string(),
         kubeconfig: cluster["kubeconfig"]
             .as_str()
             .context("kubeconfig")?

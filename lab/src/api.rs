@@ -39,8 +39,14 @@ async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(cfg)?)
 }
 
-/// Creates the Pod object (as admin, bound to its node) and reports it Running and Ready with
-/// the node's own credentials, as a kubelet would.
+/// The annotation marking a lab process pod as a *mirror pod*: kubelet's name for the API's
+/// view of a pod the node runs from elsewhere (a static pod). A node agent must not run it
+/// through its container runtime: `sluice-lab` runs the process and reports its status.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Creates the Pod object (as admin, bound to its node, marked as a mirror pod so the node's
+/// agent leaves it to the lab) and reports it Running and Ready with the node's own
+/// credentials, as a kubelet would.
 pub fn create_running_pod(
     state: &LabState,
     node: &NodeRec,
@@ -58,7 +64,10 @@ pub fn create_running_pod(
         node.ip.clone(),
     );
     let obj: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "metadata": {
+            "name": name, "namespace": ns, "labels": labels,
+            "annotations": {MIRROR_ANNOTATION: "sluice-lab", "kubernetes.io/config.source": "sluice-lab"},
+        },
         "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "lab/none", "command": cmd}]},
     }))?;
     in_netns(&state.lab_netns, move || async move {

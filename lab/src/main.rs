@@ -2,18 +2,35 @@
 //!
 //! Layout (all namespaces created here, none with an interface to the outside world):
 //! ```text
+//!  host netns: sluice-lab forward on 127.0.0.1:<port> ──(connector thread in <lab>)──┐
+//!                                                                                    ▼
 //!  <lab> netns: bridge br0 172.31.0.1/24, sluice-control on 172.31.0.1:6443
-//!     ├── veth ── <lab>-n1 netns: eth0 172.31.0.11, sluice-agent n1, pods' bridge
-//!     └── veth ── <lab>-n2 netns: eth0 172.31.0.12, sluice-agent n2, …
-//!  pods: one netns each, wired by `sluice-cni` run inside their node's netns.
+//!     ├── veth ── <lab>-n1 netns: eth0 172.31.0.11, sluice-agent n1, pods' bridge,
+//!     │                           containerd n1 (own mount ns) ─ shims ─ CRI pods
+//!     └── veth ── <lab>-n2 netns: eth0 172.31.0.12, sluice-agent n2, containerd n2, …
+//!  pods: one netns each, wired by `sluice-cni` run inside their node's netns, either by the
+//!  agent through its node's containerd (CRI, like kubelet), or by `sluice-lab pod create`
+//!  (a plain process, no image).
 //! ```
-//! State lives in `DIR/lab.json`; `DIR/cluster.json` is the contract for tests and benchmarks
-//! (`kubeconfig`, `nodes: [{name, netns, ip, podCIDR}]`). Processes are started detached
-//! (own session, logs in `DIR/logs/`), so `up` returns while the cluster keeps running.
+//! State lives in `DIR/lab.json`; `DIR/cluster.json` is the contract for tests and benchmarks:
+//! `kubeconfig` (for the host: server `https://127.0.0.1:<forwarder port>`), `labKubeconfig`
+//! (server `https://172.31.0.1:6443`, for processes inside the lab's namespaces), `apiServer`,
+//! `hostApiServer`, `labNetns`, `nodes: [{name, netns, ip, podCIDR, containerdSocket}]`.
+//! Processes are started detached (own session, logs in `DIR/logs/`), so `up` returns while
+//! the cluster keeps running; `up` prints `export KUBECONFIG=DIR/kubeconfig`.
+//!
+//! Each node runs a private containerd ([`containerd`]: its files under
+//! `DIR/nodes/<n>/containerd/`, CNI plugins from `DIR/cni-bin`, the node's `net.d`, the lab's
+//! images imported) and its agent gets `--container-runtime-endpoint`, `--pod-logs-dir`,
+//! `--cgroup-root /<lab>/<node>` and `--cni-ipam-data-dir` (the same leases the lab's own pods
+//! use, one allocator per node). `down` kills containerd, its shims and the containers, and
+//! removes the lab's cgroups in every hierarchy, its namespaces, mounts and files (logs stay).
 //! Namespaces and links are made with iproute2 (`ip`), the same commands an operator would
 //! type; the kernel state is the point of the lab, not the tool.
 
 mod api;
+mod containerd;
+mod forward;
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -27,6 +44,8 @@ use serde::{Deserialize, Serialize};
 
 const LAB_NET: &str = "172.31.0";
 const API_PORT: u16 = 6443;
+/// The CRI sandbox image (one of the images the lab imports into every node's containerd).
+const PAUSE_IMAGE: &str = sluice_images::PAUSE;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +71,10 @@ enum Cmd {
         /// State directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Run no containerd on the nodes (the agents then only network their node and proxy;
+        /// `pod create` still works): a faster `up` for suites that use process pods only.
+        #[arg(long)]
+        no_containerd: bool,
     },
     /// Stop everything the lab started and remove every namespace and link it made.
     Down {
@@ -80,6 +103,19 @@ enum Cmd {
         /// The command.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Relays 127.0.0.1:<port> on the host to an address inside a namespace (started by `up`).
+    #[command(hide = true)]
+    Forward {
+        /// Network namespace (under /run/netns) to connect from.
+        #[arg(long)]
+        netns: String,
+        /// Address to connect to there.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// File the chosen port is written to.
+        #[arg(long)]
+        port_file: PathBuf,
     },
 }
 
@@ -149,6 +185,9 @@ struct NodeRec {
     kubeconfig: PathBuf,
     agent_pid: i32,
     cni_conf_dir: PathBuf,
+    /// The node's containerd (none with `up --no-containerd`).
+    #[serde(default)]
+    containerd: Option<containerd::ContainerdRec>,
 }
 
 /// One pod of the lab.
@@ -179,6 +218,17 @@ struct LabState {
     /// Extra agent flags (`agent restart --agent-arg`).
     #[serde(default)]
     agent_args: Vec<String>,
+    /// The host-side API forwarder (`sluice-lab forward`).
+    #[serde(default)]
+    forward_pid: i32,
+    #[serde(default)]
+    forward_port: u16,
+    /// `DIR/kubeconfig`: the admin kubeconfig with the forwarder as server.
+    #[serde(default)]
+    host_kubeconfig: PathBuf,
+    /// `DIR/cni-bin` (our plugin and the reference ones containerd runs).
+    #[serde(default)]
+    cni_bin_dir: Option<PathBuf>,
     nodes: Vec<NodeRec>,
     pods: Vec<PodRec>,
 }
@@ -347,7 +397,8 @@ fn lab_name(dir: &Path) -> String {
     format!("slab{:05x}", h & 0xfffff)
 }
 
-fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
+fn up(nodes: usize, proxy_mode: &str, dir: &Path, no_containerd: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
     if dir.join("lab.json").exists() {
@@ -356,6 +407,9 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
             dir.display(),
             dir.display()
         );
+    }
+    if !no_containerd {
+        containerd::check_prerequisites()?;
     }
     let lab = lab_name(&dir);
     let bins = bin_dir()?;
@@ -367,6 +421,10 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
         bin_dir: bins.clone(),
         proxy_mode: proxy_mode.to_string(),
         agent_args: Vec::new(),
+        forward_pid: 0,
+        forward_port: 0,
+        host_kubeconfig: dir.join("kubeconfig"),
+        cni_bin_dir: None,
         nodes: Vec::new(),
         pods: Vec::new(),
     };
@@ -408,10 +466,29 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
         None,
     )?;
     state.save(&dir)?;
-    wait_for("the control plane", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sluice-control serving on"))
-    })?;
+    let port_file = dir.join("forward.port");
+    let _ = std::fs::remove_file(&port_file);
+    state.forward_pid = spawn_detached(
+        &[
+            bins.join("sluice-lab").to_string_lossy().into(),
+            "forward".into(),
+            "--netns".into(),
+            lab.clone(),
+            "--to".into(),
+            format!("{gw}:{API_PORT}"),
+            "--port-file".into(),
+            port_file.to_string_lossy().into(),
+        ],
+        &dir.join("logs/forward.log"),
+        None,
+    )?;
+    state.save(&dir)?;
+    if !no_containerd {
+        state.cni_bin_dir = Some(containerd::cni_bin_dir(&dir, &bins)?);
+        state.save(&dir)?;
+    }
 
+    // Nodes' namespaces, and their containerds (which come up while the control plane does).
     for i in 1..=nodes {
         let name = format!("n{i}");
         let ns = format!("{lab}-{name}");
@@ -461,39 +538,96 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
             "net.ipv4.ip_forward=1",
         ])?;
         let ndir = dir.join("nodes").join(&name);
-        std::fs::create_dir_all(ndir.join("net.d"))?;
-        let kubeconfig = ndir.join("kubeconfig");
+        for d in ["net.d", "ipam", "pods-logs"] {
+            std::fs::create_dir_all(ndir.join(d))?;
+        }
+        state.nodes.push(NodeRec {
+            name: name.clone(),
+            netns: ns.clone(),
+            ip,
+            pod_cidr: String::new(),
+            kubeconfig: ndir.join("kubeconfig"),
+            agent_pid: 0,
+            cni_conf_dir: ndir.join("net.d"),
+            containerd: None,
+        });
+        state.save(&dir)?;
+        if let Some(cni_bin) = &state.cni_bin_dir {
+            let rec =
+                containerd::start(&dir, &name, &ns, cni_bin, &ndir.join("net.d"), PAUSE_IMAGE)?;
+            state.nodes.last_mut().expect("just pushed").containerd = Some(rec);
+            state.save(&dir)?;
+        }
+    }
+
+    wait_for("the control plane", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sluice-control serving on"))
+    })?;
+    let fwd_alive = || alive(state.forward_pid);
+    wait_for("the API forwarder's port", Duration::from_secs(10), || {
+        port_file.exists() || !fwd_alive()
+    })?;
+    state.forward_port = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| {
+            format!(
+                "the API forwarder did not publish its port: {}",
+                std::fs::read_to_string(dir.join("logs/forward.log")).unwrap_or_default()
+            )
+        })?;
+    write_private(
+        &state.host_kubeconfig,
+        &forward::host_kubeconfig(
+            &std::fs::read_to_string(&state.kubeconfig).context("reading admin.kubeconfig")?,
+            state.forward_port,
+        ),
+    )?;
+    state.save(&dir)?;
+
+    // Images into every containerd before any agent could ask for a sandbox.
+    if state.cni_bin_dir.is_some() {
+        let images = write_images(&dir.join("images"))?;
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let jobs: Vec<_> = state
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n, n.containerd.as_ref()?)))
+                .map(|(n, c)| {
+                    let (bins, images, dir) = (&bins, &images, &dir);
+                    s.spawn(move || -> anyhow::Result<()> {
+                        containerd::wait_ready(
+                            c,
+                            &n.name,
+                            &dir.join(format!("logs/containerd-{}.log", n.name)),
+                        )?;
+                        containerd::import_images(bins, c, images)
+                    })
+                })
+                .collect();
+            for j in jobs {
+                j.join()
+                    .map_err(|_| anyhow::anyhow!("image import panicked"))??;
+            }
+            Ok(())
+        })?;
+    }
+
+    for i in 0..state.nodes.len() {
+        let n = &state.nodes[i];
         sh(&[
             &control.to_string_lossy(),
             "token",
             "create",
             "--node",
-            &name,
+            &n.name,
             "--data-dir",
             &dir.join("control").to_string_lossy(),
             "--kubeconfig-out",
-            &kubeconfig.to_string_lossy(),
+            &n.kubeconfig.to_string_lossy(),
         ])?;
-        let agent_pid = start_agent(
-            &bins,
-            &dir,
-            &ns,
-            &name,
-            &ip,
-            &kubeconfig,
-            &ndir.join("net.d"),
-            proxy_mode,
-            &[],
-        )?;
-        state.nodes.push(NodeRec {
-            name,
-            netns: ns,
-            ip,
-            pod_cidr: String::new(),
-            kubeconfig,
-            agent_pid,
-            cni_conf_dir: ndir.join("net.d"),
-        });
+        let pid = start_agent(&state, &dir, n, proxy_mode, &[])?;
+        state.nodes[i].agent_pid = pid;
         state.save(&dir)?;
     }
     // Each agent writes its conflist once its Node has a podCIDR.
@@ -513,65 +647,116 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path) -> anyhow::Result<()> {
     }
     state.save(&dir)?;
     let cluster = serde_json::json!({
-        "kubeconfig": state.kubeconfig,
+        "kubeconfig": state.host_kubeconfig,
+        "labKubeconfig": state.kubeconfig,
         "apiServer": format!("https://{gw}:{API_PORT}"),
+        "hostApiServer": format!("https://127.0.0.1:{}", state.forward_port),
         "labNetns": lab,
-        "nodes": state.nodes.iter().map(|n| serde_json::json!({
-            "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
-        })).collect::<Vec<_>>(),
+        "nodes": state.nodes.iter().map(|n| {
+            let mut v = serde_json::json!({
+                "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
+            });
+            if let Some(c) = &n.containerd {
+                v["containerdSocket"] = serde_json::json!(c.socket);
+            }
+            v
+        }).collect::<Vec<_>>(),
     });
     std::fs::write(
         dir.join("cluster.json"),
         serde_json::to_vec_pretty(&cluster)?,
     )?;
-    println!(
-        "lab {lab} is up with {nodes} node(s); state in {}\n\
-         kubectl: ip netns exec {lab} kubectl --kubeconfig {} get nodes -o wide",
+    eprintln!(
+        "lab {lab} is up with {nodes} node(s){} in {:.1} s; state in {}",
+        if no_containerd {
+            " (no containerd)"
+        } else {
+            ""
+        },
+        started.elapsed().as_secs_f64(),
         dir.display(),
-        state.kubeconfig.display()
     );
+    println!("export KUBECONFIG={}", state.host_kubeconfig.display());
     Ok(())
 }
 
+/// Writes a file only its owner may read (kubeconfigs carry tokens).
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Writes the lab's images (OCI tarballs) for import into the nodes' containerds.
+fn write_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(sluice_images::write_all(dir)
+        .with_context(|| format!("writing the images to {}", dir.display()))?
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect())
+}
+
 /// Starts a node's agent inside its namespace.
-#[allow(clippy::too_many_arguments)]
 fn start_agent(
-    bins: &Path,
+    state: &LabState,
     dir: &Path,
-    ns: &str,
-    name: &str,
-    ip: &str,
-    kubeconfig: &Path,
-    cni_conf_dir: &Path,
+    n: &NodeRec,
     proxy_mode: &str,
     extra: &[String],
 ) -> anyhow::Result<i32> {
+    let ndir = dir.join("nodes").join(&n.name);
+    let cni_bin = state
+        .cni_bin_dir
+        .clone()
+        .unwrap_or_else(|| state.bin_dir.clone());
     let mut argv: Vec<String> = vec![
         "ip".into(),
         "netns".into(),
         "exec".into(),
-        ns.to_string(),
-        bins.join("sluice-agent").to_string_lossy().into(),
+        n.netns.clone(),
+        state.bin_dir.join("sluice-agent").to_string_lossy().into(),
         "--kubeconfig".into(),
-        kubeconfig.to_string_lossy().into(),
+        n.kubeconfig.to_string_lossy().into(),
         "--node-name".into(),
-        name.to_string(),
+        n.name.clone(),
         "--node-ip".into(),
-        ip.to_string(),
+        n.ip.clone(),
         "--proxy-mode".into(),
         proxy_mode.to_string(),
         "--min-sync-period".into(),
         "200ms".into(),
         "--cni-conf-dir".into(),
-        cni_conf_dir.to_string_lossy().into(),
+        n.cni_conf_dir.to_string_lossy().into(),
         "--cni-bin-dir".into(),
-        bins.to_string_lossy().into(),
+        cni_bin.to_string_lossy().into(),
+        // The leases `pod create` uses too (see `cni_config`): one allocator per node.
+        "--cni-ipam-data-dir".into(),
+        ndir.join("ipam").to_string_lossy().into(),
     ];
+    if let Some(c) = &n.containerd {
+        argv.extend([
+            "--container-runtime-endpoint".into(),
+            format!("unix://{}", c.socket.display()),
+            "--pod-logs-dir".into(),
+            ndir.join("pods-logs").to_string_lossy().into(),
+            "--cgroup-root".into(),
+            format!("/{}/{}", state.lab_netns, n.name),
+        ]);
+    }
     argv.extend(extra.iter().cloned());
     spawn_detached(
         &argv,
         // Appended, so a restart keeps the earlier log.
-        &dir.join(format!("logs/agent-{name}.log")),
+        &dir.join(format!("logs/agent-{}.log", n.name)),
         None,
     )
 }
@@ -596,24 +781,18 @@ fn agent_restart(
     } else {
         state.proxy_mode.clone()
     };
-    let bins = state.bin_dir.clone();
-    for n in state
-        .nodes
-        .iter_mut()
-        .filter(|n| node.is_none_or(|w| w == n.name))
-    {
-        stop(n.agent_pid);
-        n.agent_pid = start_agent(
-            &bins,
-            &dir,
-            &n.netns,
-            &n.name,
-            &n.ip,
-            &n.kubeconfig,
-            &n.cni_conf_dir,
-            &mode,
-            &state.agent_args,
-        )?;
+    let which: Vec<usize> = (0..state.nodes.len())
+        .filter(|&i| node.is_none_or(|w| w == state.nodes[i].name))
+        .collect();
+    if which.is_empty() {
+        bail!("no node {} in this lab", node.unwrap_or("?"));
+    }
+    for i in which {
+        // containerd (and the pods it runs) keeps running; only the agent restarts.
+        stop(state.nodes[i].agent_pid);
+        let pid = start_agent(&state, &dir, &state.nodes[i], &mode, &state.agent_args)?;
+        let n = &mut state.nodes[i];
+        n.agent_pid = pid;
         println!(
             "agent on {} restarted (pid {}, --proxy-mode {mode})",
             n.name, n.agent_pid
@@ -815,35 +994,93 @@ fn exec(dir: &Path, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
 }
 
 fn down(dir: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
     let dir = dir.canonicalize()?;
     let state = LabState::load(&dir)?;
+    let lab = state.lab_netns.clone();
     for p in &state.pods {
         if let Err(e) = pod_delete_rec(&state, &dir, p) {
             eprintln!("pod {}/{}: {e:#}", p.namespace, p.name);
             let _ = sh(&["ip", "netns", "del", &p.netns]);
         }
     }
+    stop(state.forward_pid);
     for n in &state.nodes {
         stop(n.agent_pid);
     }
+    // containerd and its shims (its mount namespace), the containers (the lab's cgroups; they
+    // have mount namespaces of their own) and anything else left in those cgroups.
+    containerd::kill_all(&dir, &lab);
     stop(state.control_pid);
     for n in &state.nodes {
         let _ = sh(&["ip", "netns", "del", &n.netns]);
     }
-    let _ = sh(&["ip", "netns", "del", &state.lab_netns]);
+    let _ = sh(&["ip", "netns", "del", &lab]);
     // Anything else carrying the lab's prefix (a half-made pod, say).
     if let Ok(list) = sh(&["ip", "netns", "list"]) {
         for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if ns.starts_with(&state.lab_netns) {
+            if ns.starts_with(&lab) {
                 let _ = sh(&["ip", "netns", "del", ns]);
             }
         }
     }
-    remove_cgroups(&cgroup_root(&state.lab_netns));
+    remove_lab_cgroups(&lab);
+    let sandboxes: Vec<String> = state
+        .nodes
+        .iter()
+        .filter_map(|n| n.containerd.as_ref())
+        .flat_map(containerd::sandbox_ids)
+        .collect();
+    containerd::remove_cni_result_caches(&sandboxes);
+    for n in &state.nodes {
+        if let Some(c) = &n.containerd {
+            containerd::remove_shim_sockets(c);
+            containerd::remove_dir(c);
+        }
+    }
+    for d in ["images", "cni-bin"] {
+        let _ = std::fs::remove_dir_all(dir.join(d));
+    }
+    for f in ["kubeconfig", "forward.port", "cluster.json"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
     std::fs::remove_file(dir.join("lab.json"))?;
-    let _ = std::fs::remove_file(dir.join("cluster.json"));
-    println!("lab {} is down", state.lab_netns);
+    println!(
+        "lab {lab} is down ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// Removes `/<lab>` in every cgroup hierarchy: the unified one (the lab's process pods, and
+/// CRI pods' cgroups if runc made them there) and each cgroup v1 controller's (CRI pods'
+/// cgroup parent `/<lab>/<node>/kubepods/…`). runc removes its containers' cgroups, not the
+/// parents it was given. Retried briefly: a cgroup stays busy while its last tasks exit.
+fn remove_lab_cgroups(lab: &str) {
+    let roots = || -> Vec<PathBuf> {
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(lab))
+            .filter(|p| p.is_dir())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for r in roots() {
+            remove_cgroups(&r);
+        }
+        let left = roots();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("cgroups left: {left:?}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Removes a cgroup tree bottom-up (cgroup directories are removed with rmdir once empty).
@@ -864,7 +1101,8 @@ fn main() -> anyhow::Result<()> {
             nodes,
             proxy_mode,
             dir,
-        } => up(nodes, &proxy_mode, &dir),
+            no_containerd,
+        } => up(nodes, &proxy_mode, &dir, no_containerd),
         Cmd::Down { dir } => down(&dir),
         Cmd::Pod {
             cmd:
@@ -890,5 +1128,10 @@ fn main() -> anyhow::Result<()> {
                 },
         } => agent_restart(&dir, node.as_deref(), proxy_mode.as_deref(), &agent_args),
         Cmd::Exec { dir, pod, cmd } => std::process::exit(exec(&dir, &pod, &cmd)?),
+        Cmd::Forward {
+            netns,
+            to,
+            port_file,
+        } => forward::run(&netns, to, &port_file),
     }
 }

@@ -43,12 +43,14 @@ impl Lab {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         let d = dir.to_string_lossy().to_string();
+        // Process pods only (`sluice-lab pod create`): no containerd on the nodes.
         ok(lab(&[
             "up",
             "--nodes",
             "2",
             "--proxy-mode",
             mode,
+            "--no-containerd",
             "--dir",
             &d,
         ]));
@@ -69,10 +71,9 @@ impl Lab {
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
         use std::io::Write;
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns])
-            .arg(&self.kubectl.path)
-            .env("HOME", &self.home)
+        // From the host: cluster.json's kubeconfig names the lab's forwarder on 127.0.0.1.
+        let mut c = Command::new(&self.kubectl.path);
+        c.env("HOME", &self.home)
             .args(["--kubeconfig", &self.kubeconfig, "--request-timeout=10s"])
             .args(args)
             .stdin(std::process::Stdio::piped())
