@@ -104,7 +104,7 @@ fn deliver(
     pod: Pod,
 ) {
     let uid = spec::uid(&pod).to_string();
-    if uid.is_empty() {
+    if uid.is_empty() || is_mirror(&pod) {
         return;
     }
     if let Some(tx) = workers.get(&uid) {
@@ -120,6 +120,18 @@ fn deliver(
         w.run(rx).await;
         let _ = done.send(uid);
     });
+}
+
+/// kubelet's mirror-pod annotation: the Pod object only mirrors a pod something else on the
+/// node runs (a static pod; the lab's process pods), so the agent must not run it too.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Whether a pod is a mirror pod.
+pub fn is_mirror(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
 }
 
 /// Removes sandboxes (with their containers) of pods that have no worker.
