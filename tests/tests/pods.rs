@@ -18,17 +18,7 @@ use serde_json::Value;
 use sluice_tests::{is_root, lab, ok, skip, text, Kubectl};
 use tonic::transport::{Endpoint, Uri};
 
-/// Brings the lab down even when an assertion fails.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        if self.0.join("lab.json").exists() {
-            let _ = lab(&["down", "--dir", &self.0.to_string_lossy()]);
-        }
-    }
-}
-
+/// A lab with a containerd per node, brought down on drop (also when an assertion fails).
 struct Cluster {
     k: Kubectl,
     kubeconfig: PathBuf,
@@ -36,9 +26,112 @@ struct Cluster {
     dir: PathBuf,
     /// node name → containerd socket.
     sockets: BTreeMap<String, PathBuf>,
+    /// node name → network namespace.
+    netns: BTreeMap<String, String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.dir.join("lab.json").exists() {
+            let _ = lab(&["down", "--dir", &self.dir.to_string_lossy()]);
+        }
+    }
 }
 
 impl Cluster {
+    /// `sluice-lab up --nodes 2 --proxy-mode <mode>`, or `None` after printing why it cannot
+    /// run here.
+    fn up(mode: &str) -> Option<Cluster> {
+        if !is_root() {
+            skip("the lab needs root (namespaces, containerd)");
+            return None;
+        }
+        for tool in ["containerd", "ctr"] {
+            if Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+            {
+                skip(&format!("{tool} is missing (Debian package containerd)"));
+                return None;
+            }
+        }
+        if !Path::new("/usr/sbin/runc").exists() {
+            skip("runc is missing");
+            return None;
+        }
+        let Some(k) = Kubectl::preinstalled() else {
+            skip("no kubectl on this machine");
+            return None;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        let d = dir.to_string_lossy().to_string();
+        let t = Instant::now();
+        let out = lab(&["up", "--nodes", "2", "--proxy-mode", mode, "--dir", &d]);
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut c = Cluster {
+            k,
+            kubeconfig: dir.join("kubeconfig"),
+            home,
+            dir: dir.clone(),
+            sockets: BTreeMap::new(),
+            netns: BTreeMap::new(),
+            _tmp: tmp,
+        };
+        ok(out);
+        println!("lab up ({mode}) in {:?}", t.elapsed());
+        let cluster: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("cluster.json")).unwrap()).unwrap();
+        c.kubeconfig = PathBuf::from(cluster["kubeconfig"].as_str().unwrap());
+        for n in cluster["nodes"].as_array().unwrap() {
+            let name = n["name"].as_str().unwrap().to_string();
+            c.sockets.insert(
+                name.clone(),
+                PathBuf::from(n["containerdSocket"].as_str().expect("containerdSocket")),
+            );
+            c.netns
+                .insert(name, n["netns"].as_str().unwrap().to_string());
+        }
+        Some(c)
+    }
+
+    /// `kubectl apply -f -`.
+    fn apply(&self, yaml: &str) {
+        let o = self
+            .k
+            .run_stdin(&self.kubeconfig, &self.home, &["apply", "-f", "-"], yaml);
+        assert!(o.status.success(), "kubectl apply: {}", text(&o));
+    }
+
+    /// An HTTP GET from inside a node's network namespace (busybox wget); the body.
+    fn node_get(&self, node: &str, url: &str) -> Option<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.netns[node], "timeout", "3", "/bin/busybox"])
+            .args(["wget", "-q", "-O-", url])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    }
+
+    /// Polls `f` until it is true.
+    fn until(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+                self.kubectl(&["get", "pods", "-o", "wide"]),
+                self.agent_logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     fn kubectl(&self, args: &[&str]) -> String {
         let o = self.k.run(&self.kubeconfig, &self.home, args);
         assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
@@ -265,62 +358,10 @@ fn assert_containerd_runs(
 
 #[test]
 fn getting_started_deployment_service_scale_restart_delete() {
-    if !is_root() {
-        return skip("the lab needs root (namespaces, containerd)");
-    }
-    for tool in ["containerd", "ctr"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            return skip(&format!("{tool} is missing (Debian package containerd)"));
-        }
-    }
-    if !Path::new("/usr/sbin/runc").exists() {
-        return skip("runc is missing");
-    }
-    let Some(k) = Kubectl::preinstalled() else {
-        return skip("no kubectl on this machine");
+    let Some(c) = Cluster::up("iptables") else {
+        return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("lab");
-    let d = dir.to_string_lossy().to_string();
-    let _down = Down(&dir);
-    let t = Instant::now();
-    ok(lab(&[
-        "up",
-        "--nodes",
-        "2",
-        "--proxy-mode",
-        "iptables",
-        "--dir",
-        &d,
-    ]));
-    println!("lab up in {:?}", t.elapsed());
-    let cluster: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("cluster.json")).unwrap()).unwrap();
-    let sockets = cluster["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["name"].as_str().unwrap().to_string(),
-                PathBuf::from(n["containerdSocket"].as_str().expect("containerdSocket")),
-            )
-        })
-        .collect();
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let c = Cluster {
-        k,
-        kubeconfig: PathBuf::from(cluster["kubeconfig"].as_str().unwrap()),
-        home,
-        dir: dir.clone(),
-        sockets,
-    };
+    let d = c.dir.to_string_lossy().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // The nodes list the test images.
@@ -365,7 +406,7 @@ fn getting_started_deployment_service_scale_restart_delete() {
         .map(|p| p["spec"]["nodeName"].as_str().unwrap())
         .collect();
     assert_eq!(on.len(), 2, "the replicas spread over both nodes: {on:?}");
-    let ids = assert_containerd_runs(&c, &rt, &pods);
+    assert_containerd_runs(&c, &rt, &pods);
     let ip = c.json(&["get", "service", "sluice-echo"])["spec"]["clusterIP"]
         .as_str()
         .unwrap()
@@ -432,7 +473,6 @@ fn getting_started_deployment_service_scale_restart_delete() {
         );
         check(mode);
     }
-    let _ = ids;
 
     // Delete: nothing left.
     c.kubectl(&["delete", "service", "sluice-echo"]);
@@ -461,4 +501,263 @@ fn getting_started_deployment_service_scale_restart_delete() {
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("total {:?}", t.elapsed());
+}
+
+/// The pod's Ready condition status ("True"/"False") and its first container's restart count
+/// and waiting reason.
+fn pod_state(c: &Cluster, name: &str) -> (String, i64, String) {
+    let p = c.json(&["get", "pod", name]);
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["type"] == "Ready")
+        .and_then(|x| x["status"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let cs = &p["status"]["containerStatuses"][0];
+    (
+        ready,
+        cs["restartCount"].as_i64().unwrap_or(0),
+        cs["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+/// Whether the Service's EndpointSlices list `ip` as ready.
+fn endpoint_ready(c: &Cluster, service: &str, ip: &str) -> Option<bool> {
+    let slices = c.json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={service}"),
+    ]);
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["addresses"][0] == ip)
+        .map(|e| e["conditions"]["ready"] == true)
+}
+
+#[test]
+fn probes_readiness_withdraws_endpoints_liveness_restarts_crash_loop_backs_off() {
+    let Some(c) = Cluster::up("iptables") else {
+        return;
+    };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed, labels: {app: probed}}
+spec:
+  containers:
+  - name: echo
+    image: sluice-echo:0.1
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /ready, port: http}, periodSeconds: 1, failureThreshold: 1}
+    livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: probed}
+spec:
+  selector: {app: probed}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: main
+    image: docker.io/library/sluice-busybox:0.1
+    command: [sh, -c, "echo boom; exit 3"]
+"#,
+    );
+    c.wait_ready("app=probed", 1, Duration::from_secs(60));
+    let p = c.json(&["get", "pod", "probed"]);
+    let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+    let node = p["spec"]["nodeName"].as_str().unwrap().to_string();
+    let base = format!("http://{ip}:8080");
+    c.until("the endpoint to be ready", Duration::from_secs(10), || {
+        endpoint_ready(&c, "probed", &ip) == Some(true)
+    });
+
+    // Readiness: failing → not Ready and the endpoint withdrawn; passing again → back.
+    let t = Instant::now();
+    c.node_get(&node, &format!("{base}/unready")).expect("GET /unready");
+    c.until("Ready=False after /unready", Duration::from_secs(10), || {
+        pod_state(&c, "probed").0 == "False"
+    });
+    c.until("the endpoint to be not ready", Duration::from_secs(10), || {
+        endpoint_ready(&c, "probed", &ip) == Some(false)
+    });
+    println!("readiness failure → endpoint withdrawn in {:?}", t.elapsed());
+    assert_eq!(pod_state(&c, "probed").1, 0, "readiness never restarts");
+    let t = Instant::now();
+    c.node_get(&node, &format!("{base}/ready-again")).expect("GET /ready-again");
+    c.until("the endpoint to be ready again", Duration::from_secs(10), || {
+        endpoint_ready(&c, "probed", &ip) == Some(true)
+    });
+    println!("readiness back → endpoint ready in {:?}", t.elapsed());
+
+    // Liveness: failing → the container is restarted (a fresh process is healthy again).
+    let before = c.json(&["get", "pod", "probed"])["status"]["containerStatuses"][0]["containerID"]
+        .clone();
+    let t = Instant::now();
+    c.node_get(&node, &format!("{base}/sick")).expect("GET /sick");
+    c.until("a liveness restart", Duration::from_secs(30), || {
+        pod_state(&c, "probed").1 == 1
+    });
+    c.wait_ready("app=probed", 1, Duration::from_secs(30));
+    println!("liveness failure → restarted and Ready in {:?}", t.elapsed());
+    let p = c.json(&["get", "pod", "probed"]);
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_ne!(cs["containerID"], before, "a new container");
+    assert_eq!(
+        cs["lastState"]["terminated"]["containerID"], before,
+        "lastState is the killed container: {cs:#}"
+    );
+    assert_eq!(p["status"]["podIP"], ip.as_str(), "same sandbox, same IP");
+
+    // A crashing container: restarted with growing back-off, CrashLoopBackOff in `get pods`.
+    c.until("CrashLoopBackOff", Duration::from_secs(30), || {
+        let (_, restarts, reason) = pod_state(&c, "crasher");
+        restarts >= 1 && reason == "CrashLoopBackOff"
+    });
+    let table = c.kubectl(&["get", "pod", "crasher"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+    let p = c.json(&["get", "pod", "crasher"]);
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
+    assert_eq!(p["status"]["phase"], "Running", "restartPolicy Always keeps it Running");
+    // 0 s, then 10 s, then 20 s: in 12 s at most two restarts.
+    std::thread::sleep(Duration::from_secs(12));
+    let restarts = pod_state(&c, "crasher").1;
+    assert!(
+        (1..=2).contains(&restarts),
+        "back-off: {restarts} restarts in ~15 s"
+    );
+    c.kubectl(&["delete", "pod", "probed", "crasher", "--wait=true"]);
+}
+
+#[test]
+fn rolling_update_under_load_loses_no_connection() {
+    for mode in ["iptables", "nftables", "userspace"] {
+        let Some(c) = Cluster::up(mode) else {
+            return;
+        };
+        rolling_update(&c, mode);
+    }
+}
+
+fn rolling_update(c: &Cluster, mode: &str) {
+    // Readiness gates new pods; preStop keeps an old pod serving while the proxies drop it.
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: echo
+        image: sluice-echo:0.1
+        readinessProbe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 1}
+        lifecycle: {preStop: {sleep: {seconds: 2}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    );
+    let old = c.wait_ready("app=web", 3, Duration::from_secs(60));
+    let old_names: Vec<String> = old
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let ip = c.json(&["get", "service", "web"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The client: requests back to back for ~20 s, each one a new connection.
+    let script = format!(
+        "s=$(date +%s); n=0; f=0; while [ $(( $(date +%s) - s )) -lt 20 ]; do \
+         timeout 3 wget -q -O- http://{ip}/ >/dev/null || {{ f=$((f+1)); echo FAIL $(date +%s); }}; n=$((n+1)); done; \
+         echo DONE $n $f $(( $(date +%s) - s ))"
+    );
+    c.kubectl(&[
+        "run",
+        "load",
+        "--image=docker.io/library/sluice-busybox:0.1",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    c.until("the client to run", Duration::from_secs(30), || {
+        c.json(&["get", "pod", "load"])["status"]["phase"] == "Running"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    c.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        "echo=docker.io/library/sluice-echo:0.1",
+    ]);
+    c.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    println!("{mode}: rollout done in {:?}", t.elapsed());
+    c.until("the old pods to be gone", Duration::from_secs(60), || {
+        let names: Vec<String> = c
+            .pods("app=web")
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        !names.iter().any(|n| old_names.contains(n))
+    });
+    c.until("the client to finish", Duration::from_secs(60), || {
+        c.json(&["get", "pod", "load"])["status"]["phase"] == "Succeeded"
+    });
+    let p = c.json(&["get", "pod", "load"]);
+    let node = p["spec"]["nodeName"].as_str().unwrap();
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let log = c
+        .dir
+        .join("nodes")
+        .join(node)
+        .join("pods-logs")
+        .join(format!("default_load_{uid}/load/0.log"));
+    let out = std::fs::read_to_string(&log).unwrap();
+    let done = out
+        .lines()
+        .find_map(|l| l.split_once(" DONE ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| panic!("no DONE line in {out}"));
+    let nums: Vec<u64> = done
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (n, failed, secs) = (nums[0], nums[1], nums[2].max(1));
+    println!(
+        "{mode}: {n} connections in {secs} s ({} /s) across the rolling update, {failed} failed",
+        n / secs
+    );
+    assert_eq!(failed, 0, "{mode}: failed connections during the rollout:\n{out}");
+    assert!(n / secs >= 50, "{mode}: only {} connections/s", n / secs);
+    c.kubectl(&["delete", "pod", "load", "--wait=true"]);
 }
