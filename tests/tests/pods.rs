@@ -110,7 +110,14 @@ impl Cluster {
     /// An HTTP GET from inside a node's network namespace (busybox wget); the body.
     fn node_get(&self, node: &str, url: &str) -> Option<String> {
         let o = Command::new("ip")
-            .args(["netns", "exec", &self.netns[node], "timeout", "3", "/bin/busybox"])
+            .args([
+                "netns",
+                "exec",
+                &self.netns[node],
+                "timeout",
+                "3",
+                "/bin/busybox",
+            ])
             .args(["wget", "-q", "-O-", url])
             .output()
             .unwrap();
@@ -589,32 +596,47 @@ spec:
 
     // Readiness: failing → not Ready and the endpoint withdrawn; passing again → back.
     let t = Instant::now();
-    c.node_get(&node, &format!("{base}/unready")).expect("GET /unready");
-    c.until("Ready=False after /unready", Duration::from_secs(10), || {
-        pod_state(&c, "probed").0 == "False"
-    });
-    c.until("the endpoint to be not ready", Duration::from_secs(10), || {
-        endpoint_ready(&c, "probed", &ip) == Some(false)
-    });
-    println!("readiness failure → endpoint withdrawn in {:?}", t.elapsed());
+    c.node_get(&node, &format!("{base}/unready"))
+        .expect("GET /unready");
+    c.until(
+        "Ready=False after /unready",
+        Duration::from_secs(10),
+        || pod_state(&c, "probed").0 == "False",
+    );
+    c.until(
+        "the endpoint to be not ready",
+        Duration::from_secs(10),
+        || endpoint_ready(&c, "probed", &ip) == Some(false),
+    );
+    println!(
+        "readiness failure → endpoint withdrawn in {:?}",
+        t.elapsed()
+    );
     assert_eq!(pod_state(&c, "probed").1, 0, "readiness never restarts");
     let t = Instant::now();
-    c.node_get(&node, &format!("{base}/ready-again")).expect("GET /ready-again");
-    c.until("the endpoint to be ready again", Duration::from_secs(10), || {
-        endpoint_ready(&c, "probed", &ip) == Some(true)
-    });
+    c.node_get(&node, &format!("{base}/ready-again"))
+        .expect("GET /ready-again");
+    c.until(
+        "the endpoint to be ready again",
+        Duration::from_secs(10),
+        || endpoint_ready(&c, "probed", &ip) == Some(true),
+    );
     println!("readiness back → endpoint ready in {:?}", t.elapsed());
 
     // Liveness: failing → the container is restarted (a fresh process is healthy again).
-    let before = c.json(&["get", "pod", "probed"])["status"]["containerStatuses"][0]["containerID"]
-        .clone();
+    let before =
+        c.json(&["get", "pod", "probed"])["status"]["containerStatuses"][0]["containerID"].clone();
     let t = Instant::now();
-    c.node_get(&node, &format!("{base}/sick")).expect("GET /sick");
+    c.node_get(&node, &format!("{base}/sick"))
+        .expect("GET /sick");
     c.until("a liveness restart", Duration::from_secs(30), || {
         pod_state(&c, "probed").1 == 1
     });
     c.wait_ready("app=probed", 1, Duration::from_secs(30));
-    println!("liveness failure → restarted and Ready in {:?}", t.elapsed());
+    println!(
+        "liveness failure → restarted and Ready in {:?}",
+        t.elapsed()
+    );
     let p = c.json(&["get", "pod", "probed"]);
     let cs = &p["status"]["containerStatuses"][0];
     assert_ne!(cs["containerID"], before, "a new container");
@@ -634,7 +656,10 @@ spec:
     let p = c.json(&["get", "pod", "crasher"]);
     let cs = &p["status"]["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
-    assert_eq!(p["status"]["phase"], "Running", "restartPolicy Always keeps it Running");
+    assert_eq!(
+        p["status"]["phase"], "Running",
+        "restartPolicy Always keeps it Running"
+    );
     // 0 s, then 10 s, then 20 s: in 12 s at most two restarts.
     std::thread::sleep(Duration::from_secs(12));
     let restarts = pod_state(&c, "crasher").1;
@@ -757,7 +782,10 @@ spec:
         "{mode}: {n} connections in {secs} s ({} /s) across the rolling update, {failed} failed",
         n / secs
     );
-    assert_eq!(failed, 0, "{mode}: failed connections during the rollout:\n{out}");
+    assert_eq!(
+        failed, 0,
+        "{mode}: failed connections during the rollout:\n{out}"
+    );
     assert!(n / secs >= 50, "{mode}: only {} connections/s", n / secs);
     c.kubectl(&["delete", "pod", "load", "--wait=true"]);
 }
