@@ -75,6 +75,14 @@ enum Cmd {
         /// `pod create` still works): a faster `up` for suites that use process pods only.
         #[arg(long)]
         no_containerd: bool,
+        /// Extra flag for sluice-control (repeatable, e.g.
+        /// `--control-arg=--node-monitor-grace-period=5s`).
+        #[arg(long = "control-arg", allow_hyphen_values = true)]
+        control_args: Vec<String>,
+        /// Extra flag for every agent (repeatable, e.g. `--agent-arg=--heartbeat-interval=1s`);
+        /// kept for `agent restart`.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// Stop everything the lab started and remove every namespace and link it made.
     Down {
@@ -397,7 +405,19 @@ fn lab_name(dir: &Path) -> String {
     format!("slab{:05x}", h & 0xfffff)
 }
 
-fn up(nodes: usize, proxy_mode: &str, dir: &Path, no_containerd: bool) -> anyhow::Result<()> {
+/// Extra flags `up` hands to the control plane and the agents.
+struct Extra {
+    control_args: Vec<String>,
+    agent_args: Vec<String>,
+}
+
+fn up(
+    nodes: usize,
+    proxy_mode: &str,
+    dir: &Path,
+    no_containerd: bool,
+    extra: Extra,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
@@ -420,7 +440,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path, no_containerd: bool) -> anyhow
         kubeconfig: dir.join("control/admin.kubeconfig"),
         bin_dir: bins.clone(),
         proxy_mode: proxy_mode.to_string(),
-        agent_args: Vec::new(),
+        agent_args: extra.agent_args.clone(),
         forward_pid: 0,
         forward_port: 0,
         host_kubeconfig: dir.join("kubeconfig"),
@@ -448,23 +468,21 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path, no_containerd: bool) -> anyhow
 
     let control = bins.join("sluice-control");
     let log = dir.join("logs/control.log");
-    state.control_pid = spawn_detached(
-        &[
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            lab.clone(),
-            control.to_string_lossy().into(),
-            "--data-dir".into(),
-            dir.join("control").to_string_lossy().into(),
-            "--listen".into(),
-            format!("{gw}:{API_PORT}"),
-            "--advertise-address".into(),
-            gw.clone(),
-        ],
-        &log,
-        None,
-    )?;
+    let mut control_argv: Vec<String> = vec![
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        lab.clone(),
+        control.to_string_lossy().into(),
+        "--data-dir".into(),
+        dir.join("control").to_string_lossy().into(),
+        "--listen".into(),
+        format!("{gw}:{API_PORT}"),
+        "--advertise-address".into(),
+        gw.clone(),
+    ];
+    control_argv.extend(extra.control_args);
+    state.control_pid = spawn_detached(&control_argv, &log, None)?;
     state.save(&dir)?;
     let port_file = dir.join("forward.port");
     let _ = std::fs::remove_file(&port_file);
@@ -626,7 +644,7 @@ fn up(nodes: usize, proxy_mode: &str, dir: &Path, no_containerd: bool) -> anyhow
             "--kubeconfig-out",
             &n.kubeconfig.to_string_lossy(),
         ])?;
-        let pid = start_agent(&state, &dir, n, proxy_mode, &[])?;
+        let pid = start_agent(&state, &dir, n, proxy_mode, &extra.agent_args)?;
         state.nodes[i].agent_pid = pid;
         state.save(&dir)?;
     }
@@ -1102,7 +1120,18 @@ fn main() -> anyhow::Result<()> {
             proxy_mode,
             dir,
             no_containerd,
-        } => up(nodes, &proxy_mode, &dir, no_containerd),
+            control_args,
+            agent_args,
+        } => up(
+            nodes,
+            &proxy_mode,
+            &dir,
+            no_containerd,
+            Extra {
+                control_args,
+                agent_args,
+            },
+        ),
         Cmd::Down { dir } => down(&dir),
         Cmd::Pod {
             cmd:

@@ -43,6 +43,11 @@ impl Cluster {
     /// `sluice-lab up --nodes 2 --proxy-mode <mode>`, or `None` after printing why it cannot
     /// run here.
     fn up(mode: &str) -> Option<Cluster> {
+        Cluster::up_with(mode, &[])
+    }
+
+    /// Like [`Cluster::up`] with extra `sluice-lab up` flags.
+    fn up_with(mode: &str, extra: &[&str]) -> Option<Cluster> {
         if !is_root() {
             skip("the lab needs root (namespaces, containerd)");
             return None;
@@ -70,7 +75,9 @@ impl Cluster {
         let dir = tmp.path().join("lab");
         let d = dir.to_string_lossy().to_string();
         let t = Instant::now();
-        let out = lab(&["up", "--nodes", "2", "--proxy-mode", mode, "--dir", &d]);
+        let mut args = vec!["up", "--nodes", "2", "--proxy-mode", mode, "--dir", &d];
+        args.extend(extra);
+        let out = lab(&args);
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         let mut c = Cluster {
@@ -788,4 +795,148 @@ spec:
     );
     assert!(n / secs >= 50, "{mode}: only {} connections/s", n / secs);
     c.kubectl(&["delete", "pod", "load", "--wait=true"]);
+}
+
+/// The agent's pid on a node, from the lab's state.
+fn agent_pid(c: &Cluster, node: &str) -> i32 {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(c.dir.join("lab.json")).unwrap()).unwrap();
+    state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["agent_pid"].as_i64())
+        .expect("agent pid") as i32
+}
+
+#[test]
+fn agent_restart_keeps_connections_and_a_dead_node_loses_its_pods() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(c) = Cluster::up_with(
+        "iptables",
+        &[
+            "--control-arg=--node-monitor-grace-period=4",
+            "--control-arg=--node-monitor-period=1",
+            "--agent-arg=--heartbeat-interval=1s",
+        ],
+    ) else {
+        return;
+    };
+    let d = c.dir.to_string_lossy().to_string();
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers:
+      - name: echo
+        image: sluice-echo:0.1
+"#,
+    );
+    let pods = c.wait_ready("app=web", 2, Duration::from_secs(60));
+    let on_n2: Vec<&Value> = pods
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "n2")
+        .collect();
+    assert_eq!(on_n2.len(), 1, "one replica per node");
+    let victim = on_n2[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let victim_ip = on_n2[0]["status"]["podIP"].as_str().unwrap().to_string();
+    let victim_cid = on_n2[0]["status"]["containerStatuses"][0]["containerID"].clone();
+
+    // An established TCP connection (n1 → the pod on n2, echo port) across an agent restart.
+    let mut nc = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.netns["n1"],
+            "/bin/busybox",
+            "nc",
+            &victim_ip,
+            "9000",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = nc.stdin.take().unwrap();
+    let mut from = BufReader::new(nc.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(to, "before").unwrap();
+    from.read_line(&mut line).unwrap();
+    assert_eq!(line, "before\n");
+    ok(lab(&["agent", "restart", "--dir", &d, "--node", "n2"]));
+    let pods = c.wait_ready("app=web", 2, Duration::from_secs(30));
+    let again = pods
+        .iter()
+        .find(|p| p["metadata"]["name"] == victim.as_str())
+        .expect("the pod survived the agent restart");
+    assert_eq!(
+        again["status"]["containerStatuses"][0]["containerID"], victim_cid,
+        "same container after the agent restart"
+    );
+    line.clear();
+    writeln!(to, "after").unwrap();
+    from.read_line(&mut line).unwrap();
+    assert_eq!(line, "after\n", "the connection survived the agent restart");
+    drop(to);
+    let _ = nc.kill();
+    let _ = nc.wait();
+
+    // n2's agent dies for good: n2 goes NotReady, its pod is evicted after its 2 s
+    // toleration and the ReplicaSet replaces it on n1.
+    let t = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-KILL", &agent_pid(&c, "n2").to_string()])
+        .status();
+    c.until("n2 to be marked not ready", Duration::from_secs(30), || {
+        let n = c.json(&["get", "node", "n2"]);
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["type"] == "Ready" && x["status"] != "True")
+    });
+    println!("n2 not ready after {:?}", t.elapsed());
+    c.until("a replacement Ready on n1", Duration::from_secs(60), || {
+        let pods = c.pods("app=web");
+        let live: Vec<&Value> = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        live.len() == 2
+            && live.iter().all(|p| p["spec"]["nodeName"] == "n1")
+            && live.iter().all(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["type"] == "Ready" && x["status"] == "True")
+            })
+    });
+    println!(
+        "replacement Ready on n1 {:?} after the agent died",
+        t.elapsed()
+    );
+    let p = c.json(&["get", "pods", "-l", "app=web"]);
+    let evicted = p["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["metadata"]["name"] == victim.as_str());
+    if let Some(v) = evicted {
+        assert!(
+            !v["metadata"]["deletionTimestamp"].is_null(),
+            "the dead node's pod is being deleted: {v:#}"
+        );
+    }
 }
