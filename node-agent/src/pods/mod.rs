@@ -41,6 +41,7 @@ pub async fn run(client: kube::Client, cri: Cri, settings: spec::Settings, node:
         cri,
         client: client.clone(),
         settings,
+        node: node.clone(),
     });
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));

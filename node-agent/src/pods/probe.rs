@@ -92,6 +92,11 @@ impl Prober {
         before != self.ok
     }
 
+    /// Failures in a row so far.
+    pub fn consecutive_failures(&self) -> i32 {
+        self.failures
+    }
+
     /// Whether enough failures piled up for the container to be killed (liveness, startup).
     pub fn failed(&self) -> bool {
         self.failures >= self.spec.failure_threshold.unwrap_or(3).max(1)

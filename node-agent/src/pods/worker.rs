@@ -11,9 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Event, EventSource, ObjectReference, Pod, PodStatus, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -37,6 +40,15 @@ pub struct Ctx {
     pub client: kube::Client,
     /// Translation settings.
     pub settings: Settings,
+    /// This node's name (the Events' source host).
+    pub node: String,
+}
+
+/// Event types.
+#[derive(Debug, Clone, Copy)]
+enum EventType {
+    Normal,
+    Warning,
 }
 
 /// A message to a worker.
@@ -118,6 +130,60 @@ impl Worker {
             written: None,
             start_time: None,
         }
+    }
+
+    /// Records a kubelet-style Event about one of the pod's containers (`kubectl describe
+    /// pod` shows them), written in the background: an Event is never worth a slower sync.
+    fn event(&self, container: &str, kind: EventType, reason: &str, message: String) {
+        self.events(container, vec![(kind, reason, message)]);
+    }
+
+    /// Several Events, written in order.
+    fn events(&self, container: &str, list: Vec<(EventType, &str, String)>) {
+        let api: Api<Event> = Api::namespaced(self.ctx.client.clone(), spec::ns(&self.pod));
+        let now = Timestamp::now();
+        let name = self.pod.metadata.name.clone().unwrap_or_default();
+        let evs: Vec<Event> = list
+            .into_iter()
+            .map(|(kind, reason, message)| Event {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{name}.")),
+                    namespace: Some(spec::ns(&self.pod).to_string()),
+                    ..Default::default()
+                },
+                involved_object: ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name.clone()),
+                    namespace: Some(spec::ns(&self.pod).to_string()),
+                    uid: self.pod.metadata.uid.clone(),
+                    field_path: (!container.is_empty())
+                        .then(|| format!("spec.containers{{{container}}}")),
+                    ..Default::default()
+                },
+                reason: Some(reason.to_string()),
+                message: Some(message),
+                type_: Some(format!("{kind:?}")),
+                source: Some(EventSource {
+                    component: Some("kubelet".into()),
+                    host: Some(self.ctx.node.clone()),
+                }),
+                // Legacy-style (no eventTime), as kubelet's recorder writes them.
+                reporting_component: Some("kubelet".into()),
+                reporting_instance: Some(self.ctx.node.clone()),
+                first_timestamp: Some(Time(now)),
+                last_timestamp: Some(Time(now)),
+                count: Some(1),
+                ..Default::default()
+            })
+            .collect();
+        tokio::spawn(async move {
+            for ev in evs {
+                if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                    tracing::debug!(error = %e, "writing an event failed");
+                }
+            }
+        });
     }
 
     fn key(&self) -> String {
@@ -406,6 +472,7 @@ impl Worker {
 
             // Decide whether a (new) container should start now.
             let mut start = false;
+            let mut backoff_event = false;
             match &current {
                 None => start = true,
                 Some(o) if o.obs.state == RunState::Created => {
@@ -450,6 +517,9 @@ impl Worker {
                                 let wait = track.backoff.next(ran);
                                 let at = now + wait;
                                 track.restart_at = Some((at, o.obs.id.clone()));
+                                if !wait.is_zero() {
+                                    backoff_event = true;
+                                }
                                 at
                             }
                         };
@@ -475,6 +545,20 @@ impl Worker {
                 }
                 Some(_) => {}
             }
+            if backoff_event {
+                self.event(
+                    &c.name,
+                    EventType::Warning,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {}_{}({})",
+                        c.name,
+                        self.pod.metadata.name.as_deref().unwrap_or_default(),
+                        spec::ns(&self.pod),
+                        spec::uid(&self.pod)
+                    ),
+                );
+            }
             if start {
                 match self.start_container(c, restarts, &pod_ip).await {
                     Ok(id) => {
@@ -495,7 +579,19 @@ impl Worker {
                     }
                     Err((reason, message)) => {
                         let track = self.tracks.entry(c.name.clone()).or_default();
-                        track.waiting = Some((reason, message));
+                        // One Event per change of reason, not one per pass.
+                        let new_reason =
+                            track.waiting.as_ref().map(|(r, _)| r.as_str()) != Some(&reason);
+                        track.waiting = Some((reason.clone(), message.clone()));
+                        if new_reason {
+                            self.events(
+                                &c.name,
+                                vec![
+                                    (EventType::Warning, "Failed", message),
+                                    (EventType::Warning, "Failed", format!("Error: {reason}")),
+                                ],
+                            );
+                        }
                     }
                 }
             } else if current
@@ -580,6 +676,21 @@ impl Worker {
                 continue;
             }
             let res = p.run(&cri, c, &cur.obs.id, pod_ip).await;
+            // One Event per run of failures (kubelet writes one per failure and its recorder
+            // folds them into a count).
+            if let (Err(why), 0) = (&res, p.consecutive_failures()) {
+                let what = match p.kind {
+                    Kind::Startup => "Startup",
+                    Kind::Readiness => "Readiness",
+                    Kind::Liveness => "Liveness",
+                };
+                self.event(
+                    &c.name,
+                    EventType::Warning,
+                    "Unhealthy",
+                    format!("{what} probe failed: {why}"),
+                );
+            }
             let p = &mut probes[i];
             if p.record(res.is_ok(), Instant::now()) {
                 tracing::info!(pod = %key(&self.pod), container = %c.name, probe = ?p.kind,
@@ -604,8 +715,9 @@ impl Worker {
         let track = self.tracks.entry(c.name.clone()).or_default();
         track.probes = probes;
         if let Some(why) = kill {
-            tracing::info!(pod = %key(&self.pod), container = %c.name, "{why}");
             track.probes_for.clear();
+            tracing::info!(pod = %key(&self.pod), container = %c.name, "{why}");
+            self.event(&c.name, EventType::Normal, "Killing", why);
             self.ctx
                 .cri
                 .stop_container(&cur.obs.id, grace)
@@ -652,6 +764,21 @@ impl Worker {
         .await
         .map_err(|s| ("RunContainerError".to_string(), s.message().to_string()))?;
         tracing::info!(pod = %key(&self.pod), container = %c.name, id = %id, restarts, "container started");
+        self.events(
+            &c.name,
+            vec![
+                (
+                    EventType::Normal,
+                    "Created",
+                    format!("Created container: {}", c.name),
+                ),
+                (
+                    EventType::Normal,
+                    "Started",
+                    format!("Started container {}", c.name),
+                ),
+            ],
+        );
         Ok(id)
     }
 
@@ -670,7 +797,15 @@ impl Worker {
             .await
             .map_err(|s| ("ErrImageInspect".to_string(), s.message().to_string()))?;
         match (policy.as_str(), local) {
-            ("Never", Some(i)) | ("IfNotPresent", Some(i)) => return Ok(i.id),
+            ("Never", Some(i)) | ("IfNotPresent", Some(i)) => {
+                self.event(
+                    &c.name,
+                    EventType::Normal,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                );
+                return Ok(i.id);
+            }
             ("Never", None) => {
                 return Err((
                     "ErrImageNeverPull".into(),
@@ -799,6 +934,12 @@ impl Worker {
             if cur.obs.state != RunState::Running {
                 continue;
             }
+            self.event(
+                &c.name,
+                EventType::Normal,
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
             let cri = self.ctx.cri.clone();
             let c = c.clone();
             let id = cur.obs.id.clone();
