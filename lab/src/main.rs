@@ -768,6 +768,8 @@ fn start_agent(
             ndir.join("pods-logs").to_string_lossy().into(),
             "--cgroup-root".into(),
             format!("/{}/{}", state.lab_netns, n.name),
+            "--root-dir".into(),
+            ndir.join("kubelet").to_string_lossy().into(),
         ]);
     }
     argv.extend(extra.iter().cloned());
@@ -1058,6 +1060,10 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     }
     for d in ["images", "cni-bin"] {
         let _ = std::fs::remove_dir_all(dir.join(d));
+    }
+    // The agents' volume directories (emptyDirs, ConfigMap and Secret files).
+    for n in &state.nodes {
+        let _ = std::fs::remove_dir_all(dir.join("nodes").join(&n.name).join("kubelet"));
     }
     for f in ["kubeconfig", "forward.port", "cluster.json"] {
         let _ = std::fs::remove_file(dir.join(f));

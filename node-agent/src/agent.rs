@@ -137,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let settings = crate::pods::spec::Settings {
             pod_logs_dir: cli.pod_logs_dir.clone(),
             cgroup_root: cli.cgroup_root.clone(),
+            root_dir: cli.root_dir.clone(),
             node_ip: node_ip.to_string(),
         };
         tracing::info!(endpoint = ?cli.container_runtime_endpoint, "running this node's pods through the CRI");

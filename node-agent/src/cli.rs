@@ -122,6 +122,9 @@ pub struct Cli {
     /// kubelet's layout under `/var/log/pods`.
     #[arg(long, default_value = "/var/log/pods")]
     pub pod_logs_dir: PathBuf,
+    /// Directory for pods' volumes (`<dir>/pods/<uid>/volumes/…`), kubelet's `--root-dir`.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    pub root_dir: PathBuf,
     /// cgroup under which pods' cgroups are made (`<root>/kubepods/pod<uid>`), in every
     /// hierarchy the runtime uses.
     #[arg(long, default_value = "/")]

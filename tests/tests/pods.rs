@@ -940,3 +940,110 @@ spec:
         );
     }
 }
+
+/// A container's output so far, from its CRI log file (attempt 0).
+fn container_output(c: &Cluster, pod: &str, container: &str) -> String {
+    let p = c.json(&["get", "pod", pod]);
+    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+    let log = c
+        .dir
+        .join("nodes")
+        .join(node)
+        .join("pods-logs")
+        .join(format!("default_{pod}_{uid}"))
+        .join(container)
+        .join("0.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn environment_and_volumes_from_configmaps_secrets_downward_api_and_empty_dirs() {
+    let Some(c) = Cluster::up("none") else {
+        return;
+    };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: vols, labels: {app: vols}}
+spec:
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: cfg, configMap: {name: cfg, items: [{key: greeting, path: dir/greeting.txt}]}}
+  - name: all
+    projected:
+      sources:
+      - secret: {name: creds}
+      - downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}
+  containers:
+  - name: writer
+    image: docker.io/library/sluice-busybox:0.1
+    env:
+    - {name: COLOR, valueFrom: {configMapKeyRef: {name: cfg, key: color}}}
+    - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: NODE_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    envFrom: [{secretRef: {name: creds}, prefix: S_}]
+    command: [sh, -c, 'echo "color=$COLOR pod=$POD pw=$S_pw node=$NODE_IP"; cat /etc/cfg/dir/greeting.txt; echo; cat /all/pw; echo; cat /all/labels; echo; echo shared > /scratch/x; sleep 3600']
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+    - {name: cfg, mountPath: /etc/cfg, readOnly: true}
+    - {name: all, mountPath: /all}
+  - name: reader
+    image: docker.io/library/sluice-busybox:0.1
+    command: [sh, -c, 'while [ ! -f /data/x ]; do sleep 0.1; done; cat /data/x; sleep 3600']
+    volumeMounts: [{name: scratch, mountPath: /data}]
+"#,
+    );
+    // The ConfigMap is missing at first: the pod waits with the kubelet's reason.
+    c.until(
+        "CreateContainerConfigError",
+        Duration::from_secs(30),
+        || {
+            let p = c.json(&["get", "pod", "vols"]);
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["state"]["waiting"]["reason"] == "CreateContainerConfigError")
+        },
+    );
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {color: blue, greeting: hello}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {pw: hunter2}
+"#,
+    );
+    c.wait_ready("app=vols", 1, Duration::from_secs(60));
+    let node = c.json(&["get", "pod", "vols"])["status"]["hostIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.until("the writer's output", Duration::from_secs(20), || {
+        container_output(&c, "vols", "writer").contains("app=")
+    });
+    let w = container_output(&c, "vols", "writer");
+    assert_eq!(
+        w,
+        format!("color=blue pod=vols pw=hunter2 node={node}\nhello\nhunter2\napp=\"vols\""),
+        "writer"
+    );
+    c.until(
+        "the reader to see the shared file",
+        Duration::from_secs(20),
+        || container_output(&c, "vols", "reader") == "shared",
+    );
+    c.kubectl(&["delete", "pod", "vols", "--wait=true"]);
+}

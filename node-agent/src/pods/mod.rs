@@ -9,13 +9,15 @@
 //! workers, so an agent restart keeps running containers running.
 //!
 //! Pure parts, unit-tested: [`spec`] (Pod → CRI configs, environment), [`status`] (kubelet's
-//! status and phase rules), [`probe`] (probe timing, back-off). Thin parts: [`cri`] and the
+//! status and phase rules), [`probe`] (probe timing, back-off), [`volumes`] (the pods'
+//! volume directories and mounts). Thin parts: [`cri`] and the
 //! workers' calls.
 
 pub mod cri;
 pub mod probe;
 pub mod spec;
 pub mod status;
+pub mod volumes;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

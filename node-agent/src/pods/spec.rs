@@ -20,6 +20,8 @@ pub struct Settings {
     pub pod_logs_dir: PathBuf,
     /// `--cgroup-root`.
     pub cgroup_root: String,
+    /// `--root-dir`: pods' volumes live under `<root>/pods/<uid>`.
+    pub root_dir: PathBuf,
     /// The node's InternalIP (`status.hostIP`).
     pub node_ip: String,
 }
@@ -614,6 +616,7 @@ mod tests {
         Settings {
             pod_logs_dir: "/var/log/pods".into(),
             cgroup_root: "/lab/n1".into(),
+            root_dir: "/var/lib/kubelet".into(),
             node_ip: "172.31.0.11".into(),
         }
     }

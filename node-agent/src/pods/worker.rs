@@ -24,6 +24,7 @@ use super::cri::{labels, Cri};
 use super::probe::{Backoff, Kind, Prober};
 use super::spec::{self, EnvSources, Settings};
 use super::status::{self as pstatus, ContainerView, Observed, PodView, RunState};
+use super::volumes;
 
 /// Longest sleep between two syncs of a pod.
 const POLL: Duration = Duration::from_secs(1);
@@ -736,16 +737,27 @@ impl Worker {
         pod_ip: &str,
     ) -> Result<String, (String, String)> {
         let image_ref = self.ensure_image(c).await?;
+        let config_error = |m: String| ("CreateContainerConfigError".to_string(), m);
         let sources = self
-            .env_sources(c)
+            .sources(c)
             .await
-            .map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
-        let env = spec::resolve_env(&self.pod, c, pod_ip, &self.ctx.settings.node_ip, &sources)
-            .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+            .map_err(|e| config_error(format!("{e:#}")))?;
+        let env = spec::resolve_env(
+            &self.pod,
+            c,
+            pod_ip,
+            &self.ctx.settings.node_ip,
+            &env_sources(&sources),
+        )
+        .map_err(|e| config_error(e.to_string()))?;
+        let vols = volumes::prepare(&self.ctx.settings.root_dir, &self.pod, &sources)
+            .map_err(|e| config_error(e.to_string()))?;
+        let mounts = volumes::mounts(c, &vols).map_err(|e| config_error(e.to_string()))?;
         let Some(sb) = &self.sandbox else {
             return Err(("ContainerCreating".into(), "no sandbox".into()));
         };
-        let config = spec::container_config(&self.pod, c, &image_ref, restarts, &env);
+        let mut config = spec::container_config(&self.pod, c, &image_ref, restarts, &env);
+        config.mounts = mounts;
         let sandbox_config = spec::sandbox_config(&self.ctx.settings, &self.pod, sb.attempt);
         let mut rt = self.ctx.cri.rt.clone();
         let id = rt
@@ -845,29 +857,27 @@ impl Worker {
         }
     }
 
-    async fn env_sources(&self, c: &Container) -> Result<EnvSources, kube::Error> {
-        let (cms, secrets) = spec::env_references(c);
+    /// The ConfigMaps and Secrets the container's environment and the pod's volumes read.
+    async fn sources(&self, c: &Container) -> Result<volumes::Sources, kube::Error> {
+        let (mut cms, mut secrets) = spec::env_references(c);
+        let (vcms, vsecrets) = volumes::references(&self.pod);
+        cms.extend(vcms);
+        secrets.extend(vsecrets);
+        cms.sort();
+        cms.dedup();
+        secrets.sort();
+        secrets.dedup();
         let ns = spec::ns(&self.pod);
-        let mut out = EnvSources::default();
+        let mut out = volumes::Sources::default();
         let cm_api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), ns);
         for name in cms {
             let v = cm_api.get_opt(&name).await?;
-            out.config_maps
-                .insert(name, v.map(|cm| cm.data.unwrap_or_default()));
+            out.config_maps.insert(name, v);
         }
         let s_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), ns);
         for name in secrets {
             let v = s_api.get_opt(&name).await?;
-            out.secrets.insert(
-                name,
-                v.map(|s| {
-                    s.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .collect()
-                }),
-            );
+            out.secrets.insert(name, v);
         }
         Ok(out)
     }
@@ -992,6 +1002,8 @@ impl Worker {
             &self.ctx.settings.pod_logs_dir,
             &self.pod,
         ));
+        // Volumes: emptyDirs and written ConfigMap/Secret files (hostPaths are not under it).
+        let _ = std::fs::remove_dir_all(volumes::pod_dir(&self.ctx.settings.root_dir, &self.pod));
         if self.gone {
             return Ok(());
         }
@@ -1034,6 +1046,34 @@ impl Worker {
         }
         tracing::info!(pod = %self.key(), "pod terminated and deleted");
         Ok(())
+    }
+}
+
+/// The environment's view of fetched sources: ConfigMap data and decoded Secret data.
+fn env_sources(src: &volumes::Sources) -> EnvSources {
+    EnvSources {
+        config_maps: src
+            .config_maps
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_ref().map(|cm| cm.data.clone().unwrap_or_default())))
+            .collect(),
+        secrets: src
+            .secrets
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_ref().map(|s| {
+                        s.data
+                            .clone()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                            .collect()
+                    }),
+                )
+            })
+            .collect(),
     }
 }
 
