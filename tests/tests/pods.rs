@@ -963,7 +963,7 @@ fn container_output(c: &Cluster, pod: &str, container: &str) -> String {
 }
 
 #[test]
-fn environment_and_volumes_from_configmaps_secrets_downward_api_and_empty_dirs() {
+fn init_containers_environment_and_volumes_from_configmaps_secrets_downward_api_and_empty_dirs() {
     let Some(c) = Cluster::up("none") else {
         return;
     };
@@ -981,6 +981,11 @@ spec:
       sources:
       - secret: {name: creds}
       - downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}
+  initContainers:
+  - name: init
+    image: docker.io/library/sluice-busybox:0.1
+    command: [sh, -c, 'sleep 1; echo from-init > /scratch/init']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
   containers:
   - name: writer
     image: docker.io/library/sluice-busybox:0.1
@@ -989,7 +994,7 @@ spec:
     - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
     - {name: NODE_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
     envFrom: [{secretRef: {name: creds}, prefix: S_}]
-    command: [sh, -c, 'echo "color=$COLOR pod=$POD pw=$S_pw node=$NODE_IP"; cat /etc/cfg/dir/greeting.txt; echo; cat /all/pw; echo; cat /all/labels; echo; echo shared > /scratch/x; sleep 3600']
+    command: [sh, -c, 'cat /scratch/init; echo "color=$COLOR pod=$POD pw=$S_pw node=$NODE_IP"; cat /etc/cfg/dir/greeting.txt; echo; cat /all/pw; echo; cat /all/labels; echo; echo shared > /scratch/x; sleep 3600']
     volumeMounts:
     - {name: scratch, mountPath: /scratch}
     - {name: cfg, mountPath: /etc/cfg, readOnly: true}
@@ -1006,10 +1011,9 @@ spec:
         Duration::from_secs(30),
         || {
             let p = c.json(&["get", "pod", "vols"]);
-            p["status"]["containerStatuses"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            ["initContainerStatuses", "containerStatuses"]
+                .iter()
+                .flat_map(|k| p["status"][k].as_array().cloned().unwrap_or_default())
                 .any(|s| s["state"]["waiting"]["reason"] == "CreateContainerConfigError")
         },
     );
@@ -1026,7 +1030,19 @@ metadata: {name: creds}
 stringData: {pw: hunter2}
 "#,
     );
+    // The init container runs first (about a second): `get pods` says so.
+    c.until(
+        "Init:0/1 in kubectl get pods",
+        Duration::from_secs(20),
+        || c.kubectl(&["get", "pod", "vols"]).contains("Init:0/1"),
+    );
     c.wait_ready("app=vols", 1, Duration::from_secs(60));
+    let p = c.json(&["get", "pod", "vols"]);
+    let init = &p["status"]["initContainerStatuses"][0];
+    assert_eq!(
+        init["state"]["terminated"]["reason"], "Completed",
+        "{init:#}"
+    );
     let node = c.json(&["get", "pod", "vols"])["status"]["hostIP"]
         .as_str()
         .unwrap()
@@ -1037,7 +1053,9 @@ stringData: {pw: hunter2}
     let w = container_output(&c, "vols", "writer");
     assert_eq!(
         w,
-        format!("color=blue pod=vols pw=hunter2 node={node}\nhello\nhunter2\napp=\"vols\""),
+        format!(
+            "from-init\ncolor=blue pod=vols pw=hunter2 node={node}\nhello\nhunter2\napp=\"vols\""
+        ),
         "writer"
     );
     c.until(

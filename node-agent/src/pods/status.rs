@@ -76,6 +76,13 @@ pub struct PodView {
     pub start_time: Option<Timestamp>,
     /// Per container of `spec.containers`, by name.
     pub containers: BTreeMap<String, ContainerView>,
+    /// Per container of `spec.initContainers`, by name.
+    pub init_containers: BTreeMap<String, ContainerView>,
+    /// Every init container has completed (sidecars: started). A pod without init containers
+    /// is initialized whatever this says.
+    pub initialized: bool,
+    /// An init container failed and the pod restarts nothing (`restartPolicy: Never`).
+    pub init_failed: bool,
 }
 
 fn time_ns(ns: i64) -> Option<Time> {
@@ -249,8 +256,37 @@ pub fn pod_status(pod: &Pod, view: &PodView, node_ip: &str, now: Timestamp) -> P
             container_status(&c.name, c.image.as_deref().unwrap_or_default(), &v)
         })
         .collect();
+    let init_statuses: Vec<ContainerStatus> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| {
+            let v = view
+                .init_containers
+                .get(&c.name)
+                .cloned()
+                .unwrap_or_default();
+            container_status(&c.name, c.image.as_deref().unwrap_or_default(), &v)
+        })
+        .collect();
+    let initialized = init_statuses.is_empty() || view.initialized;
     let restart_policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    let phase = phase(restart_policy, &statuses);
+    let phase = match (initialized, view.init_failed) {
+        (true, _) => phase(restart_policy, &statuses),
+        (false, true) => "Failed",
+        (false, false) => "Pending",
+    };
+    let incomplete: Vec<&str> = init_statuses
+        .iter()
+        .filter(|s| {
+            !s.state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+                && !s.started.unwrap_or(false)
+        })
+        .map(|s| s.name.as_str())
+        .collect();
     let unready: Vec<&str> = statuses
         .iter()
         .filter(|s| !s.ready)
@@ -279,7 +315,21 @@ pub fn pod_status(pod: &Pod, view: &PodView, node_ip: &str, now: Timestamp) -> P
             None,
             now,
         ),
-        condition(&old_conds, "Initialized", true, None, None, now),
+        if initialized {
+            condition(&old_conds, "Initialized", true, None, None, now)
+        } else {
+            condition(
+                &old_conds,
+                "Initialized",
+                false,
+                Some("ContainersNotInitialized"),
+                Some(format!(
+                    "containers with incomplete status: [{}]",
+                    incomplete.join(" ")
+                )),
+                now,
+            )
+        },
         condition(&old_conds, "Ready", all_ready, reason, message.clone(), now),
         condition(
             &old_conds,
@@ -311,6 +361,7 @@ pub fn pod_status(pod: &Pod, view: &PodView, node_ip: &str, now: Timestamp) -> P
         pod_ips: (!pod_ip.is_empty()).then(|| vec![PodIP { ip: pod_ip }]),
         start_time: old.start_time.clone().or(view.start_time.map(Time)),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: Some(super::spec::qos_class(pod).to_string()),
         ..Default::default()
     }
@@ -351,8 +402,8 @@ mod tests {
         PodView {
             sandbox_ready: true,
             pod_ip: "10.244.1.9".into(),
-            start_time: None,
             containers: [("a".to_string(), v)].into(),
+            ..Default::default()
         }
     }
 
@@ -436,6 +487,69 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p("Always", image), "Pending");
+    }
+
+    #[test]
+    fn init_containers_gate_the_pod() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "d", "uid": "u"},
+            "spec": {"restartPolicy": "Never",
+                     "initContainers": [{"name": "setup", "image": "img:1"}],
+                     "containers": [{"name": "a", "image": "img:1"}]}
+        }))
+        .unwrap();
+        let mut v = view(ContainerView {
+            waiting: Some(("PodInitializing".into(), String::new())),
+            ..Default::default()
+        });
+        v.init_containers.insert(
+            "setup".into(),
+            ContainerView {
+                current: Some(obs(RunState::Running, 0)),
+                ..Default::default()
+            },
+        );
+        let st = pod_status(&p, &v, "1.1.1.1", now());
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        let init = st
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Initialized")
+            .unwrap()
+            .clone();
+        assert_eq!(init.status, "False");
+        assert_eq!(init.reason.as_deref(), Some("ContainersNotInitialized"));
+        assert_eq!(
+            init.message.as_deref(),
+            Some("containers with incomplete status: [setup]")
+        );
+        let cs = &st.container_statuses.as_ref().unwrap()[0];
+        let w = cs.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(w.reason.as_deref(), Some("PodInitializing"));
+        assert!(w.message.is_none());
+        assert_eq!(st.init_container_statuses.as_ref().unwrap().len(), 1);
+
+        v.init_containers.get_mut("setup").unwrap().current = Some(obs(RunState::Exited, 1));
+        v.init_failed = true;
+        let st = pod_status(&p, &v, "1.1.1.1", now());
+        assert_eq!(
+            st.phase.as_deref(),
+            Some("Failed"),
+            "Never: a failed init fails the pod"
+        );
+
+        v.init_containers.get_mut("setup").unwrap().current = Some(obs(RunState::Exited, 0));
+        v.init_failed = false;
+        v.initialized = true;
+        v.containers.get_mut("a").unwrap().waiting = None;
+        v.containers.get_mut("a").unwrap().current = Some(obs(RunState::Running, 0));
+        let st = pod_status(&p, &v, "1.1.1.1", now());
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        let init = st.init_container_statuses.unwrap()[0].clone();
+        let t = init.state.unwrap().terminated.unwrap();
+        assert_eq!(t.reason.as_deref(), Some("Completed"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! sandbox removed (CNI DEL), its final status written, and the Pod object deleted with grace
 //! 0, which is the node's confirmation; then the task ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -387,6 +387,7 @@ impl Worker {
                     )
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -461,171 +462,240 @@ impl Worker {
             sandbox_ready: true,
             pod_ip: pod_ip.clone(),
             start_time: self.start_time,
-            containers: BTreeMap::new(),
+            initialized: true,
+            ..Default::default()
         };
+        for c in &spec.init_containers.clone().unwrap_or_default() {
+            let list = by_name.remove(&c.name).unwrap_or_default();
+            // A sidecar (restartPolicy Always) keeps running; a plain init container runs once
+            // to success, restarted on failure unless the pod never restarts anything.
+            let sidecar = c.restart_policy.as_deref() == Some("Always");
+            let init_policy = if sidecar {
+                "Always"
+            } else if policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            let done_before = list.first().is_some_and(|o| {
+                o.obs.state == RunState::Exited && o.obs.exit_code == 0 && !sidecar
+            });
+            let v = if done_before || !view.initialized {
+                // Completed ones stay completed; later ones wait for the earlier ones.
+                pending_view(&list, done_before)
+            } else {
+                self.sync_one(c, init_policy, grace, &pod_ip, list, next, sidecar)
+                    .await?
+            };
+            let done = match &v.current {
+                Some(o) if sidecar => o.state == RunState::Running && v.started,
+                Some(o) => o.state == RunState::Exited && o.exit_code == 0,
+                None => false,
+            };
+            if !done {
+                if view.initialized {
+                    view.init_failed = !sidecar
+                        && policy == "Never"
+                        && v.current
+                            .as_ref()
+                            .is_some_and(|o| o.state == RunState::Exited && o.exit_code != 0);
+                }
+                view.initialized = false;
+            }
+            view.init_containers.insert(c.name.clone(), v);
+        }
         for c in &spec.containers {
             let list = by_name.remove(&c.name).unwrap_or_default();
-            let mut current = list.first().cloned();
-            let previous = list.get(1).cloned();
-            let mut restarts = current.as_ref().map_or(0, |o| o.restart_count);
-            let hash = spec::spec_hash(c);
-            let track = self.tracks.entry(c.name.clone()).or_default();
-
-            // Decide whether a (new) container should start now.
-            let mut start = false;
-            let mut backoff_event = false;
-            match &current {
-                None => start = true,
-                Some(o) if o.obs.state == RunState::Created => {
-                    // Made but never started (the agent stopped in between): start it.
-                    let r = self
-                        .ctx
-                        .cri
-                        .rt
-                        .clone()
-                        .start_container(cri::StartContainerRequest {
-                            container_id: o.obs.id.clone(),
-                        })
-                        .await;
-                    if let Err(s) = r {
-                        track.waiting = Some(("RunContainerError".into(), s.message().into()));
-                    }
-                }
-                Some(o) if o.obs.state == RunState::Running && o.hash != hash => {
-                    tracing::info!(pod = %key(&self.pod), container = %c.name, "container spec changed; replacing it");
-                    self.ctx
-                        .cri
-                        .stop_container(&o.obs.id, grace)
-                        .await
-                        .map_err(cri_err("StopContainer"))?;
-                    start = true;
-                    restarts += 1;
-                }
-                Some(o) if o.obs.state == RunState::Exited => {
-                    let again = match policy.as_str() {
-                        "Never" => false,
-                        "OnFailure" => o.obs.exit_code != 0,
-                        _ => true,
-                    } || o.hash != hash && policy != "Never";
-                    if again {
-                        let now = Instant::now();
-                        let until = match &track.restart_at {
-                            Some((at, id)) if *id == o.obs.id => *at,
-                            _ => {
-                                let ran = Duration::from_nanos(
-                                    (o.obs.finished_at - o.obs.started_at).max(0) as u64,
-                                );
-                                let wait = track.backoff.next(ran);
-                                let at = now + wait;
-                                track.restart_at = Some((at, o.obs.id.clone()));
-                                if !wait.is_zero() {
-                                    backoff_event = true;
-                                }
-                                at
-                            }
-                        };
-                        if until <= now {
-                            start = true;
-                            restarts += 1;
-                        } else {
-                            let left = until - now;
-                            track.waiting = Some((
-                                "CrashLoopBackOff".into(),
-                                format!(
-                                    "back-off {}s restarting failed container={} pod={}_{}({})",
-                                    left.as_secs().max(1),
-                                    c.name,
-                                    self.pod.metadata.name.as_deref().unwrap_or_default(),
-                                    spec::ns(&self.pod),
-                                    spec::uid(&self.pod)
-                                ),
-                            ));
-                            *next = (*next).min(until);
-                        }
-                    }
-                }
-                Some(_) => {}
-            }
-            if backoff_event {
-                self.event(
-                    &c.name,
-                    EventType::Warning,
-                    "BackOff",
-                    format!(
-                        "Back-off restarting failed container {} in pod {}_{}({})",
-                        c.name,
-                        self.pod.metadata.name.as_deref().unwrap_or_default(),
-                        spec::ns(&self.pod),
-                        spec::uid(&self.pod)
-                    ),
-                );
-            }
-            if start {
-                match self.start_container(c, restarts, &pod_ip).await {
-                    Ok(id) => {
-                        let track = self.tracks.entry(c.name.clone()).or_default();
-                        track.waiting = None;
-                        track.restart_at = None;
-                        // Observe the new container at once: a pod becomes Running in this
-                        // pass, not the next.
-                        if let Some(st) = self
-                            .ctx
-                            .cri
-                            .container_status(&id)
-                            .await
-                            .map_err(cri_err("ContainerStatus"))?
-                        {
-                            current = Some(observed(&st));
-                        }
-                    }
-                    Err((reason, message)) => {
-                        let track = self.tracks.entry(c.name.clone()).or_default();
-                        // One Event per change of reason, not one per pass.
-                        let new_reason =
-                            track.waiting.as_ref().map(|(r, _)| r.as_str()) != Some(&reason);
-                        track.waiting = Some((reason.clone(), message.clone()));
-                        if new_reason {
-                            self.events(
-                                &c.name,
-                                vec![
-                                    (EventType::Warning, "Failed", message),
-                                    (EventType::Warning, "Failed", format!("Error: {reason}")),
-                                ],
-                            );
-                        }
-                    }
-                }
-            } else if current
-                .as_ref()
-                .is_some_and(|o| o.obs.state == RunState::Running)
-            {
-                let track = self.tracks.entry(c.name.clone()).or_default();
-                track.waiting = None;
-            }
-            let (ready, started) = self
-                .probe(c, current.as_ref(), &pod_ip, grace, next)
-                .await?;
-            let track = self.tracks.entry(c.name.clone()).or_default();
-            let (cur, prev) = match (&current, &previous) {
-                // A container replaced in this pass: the old current is now the previous.
-                (Some(n), _) if list.first().is_some_and(|o| o.obs.id != n.obs.id) => {
-                    (Some(n.clone()), list.first().cloned())
-                }
-                _ => (current.clone(), previous.clone()),
-            };
-            view.containers.insert(
-                c.name.clone(),
+            let v = if view.initialized {
+                self.sync_one(c, &policy, grace, &pod_ip, list, next, true)
+                    .await?
+            } else {
                 ContainerView {
-                    restart_count: cur.as_ref().map_or(0, |o| o.restart_count),
-                    current: cur.map(|o| o.obs),
-                    previous: prev.map(|o| o.obs),
-                    waiting: track.waiting.clone(),
-                    ready,
-                    started,
-                },
-            );
+                    waiting: Some(("PodInitializing".into(), String::new())),
+                    ..pending_view(&list, false)
+                }
+            };
+            view.containers.insert(c.name.clone(), v);
         }
         Ok(view)
+    }
+
+    /// One container's pass: start it (first time, after an exit its policy restarts, or
+    /// after a spec change) with back-off, run its probes, and say what it looks like.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_one(
+        &mut self,
+        c: &Container,
+        policy: &str,
+        grace: i64,
+        pod_ip: &str,
+        list: Vec<Tracked>,
+        next: &mut Instant,
+        probes: bool,
+    ) -> Result<ContainerView, Error> {
+        let pod_ip = pod_ip.to_string();
+        let mut current = list.first().cloned();
+        let previous = list.get(1).cloned();
+        let mut restarts = current.as_ref().map_or(0, |o| o.restart_count);
+        let hash = spec::spec_hash(c);
+        let track = self.tracks.entry(c.name.clone()).or_default();
+
+        // Decide whether a (new) container should start now.
+        let mut start = false;
+        let mut backoff_event = false;
+        match &current {
+            None => start = true,
+            Some(o) if o.obs.state == RunState::Created => {
+                // Made but never started (the agent stopped in between): start it.
+                let r = self
+                    .ctx
+                    .cri
+                    .rt
+                    .clone()
+                    .start_container(cri::StartContainerRequest {
+                        container_id: o.obs.id.clone(),
+                    })
+                    .await;
+                if let Err(s) = r {
+                    track.waiting = Some(("RunContainerError".into(), s.message().into()));
+                }
+            }
+            Some(o) if o.obs.state == RunState::Running && o.hash != hash => {
+                tracing::info!(pod = %key(&self.pod), container = %c.name, "container spec changed; replacing it");
+                self.ctx
+                    .cri
+                    .stop_container(&o.obs.id, grace)
+                    .await
+                    .map_err(cri_err("StopContainer"))?;
+                start = true;
+                restarts += 1;
+            }
+            Some(o) if o.obs.state == RunState::Exited => {
+                let again = match policy {
+                    "Never" => false,
+                    "OnFailure" => o.obs.exit_code != 0,
+                    _ => true,
+                } || o.hash != hash && policy != "Never";
+                if again {
+                    let now = Instant::now();
+                    let until = match &track.restart_at {
+                        Some((at, id)) if *id == o.obs.id => *at,
+                        _ => {
+                            let ran = Duration::from_nanos(
+                                (o.obs.finished_at - o.obs.started_at).max(0) as u64,
+                            );
+                            let wait = track.backoff.next(ran);
+                            let at = now + wait;
+                            track.restart_at = Some((at, o.obs.id.clone()));
+                            if !wait.is_zero() {
+                                backoff_event = true;
+                            }
+                            at
+                        }
+                    };
+                    if until <= now {
+                        start = true;
+                        restarts += 1;
+                    } else {
+                        let left = until - now;
+                        track.waiting = Some((
+                            "CrashLoopBackOff".into(),
+                            format!(
+                                "back-off {}s restarting failed container={} pod={}_{}({})",
+                                left.as_secs().max(1),
+                                c.name,
+                                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                                spec::ns(&self.pod),
+                                spec::uid(&self.pod)
+                            ),
+                        ));
+                        *next = (*next).min(until);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        if backoff_event {
+            self.event(
+                &c.name,
+                EventType::Warning,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name,
+                    self.pod.metadata.name.as_deref().unwrap_or_default(),
+                    spec::ns(&self.pod),
+                    spec::uid(&self.pod)
+                ),
+            );
+        }
+        if start {
+            match self.start_container(c, restarts, &pod_ip).await {
+                Ok(id) => {
+                    let track = self.tracks.entry(c.name.clone()).or_default();
+                    track.waiting = None;
+                    track.restart_at = None;
+                    // Observe the new container at once: a pod becomes Running in this
+                    // pass, not the next.
+                    if let Some(st) = self
+                        .ctx
+                        .cri
+                        .container_status(&id)
+                        .await
+                        .map_err(cri_err("ContainerStatus"))?
+                    {
+                        current = Some(observed(&st));
+                    }
+                }
+                Err((reason, message)) => {
+                    let track = self.tracks.entry(c.name.clone()).or_default();
+                    // One Event per change of reason, not one per pass.
+                    let new_reason =
+                        track.waiting.as_ref().map(|(r, _)| r.as_str()) != Some(&reason);
+                    track.waiting = Some((reason.clone(), message.clone()));
+                    if new_reason {
+                        self.events(
+                            &c.name,
+                            vec![
+                                (EventType::Warning, "Failed", message),
+                                (EventType::Warning, "Failed", format!("Error: {reason}")),
+                            ],
+                        );
+                    }
+                }
+            }
+        } else if current
+            .as_ref()
+            .is_some_and(|o| o.obs.state == RunState::Running)
+        {
+            let track = self.tracks.entry(c.name.clone()).or_default();
+            track.waiting = None;
+        }
+        let (ready, started) = if probes {
+            self.probe(c, current.as_ref(), &pod_ip, grace, next)
+                .await?
+        } else {
+            let running = current
+                .as_ref()
+                .is_some_and(|o| o.obs.state == RunState::Running);
+            (false, running)
+        };
+        let track = self.tracks.entry(c.name.clone()).or_default();
+        let (cur, prev) = match (&current, &previous) {
+            // A container replaced in this pass: the old current is now the previous.
+            (Some(n), _) if list.first().is_some_and(|o| o.obs.id != n.obs.id) => {
+                (Some(n.clone()), list.first().cloned())
+            }
+            _ => (current.clone(), previous.clone()),
+        };
+        Ok(ContainerView {
+            restart_count: cur.as_ref().map_or(0, |o| o.restart_count),
+            current: cur.map(|o| o.obs),
+            previous: prev.map(|o| o.obs),
+            waiting: track.waiting.clone(),
+            ready,
+            started,
+        })
     }
 
     /// Runs the probes that are due for a running container; returns (ready, started).
@@ -973,11 +1043,16 @@ impl Worker {
         // The final container states, before the sandbox (and with it the records) goes.
         let mut view = PodView {
             sandbox_ready: false,
-            pod_ip: String::new(),
             start_time: self.start_time,
-            containers: BTreeMap::new(),
+            initialized: true,
+            ..Default::default()
         };
         let observed = self.observe().await.unwrap_or_default();
+        for c in spec.init_containers.iter().flatten() {
+            let list = observed.get(&c.name).cloned().unwrap_or_default();
+            view.init_containers
+                .insert(c.name.clone(), pending_view(&list, false));
+        }
         for c in &spec.containers {
             let list = observed.get(&c.name).cloned().unwrap_or_default();
             view.containers.insert(
@@ -1049,13 +1124,29 @@ impl Worker {
     }
 }
 
+/// A container the pass does not act on: what the runtime last said of it.
+fn pending_view(list: &[Tracked], done: bool) -> ContainerView {
+    ContainerView {
+        restart_count: list.first().map_or(0, |o| o.restart_count),
+        current: list.first().map(|o| o.obs.clone()),
+        previous: list.get(1).map(|o| o.obs.clone()),
+        started: done,
+        ..Default::default()
+    }
+}
+
 /// The environment's view of fetched sources: ConfigMap data and decoded Secret data.
 fn env_sources(src: &volumes::Sources) -> EnvSources {
     EnvSources {
         config_maps: src
             .config_maps
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_ref().map(|cm| cm.data.clone().unwrap_or_default())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_ref().map(|cm| cm.data.clone().unwrap_or_default()),
+                )
+            })
             .collect(),
         secrets: src
             .secrets
