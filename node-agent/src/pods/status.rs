@@ -279,11 +279,13 @@ pub fn pod_status(pod: &Pod, view: &PodView, node_ip: &str, now: Timestamp) -> P
     let incomplete: Vec<&str> = init_statuses
         .iter()
         .filter(|s| {
-            !s.state
+            let completed = s
+                .state
                 .as_ref()
                 .and_then(|st| st.terminated.as_ref())
-                .is_some_and(|t| t.exit_code == 0)
-                && !s.started.unwrap_or(false)
+                .is_some_and(|t| t.exit_code == 0);
+            // A sidecar counts once started.
+            !(completed || s.started.unwrap_or(false))
         })
         .map(|s| s.name.as_str())
         .collect();
