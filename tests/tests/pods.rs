@@ -584,6 +584,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: never-pulled}
+spec:
+  containers: [{name: main, image: "not-here:1", imagePullPolicy: Never}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: always-pulled}
+spec:
+  containers: [{name: main, image: "sluice-echo:latest"}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: crasher}
 spec:
   containers:
@@ -674,7 +686,34 @@ spec:
         (1..=2).contains(&restarts),
         "back-off: {restarts} restarts in ~15 s"
     );
-    c.kubectl(&["delete", "pod", "probed", "crasher", "--wait=true"]);
+
+    // Images: Never without the image waits with ErrImageNeverPull at once; `:latest` means
+    // Always, and with no registry reachable the pull fails (bounded), never hangs.
+    c.until("ErrImageNeverPull", Duration::from_secs(10), || {
+        pod_state(&c, "never-pulled").2 == "ErrImageNeverPull"
+    });
+    c.until("a failed pull", Duration::from_secs(60), || {
+        matches!(
+            pod_state(&c, "always-pulled").2.as_str(),
+            "ErrImagePull" | "ImagePullBackOff"
+        )
+    });
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=always-pulled",
+    ]);
+    assert!(events.contains("Pulling"), "{events}");
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "probed",
+        "crasher",
+        "never-pulled",
+        "always-pulled",
+        "--wait=true",
+    ]);
 }
 
 #[test]

@@ -68,6 +68,9 @@ struct Track {
     restart_at: Option<(Instant, String)>,
     image_backoff: Backoff,
     image_retry_at: Option<Instant>,
+    /// A pull in flight: it runs beside the worker, so the pod's status keeps being written
+    /// (ContainerCreating) while it lasts.
+    pull: Option<tokio::task::JoinHandle<Result<String, String>>>,
     waiting: Option<(String, String)>,
     /// Probers of the current container (`probes_for`).
     probes: Vec<Prober>,
@@ -653,7 +656,7 @@ impl Worker {
                     let new_reason =
                         track.waiting.as_ref().map(|(r, _)| r.as_str()) != Some(&reason);
                     track.waiting = Some((reason.clone(), message.clone()));
-                    if new_reason {
+                    if new_reason && reason != "ContainerCreating" {
                         self.events(
                             &c.name,
                             vec![
@@ -897,6 +900,40 @@ impl Worker {
             _ => {}
         }
         let track = self.tracks.entry(c.name.clone()).or_default();
+        if let Some(h) = track.pull.take() {
+            if !h.is_finished() {
+                track.pull = Some(h);
+                return Err(("ContainerCreating".into(), String::new()));
+            }
+            let result = match h.await {
+                Ok(r) => r,
+                Err(e) => Err(e.to_string()),
+            };
+            return match result {
+                Ok(r) => {
+                    track.image_retry_at = None;
+                    track.image_backoff = Backoff::default();
+                    self.event(
+                        &c.name,
+                        EventType::Normal,
+                        "Pulled",
+                        format!("Successfully pulled image \"{image}\""),
+                    );
+                    Ok(r)
+                }
+                Err(m) => {
+                    let wait = track
+                        .image_backoff
+                        .next(Duration::ZERO)
+                        .max(Duration::from_secs(1));
+                    track.image_retry_at = Some(Instant::now() + wait);
+                    Err((
+                        "ErrImagePull".into(),
+                        format!("failed to pull image \"{image}\": {m}"),
+                    ))
+                }
+            };
+        }
         if let Some(at) = track.image_retry_at {
             if at > Instant::now() {
                 return Err((
@@ -905,26 +942,20 @@ impl Worker {
                 ));
             }
         }
-        match self.ctx.cri.pull(&image, PULL_TIMEOUT).await {
-            Ok(r) => {
-                let track = self.tracks.entry(c.name.clone()).or_default();
-                track.image_retry_at = None;
-                track.image_backoff = Backoff::default();
-                Ok(r)
-            }
-            Err(s) => {
-                let track = self.tracks.entry(c.name.clone()).or_default();
-                let wait = track
-                    .image_backoff
-                    .next(Duration::ZERO)
-                    .max(Duration::from_secs(1));
-                track.image_retry_at = Some(Instant::now() + wait);
-                Err((
-                    "ErrImagePull".into(),
-                    format!("failed to pull image \"{image}\": {}", s.message()),
-                ))
-            }
-        }
+        let cri = self.ctx.cri.clone();
+        let img = image.clone();
+        track.pull = Some(tokio::spawn(async move {
+            cri.pull(&img, PULL_TIMEOUT)
+                .await
+                .map_err(|s| s.message().to_string())
+        }));
+        self.event(
+            &c.name,
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+        Err(("ContainerCreating".into(), String::new()))
     }
 
     /// The ConfigMaps and Secrets the container's environment and the pod's volumes read.
