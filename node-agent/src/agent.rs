@@ -91,7 +91,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(IpAddr::V4)
             .context("no global IPv4 address in this network namespace: pass --node-ip")?,
     };
-    let id = Identity::probe(&cli.node_name, node_ip);
+    // The kubelet API (`kubectl logs`/`exec`) is served when the agent runs pods.
+    let kubelet_port = (cli.container_runtime_endpoint.is_some() && cli.kubelet_port != 0)
+        .then_some(cli.kubelet_port);
+    let id = Identity {
+        kubelet_port: kubelet_port.map(i32::from),
+        ..Identity::probe(&cli.node_name, node_ip)
+    };
     tracing::info!(node = %id.name, %node_ip, "starting sluice-agent");
     enable_forwarding();
     let ipt = iptables_commands(cli.iptables_backend, &id.name);
@@ -148,6 +154,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             id.name.clone(),
         ))
     });
+    let kubelet_api = match (kubelet_port, &cri) {
+        (Some(port), Some(cri)) => Some(
+            crate::pods::server::start(
+                std::net::SocketAddr::new(node_ip, port),
+                &cli.kubeconfig,
+                &id.name,
+                cri.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let opts = crate::proxy::ProxyOptions {
         node_name: id.name.clone(),
         proxy_name: cli.proxy_name.clone(),
@@ -245,6 +263,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(p) = proxy {
         p.abort();
+    }
+    if let Some(k) = kubelet_api {
+        k.abort();
     }
     for s in servers {
         s.abort();

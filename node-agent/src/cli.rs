@@ -118,6 +118,12 @@ pub struct Cli {
     /// status, restarts, probes. Without it the agent only networks the node and proxies.
     #[arg(long)]
     pub container_runtime_endpoint: Option<String>,
+    /// Port of the kubelet API (`/containerLogs`, `/exec` over HTTPS, for the API server's
+    /// `kubectl logs` and `kubectl exec`), on the node IP; served only when the agent runs pods
+    /// (`--container-runtime-endpoint`) and reported in the Node's
+    /// `status.daemonEndpoints.kubeletEndpoint`. `0` disables it.
+    #[arg(long, default_value_t = crate::pods::server::DEFAULT_PORT)]
+    pub kubelet_port: u16,
     /// Where containers' logs go: `<dir>/<namespace>_<pod>_<uid>/<container>/<restarts>.log`,
     /// kubelet's layout under `/var/log/pods`.
     #[arg(long, default_value = "/var/log/pods")]
@@ -300,6 +306,7 @@ mod tests {
         assert_eq!(c.full_sync_period, Duration::from_secs(3600));
         assert_eq!(c.iptables_backend, IptablesBackend::Auto);
         assert_eq!(c.proxy_name, None);
+        assert_eq!(c.kubelet_port, 10250);
         assert_eq!(
             c.healthz_bind_address.0,
             Some("0.0.0.0:10256".parse().unwrap())
@@ -339,6 +346,7 @@ mod tests {
             "--iptables-backend",
             "--healthz-bind-address",
             "--metrics-bind-address",
+            "--kubelet-port",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    ContainerImage, Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -34,6 +35,9 @@ pub struct Identity {
     pub capacity: BTreeMap<String, Quantity>,
     /// `status.images`, when the agent runs pods (`None`: left alone).
     pub images: Option<Vec<ContainerImage>>,
+    /// The kubelet API's port (`status.daemonEndpoints.kubeletEndpoint.Port`), when the agent
+    /// serves it (`None`: left alone).
+    pub kubelet_port: Option<i32>,
 }
 
 /// Pods a node accepts (kubelet's default `--max-pods`).
@@ -109,6 +113,7 @@ impl Identity {
                 &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
             ),
             images: None,
+            kubelet_port: None,
         }
     }
 
@@ -190,6 +195,15 @@ pub fn apply_status(
     if id.images.is_some() && status.images != id.images {
         status.images = id.images.clone();
         changed = true;
+    }
+    if let Some(port) = id.kubelet_port {
+        let want = NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port }),
+        };
+        if status.daemon_endpoints.as_ref() != Some(&want) {
+            status.daemon_endpoints = Some(want);
+            changed = true;
+        }
     }
     let conds = status.conditions.get_or_insert_with(Vec::new);
     // The agent does not evict on pressure; it reports none, as a kubelet with room does.
@@ -375,6 +389,24 @@ mod tests {
             st.conditions.as_ref().unwrap().len(),
             5,
             "other conditions kept"
+        );
+    }
+
+    #[test]
+    fn kubelet_port_is_reported_once_known() {
+        let mut st = NodeStatus::default();
+        apply_status(&mut st, &id(), ts(0), false);
+        assert_eq!(st.daemon_endpoints, None, "no kubelet API: left alone");
+        let with_port = Identity {
+            kubelet_port: Some(10250),
+            ..id()
+        };
+        assert!(apply_status(&mut st, &with_port, ts(1), false));
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+        assert!(
+            !apply_status(&mut st, &with_port, ts(2), false),
+            "nothing to write"
         );
     }
 

@@ -194,14 +194,17 @@ impl Server {
             ),
         )?;
 
-        let state = Arc::new(api::AppState::new(
-            registry.clone(),
-            Arc::new(auth::Tokens::new(tokens_file)),
-            advertised,
-            cfg.watch_timeout,
-            cfg.bookmark_interval,
-            cfg.limits.clone(),
-        ));
+        let state = Arc::new(
+            api::AppState::new(
+                registry.clone(),
+                Arc::new(auth::Tokens::new(tokens_file)),
+                advertised,
+                cfg.watch_timeout,
+                cfg.bookmark_interval,
+                cfg.limits.clone(),
+            )
+            .with_kubelet_client(pki.kubelet_client.clone()),
+        );
         let app = api::router(state);
         let connections = conn::Tracker::new(cfg.limits.max_unauthenticated_connections);
         // Dropping the serve future (abort on shutdown) closes every connection it holds.

@@ -5,6 +5,11 @@
 //! starts reuse them; when the serving certificate's names no longer cover the requested ones
 //! (a new `--advertise-address` or `--tls-san`), a new serving certificate is signed by the
 //! same CA, so existing kubeconfigs keep working.
+//!
+//! The client certificate the API server shows node agents' kubelet API (`kubectl logs`,
+//! `kubectl exec`) is made once beside them (`kubelet-client.crt`, `kubelet-client.key`,
+//! 0600): CN `kube-apiserver-kubelet-client`, O `system:masters`, as kubeadm names it. Like
+//! kube-apiserver by default, the API server does not verify the agents' serving certificates.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +72,113 @@ pub struct Pki {
     pub ca_pem: String,
     /// Serving chain and key for rustls.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// TLS client config for node agents' kubelet API: the kubelet client certificate, the
+    /// agents' certificates not verified.
+    pub kubelet_client: Arc<rustls::ClientConfig>,
+}
+
+/// Common name of the API server's client certificate for kubelets (kubeadm's).
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+
+/// Makes the kubelet client certificate (signed by the CA in `dir`) unless it exists.
+fn ensure_kubelet_client(dir: &Path, fresh_ca: bool) -> Result<(), TlsError> {
+    let crt = dir.join("kubelet-client.crt");
+    let key_path = dir.join("kubelet-client.key");
+    if !fresh_ca && crt.exists() && key_path.exists() {
+        return Ok(());
+    }
+    let ca_key = dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&ca_key_pem)?);
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name
+        .push(DnType::CommonName, KUBELET_CLIENT_CN);
+    p.distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    write_private(&key_path, &key.serialize_pem())?;
+    write_private(&crt, &cert.pem())?;
+    Ok(())
+}
+
+/// Accepts any server certificate (kube-apiserver's default towards kubelets); signatures
+/// in the handshake are still checked.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The client TLS config towards kubelets, with the kubelet client certificate of `dir`.
+fn kubelet_client_config(dir: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let crt = dir.join("kubelet-client.crt");
+    let key_path = dir.join("kubelet-client.key");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", crt.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Config(format!("{}: {e}", crt.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// Creates or loads the PKI in `dir`, with a serving certificate valid for `sans`.
@@ -77,7 +189,8 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, TlsError> {
     let srv_key = dir.join("server.key");
     let srv_sans = dir.join("server.sans");
 
-    if !ca_crt.exists() || !ca_key.exists() {
+    let fresh_ca = !ca_crt.exists() || !ca_key.exists();
+    if fresh_ca {
         let key = KeyPair::generate()?;
         let cert = ca_params()?.self_signed(&key)?;
         write_private(&ca_key, &key.serialize_pem())?;
@@ -129,9 +242,11 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> Result<Pki, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?;
     // kubectl (Go) negotiates HTTP/2 when offered; watches work over both.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    ensure_kubelet_client(dir, fresh_ca)?;
     Ok(Pki {
         ca_pem,
         server_config: Arc::new(cfg),
+        kubelet_client: Arc::new(kubelet_client_config(dir)?),
     })
 }
 
@@ -165,6 +280,22 @@ mod tests {
         let c = ensure_pki(dir.path(), &more).unwrap();
         assert_eq!(a.ca_pem, c.ca_pem, "the CA survives a reissue");
         assert_ne!(srv1, std::fs::read(dir.path().join("server.crt")).unwrap());
+        // The kubelet client certificate: made once, private, kept across starts.
+        let kcrt = dir.path().join("kubelet-client.crt");
+        let kkey = dir.path().join("kubelet-client.key");
+        let kc1 = std::fs::read(&kcrt).unwrap();
+        assert_eq!(kc1, std::fs::read(&kcrt).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&kcrt, &kkey] {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+        let pem = String::from_utf8(kc1).unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        // The subject's strings are in the DER as they are.
+        let text = String::from_utf8_lossy(der.as_ref()).to_string();
+        assert!(text.contains(KUBELET_CLIENT_CN) && text.contains("system:masters"));
+        assert_eq!(c.kubelet_client.alpn_protocols, [b"http/1.1".to_vec()]);
         let kc = kubeconfig("https://127.0.0.1:6443", &a.ca_pem, "admin", "t0k");
         assert!(kc.contains("server: https://127.0.0.1:6443"));
         assert!(kc.contains("token: t0k"));

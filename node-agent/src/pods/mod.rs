@@ -11,10 +11,12 @@
 //! Pure parts, unit-tested: [`spec`] (Pod → CRI configs, environment), [`status`] (kubelet's
 //! status and phase rules), [`probe`] (probe timing, back-off), [`volumes`] (the pods'
 //! volume directories and mounts). Thin parts: [`cri`] and the
-//! workers' calls.
+//! workers' calls. [`server`] is the kubelet API the API server's `pods/log` reaches
+//! (`/containerLogs` on `--kubelet-port`).
 
 pub mod cri;
 pub mod probe;
+pub mod server;
 pub mod spec;
 pub mod status;
 pub mod volumes;

@@ -92,6 +92,8 @@ pub fn resource_list(group: &str, version: &str) -> Option<Response> {
                     e["kind"] = json!("Binding");
                     e["verbs"] = json!(["create"]);
                 }
+                // A connect subresource, as kube-apiserver lists it.
+                "log" => e["verbs"] = json!(["get"]),
                 _ => {}
             }
             list.push(e);

@@ -4,9 +4,11 @@
 //! Request flow: axum → [`handle`] parses the path into (resource, namespace, name,
 //! subresource) → bearer token → authorization → verb handler → [`Registry`] → store.
 //! Lists and gets answer straight from the store's shared JSON bytes (no re-serialization);
-//! Tables are rendered by `sluice-printers`.
+//! Tables are rendered by `sluice-printers`. `pods/log` is forwarded to the pod's node
+//! ([`kubelet`]).
 
 mod discovery;
+mod kubelet;
 mod openapi;
 pub mod protobuf;
 mod protobuf_keep;
@@ -57,6 +59,8 @@ pub struct AppState {
     readonly_inflight: Arc<tokio::sync::Semaphore>,
     /// Permits for mutating requests in flight (`--max-mutating-requests-inflight`).
     mutating_inflight: Arc<tokio::sync::Semaphore>,
+    /// TLS towards node agents' kubelet API (`pods/log`); without it that answers 500.
+    pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AppState {
@@ -82,7 +86,14 @@ impl AppState {
                 limits.max_mutating_requests_inflight.max(1),
             )),
             limits,
+            kubelet_tls: None,
         }
+    }
+
+    /// The client TLS config (with the kubelet client certificate) for `pods/log`.
+    pub fn with_kubelet_client(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.kubelet_tls = Some(tls);
+        self
     }
 }
 
@@ -464,6 +475,16 @@ async fn handle_inner(
         Route::Resource(t) => t,
     };
     let q = query_map(uri);
+    // Connect subresources: long-running (no in-flight permit, as upstream), forwarded to the
+    // pod's node.
+    match (t.res.kind, t.sub.as_deref(), &method) {
+        ("Pod", Some("log"), &Method::GET) => {
+            authorize_request(&state.registry, user, &t, "get", None, None)?;
+            return kubelet::log(state, &t, &q).await;
+        }
+        ("Pod", Some("log"), _) => return Err(ApiError::method_not_allowed()),
+        _ => {}
+    }
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = verb_of(&method, &t, is_watch)?;
 
@@ -988,6 +1009,16 @@ mod tests {
                 Some("scale".into())
             )
         );
+        assert_eq!(
+            r("/api/v1/namespaces/default/pods/web/log"),
+            (
+                "pods",
+                Some("default".into()),
+                Some("web".into()),
+                Some("log".into())
+            )
+        );
+        assert!(parse_path("/api/v1/namespaces/d/services/s/log", "x").is_err());
         assert_eq!(
             r("/api/v1/nodes/n1/status"),
             ("nodes", None, Some("n1".into()), Some("status".into()))
