@@ -8,7 +8,8 @@
 //! (liveness) / unknown (startup). The handlers: `httpGet` (HTTP/1.1 by hand over a TCP
 //! connection: a 2xx or 3xx status line is success; a few lines, where an HTTP client crate
 //! would add TLS and pooling that probes do not use), `tcpSocket` (a connect), `exec` (CRI
-//! ExecSync, exit 0) and `grpc` (not yet: it reports failure with a message saying so).
+//! ExecSync, exit 0) and `grpc` (`grpc.health.v1.Health/Check`, SERVING is success; the two
+//! messages are declared here with prost, as no crate of this stack ships them).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -190,10 +191,69 @@ async fn run_handler(
             Err(s) => Err(s.message().to_string()),
         };
     }
-    if p.grpc.is_some() {
-        return Err("gRPC probes are not supported yet".into());
+    if let Some(g) = &p.grpc {
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        let service = g.service.clone().unwrap_or_default();
+        return tokio::time::timeout(timeout, grpc_check(pod_ip, port, service, timeout))
+            .await
+            .map_err(|_| format!("timeout: health rpc did not complete within {timeout:?}"))?;
     }
     Err("probe has no handler".into())
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    /// The service to check ("" for the server as a whole).
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    /// UNKNOWN 0, SERVING 1, NOT_SERVING 2, SERVICE_UNKNOWN 3.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// The gRPC health check's path.
+pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// One `grpc.health.v1.Health/Check` call over plaintext HTTP/2; SERVING is success.
+pub async fn grpc_check(
+    host: &str,
+    port: u16,
+    service: String,
+    timeout: Duration,
+) -> Result<(), String> {
+    let ip: IpAddr = host.parse().map_err(|_| format!("bad host {host}"))?;
+    let ch = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        std::net::SocketAddr::new(ip, port)
+    ))
+    .map_err(|e| e.to_string())?
+    .connect_timeout(timeout)
+    .timeout(timeout)
+    .connect()
+    .await
+    .map_err(|e| format!("failed to connect service \"{ip}:{port}\" within {timeout:?}: {e}"))?;
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.map_err(|e| e.to_string())?;
+    let resp: tonic::Response<HealthCheckResponse> = grpc
+        .unary(
+            tonic::Request::new(HealthCheckRequest { service }),
+            http::uri::PathAndQuery::from_static(HEALTH_CHECK),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .map_err(|s| format!("health rpc failed: {}: {}", s.code(), s.message()))?;
+    match resp.into_inner().status {
+        1 => Ok(()),
+        2 => Err("service unhealthy (responded with \"NOT_SERVING\")".into()),
+        3 => Err("service unhealthy (responded with \"SERVICE_UNKNOWN\")".into()),
+        s => Err(format!("service unhealthy (responded with status {s})")),
+    }
 }
 
 /// `GET path` over HTTP/1.1 with `Connection: close`; a 2xx or 3xx status is success.
@@ -329,6 +389,78 @@ mod tests {
         );
         assert_eq!(resolve_port(&c, &IntOrString::Int(9000)), Ok(9000));
         assert!(resolve_port(&c, &IntOrString::String("nope".into())).is_err());
+    }
+
+    /// A gRPC health server answering `status` for every service.
+    #[derive(Clone)]
+    struct Health(i32);
+
+    impl tonic::server::NamedService for Health {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Health {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            struct Check(i32);
+            impl tonic::server::UnaryService<HealthCheckRequest> for Check {
+                type Response = HealthCheckResponse;
+                type Future =
+                    std::future::Ready<Result<tonic::Response<HealthCheckResponse>, tonic::Status>>;
+                fn call(&mut self, _: tonic::Request<HealthCheckRequest>) -> Self::Future {
+                    std::future::ready(Ok(tonic::Response::new(HealthCheckResponse {
+                        status: self.0,
+                    })))
+                }
+            }
+            let status = self.0;
+            Box::pin(async move {
+                assert_eq!(req.uri().path(), HEALTH_CHECK);
+                let mut g = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(g.unary(Check(status), req).await)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_health_checks() {
+        let mut ports = Vec::new();
+        for status in [1, 2] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ports.push(l.local_addr().unwrap().port());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(Health(status))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+            );
+        }
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            grpc_check("127.0.0.1", ports[0], String::new(), t).await,
+            Ok(())
+        );
+        let e = grpc_check("127.0.0.1", ports[1], "x".into(), t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("NOT_SERVING"), "{e}");
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        assert!(grpc_check("127.0.0.1", port, String::new(), t)
+            .await
+            .is_err());
     }
 
     #[tokio::test]
