@@ -235,17 +235,20 @@ fn main() {
         println!("cargo:rerun-if-changed={}", p.display());
     }
 
-    let images: [(&str, &str, &[&str], Vec<Entry>); 3] = [
+    #[allow(clippy::type_complexity)]
+    let images: [(&str, &str, &[&str], &[&str], Vec<Entry>); 3] = [
         (
             "pause.tar",
             "registry.k8s.io/pause:3.10",
             &["/pause"],
+            &[],
             vec![Entry::file("pause", 0o755, pause(&pause_c, &out))],
         ),
         (
             "sluice-echo.tar",
             "docker.io/library/sluice-echo:0.1",
             &["/sluice-echo"],
+            &[],
             vec![
                 Entry::dir("etc", 0o755),
                 Entry::file("sluice-echo", 0o755, echo(workspace, &out)),
@@ -255,12 +258,15 @@ fn main() {
         (
             "sluice-busybox.tar",
             "docker.io/library/sluice-busybox:0.1",
-            &["/bin/sh"],
+            // Like docker's busybox: no entrypoint, `sh` as the command, so `kubectl run
+            // … -- sh -c '…'` runs the shell as written.
+            &[],
+            &["sh"],
             busybox(),
         ),
     ];
-    for (file, name, entrypoint, layer) in images {
-        let tar = oci::layout(name, entrypoint, &layer)
+    for (file, name, entrypoint, cmd, layer) in images {
+        let tar = oci::layout(name, entrypoint, cmd, &layer)
             .unwrap_or_else(|e| fail(&format!("writing the {name} layout: {e}")));
         write(&out.join(file), &tar);
     }

@@ -377,12 +377,24 @@ fn descriptor(media_type: &str, blob: &[u8]) -> String {
 
 /// An OCI image-layout tar holding one amd64/linux image named `name` (a full reference,
 /// `docker.io/library/x:tag`), whose single uncompressed layer holds `layer`, and whose config
-/// has `entrypoint` and [`PATH_ENV`].
-pub fn layout(name: &str, entrypoint: &[&str], layer: &[Entry]) -> io::Result<Vec<u8>> {
+/// has `entrypoint` (left out when empty), `cmd` (likewise) and [`PATH_ENV`]. As in docker's
+/// own images, `kubectl run … -- ARGS` replaces `cmd` and `--command` replaces `entrypoint`.
+pub fn layout(
+    name: &str,
+    entrypoint: &[&str],
+    cmd: &[&str],
+    layer: &[Entry],
+) -> io::Result<Vec<u8>> {
     let layer = tar(layer)?;
+    let mut process = String::new();
+    if !entrypoint.is_empty() {
+        process.push_str(&format!(r#""Entrypoint":{},"#, json_list(entrypoint)));
+    }
+    if !cmd.is_empty() {
+        process.push_str(&format!(r#""Cmd":{},"#, json_list(cmd)));
+    }
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Entrypoint":{},"Env":{}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
-        json_list(entrypoint),
+        r#"{{"architecture":"amd64","os":"linux","config":{{{process}"Env":{}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
         json_list(&[PATH_ENV]),
         json_str(&digest(&layer)),
     )

@@ -216,7 +216,7 @@ impl Cluster {
     fn client(&self, name: &str, url: &str, count: usize) -> String {
         let script = format!(
             // Not `wget -T`: Debian's busybox 1.35 wget crashes with it.
-            "i=0; while [ $i -lt {count} ]; do timeout 3 wget -q -O- {url} || echo FAIL; i=$((i+1)); done"
+            "echo HOST=$SLUICE_ECHO_SERVICE_HOST; i=0; while [ $i -lt {count} ]; do timeout 3 wget -q -O- {url} || echo FAIL; i=$((i+1)); done"
         );
         self.kubectl(&[
             "run",
@@ -425,10 +425,16 @@ fn getting_started_deployment_service_scale_restart_delete() {
         .as_str()
         .unwrap()
         .to_string();
-    let url = format!("http://{ip}/");
+    // The client finds the Service as a pod without DNS does: kubelet's Service variables.
+    let url = "http://$SLUICE_ECHO_SERVICE_HOST:$SLUICE_ECHO_SERVICE_PORT/".to_string();
 
     let check = |label: &str| {
         let out = c.client(&format!("client-{label}"), &url, 300);
+        assert!(
+            out.starts_with(&format!("HOST={ip}\n")),
+            "{label}: the Service's variables: {}",
+            out.lines().next().unwrap_or_default()
+        );
         let (per, fails) = tally(&out);
         println!("{label}: {per:?}, {fails} failed");
         assert_eq!(fails, 0, "{label}: failed requests:\n{out}");

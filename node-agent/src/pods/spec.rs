@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::cri::labels;
@@ -427,7 +427,70 @@ pub fn env_references(c: &Container) -> (Vec<String>, Vec<String>) {
     (cms, secrets)
 }
 
-/// A container's environment in kubelet's order: `envFrom` sources first (each key with the
+/// The Service environment variables kubelet gives every container (`{NAME}_SERVICE_HOST`,
+/// `{NAME}_SERVICE_PORT[_{PORT NAME}]`, `{NAME}_PORT[_{port}_{PROTO}[_PROTO|_PORT|_ADDR]]`) for
+/// the Services of the pod's namespace with a cluster IP — all of them when
+/// `enableServiceLinks` (the default), else only the `kubernetes` Service's — and the
+/// `kubernetes` Service of `default` in every namespace. Sorted by Service name.
+pub fn service_env(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut chosen: BTreeMap<String, &Service> = BTreeMap::new();
+    for svc in services {
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let sns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let master = sns == "default" && name == "kubernetes";
+        if master || (links && sns == ns(pod)) {
+            chosen.entry(name.to_string()).or_insert(svc);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, svc) in chosen {
+        let Some(spec) = &svc.spec else { continue };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let n = name.to_uppercase().replace('-', "_");
+        out.push((format!("{n}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{n}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(pn) = p.name.as_deref().filter(|x| !x.is_empty()) {
+                out.push((
+                    format!("{n}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        out.push((
+            format!("{n}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+        ));
+        for p in &ports {
+            let pr = proto(p);
+            let base = format!("{n}_PORT_{}_{}", p.port, pr.to_uppercase());
+            out.push((
+                base.clone(),
+                format!("{}://{ip}:{}", pr.to_lowercase(), p.port),
+            ));
+            out.push((format!("{base}_PROTO"), pr.to_lowercase()));
+            out.push((format!("{base}_PORT"), p.port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.clone()));
+        }
+    }
+    out
+}
+
+/// A container's environment in kubelet's order: the Service variables ([`service_env`],
+/// given as `base`), then `envFrom` sources (each key with the
 /// source's prefix; keys that are not valid variable names are skipped), then `env` entries,
 /// later ones overriding earlier ones; `$(VAR)` in values expands against what came before.
 pub fn resolve_env(
@@ -436,9 +499,10 @@ pub fn resolve_env(
     pod_ip: &str,
     node_ip: &str,
     sources: &EnvSources,
+    base: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = ns(pod).to_string();
-    let mut out: Vec<(String, String)> = Vec::new();
+    let mut out: Vec<(String, String)> = base;
     let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(slot) = out.iter_mut().find(|(n, _)| *n == k) {
             slot.1 = v;
@@ -676,7 +740,7 @@ mod tests {
     fn environment_in_kubelets_order() {
         let p = web();
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let env = resolve_env(&p, c, "10.244.1.5", "172.31.0.11", &sources()).unwrap();
+        let env = resolve_env(&p, c, "10.244.1.5", "172.31.0.11", &sources(), vec![]).unwrap();
         let got: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             got,
@@ -696,19 +760,84 @@ mod tests {
     }
 
     #[test]
+    fn service_links() {
+        let svc = |ns: &str, name: &str, ip: &str, ports: serde_json::Value| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": ip, "ports": ports}}))
+            .unwrap()
+        };
+        let services = vec![
+            svc(
+                "shop",
+                "web-api",
+                "10.96.0.7",
+                json!([{"name": "http", "port": 80}, {"port": 53, "protocol": "UDP"}]),
+            ),
+            svc("shop", "headless", "None", json!([{"port": 80}])),
+            svc("other", "elsewhere", "10.96.0.9", json!([{"port": 1}])),
+            svc(
+                "default",
+                "kubernetes",
+                "10.96.0.1",
+                json!([{"name": "https", "port": 443}]),
+            ),
+        ];
+        let env: Vec<String> = service_env(&web(), &services)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "KUBERNETES_SERVICE_HOST=10.96.0.1",
+                "KUBERNETES_SERVICE_PORT=443",
+                "KUBERNETES_SERVICE_PORT_HTTPS=443",
+                "KUBERNETES_PORT=tcp://10.96.0.1:443",
+                "KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443",
+                "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+                "KUBERNETES_PORT_443_TCP_PORT=443",
+                "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1",
+                "WEB_API_SERVICE_HOST=10.96.0.7",
+                "WEB_API_SERVICE_PORT=80",
+                "WEB_API_SERVICE_PORT_HTTP=80",
+                "WEB_API_PORT=tcp://10.96.0.7:80",
+                "WEB_API_PORT_80_TCP=tcp://10.96.0.7:80",
+                "WEB_API_PORT_80_TCP_PROTO=tcp",
+                "WEB_API_PORT_80_TCP_PORT=80",
+                "WEB_API_PORT_80_TCP_ADDR=10.96.0.7",
+                "WEB_API_PORT_53_UDP=udp://10.96.0.7:53",
+                "WEB_API_PORT_53_UDP_PROTO=udp",
+                "WEB_API_PORT_53_UDP_PORT=53",
+                "WEB_API_PORT_53_UDP_ADDR=10.96.0.7",
+            ]
+        );
+        let mut p = web();
+        p.spec.as_mut().unwrap().enable_service_links = Some(false);
+        assert_eq!(
+            service_env(&p, &services).len(),
+            8,
+            "only the kubernetes Service"
+        );
+    }
+
+    #[test]
     fn missing_sources_are_config_errors() {
         let p = web();
         let c = &p.spec.as_ref().unwrap().containers[0];
         let mut s = sources();
         s.config_maps.insert("cfg".into(), None);
         assert_eq!(
-            resolve_env(&p, c, "", "", &s).unwrap_err().to_string(),
+            resolve_env(&p, c, "", "", &s, vec![])
+                .unwrap_err()
+                .to_string(),
             "configmap \"cfg\" not found"
         );
         let mut s = sources();
         s.secrets.insert("s".into(), Some(BTreeMap::new()));
         assert_eq!(
-            resolve_env(&p, c, "", "", &s).unwrap_err().to_string(),
+            resolve_env(&p, c, "", "", &s, vec![])
+                .unwrap_err()
+                .to_string(),
             "couldn't find key pw in Secret shop/s"
         );
     }

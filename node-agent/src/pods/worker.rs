@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Event, EventSource, ObjectReference, Pod, PodStatus, Secret,
+    ConfigMap, Container, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -815,12 +815,17 @@ impl Worker {
             .sources(c)
             .await
             .map_err(|e| config_error(format!("{e:#}")))?;
+        let services = self
+            .services()
+            .await
+            .map_err(|e| config_error(format!("listing services: {e}")))?;
         let env = spec::resolve_env(
             &self.pod,
             c,
             pod_ip,
             &self.ctx.settings.node_ip,
             &env_sources(&sources),
+            spec::service_env(&self.pod, &services),
         )
         .map_err(|e| config_error(e.to_string()))?;
         let vols = volumes::prepare(&self.ctx.settings.root_dir, &self.pod, &sources)
@@ -956,6 +961,20 @@ impl Worker {
             format!("Pulling image \"{image}\""),
         );
         Err(("ContainerCreating".into(), String::new()))
+    }
+
+    /// The Services whose variables a container gets: the pod's namespace's and `default`'s.
+    async fn services(&self) -> Result<Vec<Service>, kube::Error> {
+        let mut namespaces = vec![spec::ns(&self.pod)];
+        if namespaces[0] != "default" {
+            namespaces.push("default");
+        }
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), ns);
+            out.extend(api.list(&Default::default()).await?.items);
+        }
+        Ok(out)
     }
 
     /// The ConfigMaps and Secrets the container's environment and the pod's volumes read.
