@@ -1,11 +1,15 @@
-//! `kubectl logs` end to end: `sluice-lab up --nodes 2` (a containerd per node) → pods run by
-//! the agents → kubectl on the host → the API server's `pods/log` → the agent's kubelet API on
-//! the pod's node (TLS, the API server's client certificate) → the container's CRI log file.
+//! `kubectl logs` and `kubectl exec` end to end: `sluice-lab up --nodes 2` (a containerd per
+//! node) → pods run by the agents → kubectl on the host → the API server's `pods/log` and
+//! `pods/exec` → the agent's kubelet API on the pod's node (TLS, the API server's client
+//! certificate) → the container's CRI log file / containerd's streaming server (SPDY).
 //!
-//! Whole, `--tail`, `--timestamps`, `--limit-bytes`, `--since`, `-f` (lines arrive while the
-//! container writes them), `--previous` after a restart, the errors (no previous container,
-//! no container chosen in a two-container pod, no such pod). A node's credentials may not read
-//! logs (Node authorizer: 403). kubectl 1.20 reads them too.
+//! Logs: whole, `--tail`, `--timestamps`, `--limit-bytes`, `--since`, `-f` (lines arrive
+//! while the container writes them), `--previous` after a restart, the errors (no previous
+//! container, no container chosen in a two-container pod, no such pod). Exec (WebSocket, v5,
+//! with the preinstalled kubectl and 1.32): output, the pod's hostname, stdin to a command
+//! that ends by itself and to `cat` (the end of stdin reaches it), exit codes, a chosen
+//! container. A node's credentials may do neither (Node authorizer: 403). kubectl 1.20 (SPDY
+//! only) reads logs and gets a Status that says exec needs WebSocket.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -235,10 +239,13 @@ spec:
   - name: b
     image: docker.io/library/sluice-busybox:0.1
     command: ["sh", "-c", "echo i am b; sleep 3600"]
+    env:
+    - name: WHO
+      value: container-b
 "#;
 
 #[test]
-fn kubectl_logs() {
+fn kubectl_logs_and_exec() {
     let Some(c) = Cluster::up() else {
         return;
     };
@@ -272,6 +279,7 @@ fn kubectl_logs() {
             .unwrap_or_else(|| panic!("{n} not in discovery"))
     };
     assert_eq!(sub("pods/log")["verbs"], serde_json::json!(["get"]));
+    assert_eq!(sub("pods/exec")["kind"], "PodExecOptions");
 
     // --- logs ---
     let t = Instant::now();
@@ -392,18 +400,83 @@ fn kubectl_logs() {
         "{err}"
     );
 
-    // A node's credentials: no logs (the Node authorizer).
+    // --- exec ---
+    for k in exec_kubectls(&c.k) {
+        let t = Instant::now();
+        let out = c.kubectl_with(
+            &k,
+            &["exec", "ticker", "--", "sh", "-c", "echo hi; hostname"],
+        );
+        println!("{}: exec in {:?}", k.label, t.elapsed());
+        assert_eq!(out, "hi\nticker\n", "{}", k.label);
+        let o = c.run_with(
+            &k,
+            &c.kubeconfig,
+            &[
+                "exec",
+                "ticker",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(3), "{}: {}", k.label, text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("err\n"),
+            "{}",
+            text(&o)
+        );
+        // stdin: a command that ends by itself.
+        let o = k.run_stdin(
+            &c.kubeconfig,
+            &c.home,
+            &["exec", "-i", "ticker", "--", "head", "-c", "3"],
+            "abc",
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "abc");
+        assert_eq!(
+            c.kubectl_with(
+                &k,
+                &["exec", "two", "-c", "b", "--", "sh", "-c", "echo $WHO"]
+            ),
+            "container-b\n"
+        );
+        // `cat` ends when its input does: v5 closes stdin, the agent passes the close on to
+        // containerd as the SPDY stdin stream's FIN.
+        let t = Instant::now();
+        let o = k.run_stdin(
+            &c.kubeconfig,
+            &c.home,
+            &["exec", "-i", "ticker", "--", "cat"],
+            "abc\ndef",
+        );
+        assert!(o.status.success(), "{}: {}", k.label, text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "abc\ndef");
+        println!("{}: exec -i cat in {:?}", k.label, t.elapsed());
+    }
+
+    // A node's credentials: neither logs nor exec (the Node authorizer).
     let n1 = c.node_kubeconfig(&c.nodes[0]);
     let err = c.kubectl_err(&c.k, &n1, &["logs", "ticker"]);
     assert!(
         err.contains("Forbidden") && err.contains(r#"cannot get resource "pods/log""#),
         "{err}"
     );
+    let err = c.kubectl_err(&c.k, &n1, &["exec", "ticker", "--", "true"]);
+    assert!(
+        err.contains(r#"cannot create resource "pods/exec""#),
+        "{err}"
+    );
 
-    // kubectl 1.20 (JSON, HTTP/2) reads logs the same way.
+    // kubectl 1.20: logs work; exec is SPDY only, refused with a Status that says why.
     if let Some(old) = Kubectl::debian_120() {
         let out = c.kubectl_with(&old, &["logs", "ticker", "--tail", "2"]);
         assert_eq!(out.lines().count(), 2, "{out}");
+        let err = c.kubectl_err(&old, &c.kubeconfig, &["exec", "ticker", "--", "true"]);
+        assert!(err.contains("SPDY exec is not supported"), "{err}");
     }
 
     c.kubectl(&[
@@ -423,4 +496,17 @@ impl Cluster {
         assert!(o.status.success(), "{} {args:?}: {}", k.label, text(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
     }
+}
+
+/// The preinstalled kubectl and, when there, 1.32 (both speak WebSocket).
+fn exec_kubectls(pre: &Kubectl) -> Vec<Kubectl> {
+    let mut v = vec![pre.clone()];
+    let p = PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    if p.exists() && p != pre.path {
+        v.push(Kubectl {
+            path: p,
+            label: "kubectl 1.32".into(),
+        });
+    }
+    v
 }

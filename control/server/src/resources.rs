@@ -26,7 +26,7 @@ pub struct Resource {
     /// Discovery categories (`all` makes `kubectl get all` list it, as upstream lists pods,
     /// services and workloads).
     pub categories: &'static [&'static str],
-    /// Subresources served (`status`, `binding`, `scale`; pods' `log`).
+    /// Subresources served (`status`, `binding`, `scale`; pods' `log` and `exec`).
     pub subresources: &'static [&'static str],
     /// What the registry, field selectors and the node authorizer do differently for it.
     pub strategy: &'static dyn Strategy,
@@ -144,7 +144,7 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &["status", "binding", "log"],
+        subresources: &["status", "binding", "log", "exec"],
         strategy: &PodStrategy,
     },
     Resource {

@@ -11,8 +11,8 @@
 //! Pure parts, unit-tested: [`spec`] (Pod → CRI configs, environment), [`status`] (kubelet's
 //! status and phase rules), [`probe`] (probe timing, back-off), [`volumes`] (the pods'
 //! volume directories and mounts). Thin parts: [`cri`] and the
-//! workers' calls. [`server`] is the kubelet API the API server's `pods/log` reaches
-//! (`/containerLogs` on `--kubelet-port`).
+//! workers' calls. [`server`] is the kubelet API the API server's `pods/log` and `pods/exec`
+//! reach (`/containerLogs`, `/exec` on `--kubelet-port`).
 
 pub mod cri;
 pub mod probe;

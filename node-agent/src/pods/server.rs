@@ -1,4 +1,4 @@
-//! The agent's kubelet API: what kube-apiserver's `pods/log` reaches on a node.
+//! The agent's kubelet API: what kube-apiserver's `pods/log` and `pods/exec` reach on a node.
 //!
 //! An HTTPS server on `--kubelet-port` (10250) of the node IP, started when the agent runs pods.
 //! Its serving certificate is self-signed at start (the API server does not verify it, as
@@ -11,10 +11,19 @@
 //!   ContainerStatus), as kubelet's `ReadLogs` prints it. The current attempt is the container
 //!   with the highest `metadata.attempt`; `previous` the one before it (the pod workers keep
 //!   it). `follow` polls the file until the container stops running or the client leaves.
+//! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=1&stdout=1&stderr=1&tty=1`:
+//!   a WebSocket upgrade (`v5.channel.k8s.io` or `v4.channel.k8s.io`; channel byte 0 stdin,
+//!   1 stdout, 2 stderr, 3 error/Status, 4 resize, v5's 255 closes a stream). CRI `Exec` gives
+//!   a URL on containerd's streaming server (loopback of this network namespace, where the
+//!   agent runs too); the agent speaks SPDY/3.1 (`v4.channel.k8s.io`) to it, as kubelet and
+//!   kube-apiserver do, because only SPDY can close stdin alone: v5's `[255, 0]` becomes the
+//!   stdin stream's FIN, so `cat` sees the end of its input. Frames are relayed both ways
+//!   until the runtime ends the session (the command's Status on the error channel first).
 //!
 //! Pure parts with unit tests: [`LogOptions::parse`], [`parse_cri_line`], [`LogWriter`] (P/F
 //! joins, timestamps, since, limitBytes), [`tail_start`], [`pick_container`],
-//! [`subject_names`] (the client certificate's CN and O).
+//! [`ExecOptions::parse`], [`spdy`] framing, [`subject_names`] (the client certificate's CN
+//! and O).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -24,17 +33,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http::StatusCode;
+use futures::{SinkExt, StreamExt};
+use http::{HeaderMap, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_openapi::jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tower::ServiceExt;
 
 use super::cri::{labels, Cri};
@@ -45,6 +58,10 @@ pub const DEFAULT_PORT: u16 = 10250;
 pub const APISERVER_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 /// The group whose members may do anything.
 pub const MASTERS: &str = "system:masters";
+/// WebSocket subprotocols of remote command streams.
+pub const V5: &str = "v5.channel.k8s.io";
+/// The v4 subprotocol (the newest containerd 1.6's streaming server speaks).
+pub const V4: &str = "v4.channel.k8s.io";
 /// How often a followed log file is polled for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(150);
 /// How often a followed container's state is asked of the runtime.
@@ -86,7 +103,7 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the kubelet API on {addr}"))?;
-    tracing::info!(%addr, "kubelet API (containerLogs) serving");
+    tracing::info!(%addr, "kubelet API (containerLogs, exec) serving");
     let app = router(Arc::new(Ctx { cri }));
     Ok(tokio::spawn(accept_loop(
         listener,
@@ -214,6 +231,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found".into()) })
         .with_state(ctx)
 }
@@ -714,6 +732,543 @@ async fn stream_log(
     }
 }
 
+// --- exec ----------------------------------------------------------------------------------
+
+/// `PodExecOptions` as the kubelet reads them from the query.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOptions {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Attach stdin.
+    pub stdin: bool,
+    /// Attach stdout.
+    pub stdout: bool,
+    /// Attach stderr.
+    pub stderr: bool,
+    /// Allocate a terminal.
+    pub tty: bool,
+}
+
+impl ExecOptions {
+    /// Parses and validates a query string.
+    pub fn parse(query: &str) -> Result<ExecOptions, String> {
+        let mut o = ExecOptions::default();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "command" => o.command.push(v.into_owned()),
+                "input" | "stdin" => o.stdin = query_bool(Some(v.as_ref())),
+                "output" | "stdout" => o.stdout = query_bool(Some(v.as_ref())),
+                "error" | "stderr" => o.stderr = query_bool(Some(v.as_ref())),
+                "tty" => o.tty = query_bool(Some(v.as_ref())),
+                _ => {}
+            }
+        }
+        if o.command.is_empty() {
+            return Err("you must specify at least one command for the container".into());
+        }
+        if !(o.stdin || o.stdout || o.stderr) {
+            return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+        }
+        if o.tty && o.stderr {
+            // kubelet: with a terminal, stderr is part of stdout.
+            o.stderr = false;
+        }
+        Ok(o)
+    }
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+pub fn is_websocket(h: &HeaderMap) -> bool {
+    let has = |name: http::header::HeaderName, want: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+        })
+    };
+    has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
+}
+
+/// The subprotocol to answer with: v5 if offered, else v4.
+pub fn choose_protocol(h: &HeaderMap) -> Option<&'static str> {
+    let offered: Vec<String> = h
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect();
+    [V5, V4]
+        .into_iter()
+        .find(|p| offered.iter().any(|o| o == p))
+}
+
+async fn exec(
+    State(ctx): State<Arc<Ctx>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    mut req: Request,
+) -> Response {
+    let opts = match ExecOptions::parse(req.uri().query().unwrap_or("")) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let headers = req.headers();
+    if !is_websocket(headers) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "exec needs a WebSocket upgrade (Upgrade: websocket) with subprotocol v5.channel.k8s.io or v4.channel.k8s.io".into(),
+        );
+    }
+    let Some(protocol) = choose_protocol(headers) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no supported WebSocket subprotocol offered (this server speaks {V5} and {V4})"
+            ),
+        );
+    };
+    let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key is missing".into(),
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let c = match ctx.find(&ns, &pod, &container, false).await {
+        Ok(c) => c,
+        Err((code, msg)) => return text(code, msg),
+    };
+    let url = match ctx
+        .cri
+        .rt
+        .clone()
+        .exec(cri::ExecRequest {
+            container_id: c.id.clone(),
+            cmd: opts.command.clone(),
+            tty: opts.tty,
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().url,
+        Err(e) => {
+            let (code, msg) = cri_error(e);
+            return text(code, msg);
+        }
+    };
+    let upstream = match connect_runtime(&url, &opts).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("connecting to the runtime's streaming server: {e:#}"),
+            )
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let v5 = protocol == V5;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => {
+                let client =
+                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                relay_exec(client, upstream, v5).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(http::header::SEC_WEBSOCKET_PROTOCOL, protocol)
+        .body(Body::empty())
+        .expect("a valid response")
+}
+
+/// The runtime's side of one exec: a SPDY/3.1 connection (`v4.channel.k8s.io`, as kubelet
+/// and kube-apiserver speak to the streaming server) whose streams are made and answered.
+pub struct RuntimeSession {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    /// Bytes read and not yet parsed.
+    buf: Vec<u8>,
+    /// The SPDY stream of each channel: 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize.
+    ids: [Option<u32>; 5],
+    /// Data frames that came before the last stream was answered.
+    early: Vec<spdy::Frame>,
+}
+
+/// Reads the next SPDY frame (`None` at the end of the connection).
+async fn read_frame(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<spdy::Frame>> {
+    loop {
+        if let Some((f, used)) = spdy::parse(buf) {
+            buf.drain(..used);
+            return Ok(Some(f));
+        }
+        let mut tmp = [0u8; 16 * 1024];
+        let n = rd.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Upgrades a connection to the runtime's stream URL (`http://127.0.0.1:P/exec/T`) to SPDY/3.1
+/// and opens the streams `opts` asks for (error, stdin, stdout, stderr, resize), waiting for
+/// the runtime's replies.
+async fn connect_runtime(url: &str, opts: &ExecOptions) -> anyhow::Result<RuntimeSession> {
+    use tokio::io::AsyncWriteExt;
+    let uri: http::Uri = url.parse().context("the runtime's stream URL")?;
+    let host = uri.host().context("stream URL without a host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    let _ = tcp.set_nodelay(true);
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {V4}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        anyhow::ensure!(
+            buf.len() < 64 * 1024,
+            "the runtime's answer has no end of headers"
+        );
+        let mut tmp = [0u8; 4096];
+        let n = tcp.read(&mut tmp).await?;
+        anyhow::ensure!(n > 0, "the runtime closed the connection before answering");
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    if status.split_whitespace().nth(1) != Some("101") {
+        let body = String::from_utf8_lossy(&buf[head_end..]).trim().to_string();
+        anyhow::bail!("the runtime's streaming server answered {status:?}: {body}");
+    }
+    buf.drain(..head_end);
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut headers = spdy::HeaderWriter::default();
+    let mut ids = [None; 5];
+    let mut next = 1u32;
+    for (ch, kind, on) in [
+        (3, "error", true),
+        (0, "stdin", opts.stdin),
+        (1, "stdout", opts.stdout),
+        (2, "stderr", opts.stderr),
+        (4, "resize", opts.tty),
+    ] {
+        if on {
+            let block = headers.block(&[("streamtype", kind)]);
+            wr.write_all(&spdy::syn_stream(next, &block)).await?;
+            ids[ch] = Some(next);
+            next += 2;
+        }
+    }
+    let want = ids.iter().flatten().count();
+    let mut replied = std::collections::HashSet::new();
+    let mut early = Vec::new();
+    let answered = async {
+        while replied.len() < want {
+            match read_frame(&mut rd, &mut buf).await? {
+                None => anyhow::bail!("the runtime closed the connection while streams were made"),
+                Some(spdy::Frame::Control { kind, payload, .. }) => match kind {
+                    spdy::SYN_REPLY => {
+                        replied.extend(spdy::control_stream(&payload));
+                    }
+                    spdy::RST_STREAM => anyhow::bail!("the runtime refused a stream"),
+                    spdy::PING => {
+                        wr.write_all(&spdy::control(spdy::PING, 0, &payload))
+                            .await?
+                    }
+                    _ => {}
+                },
+                Some(f @ spdy::Frame::Data { .. }) => early.push(f),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), answered)
+        .await
+        .context("the runtime did not answer the streams within 30 s")??;
+    Ok(RuntimeSession {
+        rd,
+        wr,
+        buf,
+        ids,
+        early,
+    })
+}
+
+/// Relays one exec session between the client's WebSocket and the runtime's SPDY streams:
+/// stdin (0) and resize (4) frames to their streams, v5's close of stdin (`[255, 0]`) as the
+/// stdin stream's FIN; stdout (1), stderr (2) and the error stream's Status (3) back as
+/// frames. Ends when the runtime closes the connection (the command ended) or the client
+/// leaves.
+async fn relay_exec<S>(client: WebSocketStream<S>, rt: RuntimeSession, v5: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let RuntimeSession {
+        mut rd,
+        wr,
+        mut buf,
+        ids,
+        early,
+    } = rt;
+    let wr = tokio::sync::Mutex::new(wr);
+    let (mut c_tx, mut c_rx) = client.split();
+    let up = async {
+        let mut stdin_open = true;
+        while let Some(Ok(m)) = c_rx.next().await {
+            let b = match m {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&ch, data)) = b.split_first() else {
+                continue;
+            };
+            let frames: Vec<Vec<u8>> = match (ch, ids.get(usize::from(ch)).copied().flatten()) {
+                (255, _) if v5 && data.first() == Some(&0) && stdin_open => {
+                    stdin_open = false;
+                    ids[0]
+                        .map(|id| vec![spdy::data(id, true, &[])])
+                        .unwrap_or_default()
+                }
+                (0, Some(_)) if !stdin_open => continue,
+                (0 | 4, Some(id)) => data
+                    .chunks(32 * 1024)
+                    .map(|c| spdy::data(id, false, c))
+                    .collect(),
+                _ => continue,
+            };
+            let mut w = wr.lock().await;
+            for f in frames {
+                if w.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = wr.lock().await.shutdown().await;
+    };
+    let down = async {
+        let mut early = early.into_iter();
+        loop {
+            let f = match early.next() {
+                Some(f) => f,
+                None => match read_frame(&mut rd, &mut buf).await {
+                    Ok(Some(f)) => f,
+                    _ => break,
+                },
+            };
+            match f {
+                spdy::Frame::Data { stream, data, .. } if !data.is_empty() => {
+                    let Some(ch) = ids.iter().position(|i| *i == Some(stream)) else {
+                        continue;
+                    };
+                    if !matches!(ch, 1..=3) {
+                        continue;
+                    }
+                    let mut frame = Vec::with_capacity(data.len() + 1);
+                    frame.push(ch as u8);
+                    frame.extend_from_slice(&data);
+                    if c_tx.send(Message::Binary(frame.into())).await.is_err() {
+                        break;
+                    }
+                }
+                spdy::Frame::Control {
+                    kind: spdy::PING,
+                    payload,
+                    ..
+                } => {
+                    let _ = wr
+                        .lock()
+                        .await
+                        .write_all(&spdy::control(spdy::PING, 0, &payload))
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        // A normal close (1000): kubectl takes a close without a code (1005) for an error.
+        let _ = c_tx.send(normal_close()).await;
+        let _ = c_tx.close().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            // The client left: give the runtime a moment to end the session.
+            let _ = tokio::time::timeout(Duration::from_secs(5), down).await;
+        }
+    }
+}
+
+/// A close frame with code 1000.
+fn normal_close() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
+/// The few SPDY/3.1 frames an exec client needs (what Go's `spdystream`, inside containerd's
+/// streaming server, reads and writes). Header blocks this side sends are one zlib stream of
+/// stored (uncompressed) deflate blocks: valid zlib without the SPDY dictionary, which a
+/// reader needs only when the stream's header says so. Header blocks received (the replies)
+/// are not decoded: only their stream IDs matter.
+pub mod spdy {
+    /// Control frame type SYN_STREAM.
+    pub const SYN_STREAM: u16 = 1;
+    /// Control frame type SYN_REPLY.
+    pub const SYN_REPLY: u16 = 2;
+    /// Control frame type RST_STREAM.
+    pub const RST_STREAM: u16 = 3;
+    /// Control frame type PING.
+    pub const PING: u16 = 6;
+    /// Control frame type GOAWAY.
+    pub const GOAWAY: u16 = 7;
+    /// The FIN flag (last frame of a stream from this side).
+    pub const FLAG_FIN: u8 = 1;
+
+    /// A frame.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Frame {
+        /// A data frame.
+        Data {
+            /// Stream ID.
+            stream: u32,
+            /// FIN flag.
+            fin: bool,
+            /// Payload.
+            data: Vec<u8>,
+        },
+        /// A control frame.
+        Control {
+            /// Type.
+            kind: u16,
+            /// Flags.
+            flags: u8,
+            /// Payload.
+            payload: Vec<u8>,
+        },
+    }
+
+    /// One frame from the front of `buf` and the bytes it took; `None` until it is all there.
+    pub fn parse(buf: &[u8]) -> Option<(Frame, usize)> {
+        let word = |i: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(buf.get(i..i + 4)?.try_into().ok()?))
+        };
+        let (w0, w1) = (word(0)?, word(4)?);
+        let flags = (w1 >> 24) as u8;
+        let len = (w1 & 0x00ff_ffff) as usize;
+        let payload = buf.get(8..8 + len)?.to_vec();
+        let f = if w0 & 0x8000_0000 != 0 {
+            Frame::Control {
+                kind: (w0 & 0xffff) as u16,
+                flags,
+                payload,
+            }
+        } else {
+            Frame::Data {
+                stream: w0 & 0x7fff_ffff,
+                fin: flags & FLAG_FIN != 0,
+                data: payload,
+            }
+        };
+        Some((f, 8 + len))
+    }
+
+    /// The stream a SYN_REPLY, RST_STREAM or HEADERS frame is about.
+    pub fn control_stream(payload: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) & 0x7fff_ffff)
+    }
+
+    /// A control frame.
+    pub fn control(kind: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(8 + payload.len());
+        f.extend_from_slice(&(0x8003_0000u32 | u32::from(kind)).to_be_bytes());
+        f.extend_from_slice(&((u32::from(flags) << 24) | payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A SYN_STREAM opening stream `id` with a header block from [`HeaderWriter::block`].
+    pub fn syn_stream(id: u32, block: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(10 + block.len());
+        p.extend_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
+        // Associated-to stream, priority and slot: none.
+        p.extend_from_slice(&[0; 6]);
+        p.extend_from_slice(block);
+        control(SYN_STREAM, 0, &p)
+    }
+
+    /// A data frame (at most 16 MiB of data).
+    pub fn data(id: u32, fin: bool, data: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(8 + data.len());
+        f.extend_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
+        let flags = if fin { FLAG_FIN } else { 0 };
+        f.extend_from_slice(&((u32::from(flags) << 24) | data.len() as u32).to_be_bytes());
+        f.extend_from_slice(data);
+        f
+    }
+
+    /// An empty stored deflate block (the end of a zlib sync flush).
+    pub const SYNC_FLUSH: [u8; 5] = [0, 0, 0, 0xff, 0xff];
+
+    /// This side's header compression: the connection's header blocks continue one zlib
+    /// stream.
+    #[derive(Debug, Default)]
+    pub struct HeaderWriter {
+        started: bool,
+    }
+
+    impl HeaderWriter {
+        /// The compressed name/value block of `headers` (names lower-case, a block under
+        /// 64 KiB).
+        pub fn block(&mut self, headers: &[(&str, &str)]) -> Vec<u8> {
+            let mut raw = Vec::new();
+            raw.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+            for (k, v) in headers {
+                for s in [k, v] {
+                    raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                    raw.extend_from_slice(s.as_bytes());
+                }
+            }
+            let mut out = Vec::with_capacity(raw.len() + 7);
+            if !self.started {
+                // zlib header: deflate, 32 KiB window, no preset dictionary.
+                out.extend_from_slice(&[0x78, 0x01]);
+                self.started = true;
+            }
+            // One stored block, not the last: BFINAL 0, BTYPE 00, then LEN and NLEN.
+            let n = raw.len() as u16;
+            out.push(0);
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&(!n).to_le_bytes());
+            out.extend_from_slice(&raw);
+            // Then an empty one, as a zlib sync flush ends with: a reader hands the block's
+            // bytes over when it meets it, without reading past the frame for the next block.
+            out.extend_from_slice(&SYNC_FLUSH);
+            out
+        }
+    }
+}
+
 // --- client certificates -------------------------------------------------------------------
 
 /// One DER TLV: (tag, contents, rest).
@@ -974,6 +1529,117 @@ mod tests {
             "new"
         );
         assert!(pick_container(list, "p", "c", true).is_err());
+    }
+
+    #[test]
+    fn exec_query() {
+        let o = ExecOptions::parse(
+            "command=sh&command=-c&command=echo+hi&stdin=1&stdout=true&tty=1&stderr=1",
+        )
+        .unwrap();
+        assert_eq!(o.command, ["sh", "-c", "echo hi"]);
+        assert!(o.stdin && o.stdout && o.tty);
+        assert!(!o.stderr, "a terminal has no separate stderr");
+        assert!(ExecOptions::parse("stdout=1").is_err());
+        assert!(ExecOptions::parse("command=ls").is_err());
+        let mut h = HeaderMap::new();
+        h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(
+            http::header::CONNECTION,
+            "keep-alive, Upgrade".parse().unwrap(),
+        );
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "v5.channel.k8s.io, v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert!(is_websocket(&h));
+        assert_eq!(choose_protocol(&h), Some(V5));
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "base64.channel.k8s.io,v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(choose_protocol(&h), Some(V4));
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(choose_protocol(&h), None);
+        h.insert(http::header::UPGRADE, "SPDY/3.1".parse().unwrap());
+        assert!(!is_websocket(&h));
+    }
+
+    #[test]
+    fn spdy_frames() {
+        let mut h = spdy::HeaderWriter::default();
+        let b1 = h.block(&[("streamtype", "error")]);
+        let b2 = h.block(&[("streamtype", "stdout")]);
+        // The first block starts the zlib stream; both are stored deflate blocks.
+        assert_eq!(&b1[..2], &[0x78, 0x01]);
+        assert_eq!((0x78u32 * 256 + 0x01) % 31, 0, "a valid zlib header");
+        let stored = |b: &[u8]| -> Vec<u8> {
+            assert_eq!(b[0], 0, "BFINAL 0, BTYPE 00");
+            let n = u16::from_le_bytes([b[1], b[2]]);
+            assert_eq!(!n, u16::from_le_bytes([b[3], b[4]]));
+            assert_eq!(b.len(), 5 + n as usize + 5);
+            assert_eq!(b[5 + n as usize..], spdy::SYNC_FLUSH, "ends with a sync flush");
+            b[5..5 + n as usize].to_vec()
+        };
+        let raw = stored(&b1[2..]);
+        let mut want = Vec::new();
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.extend_from_slice(&10u32.to_be_bytes());
+        want.extend_from_slice(b"streamtype");
+        want.extend_from_slice(&5u32.to_be_bytes());
+        want.extend_from_slice(b"error");
+        assert_eq!(raw, want);
+        assert!(stored(&b2).ends_with(b"stdout"));
+
+        let syn = spdy::syn_stream(3, &b2);
+        assert_eq!(&syn[..4], &[0x80, 0x03, 0x00, 0x01]);
+        let (f, used) = spdy::parse(&syn).unwrap();
+        assert_eq!(used, syn.len());
+        let spdy::Frame::Control {
+            kind,
+            flags,
+            payload,
+        } = f
+        else {
+            panic!("{f:?}")
+        };
+        assert_eq!((kind, flags), (spdy::SYN_STREAM, 0));
+        assert_eq!(spdy::control_stream(&payload), Some(3));
+        assert_eq!(&payload[10..], &b2[..]);
+
+        let mut two = spdy::data(5, false, b"hello");
+        two.extend(spdy::data(1, true, b""));
+        let (f, used) = spdy::parse(&two).unwrap();
+        assert_eq!(
+            f,
+            spdy::Frame::Data {
+                stream: 5,
+                fin: false,
+                data: b"hello".to_vec()
+            }
+        );
+        let (f, _) = spdy::parse(&two[used..]).unwrap();
+        assert_eq!(
+            f,
+            spdy::Frame::Data {
+                stream: 1,
+                fin: true,
+                data: vec![]
+            }
+        );
+        assert_eq!(spdy::parse(&two[..used - 1]), None, "incomplete");
+        let ping = spdy::control(spdy::PING, 0, &7u32.to_be_bytes());
+        assert_eq!(
+            spdy::parse(&ping).unwrap().0,
+            spdy::Frame::Control {
+                kind: spdy::PING,
+                flags: 0,
+                payload: 7u32.to_be_bytes().to_vec()
+            }
+        );
     }
 
     #[test]

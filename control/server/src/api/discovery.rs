@@ -92,8 +92,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Response> {
                     e["kind"] = json!("Binding");
                     e["verbs"] = json!(["create"]);
                 }
-                // A connect subresource, as kube-apiserver lists it.
+                // Connect subresources, as kube-apiserver lists them.
                 "log" => e["verbs"] = json!(["get"]),
+                "exec" => {
+                    e["kind"] = json!("PodExecOptions");
+                    e["verbs"] = json!(["create", "get"]);
+                }
                 _ => {}
             }
             list.push(e);

@@ -1,6 +1,6 @@
-//! `pods/log`: the API server's side of `kubectl logs`.
+//! `pods/log` and `pods/exec`: the API server's side of `kubectl logs` and `kubectl exec`.
 //!
-//! As kube-apiserver does, it is forwarded to the kubelet API of the pod's node at
+//! As kube-apiserver does, both are forwarded to the kubelet API of the pod's node at
 //! `https://<node InternalIP>:<status.daemonEndpoints.kubeletEndpoint.Port>` (10250 when
 //! unset), authenticating with the kubelet client certificate ([`crate::tls`]) and not
 //! verifying the node's serving certificate.
@@ -11,16 +11,29 @@
 //!   the node, whose body is streamed back as it arrives (`text/plain`, so `-f` follows). A
 //!   pod not bound to a node has no logs yet: an empty body, as upstream. The node's errors
 //!   become Statuses with its code and its message.
+//! - exec (`GET`/`POST`, authorized as `create pods/exec`, as kube-apiserver ≥ 1.31 does for
+//!   WebSocket upgrades too): a WebSocket upgrade with subprotocol `v5.channel.k8s.io` (chosen
+//!   when offered) or `v4.channel.k8s.io`; the API server opens a WebSocket with the same
+//!   subprotocol to `/exec/{ns}/{pod}/{container}?command=…&stdin=1…` on the node and relays
+//!   frames both ways. A failure on the node side after the checks here is reported on the
+//!   error channel (3) as a Status, so kubectl shows it rather than falling back to SPDY.
+//!   SPDY (`Upgrade: SPDY/3.1`, kubectl < 1.30's only transport and newer kubectl's
+//!   fallback) is not spoken: it is answered with a 400 Status that says so.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::StatusCode;
+use futures::{SinkExt, StreamExt};
+use http::{HeaderMap, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use super::{AppState, Target};
 use crate::resources;
@@ -28,8 +41,15 @@ use crate::status::{ApiError, ApiResult};
 
 /// kubelet's port, when a Node does not report one.
 pub const DEFAULT_KUBELET_PORT: u16 = 10250;
+/// Remote command subprotocols, newest first.
+pub const V5: &str = "v5.channel.k8s.io";
+/// The v4 subprotocol.
+pub const V4: &str = "v4.channel.k8s.io";
 /// Connecting to a node (TCP and TLS) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The message for SPDY upgrades.
+pub const SPDY_UNSUPPORTED: &str = "SPDY exec is not supported by this server; use kubectl >= 1.30, which speaks WebSocket (v5.channel.k8s.io)";
+
 /// The container a request is for: `asked`, which must be one of the pod's, or the pod's
 /// only container (kube-apiserver's `validateContainer`).
 pub fn choose_container(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<String> {
@@ -151,6 +171,50 @@ pub fn log_query(pod: &str, q: &HashMap<String, String>) -> ApiResult<String> {
         out.append_pair("limitBytes", &n.to_string());
     }
     Ok(out.finish())
+}
+
+/// `PodExecOptions` from the query: the container asked for and the kubelet's query string
+/// (`command` repeated, `stdin`/`stdout`/`stderr`/`tty` as `1`, as kube-apiserver writes it).
+pub fn exec_query(query: &str) -> ApiResult<(Option<String>, String)> {
+    let mut container = None;
+    let mut command = Vec::new();
+    let mut flags = [
+        ("stdin", false),
+        ("stdout", false),
+        ("stderr", false),
+        ("tty", false),
+    ];
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "container" => container = Some(v.into_owned()),
+            "command" => command.push(v.into_owned()),
+            k => {
+                if let Some(f) = flags.iter_mut().find(|(n, _)| *n == k) {
+                    f.1 = truthy(&v);
+                }
+            }
+        }
+    }
+    if command.is_empty() {
+        return Err(ApiError::bad_request(
+            "you must specify at least one command for the container",
+        ));
+    }
+    if !flags[..3].iter().any(|(_, on)| *on) {
+        return Err(ApiError::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
+    }
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for c in &command {
+        out.append_pair("command", c);
+    }
+    for (k, on) in flags {
+        if on {
+            out.append_pair(k, "1");
+        }
+    }
+    Ok((container, out.finish()))
 }
 
 /// The kubelet API address of a Node: its InternalIP and reported port.
@@ -339,6 +403,200 @@ fn seg(s: &str) -> String {
         .replace('+', "%20")
 }
 
+/// Whether the request asks for a WebSocket upgrade.
+pub fn is_websocket(h: &HeaderMap) -> bool {
+    header_has(h, http::header::UPGRADE, "websocket")
+        && header_has(h, http::header::CONNECTION, "upgrade")
+}
+
+/// Whether the request asks for a SPDY upgrade.
+pub fn is_spdy(h: &HeaderMap) -> bool {
+    h.get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().starts_with("spdy/"))
+}
+
+fn header_has(h: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// The subprotocol to answer with: v5 if offered, else v4.
+pub fn choose_protocol(h: &HeaderMap) -> Option<&'static str> {
+    let offered: Vec<String> = h
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect();
+    [V5, V4]
+        .into_iter()
+        .find(|p| offered.iter().any(|o| o == p))
+}
+
+/// `GET|POST …/pods/{name}/exec`.
+pub(super) async fn exec(
+    state: &Arc<AppState>,
+    t: &Target,
+    uri: &Uri,
+    headers: &HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> ApiResult<Response> {
+    let name = t.name.as_deref().unwrap_or_default();
+    let ns = t.ns.as_deref().unwrap_or_default();
+    let (asked, query) = exec_query(uri.query().unwrap_or(""))?;
+    let loc = locate(state, t, asked.as_deref())?;
+    let Some((host, port)) = loc.endpoint else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    if !is_websocket(headers) {
+        if is_spdy(headers) {
+            return Err(ApiError::bad_request(SPDY_UNSUPPORTED));
+        }
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    let protocol = choose_protocol(headers).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "none of the requested WebSocket subprotocols is supported; this server speaks {V5} and {V4}"
+        ))
+    })?;
+    let key = headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key is missing"))?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = upgrade.ok_or_else(|| {
+        ApiError::bad_request("this connection cannot be upgraded (exec needs HTTP/1.1)")
+    })?;
+    let path = format!(
+        "/exec/{}/{}/{}?{query}",
+        seg(ns),
+        seg(name),
+        seg(&loc.container)
+    );
+    let url = format!("wss://{}{path}", authority(&host, port));
+    // The node connection is made before answering, so that its refusal is known; it is
+    // reported on the error channel after the upgrade either way.
+    let node = connect_exec(state, &host, port, &url, protocol).await;
+    let v4_or_5 = protocol;
+    tokio::spawn(async move {
+        let up = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "exec upgrade failed");
+                return;
+            }
+        };
+        let mut client =
+            WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        match node {
+            Ok(node) => relay(client, node).await,
+            Err(e) => {
+                let mut frame = vec![3u8];
+                frame.extend_from_slice(e.to_status().to_string().as_bytes());
+                let _ = client.send(Message::Binary(frame.into())).await;
+                let _ = client.send(normal_close()).await;
+                let _ = client.close(None).await;
+                tracing::debug!(protocol = v4_or_5, error = %e, "exec: the node refused");
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(http::header::SEC_WEBSOCKET_PROTOCOL, protocol)
+        .body(Body::empty())
+        .expect("a valid response"))
+}
+
+/// A WebSocket to the node's exec endpoint with `protocol`.
+async fn connect_exec(
+    state: &AppState,
+    host: &str,
+    port: u16,
+    url: &str,
+    protocol: &'static str,
+) -> ApiResult<WebSocketStream<KubeletStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let fail = |e: String| ApiError::internal(format!("error dialing backend: {e}"));
+    let io = connect(state, host, port).await.map_err(fail)?;
+    let mut req = url.into_client_request().map_err(|e| fail(e.to_string()))?;
+    req.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_static(protocol),
+    );
+    match tokio_tungstenite::client_async(req, io).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(resp)) => Err(node_error(
+            resp.status().as_u16(),
+            resp.body().as_deref().unwrap_or_default(),
+        )),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// A close frame with code 1000.
+fn normal_close() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
+/// Relays frames between the client and the node until either side closes.
+async fn relay<A, B>(client: WebSocketStream<A>, node: WebSocketStream<B>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut n_tx, mut n_rx) = node.split();
+    let up = async {
+        while let Some(Ok(m)) = c_rx.next().await {
+            let data = match m {
+                Message::Binary(_) | Message::Text(_) => m,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if n_tx.send(data).await.is_err() {
+                break;
+            }
+        }
+        let _ = n_tx.close().await;
+    };
+    let down = async {
+        while let Some(Ok(m)) = n_rx.next().await {
+            let data = match m {
+                Message::Binary(_) | Message::Text(_) => m,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if c_tx.send(data).await.is_err() {
+                break;
+            }
+        }
+        // A normal close (1000): kubectl takes a close without a code (1005) for an error.
+        let _ = c_tx.send(normal_close()).await;
+        let _ = c_tx.close().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            let _ = tokio::time::timeout(Duration::from_secs(5), down).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +699,49 @@ mod tests {
             422
         );
         assert_eq!(log_query("p", &q(&[])).unwrap(), "");
+    }
+
+    #[test]
+    fn exec_options() {
+        let (c, s) = exec_query(
+            "command=sh&command=-c&command=echo%20hi&container=b&stdin=true&stdout=true&stderr=false&tty=false",
+        )
+        .unwrap();
+        assert_eq!(c.as_deref(), Some("b"));
+        assert_eq!(s, "command=sh&command=-c&command=echo+hi&stdin=1&stdout=1");
+        assert!(exec_query("stdout=true").is_err());
+        let e = exec_query("command=ls").unwrap_err();
+        assert_eq!(
+            e.message,
+            "you must specify at least 1 of stdin, stdout, stderr"
+        );
+    }
+
+    #[test]
+    fn upgrades_and_protocols() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "v5.channel.k8s.io, v4.channel.k8s.io, v3.channel.k8s.io"
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_websocket(&h) && !is_spdy(&h));
+        assert_eq!(choose_protocol(&h), Some(V5));
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(choose_protocol(&h), Some(V4));
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "base64.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(choose_protocol(&h), None);
+        h.insert(http::header::UPGRADE, "SPDY/3.1".parse().unwrap());
+        assert!(!is_websocket(&h) && is_spdy(&h));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! Request flow: axum → [`handle`] parses the path into (resource, namespace, name,
 //! subresource) → bearer token → authorization → verb handler → [`Registry`] → store.
 //! Lists and gets answer straight from the store's shared JSON bytes (no re-serialization);
-//! Tables are rendered by `sluice-printers`. `pods/log` is forwarded to the pod's node
-//! ([`kubelet`]).
+//! Tables are rendered by `sluice-printers`. `pods/log` and `pods/exec` are forwarded to the
+//! pod's node ([`kubelet`]).
 
 mod discovery;
 mod kubelet;
@@ -59,7 +59,8 @@ pub struct AppState {
     readonly_inflight: Arc<tokio::sync::Semaphore>,
     /// Permits for mutating requests in flight (`--max-mutating-requests-inflight`).
     mutating_inflight: Arc<tokio::sync::Semaphore>,
-    /// TLS towards node agents' kubelet API (`pods/log`); without it that answers 500.
+    /// TLS towards node agents' kubelet API (`pods/log`, `pods/exec`); without it those
+    /// answer 500.
     pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -90,7 +91,8 @@ impl AppState {
         }
     }
 
-    /// The client TLS config (with the kubelet client certificate) for `pods/log`.
+    /// The client TLS config (with the kubelet client certificate) for `pods/log` and
+    /// `pods/exec`.
     pub fn with_kubelet_client(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
         self.kubelet_tls = Some(tls);
         self
@@ -405,8 +407,10 @@ fn selectors(
 
 /// Every request that is not a fixed route.
 async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let conn = parts.extensions.get::<ConnInfo>().cloned();
+    // An HTTP/1.1 connection's upgrade (`pods/exec`).
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let user = match authenticate(&state, &parts.headers) {
         Ok(u) => u,
         Err(e) => {
@@ -427,6 +431,7 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         &parts.uri,
         &parts.headers,
         body,
+        upgrade,
     );
     // NodeRestriction's checks of the object a node writes happen in the registry, which
     // learns who is asking from this scope.
@@ -464,6 +469,7 @@ async fn handle_inner(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> ApiResult<Response> {
     let t = match parse_path(uri.path(), &state.server_address)? {
         Route::Discovery(r) if method == Method::GET => return Ok(r),
@@ -476,13 +482,18 @@ async fn handle_inner(
     };
     let q = query_map(uri);
     // Connect subresources: long-running (no in-flight permit, as upstream), forwarded to the
-    // pod's node.
+    // pod's node. Exec is authorized as `create` whatever the method (kube-apiserver ≥ 1.31
+    // does so for WebSocket GETs too).
     match (t.res.kind, t.sub.as_deref(), &method) {
         ("Pod", Some("log"), &Method::GET) => {
             authorize_request(&state.registry, user, &t, "get", None, None)?;
             return kubelet::log(state, &t, &q).await;
         }
-        ("Pod", Some("log"), _) => return Err(ApiError::method_not_allowed()),
+        ("Pod", Some("exec"), &Method::GET | &Method::POST) => {
+            authorize_request(&state.registry, user, &t, "create", None, None)?;
+            return kubelet::exec(state, &t, uri, headers, upgrade).await;
+        }
+        ("Pod", Some("log" | "exec"), _) => return Err(ApiError::method_not_allowed()),
         _ => {}
     }
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
@@ -1016,6 +1027,15 @@ mod tests {
                 Some("default".into()),
                 Some("web".into()),
                 Some("log".into())
+            )
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/default/pods/web/exec"),
+            (
+                "pods",
+                Some("default".into()),
+                Some("web".into()),
+                Some("exec".into())
             )
         );
         assert!(parse_path("/api/v1/namespaces/d/services/s/log", "x").is_err());
