@@ -19,6 +19,9 @@
 //!   kube-apiserver do, because only SPDY can close stdin alone: v5's `[255, 0]` becomes the
 //!   stdin stream's FIN, so `cat` sees the end of its input. Frames are relayed both ways
 //!   until the runtime ends the session (the command's Status on the error channel first).
+//!   A SPDY upgrade (kubectl < 1.30, or a newer one falling back) is passed on to the
+//!   streaming server with its `X-Stream-Protocol-Version`s and the connections are spliced,
+//!   as kubelet proxies it.
 //!
 //! Pure parts with unit tests: [`LogOptions::parse`], [`parse_cri_line`], [`LogWriter`] (P/F
 //! joins, timestamps, since, limitBytes), [`tail_start`], [`pick_container`],
@@ -788,6 +791,14 @@ pub fn is_websocket(h: &HeaderMap) -> bool {
     has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
 }
 
+/// Whether the request asks for a SPDY upgrade (`Upgrade: SPDY/3.1`).
+pub fn is_spdy(h: &HeaderMap) -> bool {
+    h.get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.trim().to_ascii_lowercase().starts_with("spdy/"))
+}
+
 /// The subprotocol to answer with: v5 if offered, else v4.
 pub fn choose_protocol(h: &HeaderMap) -> Option<&'static str> {
     let offered: Vec<String> = h
@@ -812,10 +823,14 @@ async fn exec(
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let headers = req.headers();
+    if is_spdy(headers) {
+        return exec_spdy(ctx, &ns, &pod, &container, &opts, req).await;
+    }
     if !is_websocket(headers) {
         return text(
             StatusCode::BAD_REQUEST,
-            "exec needs a WebSocket upgrade (Upgrade: websocket) with subprotocol v5.channel.k8s.io or v4.channel.k8s.io".into(),
+            "exec needs an upgrade: WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) or SPDY/3.1"
+                .into(),
         );
     }
     let Some(protocol) = choose_protocol(headers) else {
@@ -833,29 +848,9 @@ async fn exec(
         );
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let c = match ctx.find(&ns, &pod, &container, false).await {
-        Ok(c) => c,
+    let url = match cri_exec(&ctx, &ns, &pod, &container, &opts).await {
+        Ok(u) => u,
         Err((code, msg)) => return text(code, msg),
-    };
-    let url = match ctx
-        .cri
-        .rt
-        .clone()
-        .exec(cri::ExecRequest {
-            container_id: c.id.clone(),
-            cmd: opts.command.clone(),
-            tty: opts.tty,
-            stdin: opts.stdin,
-            stdout: opts.stdout,
-            stderr: opts.stderr,
-        })
-        .await
-    {
-        Ok(r) => r.into_inner().url,
-        Err(e) => {
-            let (code, msg) = cri_error(e);
-            return text(code, msg);
-        }
     };
     let upstream = match connect_runtime(&url, &opts).await {
         Ok(ws) => ws,
@@ -886,6 +881,78 @@ async fn exec(
         .header(http::header::SEC_WEBSOCKET_PROTOCOL, protocol)
         .body(Body::empty())
         .expect("a valid response")
+}
+
+/// The CRI exec of the current attempt of a container; the runtime's stream URL.
+async fn cri_exec(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    opts: &ExecOptions,
+) -> Result<String, HttpError> {
+    let c = ctx.find(ns, pod, container, false).await?;
+    ctx.cri
+        .rt
+        .clone()
+        .exec(cri::ExecRequest {
+            container_id: c.id.clone(),
+            cmd: opts.command.clone(),
+            tty: opts.tty,
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+        })
+        .await
+        .map(|r| r.into_inner().url)
+        .map_err(cri_error)
+}
+
+/// A SPDY client (kubectl < 1.30, or a newer one falling back): the upgrade is passed on to
+/// the runtime's streaming server as is, and the two connections are spliced, as kubelet
+/// proxies it.
+async fn exec_spdy(
+    ctx: Arc<Ctx>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    opts: &ExecOptions,
+    mut req: Request,
+) -> Response {
+    let protocols = stream_protocols(req.headers());
+    let url = match cri_exec(&ctx, ns, pod, container, opts).await {
+        Ok(u) => u,
+        Err((code, msg)) => return text(code, msg),
+    };
+    let (tcp, early, protocol) = match upgrade_runtime(&url, &protocols).await {
+        Ok(x) => x,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("connecting to the runtime's streaming server: {e:#}"),
+            )
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let Ok(up) = on_upgrade.await else {
+            return;
+        };
+        let mut client = TokioIo::new(up);
+        let mut tcp = tcp;
+        if client.write_all(&early).await.is_ok() {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut tcp).await;
+        }
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "SPDY/3.1");
+    if let Some(p) = protocol {
+        resp = resp.header("X-Stream-Protocol-Version", p);
+    }
+    resp.body(Body::empty()).expect("a valid response")
 }
 
 /// The runtime's side of one exec: a SPDY/3.1 connection (`v4.channel.k8s.io`, as kubelet
@@ -923,7 +990,57 @@ async fn read_frame(
 /// Upgrades a connection to the runtime's stream URL (`http://127.0.0.1:P/exec/T`) to SPDY/3.1
 /// and opens the streams `opts` asks for (error, stdin, stdout, stderr, resize), waiting for
 /// the runtime's replies.
-async fn connect_runtime(url: &str, opts: &ExecOptions) -> anyhow::Result<RuntimeSession> {
+/// The X-Stream-Protocol-Version values of a request (repeated or comma-separated).
+pub fn stream_protocols(h: &HeaderMap) -> Vec<String> {
+    h.get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// An HTTP/1.1 response head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// Status code.
+    pub code: u16,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Where the bytes after the head start.
+    pub end: usize,
+}
+
+impl Head {
+    /// A header's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 response head: the status code, the headers, and the bytes read past it.
+pub fn parse_head(buf: &[u8]) -> Option<Head> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = text.split("\r\n");
+    let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Head { code, headers, end })
+}
+
+/// A connection to the runtime's stream URL (`http://127.0.0.1:P/exec/T`) upgraded to
+/// SPDY/3.1 with one of `protocols`; the bytes read past the answer, and the protocol chosen.
+async fn upgrade_runtime(
+    url: &str,
+    protocols: &[String],
+) -> anyhow::Result<(tokio::net::TcpStream, Vec<u8>, Option<String>)> {
     use tokio::io::AsyncWriteExt;
     let uri: http::Uri = url.parse().context("the runtime's stream URL")?;
     let host = uri.host().context("stream URL without a host")?.to_string();
@@ -933,14 +1050,18 @@ async fn connect_runtime(url: &str, opts: &ExecOptions) -> anyhow::Result<Runtim
         .await
         .with_context(|| format!("connecting to {host}:{port}"))?;
     let _ = tcp.set_nodelay(true);
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {V4}\r\nContent-Length: 0\r\n\r\n"
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
     );
+    for p in protocols {
+        req += &format!("X-Stream-Protocol-Version: {p}\r\n");
+    }
+    req += "Content-Length: 0\r\n\r\n";
     tcp.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+    let head = loop {
+        if let Some(h) = parse_head(&buf) {
+            break h;
         }
         anyhow::ensure!(
             buf.len() < 64 * 1024,
@@ -951,13 +1072,21 @@ async fn connect_runtime(url: &str, opts: &ExecOptions) -> anyhow::Result<Runtim
         anyhow::ensure!(n > 0, "the runtime closed the connection before answering");
         buf.extend_from_slice(&tmp[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status = head.lines().next().unwrap_or_default().to_string();
-    if status.split_whitespace().nth(1) != Some("101") {
-        let body = String::from_utf8_lossy(&buf[head_end..]).trim().to_string();
-        anyhow::bail!("the runtime's streaming server answered {status:?}: {body}");
+    if head.code != 101 {
+        let body = String::from_utf8_lossy(&buf[head.end..]).trim().to_string();
+        anyhow::bail!(
+            "the runtime's streaming server answered {}: {body}",
+            head.code
+        );
     }
-    buf.drain(..head_end);
+    buf.drain(..head.end);
+    let protocol = head.get("x-stream-protocol-version").map(str::to_string);
+    Ok((tcp, buf, protocol))
+}
+
+async fn connect_runtime(url: &str, opts: &ExecOptions) -> anyhow::Result<RuntimeSession> {
+    use tokio::io::AsyncWriteExt;
+    let (tcp, mut buf, _) = upgrade_runtime(url, &[V4.to_string()]).await?;
     let (mut rd, mut wr) = tcp.into_split();
     let mut headers = spdy::HeaderWriter::default();
     let mut ids = [None; 5];
@@ -1569,6 +1698,34 @@ mod tests {
     }
 
     #[test]
+    fn spdy_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::UPGRADE, "SPDY/3.1".parse().unwrap());
+        h.append(
+            "X-Stream-Protocol-Version",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        h.append(
+            "X-Stream-Protocol-Version",
+            "v3.channel.k8s.io, channel.k8s.io".parse().unwrap(),
+        );
+        assert!(is_spdy(&h) && !is_websocket(&h));
+        assert_eq!(
+            stream_protocols(&h),
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]
+        );
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n\x80\x03";
+        let head = parse_head(answer).unwrap();
+        assert_eq!(head.code, 101);
+        assert_eq!(
+            head.get("x-stream-protocol-version"),
+            Some("v4.channel.k8s.io")
+        );
+        assert_eq!(&answer[head.end..], b"\x80\x03");
+        assert_eq!(parse_head(b"HTTP/1.1 101 Switching"), None, "incomplete");
+    }
+
+    #[test]
     fn spdy_frames() {
         let mut h = spdy::HeaderWriter::default();
         let b1 = h.block(&[("streamtype", "error")]);
@@ -1581,7 +1738,11 @@ mod tests {
             let n = u16::from_le_bytes([b[1], b[2]]);
             assert_eq!(!n, u16::from_le_bytes([b[3], b[4]]));
             assert_eq!(b.len(), 5 + n as usize + 5);
-            assert_eq!(b[5 + n as usize..], spdy::SYNC_FLUSH, "ends with a sync flush");
+            assert_eq!(
+                b[5 + n as usize..],
+                spdy::SYNC_FLUSH,
+                "ends with a sync flush"
+            );
             b[5..5 + n as usize].to_vec()
         };
         let raw = stored(&b1[2..]);

@@ -17,8 +17,10 @@
 //!   subprotocol to `/exec/{ns}/{pod}/{container}?command=…&stdin=1…` on the node and relays
 //!   frames both ways. A failure on the node side after the checks here is reported on the
 //!   error channel (3) as a Status, so kubectl shows it rather than falling back to SPDY.
-//!   SPDY (`Upgrade: SPDY/3.1`, kubectl < 1.30's only transport and newer kubectl's
-//!   fallback) is not spoken: it is answered with a 400 Status that says so.
+//!   A SPDY upgrade (`Upgrade: SPDY/3.1`: kubectl < 1.30's only transport, newer kubectl's
+//!   fallback) is passed on to the node as is, with its `X-Stream-Protocol-Version`s, and
+//!   once the node has switched protocols the two connections are spliced, as kube-apiserver's
+//!   upgrade-aware proxy does; the node's refusal becomes a Status.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,8 +49,6 @@ pub const V5: &str = "v5.channel.k8s.io";
 pub const V4: &str = "v4.channel.k8s.io";
 /// Connecting to a node (TCP and TLS) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The message for SPDY upgrades.
-pub const SPDY_UNSUPPORTED: &str = "SPDY exec is not supported by this server; use kubectl >= 1.30, which speaks WebSocket (v5.channel.k8s.io)";
 
 /// The container a request is for: `asked`, which must be one of the pod's, or the pod's
 /// only container (kube-apiserver's `validateContainer`).
@@ -455,9 +455,15 @@ pub(super) async fn exec(
             "pod {name} does not have a host assigned"
         )));
     };
+    let path = format!(
+        "/exec/{}/{}/{}?{query}",
+        seg(ns),
+        seg(name),
+        seg(&loc.container)
+    );
     if !is_websocket(headers) {
         if is_spdy(headers) {
-            return Err(ApiError::bad_request(SPDY_UNSUPPORTED));
+            return exec_spdy(state, &host, port, &path, headers, upgrade).await;
         }
         return Err(ApiError::bad_request("Upgrade request required"));
     }
@@ -473,12 +479,6 @@ pub(super) async fn exec(
     let on_upgrade = upgrade.ok_or_else(|| {
         ApiError::bad_request("this connection cannot be upgraded (exec needs HTTP/1.1)")
     })?;
-    let path = format!(
-        "/exec/{}/{}/{}?{query}",
-        seg(ns),
-        seg(name),
-        seg(&loc.container)
-    );
     let url = format!("wss://{}{path}", authority(&host, port));
     // The node connection is made before answering, so that its refusal is known; it is
     // reported on the error channel after the upgrade either way.
@@ -514,6 +514,135 @@ pub(super) async fn exec(
         .header(http::header::SEC_WEBSOCKET_PROTOCOL, protocol)
         .body(Body::empty())
         .expect("a valid response"))
+}
+
+/// An HTTP/1.1 response head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// Status code.
+    pub code: u16,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Where the bytes after the head start.
+    pub end: usize,
+}
+
+impl Head {
+    /// A header's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 response head: the status code, the headers (names lower-case), and where
+/// the bytes after it start.
+pub fn parse_head(buf: &[u8]) -> Option<Head> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = text.split("\r\n");
+    let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Head { code, headers, end })
+}
+
+/// A SPDY exec: the upgrade request goes to the node as it came (its protocol versions),
+/// then the connections are spliced.
+async fn exec_spdy(
+    state: &AppState,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &HeaderMap,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> ApiResult<Response> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let on_upgrade = upgrade.ok_or_else(|| {
+        ApiError::bad_request("this connection cannot be upgraded (exec needs HTTP/1.1)")
+    })?;
+    let url = format!("https://{}{path}", authority(host, port));
+    let fail = |e: String| ApiError::internal(format!("error dialing backend: {e}"));
+    let mut io = connect(state, host, port).await.map_err(fail)?;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+        authority(host, port)
+    );
+    for v in headers
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        req += &format!("X-Stream-Protocol-Version: {v}\r\n");
+    }
+    req += "Content-Length: 0\r\n\r\n";
+    io.write_all(req.as_bytes())
+        .await
+        .map_err(|e| fail(format!("{url}: {e}")))?;
+    let mut buf = Vec::new();
+    let head = async {
+        loop {
+            if let Some(h) = parse_head(&buf) {
+                return Ok(h);
+            }
+            if buf.len() > 64 * 1024 {
+                return Err("the node's answer has no end of headers".to_string());
+            }
+            let mut tmp = [0u8; 4096];
+            match io.read(&mut tmp).await {
+                Ok(0) => return Err("the node closed the connection".to_string()),
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let head = tokio::time::timeout(Duration::from_secs(60), head)
+        .await
+        .map_err(|_| fail(format!("{url}: no answer within 60 s")))?
+        .map_err(|e| fail(format!("{url}: {e}")))?;
+    let (code, end) = (head.code, head.end);
+    if code != 101 {
+        // The node's error message: the body, as far as it is announced and arrives soon.
+        let len = head
+            .get("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(64 * 1024);
+        let rest = async {
+            while buf.len() < end + len {
+                let mut tmp = [0u8; 4096];
+                match io.read(&mut tmp).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+        let body = &buf[end..buf.len().min(end + len)];
+        return Err(node_error(code, body));
+    }
+    let early = buf.split_off(end);
+    tokio::spawn(async move {
+        let Ok(up) = on_upgrade.await else {
+            return;
+        };
+        let mut client = TokioIo::new(up);
+        if client.write_all(&early).await.is_ok() {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut io).await;
+        }
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "SPDY/3.1");
+    if let Some(p) = head.get("x-stream-protocol-version") {
+        resp = resp.header("X-Stream-Protocol-Version", p);
+    }
+    Ok(resp.body(Body::empty()).expect("a valid response"))
 }
 
 /// A WebSocket to the node's exec endpoint with `protocol`.
@@ -742,6 +871,12 @@ mod tests {
         assert_eq!(choose_protocol(&h), None);
         h.insert(http::header::UPGRADE, "SPDY/3.1".parse().unwrap());
         assert!(!is_websocket(&h) && is_spdy(&h));
+        let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nnoX";
+        let head = parse_head(answer).unwrap();
+        assert_eq!(head.code, 400);
+        assert_eq!(head.get("content-length"), Some("3"));
+        assert_eq!(&answer[head.end..], b"noX");
+        assert_eq!(parse_head(b"HTTP/1.1 101"), None);
     }
 
     #[test]
