@@ -10,7 +10,8 @@
 //! with Debian's 1.20 (SPDY, passed through the API server and the agent): output, the pod's
 //! hostname, stderr and exit codes, stdin to a command that ends by itself and to `cat` (the
 //! end of stdin reaches it), a chosen container. A node's credentials may do neither (Node
-//! authorizer: 403). kubectl 1.20 reads logs too.
+//! authorizer: 403). The kubelet API refuses a client without a certificate (handshake) and
+//! one whose CA-signed certificate is not the API server's (403). kubectl 1.20 reads logs too.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ struct Cluster {
     home: PathBuf,
     dir: PathBuf,
     nodes: Vec<String>,
+    /// The lab's network namespace (the API server's), from which nodes are reachable.
+    lab_netns: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -75,6 +78,7 @@ impl Cluster {
             home,
             dir: dir.clone(),
             nodes: Vec::new(),
+            lab_netns: String::new(),
             _tmp: tmp,
         };
         ok(out);
@@ -88,6 +92,7 @@ impl Cluster {
             .iter()
             .map(|n| n["name"].as_str().unwrap().to_string())
             .collect();
+        c.lab_netns = cluster["labNetns"].as_str().unwrap().to_string();
         Some(c)
     }
 
@@ -471,6 +476,83 @@ fn kubectl_logs_and_exec() {
         err.contains(r#"cannot create resource "pods/exec""#),
         "{err}"
     );
+
+    // The kubelet API itself: a client certificate signed by the cluster CA is required, and
+    // only the API server's is served.
+    let pod: Value =
+        serde_json::from_str(&c.kubectl(&["get", "pod", "ticker", "-o", "json"])).unwrap();
+    let ip = pod["status"]["hostIP"].as_str().unwrap().to_string();
+    let ctl = c.dir.join("control");
+    let curl = |extra: &[&str], path: &str| {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &c.lab_netns,
+                "curl",
+                "-sk",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(format!("https://{ip}:10250{path}"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    if Command::new("curl").arg("--version").output().is_ok() {
+        let (code, out) = curl(&[], "/healthz");
+        assert_ne!(
+            code,
+            Some(0),
+            "no client certificate: the handshake fails ({out})"
+        );
+        let cert = ctl.join("kubelet-client.crt").to_string_lossy().to_string();
+        let key = ctl.join("kubelet-client.key").to_string_lossy().to_string();
+        let api = ["--cert", cert.as_str(), "--key", key.as_str()];
+        assert_eq!(curl(&api, "/healthz"), (Some(0), "ok".to_string()));
+        let (code, out) = curl(&api, "/containerLogs/default/ticker/ticker?tailLines=1");
+        assert_eq!(code, Some(0));
+        assert!(out.starts_with("line "), "{out}");
+        // Another name signed by the same CA: 403.
+        let other = c.dir.join("other");
+        let (okey, ocrt) = (other.with_extension("key"), other.with_extension("crt"));
+        let signed = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf 'extendedKeyUsage=clientAuth\\n' > {ext} && \
+                 openssl req -new -newkey rsa:2048 -nodes -keyout {k} -subj /CN=someone/O=devs 2>/dev/null \
+                 | openssl x509 -req -CA {ca} -CAkey {cakey} -set_serial 4242 -days 1 -extfile {ext} -out {crt} 2>/dev/null",
+                ext = other.with_extension("ext").display(),
+                k = okey.display(),
+                ca = ctl.join("ca.crt").display(),
+                cakey = ctl.join("ca.key").display(),
+                crt = ocrt.display(),
+            ))
+            .status()
+            .is_ok_and(|s| s.success());
+        if signed {
+            let (ocrt, okey) = (ocrt.to_string_lossy(), okey.to_string_lossy());
+            let o = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &c.lab_netns,
+                    "curl",
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-w", "%{http_code}", "--cert", &ocrt, "--key", &okey])
+                .arg(format!("https://{ip}:10250/healthz"))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "403");
+        }
+    }
 
     // kubectl 1.20 reads logs the same way.
     if let Some(old) = Kubectl::debian_120() {
