@@ -24,6 +24,7 @@ mod deployments;
 mod endpointslices;
 mod nftget;
 mod pod_network;
+mod podstart;
 mod scale;
 mod service;
 
@@ -236,6 +237,30 @@ enum Cmd {
         #[arg(long)]
         no_breakdown: bool,
         /// Write the JSON result here too (after every service count).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pod startup latency (create → Ready, sequential and burst, with its phases) and network
+    /// programming latency (Ready → endpoint in the other node's dataplane) on a 2-node
+    /// containerd lab, per proxy mode.
+    Podstart {
+        /// Pods per phase (sequential, then burst).
+        #[arg(long, default_value_t = 30)]
+        pods: usize,
+        /// Proxy modes, each on a fresh lab (iptables, nftables).
+        #[arg(long, value_delimiter = ',', default_value = "iptables,nftables")]
+        modes: Vec<String>,
+        /// Dataplane polling interval (ms): bounds the network programming resolution.
+        #[arg(long, default_value_t = 5)]
+        poll_ms: u64,
+        /// Then, in the first mode, this many sequential pods with a readinessProbe
+        /// (httpGet /healthz, periodSeconds 1); 0 skips.
+        #[arg(long, default_value_t = 10)]
+        probe_pods: usize,
+        /// Give up when the pods are not Ready after this many seconds (per wait).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Write the JSON result here too.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -756,6 +781,21 @@ async fn main() -> anyhow::Result<()> {
             change_timeout: Duration::from_secs(change_timeout),
             change_budget: Duration::from_secs(change_budget),
             breakdown: !no_breakdown,
+            out,
+        }),
+        Cmd::Podstart {
+            pods,
+            modes,
+            poll_ms,
+            probe_pods,
+            timeout,
+            out,
+        } => podstart::run(podstart::Opts {
+            pods,
+            modes,
+            poll_ms,
+            probe_pods,
+            timeout: Duration::from_secs(timeout),
             out,
         }),
     }
