@@ -262,7 +262,10 @@ fn select(
                     None => {
                         return Err(Error::Missing {
                             volume: volume.to_string(),
-                            what: format!("configuration of {kind} {name:?} has no key {:?}", it.key),
+                            what: format!(
+                                "configuration of {kind} {name:?} has no key {:?}",
+                                it.key
+                            ),
                         })
                     }
                 }
@@ -353,10 +356,7 @@ fn downward_files(pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Vec<File> {
 }
 
 /// A container's mounts from its `volumeMounts` (with `subPath`), given the prepared volumes.
-pub fn mounts(
-    c: &Container,
-    volumes: &HashMap<String, PathBuf>,
-) -> Result<Vec<cri::Mount>, Error> {
+pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<cri::Mount>, Error> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
         let Some(host) = volumes.get(&m.name) else {
@@ -433,14 +433,20 @@ mod tests {
         let p = pod();
         let vols = prepare(d.path(), &p, &sources()).unwrap();
         let base = d.path().join("pods/u1/volumes");
-        assert_eq!(vols["scratch"], base.join("kubernetes.io~empty-dir/scratch"));
+        assert_eq!(
+            vols["scratch"],
+            base.join("kubernetes.io~empty-dir/scratch")
+        );
         let cfg = &vols["cfg"];
         assert_eq!(
             std::fs::read_to_string(cfg.join("dir/a.txt")).unwrap(),
             "alpha"
         );
         assert!(!cfg.join("b").exists(), "only the listed items");
-        let mode = std::fs::metadata(cfg.join("dir/a.txt")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(cfg.join("dir/a.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let all = &vols["all"];
         assert_eq!(std::fs::read_to_string(all.join("pw")).unwrap(), "hunter2");
@@ -449,7 +455,10 @@ mod tests {
             std::fs::read_to_string(all.join("labels")).unwrap(),
             "app=\"web\"\nb=\"2\""
         );
-        let mode = std::fs::metadata(all.join("pw")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(all.join("pw"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o640);
 
         let c = &p.spec.as_ref().unwrap().containers[0];
@@ -459,7 +468,10 @@ mod tests {
         assert!(m[1].readonly);
         assert_eq!(m[2].host_path, all.join("sub").to_string_lossy());
         assert!(all.join("sub").is_dir());
-        assert_eq!(references(&p), (vec!["cm".to_string()], vec!["s".to_string()]));
+        assert_eq!(
+            references(&p),
+            (vec!["cm".to_string()], vec!["s".to_string()])
+        );
     }
 
     #[test]
