@@ -282,7 +282,8 @@ fn tally(out: &str) -> (BTreeMap<String, usize>, usize) {
     (per, fails)
 }
 
-async fn cri_containers(sock: &Path) -> Vec<cri::Container> {
+/// A CRI RuntimeService client on a node's containerd socket.
+async fn runtime(sock: &Path) -> RuntimeServiceClient<tonic::transport::Channel> {
     let sock = sock.to_path_buf();
     let ch = Endpoint::try_from("http://[::]")
         .unwrap()
@@ -295,6 +296,11 @@ async fn cri_containers(sock: &Path) -> Vec<cri::Container> {
         .await
         .expect("containerd socket");
     RuntimeServiceClient::new(ch)
+}
+
+async fn cri_containers(sock: &Path) -> Vec<cri::Container> {
+    runtime(sock)
+        .await
         .list_containers(cri::ListContainersRequest::default())
         .await
         .expect("ListContainers")
@@ -303,18 +309,8 @@ async fn cri_containers(sock: &Path) -> Vec<cri::Container> {
 }
 
 async fn cri_sandboxes(sock: &Path) -> Vec<cri::PodSandbox> {
-    let sock = sock.to_path_buf();
-    let ch = Endpoint::try_from("http://[::]")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
-            }
-        }))
+    runtime(sock)
         .await
-        .expect("containerd socket");
-    RuntimeServiceClient::new(ch)
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
         .await
         .expect("ListPodSandbox")
