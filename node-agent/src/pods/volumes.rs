@@ -243,14 +243,25 @@ fn prepare_one(base: &Path, pod: &Pod, v: &Volume, src: &Sources) -> Result<Path
 
 type File = (String, Vec<u8>, Option<i32>);
 
+/// The files of a ConfigMap or Secret (`data`: `None` when it does not exist): every key,
+/// or the listed `items`; a missing source or key is an error unless `optional`.
 fn select(
     volume: &str,
     kind: &str,
     name: &str,
-    data: BTreeMap<String, Vec<u8>>,
+    data: Option<BTreeMap<String, Vec<u8>>>,
     items: Option<&[KeyToPath]>,
     optional: bool,
 ) -> Result<Vec<File>, Error> {
+    let Some(data) = data else {
+        if optional {
+            return Ok(Vec::new());
+        }
+        return Err(Error::Missing {
+            volume: volume.to_string(),
+            what: format!("{kind} \"{name}\" not found"),
+        });
+    };
     match items {
         None => Ok(data.into_iter().map(|(k, v)| (k, v, None)).collect()),
         Some(items) => {
@@ -282,24 +293,18 @@ fn config_map_files(
     optional: bool,
     src: &Sources,
 ) -> Result<Vec<File>, Error> {
-    let Some(cm) = src.config_maps.get(name).cloned().flatten() else {
-        if optional {
-            return Ok(Vec::new());
+    let data = src.config_maps.get(name).cloned().flatten().map(|cm| {
+        let mut data: BTreeMap<String, Vec<u8>> = cm
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        for (k, v) in cm.binary_data.unwrap_or_default() {
+            data.insert(k, v.0);
         }
-        return Err(Error::Missing {
-            volume: volume.to_string(),
-            what: format!("configmap \"{name}\" not found"),
-        });
-    };
-    let mut data: BTreeMap<String, Vec<u8>> = cm
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    for (k, v) in cm.binary_data.unwrap_or_default() {
-        data.insert(k, v.0);
-    }
+        data
+    });
     select(volume, "configmap", name, data, items, optional)
 }
 
@@ -310,21 +315,13 @@ fn secret_files(
     optional: bool,
     src: &Sources,
 ) -> Result<Vec<File>, Error> {
-    let Some(s) = src.secrets.get(name).cloned().flatten() else {
-        if optional {
-            return Ok(Vec::new());
-        }
-        return Err(Error::Missing {
-            volume: volume.to_string(),
-            what: format!("secret \"{name}\" not found"),
-        });
-    };
-    let data = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let data = src.secrets.get(name).cloned().flatten().map(|s| {
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    });
     select(volume, "secret", name, data, items, optional)
 }
 

@@ -468,7 +468,7 @@ impl Worker {
             initialized: true,
             ..Default::default()
         };
-        for c in &spec.init_containers.clone().unwrap_or_default() {
+        for c in spec.init_containers.iter().flatten() {
             let list = by_name.remove(&c.name).unwrap_or_default();
             // A sidecar (restartPolicy Always) keeps running; a plain init container runs once
             // to success, restarted on failure unless the pod never restarts anything.
