@@ -188,6 +188,30 @@ impl Kubectl {
     }
 }
 
+/// Why a lab with a containerd per node cannot run here (`None`: it can): root, containerd
+/// and ctr (Debian package containerd), runc, and the preinstalled kubectl to drive it.
+pub fn containerd_lab_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("the lab needs root (namespaces, containerd)".into());
+    }
+    for tool in ["containerd", "ctr"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} is missing (Debian package containerd)"));
+        }
+    }
+    if !Path::new("/usr/sbin/runc").exists() {
+        return Some("runc is missing".into());
+    }
+    if Kubectl::preinstalled().is_none() {
+        return Some("no kubectl on this machine".into());
+    }
+    None
+}
+
 /// Whether this process runs as root (the privileged tiers need it).
 pub fn is_root() -> bool {
     status_says_root(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::Value;
-use sluice_tests::{is_root, lab, ok, skip, text, Kubectl};
+use sluice_tests::{lab, ok, skip, text, Kubectl};
 use tonic::transport::{Endpoint, Uri};
 
 /// A lab with a containerd per node, brought down on drop (also when an assertion fails).
@@ -48,29 +48,11 @@ impl Cluster {
 
     /// Like [`Cluster::up`] with extra `sluice-lab up` flags.
     fn up_with(mode: &str, extra: &[&str]) -> Option<Cluster> {
-        if !is_root() {
-            skip("the lab needs root (namespaces, containerd)");
+        if let Some(why) = sluice_tests::containerd_lab_unavailable() {
+            skip(&why);
             return None;
         }
-        for tool in ["containerd", "ctr"] {
-            if Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-            {
-                skip(&format!("{tool} is missing (Debian package containerd)"));
-                return None;
-            }
-        }
-        if !Path::new("/usr/sbin/runc").exists() {
-            skip("runc is missing");
-            return None;
-        }
-        let Some(k) = Kubectl::preinstalled() else {
-            skip("no kubectl on this machine");
-            return None;
-        };
+        let k = Kubectl::preinstalled().expect("checked above");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         let d = dir.to_string_lossy().to_string();
@@ -244,24 +226,32 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(250));
         };
-        let node = pod["spec"]["nodeName"].as_str().unwrap();
-        let uid = pod["metadata"]["uid"].as_str().unwrap();
+        let out = self
+            .container_log(&pod, name)
+            .unwrap_or_else(|e| panic!("reading {name}'s log: {e}"));
+        self.kubectl(&["delete", "pod", name, "--wait=true"]);
+        out
+    }
+
+    /// The text a container (attempt 0) wrote, from its CRI log file under the node's
+    /// `--pod-logs-dir` (lines `<time> <stream> <P|F> <text>`), given the Pod object.
+    fn container_log(&self, pod: &Value, container: &str) -> std::io::Result<String> {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
         let log = self
             .dir
             .join("nodes")
             .join(node)
             .join("pods-logs")
             .join(format!("default_{name}_{uid}"))
-            .join(name)
+            .join(container)
             .join("0.log");
-        let raw = std::fs::read_to_string(&log)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", log.display()));
-        self.kubectl(&["delete", "pod", name, "--wait=true"]);
-        // CRI log lines: `<time> stdout F <text>`.
-        raw.lines()
+        Ok(std::fs::read_to_string(log)?
+            .lines()
             .filter_map(|l| l.splitn(4, ' ').nth(3))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n"))
     }
 }
 
@@ -808,18 +798,10 @@ spec:
         c.json(&["get", "pod", "load"])["status"]["phase"] == "Succeeded"
     });
     let p = c.json(&["get", "pod", "load"]);
-    let node = p["spec"]["nodeName"].as_str().unwrap();
-    let uid = p["metadata"]["uid"].as_str().unwrap();
-    let log = c
-        .dir
-        .join("nodes")
-        .join(node)
-        .join("pods-logs")
-        .join(format!("default_load_{uid}/load/0.log"));
-    let out = std::fs::read_to_string(&log).unwrap();
+    let out = c.container_log(&p, "load").unwrap();
     let done = out
         .lines()
-        .find_map(|l| l.split_once(" DONE ").map(|(_, r)| r.to_string()))
+        .find_map(|l| l.strip_prefix("DONE ").map(str::to_string))
         .unwrap_or_else(|| panic!("no DONE line in {out}"));
     let nums: Vec<u64> = done
         .split_whitespace()
@@ -982,25 +964,10 @@ spec:
     }
 }
 
-/// A container's output so far, from its CRI log file (attempt 0).
+/// A container's output so far (empty while it has none).
 fn container_output(c: &Cluster, pod: &str, container: &str) -> String {
-    let p = c.json(&["get", "pod", pod]);
-    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-    let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
-    let log = c
-        .dir
-        .join("nodes")
-        .join(node)
-        .join("pods-logs")
-        .join(format!("default_{pod}_{uid}"))
-        .join(container)
-        .join("0.log");
-    std::fs::read_to_string(log)
+    c.container_log(&c.json(&["get", "pod", pod]), container)
         .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]

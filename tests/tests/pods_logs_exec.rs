@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{is_root, lab, ok, skip, text, Kubectl};
+use sluice_tests::{lab, ok, skip, text, Kubectl};
 
 /// A lab with a containerd per node, brought down on drop (also when an assertion fails).
 struct Cluster {
@@ -43,29 +43,11 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn up() -> Option<Cluster> {
-        if !is_root() {
-            skip("the lab needs root (namespaces, containerd)");
+        if let Some(why) = sluice_tests::containerd_lab_unavailable() {
+            skip(&why);
             return None;
         }
-        for tool in ["containerd", "ctr"] {
-            if Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-            {
-                skip(&format!("{tool} is missing (Debian package containerd)"));
-                return None;
-            }
-        }
-        if !Path::new("/usr/sbin/runc").exists() {
-            skip("runc is missing");
-            return None;
-        }
-        let Some(k) = Kubectl::preinstalled() else {
-            skip("no kubectl on this machine");
-            return None;
-        };
+        let k = Kubectl::preinstalled().expect("checked above");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         let t = Instant::now();
