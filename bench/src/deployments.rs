@@ -681,7 +681,8 @@ async fn bare_pods(
     }))
 }
 
-async fn count_ready(nodes: &Api<Node>) -> anyhow::Result<usize> {
+/// How many nodes report Ready=True.
+pub(crate) async fn count_ready(nodes: &Api<Node>) -> anyhow::Result<usize> {
     Ok(nodes
         .list(&ListParams::default())
         .await?

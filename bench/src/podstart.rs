@@ -48,7 +48,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher::{self, Event};
 use serde_json::{json, Value};
 
@@ -913,18 +913,7 @@ async fn measure(
     let napi: Api<Node> = Api::all(client.clone());
     let t = Instant::now();
     loop {
-        let ready = napi
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
+        let ready = crate::deployments::count_ready(&napi).await?;
         if ready >= nodes.len() {
             break;
         }
