@@ -100,6 +100,11 @@ impl Commands {
         .map(drop)
     }
 
+    /// Whether any of `chains` (table, chain) exists in this backend.
+    pub fn holds_any(&self, chains: &[(&str, &str)]) -> bool {
+        chains.iter().any(|(t, c)| self.has_chain(t, c))
+    }
+
     /// `iptables-save -t table`.
     pub fn save_table(&self, table: &str) -> Result<String, RunError> {
         run(Command::new(&self.save).args(["-t", table]), NO_INPUT)
@@ -108,6 +113,22 @@ impl Commands {
     /// `iptables args…` (no input).
     pub fn iptables(&self, args: &[&str]) -> Result<String, RunError> {
         run(Command::new(&self.iptables).args(args), NO_INPUT)
+    }
+}
+
+/// `--iptables-backend auto`: the backend whose tools see any of `markers` (the chains of
+/// every Sluice component that writes iptables rules) in this network namespace; if both or
+/// neither do, nft (the default of current distributions). This is kube-proxy's
+/// iptables-wrapper idea, keyed on our own chains.
+pub fn detect_backend(markers: &[(&str, &str)]) -> Backend {
+    let holds = |b: Backend| {
+        let c = Commands::for_backend(b);
+        c.available() && c.holds_any(markers)
+    };
+    if !holds(Backend::Nft) && holds(Backend::Legacy) {
+        Backend::Legacy
+    } else {
+        Backend::Nft
     }
 }
 

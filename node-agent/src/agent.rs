@@ -14,9 +14,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
+use sluice_proxy::mode::ModeContext;
 
 use crate::cache::NodeCache;
-use crate::cli::{Cli, IptablesBackend, ProxyMode};
+use crate::cli::{Cli, ProxyMode};
 use crate::health::{self, ProxyHealth};
 use crate::healthcheck::ServiceHealthServer;
 use crate::netlink::Netlink;
@@ -41,17 +42,8 @@ pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(
-        cli.proxy_mode,
-        ProxyMode::None | ProxyMode::Iptables | ProxyMode::Userspace | ProxyMode::Nftables
-    ) {
-        let name = clap::ValueEnum::to_possible_value(&cli.proxy_mode)
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default();
-        bail!(
-            "--proxy-mode {name} is not implemented yet (`none`, `userspace`, `iptables` and `nftables` are)"
-        );
-    }
+    let modes = crate::modes::table();
+    let chosen = crate::modes::lookup(&modes, cli.proxy_mode).map_err(anyhow::Error::msg)?;
     // Health and metrics first, so probes see 503 (not a refused connection) while starting.
     let proxying = cli.proxy_mode != ProxyMode::None;
     let proxy_health = Arc::new(if proxying {
@@ -100,16 +92,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     tracing::info!(node = %id.name, %node_ip, "starting sluice-agent");
     enable_forwarding();
-    let ipt = iptables_commands(cli.iptables_backend, &id.name);
-    if cli.proxy_mode != ProxyMode::Iptables {
-        remove_iptables_proxy_rules(&id.name, &ipt);
+    let mut ctx = ModeContext::new(id.name.clone());
+    ctx.node_ips = vec![node_ip];
+    ctx.cluster_cidr = Some(cli.cluster_cidr.into());
+    ctx.runtime = Some(tokio::runtime::Handle::current());
+    ctx.iptables = crate::modes::iptables_commands(cli.iptables_backend, &modes, &ctx);
+    let ipt = ctx.iptables.clone();
+    if let Some(m) = chosen {
+        m.probe(&ctx)
+            .map_err(|why| anyhow::anyhow!("--proxy-mode {} cannot run here: {why}", m.name()))?;
     }
-    if cli.proxy_mode != ProxyMode::Userspace {
-        remove_userspace_proxy_rules(&ipt);
-    }
-    if cli.proxy_mode != ProxyMode::Nftables {
-        remove_nftables_proxy_rules();
-    }
+    crate::modes::remove_others(&modes, chosen.map(|m| m.name()), &ctx);
 
     // Register before anything else, retrying while the API server is unreachable.
     let mut delay = Duration::from_millis(200);
@@ -181,12 +174,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ))),
         full_sync_period: Some(cli.full_sync_period),
     };
-    let proxy = match cli.proxy_mode {
-        ProxyMode::Iptables => {
-            let mut cfg = sluice_proxy_iptables::RenderConfig::new(id.name.clone());
-            cfg.node_ips = vec![node_ip];
-            cfg.cluster_cidr = Some(cli.cluster_cidr.into());
-            let dataplane = sluice_proxy_iptables::IptablesDataplane::new(cfg, ipt.clone());
+    let proxy = match chosen {
+        Some(m) => {
+            let dataplane = m
+                .build(&ctx)
+                .with_context(|| format!("starting the {} proxy mode", m.name()))?;
             Some(tokio::spawn(crate::proxy::run_with(
                 client.clone(),
                 opts,
@@ -194,41 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 extras,
             )))
         }
-        ProxyMode::Nftables => {
-            let tools = sluice_proxy_nftables::apply::Tools::default();
-            if !tools.available() {
-                bail!("--proxy-mode nftables needs the `nft` command (Debian package nftables)");
-            }
-            let mut cfg = sluice_proxy_nftables::RenderConfig::new(id.name.clone());
-            cfg.node_ips = vec![node_ip];
-            cfg.cluster_cidr = Some(cli.cluster_cidr.into());
-            let dataplane = sluice_proxy_nftables::NftablesDataplane::new(cfg, tools);
-            Some(tokio::spawn(crate::proxy::run_with(
-                client.clone(),
-                opts,
-                dataplane,
-                extras,
-            )))
-        }
-        ProxyMode::Userspace => {
-            let IpAddr::V4(ip4) = node_ip else {
-                bail!("the userspace proxy mode needs an IPv4 node address, got {node_ip}");
-            };
-            let mut cfg = sluice_proxy_userspace::UserspaceConfig::new(id.name.clone(), ip4);
-            cfg.cluster_cidr = Some(cli.cluster_cidr);
-            cfg.commands = ipt.clone();
-            let dataplane = sluice_proxy_userspace::UserspaceDataplane::new(
-                cfg,
-                tokio::runtime::Handle::current(),
-            );
-            Some(tokio::spawn(crate::proxy::run_with(
-                client.clone(),
-                opts,
-                dataplane,
-                extras,
-            )))
-        }
-        _ => None,
+        None => None,
     };
 
     let mut sync = Syncer::new(nl, cli.clone(), ipt);
@@ -272,107 +230,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down (routes, CNI configuration and proxy rules are left in place)");
     Ok(())
-}
-
-/// `--iptables-backend`: the backend's commands (auto: the one holding Sluice's chains, else
-/// nft). Sluice chains in the other backend (a previous run with the other choice) are removed,
-/// so one node never mixes backends.
-fn iptables_commands(
-    choice: IptablesBackend,
-    node: &str,
-) -> sluice_proxy_iptables::apply::Commands {
-    use sluice_proxy_iptables::apply::{detect_backend, Backend, Commands};
-    let backend = match choice {
-        IptablesBackend::Nft => Backend::Nft,
-        IptablesBackend::Legacy => Backend::Legacy,
-        IptablesBackend::Auto => {
-            let b = detect_backend();
-            // Only one backend installed: that one.
-            if !Commands::for_backend(b).available() && Commands::for_backend(b.other()).available()
-            {
-                b.other()
-            } else {
-                b
-            }
-        }
-    };
-    let commands = Commands::for_backend(backend);
-    if !commands.available() {
-        tracing::warn!(
-            backend = backend.name(),
-            "iptables-{} not found; using plain iptables",
-            backend.name()
-        );
-        return Commands::default();
-    }
-    let other = Commands::for_backend(backend.other());
-    if other.available() && sluice_proxy_iptables::apply::holds_sluice_chains(&other) {
-        tracing::info!(
-            from = backend.other().name(),
-            to = backend.name(),
-            "removing Sluice chains from the other iptables backend"
-        );
-        remove_iptables_proxy_rules(node, &other);
-        remove_userspace_proxy_rules(&other);
-        if let Err(e) = masq::remove(&other) {
-            tracing::warn!(error = %e, "removing the masquerade rules from the other backend failed");
-        }
-    }
-    tracing::info!(backend = backend.name(), "iptables backend");
-    commands
-}
-
-/// Switching modes leaves nothing of the old one: every `SLUICE-` chain of the iptables mode
-/// (and the jumps into them) goes when the agent runs in another mode.
-fn remove_iptables_proxy_rules(node: &str, commands: &sluice_proxy_iptables::apply::Commands) {
-    use sluice_proxy::proxier::Dataplane;
-    use sluice_proxy_iptables::chains;
-    // A cheap probe first (an iptables-save of a large nf_tables table takes seconds).
-    let probe = [
-        ("nat", chains::SERVICES),
-        ("nat", chains::MARK_MASQ),
-        ("filter", chains::FORWARD),
-    ];
-    if !probe.iter().any(|(t, c)| commands.has_chain(t, c)) {
-        return;
-    }
-    let mut dp = sluice_proxy_iptables::IptablesDataplane::new(
-        sluice_proxy_iptables::RenderConfig::new(node),
-        commands.clone(),
-    );
-    match dp.cleanup() {
-        Ok(()) => tracing::info!("removed the iptables proxy mode's rules"),
-        Err(e) => tracing::warn!(error = %e, "removing the iptables proxy mode's rules failed"),
-    }
-}
-
-/// Likewise for the userspace mode's `SLUICEUS-` chains (its listeners died with its agent).
-fn remove_userspace_proxy_rules(commands: &sluice_proxy_iptables::apply::Commands) {
-    let probe = [
-        ("nat", "SLUICEUS-PORTALS-CONTAINER"),
-        ("nat", "SLUICEUS-PORTALS-HOST"),
-        ("filter", "SLUICEUS-REJECT"),
-    ];
-    if !probe.iter().any(|(t, c)| commands.has_chain(t, c)) {
-        return;
-    }
-    match sluice_proxy_userspace::cleanup_rules_with(commands) {
-        Ok(()) => tracing::info!("removed the userspace proxy mode's rules"),
-        Err(e) => tracing::warn!(error = %e, "removing the userspace proxy mode's rules failed"),
-    }
-}
-
-/// Likewise for the nftables mode: its tables (`ip sluice`, `ip6 sluice`) go.
-fn remove_nftables_proxy_rules() {
-    let tools = sluice_proxy_nftables::apply::Tools::default();
-    if !tools.available() {
-        return;
-    }
-    match tools.delete_tables() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(tables = n, "removed the nftables proxy mode's tables"),
-        Err(e) => tracing::warn!(error = %e, "removing the nftables proxy mode's tables failed"),
-    }
 }
 
 fn enable_forwarding() {

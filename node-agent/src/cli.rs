@@ -78,6 +78,12 @@ pub struct DumpArgs {
     /// Proxy mode whose kernel state to print.
     #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
     pub proxy_mode: ProxyMode,
+    /// The node whose state to print (modes with per-node state on bpffs: ebpf).
+    #[arg(long, default_value = "")]
+    pub node_name: String,
+    /// The agents' bpffs directory (`--bpf-dir` of the agent).
+    #[arg(long, default_value = sluice_proxy::mode::DEFAULT_BPF_ROOT)]
+    pub bpf_dir: PathBuf,
 }
 
 /// Sluice node agent: registers this node with the control plane (sluice-control or any

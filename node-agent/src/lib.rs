@@ -25,6 +25,7 @@ pub mod debug;
 pub mod health;
 pub mod healthcheck;
 pub mod masq;
+pub mod modes;
 pub mod netlink;
 pub mod pods;
 pub mod proxy;

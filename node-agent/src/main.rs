@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = match (inv.command, inv.run) {
         (Some(Command::Debug(DebugCommand::Dump(args))), _) => {
-            return match sluice_agent::debug::dump(args.proxy_mode) {
+            return match sluice_agent::debug::dump(&args) {
                 Ok(text) => {
                     print!("{text}");
                     std::process::ExitCode::SUCCESS

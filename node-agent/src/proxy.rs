@@ -202,15 +202,28 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
             let service_health = service_health.clone();
             let node_name = node_name.clone();
             async move {
-                let start = std::time::Instant::now();
-                let mut guard = p.lock().await;
-                let out = guard.sync();
-                tracing::debug!(took = ?start.elapsed(), outcome = ?out, "proxy sync");
-                if matches!(out, Ok(SyncOutcome::Synced { .. } | SyncOutcome::NoChanges)) {
-                    let want = service_health.as_ref().map(|_| {
+                // Programming the kernel blocks (an iptables-restore or nft run, a large map
+                // sync: seconds at 10,000 services), so it runs on a blocking thread and the
+                // runtime's workers stay free for the watches, health and metrics.
+                let with_health = service_health.is_some();
+                let (out, ok, want) = tokio::task::spawn_blocking(move || {
+                    let start = std::time::Instant::now();
+                    let mut guard = p.blocking_lock();
+                    let out = guard.sync();
+                    tracing::debug!(took = ?start.elapsed(), outcome = ?out, "proxy sync");
+                    let ok = matches!(out, Ok(SyncOutcome::Synced { .. } | SyncOutcome::NoChanges));
+                    let want = (ok && with_health).then(|| {
                         healthcheck::desired(guard.services(), guard.endpoints(), &node_name)
                     });
-                    drop(guard);
+                    (out, ok, want)
+                })
+                .await
+                .map_err(|e| sluice_proxy::proxier::Error::Sync {
+                    dataplane: "proxy",
+                    message: format!("the sync task failed: {e}"),
+                    source: None,
+                })?;
+                if ok {
                     if let Some(h) = &health {
                         h.updated();
                     }

@@ -26,6 +26,7 @@
 //!   service/endpoint maps those tests render.
 //! * [`heap`] — giving freed heap back after large syncs.
 //! * [`runner`] — bounded-frequency sync runner (min interval, max interval, coalescing, retry).
+//! * [`mode`] — the one interface every proxy mode plugs into the agent through ([`mode::Mode`]).
 //! * [`proxier`] — `Proxier<D: Dataplane>`: the one place that owns trackers, maps and sync policy.
 
 pub mod categorize;
@@ -33,6 +34,7 @@ pub mod conntrack;
 pub mod golden;
 pub mod heap;
 pub mod metrics;
+pub mod mode;
 pub mod model;
 pub mod proxier;
 pub mod runner;

@@ -65,6 +65,17 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// Building the mode, or reading its kernel state, failed.
+    #[error("{dataplane} mode: {message}")]
+    Mode {
+        /// [`Dataplane::name`].
+        dataplane: &'static str,
+        /// What went wrong.
+        message: String,
+        /// Underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 /// What changed since the last successful sync, handed to [`Dataplane::sync`].

@@ -102,39 +102,6 @@ pub fn base_jumps_restore_text() -> String {
 use sluice_iptables_tools::RunError;
 pub use sluice_iptables_tools::{Backend, Commands};
 
-/// Chains whose presence (in either table) marks a backend as holding Sluice's rules: the
-/// iptables mode's fixed chains, the node masquerade's and the userspace mode's.
-pub const SLUICE_MARKER_CHAINS: &[(&str, &str)] = &[
-    ("nat", chains::MARK_MASQ),
-    ("nat", chains::SERVICES),
-    ("filter", chains::FORWARD),
-    ("nat", "SLUICENODE-MASQ"),
-    ("nat", "SLUICEUS-PORTALS-CONTAINER"),
-    ("filter", "SLUICEUS-REJECT"),
-];
-
-/// Whether this backend holds any of [`SLUICE_MARKER_CHAINS`].
-pub fn holds_sluice_chains(commands: &Commands) -> bool {
-    SLUICE_MARKER_CHAINS
-        .iter()
-        .any(|(t, c)| commands.has_chain(t, c))
-}
-
-/// `--iptables-backend auto`: the backend whose tools see Sluice's chains in this network
-/// namespace; if both or neither do, nft (the default of current distributions). This is
-/// kube-proxy's iptables-wrapper idea, keyed on our own chains.
-pub fn detect_backend() -> Backend {
-    let holds = |b: Backend| {
-        let c = Commands::for_backend(b);
-        c.available() && holds_sluice_chains(&c)
-    };
-    if !holds(Backend::Nft) && holds(Backend::Legacy) {
-        Backend::Legacy
-    } else {
-        Backend::Nft
-    }
-}
-
 /// The iptables mode.
 pub struct IptablesDataplane {
     config: RenderConfig,

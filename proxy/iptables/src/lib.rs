@@ -13,11 +13,14 @@
 //!   render's state describes them. [`apply::Backend`] / [`apply::Commands::for_backend`] (from `sluice-iptables-tools`) pick
 //!   iptables-nft or iptables-legacy.
 //! * [`chains`] — chain names and their stable hashes.
+//! * [`mode`] — [`mode::IptablesMode`], how the agent plugs the mode in (probe, leftovers,
+//!   cleanup, dump, build).
 
 pub mod apply;
 pub mod chains;
 pub mod dump;
 pub mod fake;
+pub mod mode;
 pub mod render;
 
 pub use apply::IptablesDataplane;

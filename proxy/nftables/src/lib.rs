@@ -27,6 +27,7 @@
 //! * [`apply`] — [`apply::NftablesDataplane`], the thin backend running `nft`.
 
 pub mod apply;
+pub mod mode;
 pub mod model;
 pub mod render;
 

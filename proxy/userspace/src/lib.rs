@@ -38,6 +38,7 @@ mod commands;
 mod dataplane;
 mod error;
 mod listener;
+pub mod mode;
 pub mod render;
 mod tcp;
 mod udp;

@@ -1,0 +1,64 @@
+//! The nftables mode as the agent plugs it in ([`sluice_proxy::mode::Mode`]).
+
+use sluice_proxy::mode::{BoxDataplane, Mode, ModeContext};
+use sluice_proxy::model::IpFamily;
+use sluice_proxy::proxier::Error;
+
+use crate::apply::Tools;
+use crate::{NftablesDataplane, RenderConfig};
+
+/// `--proxy-mode nftables`.
+pub struct NftablesMode;
+
+const NAME: &str = "nftables";
+
+impl Mode for NftablesMode {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn probe(&self, _: &ModeContext) -> Result<(), String> {
+        if Tools::default().available() {
+            Ok(())
+        } else {
+            Err("the `nft` command does not run (Debian package nftables)".into())
+        }
+    }
+
+    fn has_leftovers(&self, _: &ModeContext) -> bool {
+        let tools = Tools::default();
+        tools.available()
+            && [IpFamily::V4, IpFamily::V6]
+                .into_iter()
+                .any(|f| tools.has_table(f))
+    }
+
+    fn remove_all(&self, _: &ModeContext) -> Result<(), Error> {
+        let tools = Tools::default();
+        if !tools.available() {
+            return Ok(());
+        }
+        tools.delete_tables().map(drop).map_err(|e| Error::Cleanup {
+            dataplane: NAME,
+            message: "deleting Sluice's tables".into(),
+            source: Some(e.into()),
+        })
+    }
+
+    /// nft's own listing of Sluice's tables (`ip sluice`, and `ip6 sluice` if present): the
+    /// kernel's canonical text, which `nft -f` reads back.
+    fn dump(&self, _: &ModeContext) -> Result<String, Error> {
+        let tools = Tools::default();
+        Ok([IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .filter_map(|f| tools.dump(f))
+            .collect())
+    }
+
+    fn build(&self, ctx: &ModeContext) -> Result<BoxDataplane, Error> {
+        let mut cfg = RenderConfig::new(ctx.node_name.clone());
+        cfg.node_ips = ctx.node_ips.clone();
+        cfg.cluster_cidr = ctx.cluster_cidr;
+        Ok(Box::new(NftablesDataplane::new(cfg, Tools::default())))
+    }
+}
