@@ -1,0 +1,21 @@
+//! The kernel's verifier accepts every program this crate embeds.
+//!
+//! Needs root. Without it the test prints `SKIP: <reason>` and passes, unless
+//! `SLUICE_REQUIRE_ALL=1`, where a skip is a failure.
+
+fn skip(reason: &str) {
+    if std::env::var("SLUICE_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("SLUICE_REQUIRE_ALL=1 but cannot run: {reason}");
+    }
+    println!("SKIP: {reason}");
+}
+
+#[test]
+fn verifier_accepts_every_program() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip("not root: loading BPF programs needs CAP_BPF/CAP_NET_ADMIN");
+    }
+    if let Err(e) = sluice_ebpf::verify_programs() {
+        panic!("{e}");
+    }
+}
