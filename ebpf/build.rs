@@ -11,7 +11,7 @@ use std::{
 };
 
 /// The BPF objects this crate builds, by C source name (without `.c`).
-const PROGRAMS: &[&str] = &["sock"];
+const PROGRAMS: &[&str] = &["sock", "nodeport"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -36,7 +36,10 @@ use std::{
 
 use aya::{
     maps::{MapInfo, MapType},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Program},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSockAddr, Program, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 
@@ -44,7 +47,7 @@ use crate::{
     abi::{self, Config},
     error::{Error, Result},
     maps::Maps,
-    programs::{self, SOCK_OBJ, SOCK_PROGRAMS},
+    programs::{self, NODEPORT_OBJ, SOCK_OBJ, SOCK_PROGRAMS},
     sys,
 };
 
@@ -129,6 +132,7 @@ pub struct TcConfig {
 pub struct Loader {
     opts: LoadOptions,
     sock: Ebpf,
+    nodeport: Option<Ebpf>,
 }
 
 /// The pinned link of program `name`.
@@ -325,7 +329,11 @@ impl Loader {
         })?;
         check_pinned_layouts(&opts.pin_dir)?;
         let sock = load_object("sock.o", SOCK_OBJ, Some(&opts.pin_dir), &opts.map_sizes)?;
-        Ok(Self { opts, sock })
+        Ok(Self {
+            opts,
+            sock,
+            nodeport: None,
+        })
     }
 
     /// The pin directory.
@@ -376,6 +384,95 @@ impl Loader {
                 .map_err(|e| Error::program(name, action(), e))?;
             let link = FdLink::try_from(link).map_err(|e| Error::Io {
                 context: format!("{name}: {}: not an fd-based link", action()),
+                source: std::io::Error::other(e),
+            })?;
+            pin_link(link, &pin, name)?;
+        }
+        Ok(())
+    }
+
+    /// Load the tc NodePort programs (sharing the pinned maps) unless already loaded.
+    pub fn load_nodeport(&mut self) -> Result<()> {
+        if self.nodeport.is_none() {
+            self.nodeport = Some(load_object(
+                "nodeport.o",
+                NODEPORT_OBJ,
+                Some(&self.opts.pin_dir),
+                &self.opts.map_sizes,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Write the node configuration and attach the NodePort programs to tcx ingress and
+    /// egress of `ifname` (in the calling thread's network namespace) with bpf_links pinned
+    /// under `<pin_dir>/links`. Like [`Loader::attach_cgroup`], a second call (or one after a
+    /// restart) replaces the programs inside the existing links. Needs tcx (Linux 6.6+);
+    /// no clsact qdisc is involved.
+    pub fn attach_tc(&mut self, ifname: &str, config: &TcConfig) -> Result<()> {
+        if !KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            return Err(Error::Unsupported(
+                "the tc NodePort programs attach with tcx links, which need Linux 6.6+".into(),
+            ));
+        }
+        let (min, max) = config.snat_ports;
+        if min == 0 || max < min {
+            return Err(Error::Unsupported(format!(
+                "invalid SNAT port range {min}-{max}"
+            )));
+        }
+        let index = ifindex(ifname).map_err(|e| Error::io(format!("interface {ifname}"), e))?;
+        self.maps()?.set_config(&Config {
+            node_ip4_be: config.node_ip.octets(),
+            ext_ifindex: index,
+            snat_port_min: min,
+            snat_port_max: max,
+            pad: 0,
+        })?;
+        self.load_nodeport()?;
+        let nodeport = self.nodeport.as_mut().expect("loaded above");
+        for (name, pin_name, tc_type, attach_type) in [
+            (
+                programs::NODEPORT_INGRESS,
+                "nodeport_ingress",
+                TcAttachType::Ingress,
+                sys::BPF_TCX_INGRESS,
+            ),
+            (
+                programs::NODEPORT_EGRESS,
+                "nodeport_egress",
+                TcAttachType::Egress,
+                sys::BPF_TCX_EGRESS,
+            ),
+        ] {
+            let prog: &mut SchedClassifier = nodeport
+                .program_mut(name)
+                .ok_or_else(|| Error::Unsupported(format!("nodeport.o has no program {name}")))?
+                .try_into()
+                .map_err(|e| Error::program(name, "get", e))?;
+            let pin = link_pin(&self.opts.pin_dir, pin_name);
+            let prog_fd = prog.fd().map_err(|e| Error::program(name, "fd", e))?;
+            // The pinned link is reused only if this namespace's device really has it (an
+            // ifindex alone is ambiguous across namespaces).
+            let on_device = sys::tcx_link_ids(index, attach_type)
+                .map_err(|e| Error::io(format!("query tcx links of {ifname}"), e))?;
+            let reused = reuse_or_clear(&pin, prog_fd.as_fd(), |info| {
+                info.link_type == sys::BPF_LINK_TYPE_TCX
+                    && info.attach_type == attach_type
+                    && on_device.contains(&info.link_id)
+            })?;
+            if reused {
+                continue;
+            }
+            let action = || format!("attach to {ifname} {tc_type:?}");
+            let id = prog
+                .attach(ifname, tc_type)
+                .map_err(|e| Error::program(name, action(), e))?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| Error::program(name, action(), e))?;
+            let link = FdLink::try_from(link).map_err(|e| Error::Io {
+                context: format!("{name}: {}: not a tcx link", action()),
                 source: std::io::Error::other(e),
             })?;
             pin_link(link, &pin, name)?;
@@ -446,18 +543,33 @@ pub struct AttachedLink {
 /// Every `sluice_*` program link attached to `cgroup` and/or the tcx hooks of `ifname`
 /// (for `debug dump`, and to prove re-attaching does not attach twice).
 pub fn attached_links(cgroup: Option<&Path>, ifname: Option<&str>) -> Result<Vec<AttachedLink>> {
-    let cgroup_id = cgroup.and_then(cgroup_id);
-    let ifindex = ifname.and_then(|name| ifindex(name).ok());
-    let mut out = Vec::new();
-    for (_fd, info) in sys::all_links().map_err(|e| Error::io("walk the kernel's bpf links", e))? {
-        let on_target = match info.link_type {
-            sys::BPF_LINK_TYPE_CGROUP => cgroup_id.is_some() && Some(info.cgroup_id) == cgroup_id,
-            sys::BPF_LINK_TYPE_TCX => ifindex.is_some() && Some(info.ifindex) == ifindex,
-            _ => false,
-        };
-        if !on_target {
-            continue;
+    let walk = |e| Error::io("walk the kernel's bpf links", e);
+    let mut found: Vec<sys::LinkInfo> = Vec::new();
+    if let Some(id) = cgroup.and_then(cgroup_id) {
+        // Cgroup ids are unique system-wide: filtering all links by id is exact.
+        found.extend(
+            sys::all_links()
+                .map_err(walk)?
+                .into_iter()
+                .map(|(_, info)| info)
+                .filter(|i| i.link_type == sys::BPF_LINK_TYPE_CGROUP && i.cgroup_id == id),
+        );
+    }
+    if let Some(index) = ifname.and_then(|name| ifindex(name).ok()) {
+        // An ifindex is only unique within a network namespace: ask the device (in the
+        // caller's namespace) which links it has.
+        for hook in [sys::BPF_TCX_INGRESS, sys::BPF_TCX_EGRESS] {
+            for link_id in sys::tcx_link_ids(index, hook).map_err(walk)? {
+                if let Ok(info) =
+                    sys::link_fd_by_id(link_id).and_then(|fd| sys::link_info(fd.as_fd()))
+                {
+                    found.push(info);
+                }
+            }
         }
+    }
+    let mut out = Vec::new();
+    for info in found {
         if let Ok(program) = sys::prog_name(info.prog_id) {
             if program.starts_with(programs::PROGRAM_PREFIX) {
                 out.push(AttachedLink {
@@ -468,7 +580,7 @@ pub fn attached_links(cgroup: Option<&Path>, ifname: Option<&str>) -> Result<Vec
             }
         }
     }
-    out.sort_by(|a, b| a.program.cmp(&b.program));
+    out.sort_by(|a, b| (&a.program, a.link_id).cmp(&(&b.program, b.link_id)));
     Ok(out)
 }
 

@@ -3,8 +3,12 @@
 /// `bpf/sock.c`: the cgroup sock_addr hooks.
 pub static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
+/// `bpf/nodeport.c`: the tc NodePort programs.
+pub static NODEPORT_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodeport.o"));
+
 /// Every embedded object, by file name.
-pub static OBJECTS: &[(&str, &[u8])] = &[("sock.o", SOCK_OBJ)];
+pub static OBJECTS: &[(&str, &[u8])] = &[("sock.o", SOCK_OBJ), ("nodeport.o", NODEPORT_OBJ)];
 
 /// `cgroup/connect4` program (C function name).
 pub const CONNECT4: &str = "sluice_connect4";

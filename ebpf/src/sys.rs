@@ -17,6 +17,7 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
@@ -32,6 +33,8 @@ pub(crate) const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub(crate) const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
 pub(crate) const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 pub(crate) const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
+pub(crate) const BPF_TCX_INGRESS: u32 = 46;
+pub(crate) const BPF_TCX_EGRESS: u32 = 47;
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, correctly laid out prefix of `union bpf_attr` for `cmd`, and
@@ -83,10 +86,9 @@ pub(crate) struct LinkInfo {
     pub prog_id: u32,
     /// Cgroup links: the cgroup id (the cgroup directory's inode number on cgroup2).
     pub cgroup_id: u64,
-    /// Cgroup and tcx links.
+    /// Cgroup and tcx links. (A tcx link's ifindex is left out on purpose: it is
+    /// per-namespace, see `tcx_link_ids`.)
     pub attach_type: u32,
-    /// tcx links.
-    pub ifindex: u32,
 }
 
 #[repr(C)]
@@ -118,10 +120,11 @@ pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         info: &mut raw as *mut RawLinkInfo as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let (cgroup_id, attach_type, ifindex) = match raw.link_type {
-        BPF_LINK_TYPE_CGROUP => (raw.u0, raw.u1 as u32, 0),
-        BPF_LINK_TYPE_TCX => (0, (raw.u0 >> 32) as u32, raw.u0 as u32),
-        _ => (0, 0, 0),
+    let (cgroup_id, attach_type) = match raw.link_type {
+        BPF_LINK_TYPE_CGROUP => (raw.u0, raw.u1 as u32),
+        // tcx: {u32 ifindex; u32 attach_type}.
+        BPF_LINK_TYPE_TCX => (0, (raw.u0 >> 32) as u32),
+        _ => (0, 0),
     };
     Ok(LinkInfo {
         link_type: raw.link_type,
@@ -129,7 +132,6 @@ pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         prog_id: raw.prog_id,
         cgroup_id,
         attach_type,
-        ifindex,
     })
 }
 
@@ -199,6 +201,48 @@ pub(crate) fn link_fd_by_id(id: u32) -> io::Result<OwnedFd> {
         open_flags: 0,
     };
     bpf(BPF_LINK_GET_FD_BY_ID, &mut attr).map(fd_result)
+}
+
+/// The ids of the links attached to tcx hook `attach_type` of device `ifindex` in the calling
+/// thread's network namespace (`BPF_PROG_QUERY`). Link info only carries the ifindex, which is
+/// per-namespace; the query resolves it where the caller is.
+pub(crate) fn tcx_link_ids(ifindex: u32, attach_type: u32) -> io::Result<Vec<u32>> {
+    #[repr(C)]
+    struct Attr {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        count: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let mut prog_ids = [0u32; 64];
+    let mut link_ids = [0u32; 64];
+    let mut attr = Attr {
+        target_ifindex: ifindex,
+        attach_type,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: prog_ids.as_mut_ptr() as u64,
+        count: prog_ids.len() as u32,
+        _pad: 0,
+        prog_attach_flags: 0,
+        link_ids: link_ids.as_mut_ptr() as u64,
+        link_attach_flags: 0,
+        revision: 0,
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let n = (attr.count as usize).min(link_ids.len());
+    Ok(link_ids[..n]
+        .iter()
+        .copied()
+        .filter(|&id| id != 0)
+        .collect())
 }
 
 /// Every link in the system, as open fds with their info (links that vanish while walking

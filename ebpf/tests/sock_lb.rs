@@ -22,6 +22,9 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
+use common::{run, Bpffs};
 use sluice_ebpf::{
     abi::{self, Backend, SvcKey, SvcVal},
     LoadOptions, Loader, Maps,
@@ -36,11 +39,7 @@ fn main() {
         return;
     }
     if let Some(reason) = cannot_run() {
-        if std::env::var("SLUICE_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("SLUICE_REQUIRE_ALL=1 but cannot run: {reason}");
-        }
-        println!("SKIP: {reason}");
-        return;
+        return common::skip(&reason);
     }
     let env = Env::new();
     sock_lb(&env);
@@ -48,25 +47,13 @@ fn main() {
 }
 
 fn cannot_run() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root".into());
+    if let Some(reason) = common::cannot_run() {
+        return Some(reason);
     }
     if !Path::new(CGROUP2).join("cgroup.procs").exists() {
         return Some(format!("no cgroup2 mounted at {CGROUP2}"));
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("no `ip` command (iproute2)".into());
-    }
     None
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The test environment; Drop removes every trace of it.
@@ -74,33 +61,19 @@ struct Env {
     netns: String,
     cgroup: PathBuf,
     pin_dir: PathBuf,
-    /// A private bpffs this test mounted (when /sys/fs/bpf is not a bpffs).
-    private_bpffs: Option<PathBuf>,
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+    /// Dropped last (declared last): the pins live on it.
+    _bpffs: Bpffs,
 }
 
 impl Env {
     fn new() -> Self {
         let pid = std::process::id();
-        let (bpffs, private_bpffs) = if is_bpffs(Path::new("/sys/fs/bpf")) {
-            (PathBuf::from("/sys/fs/bpf"), None)
-        } else {
-            // Do not change the machine's mounts: use a private bpffs instance.
-            let dir = PathBuf::from(format!("/run/sluice-ebpf-test-{pid}"));
-            fs::create_dir_all(&dir).unwrap();
-            run("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]);
-            (dir.clone(), Some(dir))
-        };
+        let bpffs = Bpffs::new("ebpf-test");
         let env = Self {
             netns: format!("sluice-ebpf-test-{pid}"),
             cgroup: Path::new(CGROUP2).join(format!("sluice-ebpf-test-{pid}")),
-            pin_dir: bpffs.join(format!("sluice-test-{pid}")),
-            private_bpffs,
+            pin_dir: bpffs.root.join(format!("sluice-test-{pid}")),
+            _bpffs: bpffs,
         };
         fs::create_dir(&env.cgroup).unwrap();
         run("ip", &["netns", "add", &env.netns]);
@@ -163,10 +136,6 @@ impl Drop for Env {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
-        if let Some(dir) = &self.private_bpffs {
-            let _ = Command::new("umount").arg(dir).status();
-            let _ = fs::remove_dir(dir);
-        }
     }
 }
 

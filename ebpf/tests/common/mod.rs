@@ -1,0 +1,84 @@
+//! Helpers shared by the privileged tests.
+
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Print `SKIP: <reason>`, or panic when `SLUICE_REQUIRE_ALL=1` (a skip is then a failure).
+pub fn skip(reason: &str) {
+    if std::env::var("SLUICE_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("SLUICE_REQUIRE_ALL=1 but cannot run: {reason}");
+    }
+    println!("SKIP: {reason}");
+}
+
+/// Why the privileged tests cannot run here, if they cannot.
+pub fn cannot_run() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("no `ip` command (iproute2)".into());
+    }
+    None
+}
+
+/// Run a command, panicking with its stderr on failure.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// A bpffs to pin under: /sys/fs/bpf when it is one; otherwise a private instance mounted for
+/// this test (so the test does not change the machine's mounts), unmounted on drop.
+pub struct Bpffs {
+    pub root: PathBuf,
+    private: bool,
+}
+
+impl Bpffs {
+    pub fn new(tag: &str) -> Self {
+        if is_bpffs(Path::new("/sys/fs/bpf")) {
+            return Self {
+                root: PathBuf::from("/sys/fs/bpf"),
+                private: false,
+            };
+        }
+        let dir = PathBuf::from(format!("/run/sluice-{tag}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        run("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]);
+        Self {
+            root: dir,
+            private: true,
+        }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if self.private {
+            let _ = Command::new("umount").arg(&self.root).status();
+            let _ = fs::remove_dir(&self.root);
+        }
+    }
+}
+
+/// Move the calling thread into the network namespace `name` (`ip netns` name).
+pub fn enter_netns(name: &str) {
+    let f = fs::File::open(Path::new("/run/netns").join(name)).unwrap();
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}

@@ -1,0 +1,383 @@
+//! Privileged functional test of the tc NodePort programs against the real kernel.
+//!
+//! Two fresh network namespaces joined by a veth pair: "node" (`ext0`, 192.168.77.1/24, a
+//! local backend 10.250.1.1 on `lo`) and "outside" (`out0`, the client 192.168.77.2 and two
+//! remote backends 192.168.77.3 and .4). The programs are attached to `ext0`; everything runs
+//! on threads that joined one of the namespaces.
+//!
+//! Not root / no `ip`: prints `SKIP: <reason>` and passes, unless `SLUICE_REQUIRE_ALL=1`.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use common::{enter_netns, run, Bpffs};
+use sluice_ebpf::{
+    abi::{self, Backend, SvcKey, SvcVal},
+    LoadOptions, Loader, Maps, TcConfig,
+};
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const REMOTE1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 3);
+const REMOTE2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 4);
+const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 1);
+const SNAT: (u16, u16) = (61000, 61999);
+
+fn main() {
+    if let Some(reason) = common::cannot_run() {
+        return common::skip(&reason);
+    }
+    let env = Env::new();
+    // The loader resolves `ext0` and creates the tcx links in the calling thread's netns.
+    let node = env.node.clone();
+    let outside = env.outside.clone();
+    let pin_dir = env.pin_dir.clone();
+    let result = thread::spawn(move || {
+        enter_netns(&node);
+        nodeport(&pin_dir, &node, &outside)
+    })
+    .join();
+    drop(env);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    println!("nodeport: ok");
+}
+
+struct Env {
+    node: String,
+    outside: String,
+    pin_dir: PathBuf,
+    _bpffs: Bpffs,
+}
+
+impl Env {
+    fn new() -> Self {
+        let pid = std::process::id();
+        let bpffs = Bpffs::new("ebpf-nodeport-test");
+        let env = Self {
+            node: format!("sluice-np-node-{pid}"),
+            outside: format!("sluice-np-out-{pid}"),
+            pin_dir: bpffs.root.join(format!("sluice-np-test-{pid}")),
+            _bpffs: bpffs,
+        };
+        let (n, o) = (env.node.as_str(), env.outside.as_str());
+        run("ip", &["netns", "add", n]);
+        run("ip", &["netns", "add", o]);
+        run(
+            "ip",
+            &[
+                "-n", n, "link", "add", "ext0", "type", "veth", "peer", "name", "out0", "netns", o,
+            ],
+        );
+        run("ip", &["-n", n, "link", "set", "lo", "up"]);
+        run("ip", &["-n", n, "link", "set", "ext0", "up"]);
+        run(
+            "ip",
+            &["-n", n, "addr", "add", "192.168.77.1/24", "dev", "ext0"],
+        );
+        run(
+            "ip",
+            &["-n", n, "addr", "add", "10.250.1.1/32", "dev", "lo"],
+        );
+        run("ip", &["-n", o, "link", "set", "lo", "up"]);
+        run("ip", &["-n", o, "link", "set", "out0", "up"]);
+        // The first address is the client's source for 192.168.77.1.
+        for a in ["192.168.77.2/24", "192.168.77.3/24", "192.168.77.4/24"] {
+            run("ip", &["-n", o, "addr", "add", a, "dev", "out0"]);
+        }
+        env
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Err(e) = sluice_ebpf::detach_all(&self.pin_dir, None, None) {
+            eprintln!("cleanup: detach_all: {e}");
+        }
+        // Deleting the namespaces removes the veth pair and with it the tcx links.
+        for ns in [&self.node, &self.outside] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// TCP servers answering `<own address> saw <peer>`, UDP servers echoing the same, each on a
+/// thread in netns `ns`.
+fn serve(ns: &str, tcp: &[SocketAddrV4], udp: &[SocketAddrV4]) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ns, tcp, udp) = (ns.to_string(), tcp.to_vec(), udp.to_vec());
+    thread::spawn(move || {
+        enter_netns(&ns);
+        for addr in udp {
+            let s = UdpSocket::bind(addr).unwrap();
+            thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((_, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(format!("{} saw {from}", addr.ip()).as_bytes(), from);
+                }
+            });
+        }
+        let listeners: Vec<TcpListener> =
+            tcp.iter().map(|a| TcpListener::bind(a).unwrap()).collect();
+        tx.send(()).unwrap();
+        for l in listeners {
+            thread::spawn(move || {
+                let me = l.local_addr().unwrap().ip();
+                for conn in l.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    let peer = conn.peer_addr().unwrap();
+                    let _ = conn.write_all(format!("{me} saw {peer}").as_bytes());
+                }
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// From netns `ns`: connect `n` times; each answer, or `err <kind>`.
+fn tcp_client(ns: &str, target: SocketAddrV4, n: usize) -> Vec<String> {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        enter_netns(&ns);
+        (0..n)
+            .map(|_| {
+                match TcpStream::connect_timeout(&target.into(), Duration::from_millis(1500)) {
+                    Ok(mut s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                        let mut out = String::new();
+                        match s.read_to_string(&mut out) {
+                            Ok(_) => out,
+                            Err(e) => format!("err read {:?}", e.kind()),
+                        }
+                    }
+                    Err(e) => format!("err {:?}", e.kind()),
+                }
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+/// From netns `ns`: one unconnected UDP socket, `n` datagrams; `<payload> from <source>`.
+fn udp_client(ns: &str, target: SocketAddrV4, n: usize) -> Vec<String> {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        enter_netns(&ns);
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (0..n)
+            .map(|_| {
+                s.send_to(b"ping", target).unwrap();
+                let mut buf = [0u8; 128];
+                match s.recv_from(&mut buf) {
+                    Ok((len, from)) => {
+                        format!("{} from {from}", String::from_utf8_lossy(&buf[..len]))
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => "timeout".into(),
+                    Err(e) => format!("err {:?}", e.kind()),
+                }
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+fn put_ext_service(
+    maps: &mut Maps,
+    port: u16,
+    proto: u8,
+    svc_id: u32,
+    flags: u8,
+    backend_ids: &[u32],
+) {
+    for (i, id) in backend_ids.iter().enumerate() {
+        let key = SvcKey::new(NODE_IP, port, proto, abi::SCOPE_EXT, i as u32 + 1);
+        let val = SvcVal {
+            backend_id: *id,
+            svc_id,
+            ..Default::default()
+        };
+        maps.put_svc(&key, &val).unwrap();
+    }
+    let key = SvcKey::new(NODE_IP, port, proto, abi::SCOPE_EXT, 0);
+    let val = SvcVal {
+        count: backend_ids.len() as u32,
+        svc_id,
+        affinity_timeout: 600,
+        flags: flags | abi::SVC_NODEPORT,
+        ..Default::default()
+    };
+    maps.put_svc(&key, &val).unwrap();
+}
+
+/// `192.168.77.3 saw 192.168.77.1:61234` -> ("192.168.77.3", "192.168.77.1", 61234).
+fn parse_saw(line: &str) -> (String, Ipv4Addr, u16) {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert!(w.len() >= 3 && w[1] == "saw", "unexpected answer {line:?}");
+    let peer: SocketAddrV4 = w[2].parse().unwrap();
+    (w[0].to_string(), *peer.ip(), peer.port())
+}
+
+fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
+    serve(
+        outside,
+        &[
+            SocketAddrV4::new(REMOTE1, 8080),
+            SocketAddrV4::new(REMOTE2, 8080),
+        ],
+        &[SocketAddrV4::new(REMOTE1, 5353)],
+    );
+    // This thread is already in the node netns: serve the node-side servers from here.
+    let local = TcpListener::bind(SocketAddrV4::new(LOCAL, 8080)).unwrap();
+    let plain = TcpListener::bind(SocketAddrV4::new(NODE_IP, 22222)).unwrap();
+    for l in [local, plain] {
+        thread::spawn(move || {
+            let me = l.local_addr().unwrap().ip();
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let peer = conn.peer_addr().unwrap();
+                let _ = conn.write_all(format!("{me} saw {peer}").as_bytes());
+            }
+        });
+    }
+
+    let opts = LoadOptions::new(pin_dir);
+    let config = TcConfig {
+        node_ip: NODE_IP,
+        snat_ports: SNAT,
+    };
+    let mut loader = Loader::load(opts.clone()).expect("load");
+    loader.attach_tc("ext0", &config).expect("attach_tc");
+    let links = sluice_ebpf::attached_links(None, Some("ext0")).unwrap();
+    assert_eq!(links.len(), 2, "{links:?}");
+
+    let mut maps = loader.maps().unwrap();
+    let tcp = abi::IPPROTO_TCP;
+    maps.put_backend(1, &Backend::new(REMOTE1, 8080, tcp, 0))
+        .unwrap();
+    maps.put_backend(2, &Backend::new(REMOTE2, 8080, tcp, 0))
+        .unwrap();
+    maps.put_backend(3, &Backend::new(LOCAL, 8080, tcp, abi::BACKEND_LOCAL))
+        .unwrap();
+    // Deliberately not flagged local: ETP Local alone must keep the client address.
+    maps.put_backend(4, &Backend::new(LOCAL, 8080, tcp, 0))
+        .unwrap();
+    maps.put_backend(5, &Backend::new(REMOTE1, 5353, abi::IPPROTO_UDP, 0))
+        .unwrap();
+    put_ext_service(&mut maps, 30080, tcp, 1, 0, &[1, 2]);
+    put_ext_service(&mut maps, 30081, tcp, 2, 0, &[3]);
+    put_ext_service(&mut maps, 30082, tcp, 3, abi::SVC_EXT_LOCAL, &[4]);
+    put_ext_service(&mut maps, 30083, tcp, 4, 0, &[]);
+    put_ext_service(&mut maps, 30084, tcp, 5, abi::SVC_AFFINITY, &[1, 2]);
+    put_ext_service(&mut maps, 30053, abi::IPPROTO_UDP, 6, 0, &[5]);
+
+    // Cluster policy, remote backends: SNAT to the node IP with a port from the range, both
+    // backends used, and the reply reaches the client.
+    let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 30);
+    let mut per_backend = BTreeMap::new();
+    for a in &answers {
+        let (backend, peer, port) = parse_saw(a);
+        assert_eq!(peer, NODE_IP, "remote backend must see the node IP: {a}");
+        assert!((SNAT.0..=SNAT.1).contains(&port), "SNAT port {port}: {a}");
+        *per_backend.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(per_backend.len(), 2, "{answers:?}");
+
+    // The same with IPv4 forwarding on (as on a real node): bpf_fib_lookup then succeeds and
+    // the program rewrites the MACs itself (above, it fell back to bpf_redirect_neigh).
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            node_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.forwarding=1",
+        ],
+    );
+    for a in tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 6) {
+        let (_, peer, port) = parse_saw(&a);
+        assert!(peer == NODE_IP && (SNAT.0..=SNAT.1).contains(&port), "{a}");
+    }
+
+    // Local backend: DNAT only, the pod sees the client; the reply is rewritten on egress.
+    for a in tcp_client(outside, SocketAddrV4::new(NODE_IP, 30081), 5) {
+        let (backend, peer, _) = parse_saw(&a);
+        assert_eq!((backend.as_str(), peer), ("10.250.1.1", CLIENT), "{a}");
+    }
+
+    // externalTrafficPolicy Local: the client address is kept.
+    for a in tcp_client(outside, SocketAddrV4::new(NODE_IP, 30082), 5) {
+        let (backend, peer, _) = parse_saw(&a);
+        assert_eq!((backend.as_str(), peer), ("10.250.1.1", CLIENT), "{a}");
+    }
+
+    // No backends: dropped (a timeout; without the program the node would refuse, nothing
+    // listens on 30083).
+    let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30083), 1);
+    assert!(
+        answers[0] == "err TimedOut" || answers[0] == "err WouldBlock",
+        "{answers:?}"
+    );
+
+    // Affinity by client IP: one backend.
+    let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30084), 12);
+    let used: std::collections::BTreeSet<String> = answers.iter().map(|a| parse_saw(a).0).collect();
+    assert_eq!(used.len(), 1, "{answers:?}");
+
+    // UDP NodePort to a remote backend: replies come from the frontend.
+    for a in udp_client(outside, SocketAddrV4::new(NODE_IP, 30053), 5) {
+        assert!(
+            a.starts_with("192.168.77.3 saw 192.168.77.1:")
+                && a.ends_with("from 192.168.77.1:30053"),
+            "{a}"
+        );
+    }
+
+    // Not a frontend: untouched.
+    let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 22222), 1);
+    assert_eq!(parse_saw(&answers[0]).1, CLIENT, "{answers:?}");
+
+    assert!(maps
+        .dump_text()
+        .unwrap()
+        .contains("config node=192.168.77.1 ifindex="));
+
+    // Restart: same links (programs replaced in place), maps and conntrack kept.
+    drop(maps);
+    drop(loader);
+    let mut loader = Loader::load(opts).expect("reload");
+    loader.attach_tc("ext0", &config).expect("re-attach");
+    let again = sluice_ebpf::attached_links(None, Some("ext0")).unwrap();
+    assert_eq!(again.len(), 2, "{again:?}");
+    for (a, b) in links.iter().zip(&again) {
+        assert_eq!(a.link_id, b.link_id);
+        assert_ne!(a.prog_id, b.prog_id);
+    }
+    let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 4);
+    assert!(
+        answers.iter().all(|a| parse_saw(a).1 == NODE_IP),
+        "{answers:?}"
+    );
+
+    // detach_all: nothing translated any more (nothing listens on 30080: refused).
+    sluice_ebpf::detach_all(pin_dir, None, Some("ext0")).unwrap();
+    assert!(sluice_ebpf::attached_links(None, Some("ext0"))
+        .unwrap()
+        .is_empty());
+    let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 1);
+    assert_eq!(answers, vec!["err ConnectionRefused".to_string()]);
+}
