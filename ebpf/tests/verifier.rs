@@ -19,3 +19,17 @@ fn verifier_accepts_every_program() {
         panic!("{e}");
     }
 }
+
+#[test]
+fn probe_names_a_missing_bpffs() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip("not root");
+    }
+    // /proc is certainly not a bpffs.
+    let reason = sluice_ebpf::probe(
+        std::path::Path::new("/proc/sluice"),
+        std::path::Path::new("/sys/fs/cgroup/unified"),
+    )
+    .expect_err("/proc is not a bpffs");
+    assert!(reason.contains("bpffs"), "{reason}");
+}
