@@ -33,6 +33,7 @@ pub mod abi;
 mod error;
 pub mod loader;
 pub mod maps;
+pub mod mode;
 pub mod plan;
 pub mod programs;
 mod sys;

@@ -21,34 +21,22 @@ use std::sync::Arc;
 use sluice_proxy::categorize::categorize_endpoints;
 use sluice_proxy::model::{Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap};
 
-/// Front end as seen by clients on this node (the cgroup socket hooks).
-pub const SCOPE_SOCK: u8 = 0;
-/// Front end as seen by traffic arriving from outside the node (the tc programs).
-pub const SCOPE_EXT: u8 = 1;
+use crate::abi::{self, proto_name};
+pub use crate::abi::{BACKEND_LOCAL, SCOPE_EXT, SCOPE_SOCK};
+
 /// `sessionAffinity: ClientIP`.
-pub const FLAG_AFFINITY: u8 = 0x1;
+pub const FLAG_AFFINITY: u8 = abi::SVC_AFFINITY;
 /// The front end is a node address and a NodePort.
-pub const FLAG_NODEPORT: u8 = 0x2;
+pub const FLAG_NODEPORT: u8 = abi::SVC_NODEPORT;
 /// `externalTrafficPolicy: Local` (tc: keep the client address; no backend → drop).
-pub const FLAG_EXT_LOCAL: u8 = 0x4;
-/// Backend flag: the backend runs on this node.
-pub const BACKEND_LOCAL: u8 = 0x1;
+pub const FLAG_EXT_LOCAL: u8 = abi::SVC_EXT_LOCAL;
 
 /// IP protocol numbers the programs compare with.
 pub fn proto_number(p: Protocol) -> u8 {
     match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        6 => "tcp",
-        17 => "udp",
-        132 => "sctp",
-        _ => "?",
+        Protocol::Tcp => abi::IPPROTO_TCP,
+        Protocol::Udp => abi::IPPROTO_UDP,
+        Protocol::Sctp => abi::IPPROTO_SCTP,
     }
 }
 

@@ -305,45 +305,18 @@ fn spawn_detached(args: &[String], log: &Path, cgroup: Option<&Path>) -> anyhow:
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
-    let procs = match cgroup {
-        Some(cg) => {
-            std::fs::create_dir_all(cg)
-                .with_context(|| format!("creating cgroup {}", cg.display()))?;
-            Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(cg.join("cgroup.procs"))
-                    .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?,
-            )
-        }
-        None => None,
-    };
     let mut c = Command::new(&args[0]);
     c.args(&args[1..])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: only async-signal-safe calls between fork and exec: setsid, getpid, and write on
-    // an fd opened before the fork, with the pid formatted into a stack buffer. The child joins
-    // the cgroup *before* `ip netns exec` runs, because that command remounts /sys and hides
-    // the cgroup tree.
+    if let Some(cg) = cgroup {
+        join_cgroup_on_exec(&mut c, cg)?;
+    }
+    // SAFETY: setsid is async-signal-safe.
     unsafe {
-        c.pre_exec(move || {
+        c.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if let Some(f) = &procs {
-                let mut buf = [0u8; 12];
-                let mut n = nix::unistd::getpid().as_raw() as u32;
-                let mut i = buf.len();
-                loop {
-                    i -= 1;
-                    buf[i] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                nix::unistd::write(f, &buf[i..]).map_err(std::io::Error::from)?;
-            }
             Ok(())
         });
     }
@@ -351,6 +324,37 @@ fn spawn_detached(args: &[String], log: &Path, cgroup: Option<&Path>) -> anyhow:
         .spawn()
         .with_context(|| format!("starting {}", args.join(" ")))?;
     Ok(child.id() as i32)
+}
+
+/// Makes `c`'s child join the cgroup v2 group `cg` (created if missing) between fork and exec,
+/// so the command and everything it starts run there. This happens *before* a command such as
+/// `ip netns exec` runs, because that command remounts /sys and hides the cgroup tree.
+fn join_cgroup_on_exec(c: &mut Command, cg: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?;
+    // SAFETY: only async-signal-safe calls between fork and exec: getpid, and write on an fd
+    // opened before the fork, with the pid formatted into a stack buffer.
+    unsafe {
+        c.pre_exec(move || {
+            let mut buf = [0u8; 12];
+            let mut n = nix::unistd::getpid().as_raw() as u32;
+            let mut i = buf.len();
+            loop {
+                i -= 1;
+                buf[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            nix::unistd::write(&procs, &buf[i..]).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Whether a process still runs. Detached processes outlive the `sluice-lab` that started
@@ -736,11 +740,11 @@ fn start_agent(
         .cni_bin_dir
         .clone()
         .unwrap_or_else(|| state.bin_dir.clone());
+    // `nsenter --net`, not `ip netns exec`: the latter remounts /sys for the namespace, which
+    // hides the cgroup v2 tree and bpffs the ebpf proxy mode attaches and pins in.
     let mut argv: Vec<String> = vec![
-        "ip".into(),
-        "netns".into(),
-        "exec".into(),
-        n.netns.clone(),
+        "nsenter".into(),
+        format!("--net=/run/netns/{}", n.netns),
         state.bin_dir.join("sluice-agent").to_string_lossy().into(),
         "--kubeconfig".into(),
         n.kubeconfig.to_string_lossy().into(),
@@ -760,14 +764,21 @@ fn start_agent(
         "--cni-ipam-data-dir".into(),
         ndir.join("ipam").to_string_lossy().into(),
     ];
+    // The node's cgroup: its pods' cgroups go below it (process pods and CRI pods alike), and
+    // the ebpf mode's socket hooks attach to it.
+    argv.extend([
+        "--cgroup-root".into(),
+        format!("/{}/{}", state.lab_netns, n.name),
+        // The ebpf mode pins under DIR/bpf/<node> (a bpffs the agent mounts; `down` removes it).
+        "--bpf-dir".into(),
+        dir.join("bpf").to_string_lossy().into(),
+    ]);
     if let Some(c) = &n.containerd {
         argv.extend([
             "--container-runtime-endpoint".into(),
             format!("unix://{}", c.socket.display()),
             "--pod-logs-dir".into(),
             ndir.join("pods-logs").to_string_lossy().into(),
-            "--cgroup-root".into(),
-            format!("/{}/{}", state.lab_netns, n.name),
             "--root-dir".into(),
             ndir.join("kubelet").to_string_lossy().into(),
         ]);
@@ -1006,10 +1017,11 @@ fn exec(dir: &Path, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
         .iter()
         .find(|p| p.namespace == ns && p.name == name)
         .with_context(|| format!("no pod {ns}/{name} in this lab"))?;
-    let status = Command::new("ip")
-        .args(["netns", "exec", &p.netns])
-        .args(cmd)
-        .status()?;
+    // In the pod's cgroup too, so cgroup hooks (the ebpf proxy mode) see its sockets.
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &p.netns]).args(cmd);
+    join_cgroup_on_exec(&mut c, &p.cgroup)?;
+    let status = c.status()?;
     Ok(status.code().unwrap_or(1))
 }
 
@@ -1043,6 +1055,18 @@ fn down(dir: &Path) -> anyhow::Result<()> {
                 let _ = sh(&["ip", "netns", "del", ns]);
             }
         }
+    }
+    // The ebpf mode's pins (maps and program links): unpinned, the links go and their programs
+    // leave the node cgroups; then the bpffs the agents mounted there.
+    let bpf = dir.join("bpf");
+    if bpf.exists() {
+        if let Ok(entries) = std::fs::read_dir(&bpf) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let _ = nix::mount::umount2(&bpf, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&bpf);
     }
     remove_lab_cgroups(&lab);
     let sandboxes: Vec<String> = state

@@ -96,6 +96,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     ctx.node_ips = vec![node_ip];
     ctx.cluster_cidr = Some(cli.cluster_cidr.into());
     ctx.runtime = Some(tokio::runtime::Handle::current());
+    ctx.cgroup = crate::modes::cgroup2_dir(&cli.cgroup_root);
+    ctx.bpf_dir = cli.bpf_dir.join(&id.name);
+    ctx.external_interface = match &cli.external_interface {
+        Some(i) => Some(i.clone()),
+        None => nl.interface_of(node_ip).await?,
+    };
     ctx.iptables = crate::modes::iptables_commands(cli.iptables_backend, &modes, &ctx);
     let ipt = ctx.iptables.clone();
     if let Some(m) = chosen {

@@ -104,8 +104,9 @@ pub struct Cli {
     /// global IPv4 address in the agent's network namespace.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Service proxy mode: `none` (no Service proxying), `userspace`, `iptables` or `nftables`;
-    /// `ipvs` and `ebpf` come later.
+    /// Service proxy mode: `none` (no Service proxying), `userspace`, `iptables`, `nftables` or
+    /// `ebpf` (connect-time load balancing in cgroup socket hooks below `--cgroup-root`, NodePorts
+    /// in tc programs); `ipvs` comes later.
     #[arg(long, value_enum, default_value_t = ProxyMode::None)]
     pub proxy_mode: ProxyMode,
     /// Directory the CNI network configuration (10-sluice.conflist) is written to.
@@ -141,6 +142,15 @@ pub struct Cli {
     /// hierarchy the runtime uses.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,
+    /// bpffs directory of the ebpf proxy mode: its maps and program links are pinned under
+    /// `<dir>/<node name>`, so they outlive the agent (a restart keeps every connection and
+    /// every Service working) and several agents on one machine keep apart.
+    #[arg(long, default_value = sluice_proxy::mode::DEFAULT_BPF_ROOT)]
+    pub bpf_dir: PathBuf,
+    /// Interface traffic from outside the node arrives on (the ebpf mode's NodePort programs
+    /// attach there). Default: the interface holding the node IP.
+    #[arg(long)]
+    pub external_interface: Option<String>,
     /// Name of the pod bridge written into the CNI configuration.
     #[arg(long, default_value = "sluice0")]
     pub bridge: String,
@@ -249,7 +259,8 @@ pub enum ProxyMode {
     /// nftables: Sluice's own tables (`ip sluice`, `ip6 sluice`), front ends dispatched through
     /// verdict maps, endpoints picked from map slots; an endpoint change is element updates.
     Nftables,
-    /// eBPF connect-time load balancing (not implemented yet).
+    /// eBPF connect-time load balancing: cgroup socket hooks choose the backend when a socket
+    /// connects (or sends UDP), so no packet is translated; tc programs serve NodePorts.
     Ebpf,
 }
 

@@ -4,6 +4,8 @@
 //! The agent knows modes only through [`sluice_proxy::mode::Mode`]; adding a mode is one line
 //! in [`table`].
 
+use std::path::PathBuf;
+
 use sluice_iptables_tools::{detect_backend, Backend, Commands};
 use sluice_proxy::mode::{self, Mode, ModeContext};
 
@@ -16,6 +18,7 @@ pub fn table() -> Vec<Box<dyn Mode>> {
         Box::new(sluice_proxy_userspace::mode::UserspaceMode),
         Box::new(sluice_proxy_iptables::mode::IptablesMode),
         Box::new(sluice_proxy_nftables::mode::NftablesMode),
+        Box::new(sluice_ebpf::mode::EbpfMode),
     ]
 }
 
@@ -31,6 +34,30 @@ impl ProxyMode {
             ProxyMode::Ebpf => "ebpf",
         }
     }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified`
+/// on a hybrid one), from this process's mount table.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_mount_in(&table)
+}
+
+fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    // `id parent major:minor root mount-point options [optional…] - fstype source options`
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// The cgroup v2 directory of `--cgroup-root` (which names a cgroup path such as
+/// `/lab/node-1`), if cgroup v2 is mounted.
+pub fn cgroup2_dir(cgroup_root: &str) -> Option<PathBuf> {
+    Some(cgroup2_mount()?.join(cgroup_root.trim_start_matches('/')))
 }
 
 /// The mode `--proxy-mode` names, `Ok(None)` for `none`, or an error naming the modes there are.
@@ -156,6 +183,20 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("`iptables`"), "{e}");
+    }
+
+    #[test]
+    fn cgroup2_mount_from_mountinfo() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount_in("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -166,6 +166,53 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// The name of the interface holding `ip`, if any.
+    pub async fn interface_of(&self, ip: IpAddr) -> Result<Option<String>, Error> {
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| Error::Request {
+                what: "dumping addresses".into(),
+                source,
+            })?;
+        let Some(index) = addrs
+            .iter()
+            .find(|a| {
+                a.attributes
+                    .iter()
+                    .any(|at| matches!(at, AddressAttribute::Address(a) if *a == ip))
+            })
+            .map(|a| a.header.index)
+        else {
+            return Ok(None);
+        };
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| Error::Request {
+                what: format!("getting link {index}"),
+                source,
+            })?;
+        Ok(links
+            .iter()
+            .flat_map(|l| l.attributes.iter())
+            .find_map(|a| match a {
+                netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }))
+    }
+}
+
 impl RouteBackend for Netlink {
     type Error = Error;
     async fn our_routes(&self) -> Result<RouteTable, Error> {

@@ -2,6 +2,7 @@
 //! from real pods, through real kernel state, over real TCP connections.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -237,9 +238,9 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 struct Mode {
     /// `--proxy-mode` value.
     name: &'static str,
-    /// The kernel state the mode programmed in a node namespace, normalised and sorted (what
-    /// must survive an agent restart unchanged and vanish on a mode switch).
-    programmed: fn(&str) -> Vec<String>,
+    /// The kernel state the mode programmed for a node (name, namespace), normalised and sorted
+    /// (what must survive an agent restart unchanged and vanish on a mode switch).
+    programmed: fn(&Path, &str, &str) -> Vec<String>,
     /// How the mode's `debug dump` spells a cluster IP it serves.
     dump_names: fn(&str) -> String,
     /// The mode's state lives in the kernel: an agent restart keeps established connections and
@@ -273,18 +274,49 @@ fn iptables_lines(ns: &str, prefix: &str) -> Vec<String> {
     v
 }
 
-fn iptables_state(ns: &str) -> Vec<String> {
+fn iptables_state(_lab: &Path, _node: &str, ns: &str) -> Vec<String> {
     iptables_lines(ns, "SLUICE-")
 }
 
-fn userspace_state(ns: &str) -> Vec<String> {
+fn userspace_state(_lab: &Path, _node: &str, ns: &str) -> Vec<String> {
     iptables_lines(ns, "SLUICEUS-")
+}
+
+/// `sluice-agent debug dump` run in a node's network namespace (through `nsenter`, which
+/// unlike `ip netns exec` keeps the host's /sys, so bpffs and the cgroup tree stay visible).
+fn debug_dump(lab: &Path, node: &str, ns: &str, mode: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(bin("sluice-agent"))
+        .args(["debug", "dump", "--proxy-mode", mode, "--node-name", node])
+        .arg("--bpf-dir")
+        .arg(lab.join("bpf"))
+        .output()
+        .unwrap()
+}
+
+/// The ebpf mode's maps for a node (its `debug dump`), and its pin directory if one is left.
+fn ebpf_state(lab: &Path, node: &str, ns: &str) -> Vec<String> {
+    let o = debug_dump(lab, node, ns, "ebpf");
+    let mut v: Vec<String> = if o.status.success() {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let pins = lab.join("bpf").join(node);
+    if pins.exists() {
+        v.push(format!("pins: {}", pins.display()));
+    }
+    v
 }
 
 /// Sluice's nftables tables in a node namespace, one chain header, rule, set declaration line
 /// or element per entry (nft groups several elements per line in its own order), sorted;
 /// affinity entries' countdowns dropped.
-fn nftables_state(ns: &str) -> Vec<String> {
+fn nftables_state(_lab: &Path, _node: &str, ns: &str) -> Vec<String> {
     let mut v = Vec::new();
     for family in ["ip", "ip6"] {
         let o = Command::new("ip")
@@ -336,17 +368,32 @@ fn conformance(mode: Mode) {
 
     // `sluice-agent debug dump` shows what the mode programmed for the service, on every node.
     for (node, ns, _) in &nodes {
-        let o = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(bin("sluice-agent"))
-            .args(["debug", "dump", "--proxy-mode", mode.name])
-            .output()
-            .unwrap();
-        let dump = ok(o);
+        let dump = ok(debug_dump(&l.dir, node, ns, mode.name));
         assert!(
             dump.contains(&(mode.dump_names)(&ip)),
             "{node}: dump lacks the web service ({ip}):\n{dump}"
         );
+    }
+
+    // A mode that is not iptables' or nftables' writes no rules there.
+    for (node, ns, _) in &nodes {
+        for (other, state) in [
+            (
+                "iptables",
+                iptables_state as fn(&Path, &str, &str) -> Vec<String>,
+            ),
+            ("userspace", userspace_state),
+            ("nftables", nftables_state),
+        ] {
+            if other != mode.name {
+                let left = state(&l.dir, node, ns);
+                assert!(
+                    left.is_empty(),
+                    "{node} has {other} rules in {} mode: {left:?}",
+                    mode.name
+                );
+            }
+        }
     }
 
     // NodePort from a client outside the nodes reaches backends on both nodes, via either node.
@@ -581,7 +628,7 @@ fn conformance(mode: Mode) {
     });
     let before_restart: Vec<Vec<String>> = nodes
         .iter()
-        .map(|(_, ns, _)| (mode.programmed)(ns))
+        .map(|(node, ns, _)| (mode.programmed)(&l.dir, node, ns))
         .collect();
     ok(lab(&["agent", "restart", "--dir", &l.d]));
     std::thread::sleep(Duration::from_secs(2));
@@ -599,16 +646,16 @@ fn conformance(mode: Mode) {
             mode.name
         ));
     }
-    for ((_, ns, _), was) in nodes.iter().zip(&before_restart) {
+    for ((node, ns, _), was) in nodes.iter().zip(&before_restart) {
         assert!(!was.is_empty(), "{ns} has the mode's rules");
         if mode.kernel_datapath {
             // The restarted agent's full sync reprograms exactly the same rules.
             wait_until("same rules after restart", Duration::from_secs(10), || {
-                &(mode.programmed)(ns) == was
+                &(mode.programmed)(&l.dir, node, ns) == was
             });
         } else {
             wait_until("rules back after restart", Duration::from_secs(10), || {
-                (mode.programmed)(ns).len() == was.len()
+                (mode.programmed)(&l.dir, node, ns).len() == was.len()
             });
         }
     }
@@ -622,9 +669,9 @@ fn conformance(mode: Mode) {
         "--proxy-mode",
         "none",
     ]));
-    for (_, ns, _) in &nodes {
+    for (node, ns, _) in &nodes {
         wait_until("old mode removed", Duration::from_secs(10), || {
-            (mode.programmed)(ns).is_empty()
+            (mode.programmed)(&l.dir, node, ns).is_empty()
         });
         let o = Command::new("ip")
             .args(["netns", "exec", ns, "iptables-save"])
@@ -633,7 +680,14 @@ fn conformance(mode: Mode) {
         let saved = String::from_utf8_lossy(&o.stdout);
         assert!(!saved.contains("SLUICE-"), "{ns}: {saved}");
         assert!(!saved.contains("SLUICEUS-"), "{ns}: {saved}");
-        assert!(nftables_state(ns).is_empty(), "{ns} kept nftables state");
+        assert!(
+            nftables_state(&l.dir, node, ns).is_empty(),
+            "{ns} kept nftables state"
+        );
+        assert!(
+            ebpf_state(&l.dir, node, ns).is_empty(),
+            "{ns} kept ebpf state"
+        );
         assert!(
             saved.contains("SLUICENODE-MASQ"),
             "{ns} lost node masquerade: {saved}"
@@ -667,6 +721,16 @@ fn nftables_mode() {
         name: "nftables",
         programmed: nftables_state,
         dump_names: |ip| format!("{ip} . tcp . 80"),
+        kernel_datapath: true,
+    });
+}
+
+#[test]
+fn ebpf_mode() {
+    conformance(Mode {
+        name: "ebpf",
+        programmed: ebpf_state,
+        dump_names: |ip| format!("svc {ip}:80/tcp sock slot 0"),
         kernel_datapath: true,
     });
 }
