@@ -36,6 +36,7 @@ pub mod maps;
 pub mod mode;
 pub mod plan;
 pub mod programs;
+pub mod sockdestroy;
 mod sys;
 
 pub use error::{Error, Result};
