@@ -55,7 +55,11 @@ struct pkt {
 	__u32 l4_off;
 	__u32 csum_off; /* L4 checksum offset */
 	__u16 tot_len;  /* host order */
+	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
 };
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
@@ -85,6 +89,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->t.dir = 0;
 	p->t.pad = 0;
 	p->csum_off = p->l4_off + (ip.protocol == IPPROTO_TCP ? 16 : 6);
+	p->tcp_flags = 0;
+	if (ip.protocol == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, p->l4_off + 13, &p->tcp_flags, 1) < 0)
+		return -1;
 	p->tot_len = bpf_ntohs(ip.tot_len);
 	return 0;
 }
@@ -197,6 +205,13 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p,
 
 	svc = svc_lookup(p->t.daddr, p->t.dport, p->t.proto, SLUICE_SCOPE_EXT);
 	if (!svc)
+		return SLUICE_TC_PASS;
+	/* Only a SYN starts a TCP flow here. Any other segment without an entry belongs to a
+	 * connection that was set up before these programs took over (another proxy mode's
+	 * netfilter NAT, whose conntrack entry still translates it): pass it on untouched, so a
+	 * live switch to this mode keeps established connections. */
+	if (p->t.proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
 		return SLUICE_TC_PASS;
 	if (svc->count == 0)
 		return TC_ACT_SHOT;

@@ -7,7 +7,7 @@
 //! from what its predecessor left, and rewrites only what changed) and again after any failed
 //! write. The mode writes no iptables or nftables rules.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use sluice_proxy::mode::{self, BoxDataplane, Mode, ModeContext};
@@ -18,6 +18,7 @@ use crate::abi;
 use crate::loader::{self, LoadOptions, Loader, TcConfig};
 use crate::maps::Maps;
 use crate::plan::{self, Backend, BackendAddr, Current, Frontend, Op, SvcVal};
+use crate::sockdestroy;
 
 /// The mode's name (`--proxy-mode ebpf`).
 pub const NAME: &str = "ebpf";
@@ -288,6 +289,16 @@ impl Dataplane for EbpfDataplane {
         };
         let want = plan::desired(services, endpoints, &self.config, &changes.node_labels);
         let ops = plan::plan(&want, &current);
+        // UDP backends that go: sockets connected to them are destroyed after the writes.
+        let gone_udp: Vec<SocketAddrV4> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::DeleteBackend { id } => current.backends.get(id),
+                _ => None,
+            })
+            .filter(|b| b.addr.proto == abi::IPPROTO_UDP)
+            .map(|b| SocketAddrV4::new(b.addr.addr, b.addr.port))
+            .collect();
         for op in &ops {
             // On error `current` is dropped: the next (full) sync reads the maps again.
             write(&mut self.maps, op).map_err(|e| sync_error(format!("{op}"), e))?;
@@ -297,6 +308,20 @@ impl Dataplane for EbpfDataplane {
             tracing::debug!(writes = ops.len(), "ebpf maps updated");
         }
         self.current = Some(current);
+        if !gone_udp.is_empty() {
+            // A connected UDP socket is really connected to its backend (nothing translates its
+            // datagrams), so it would send into the void for ever: destroy it, and the
+            // application gets ECONNABORTED and reconnects through the Service again.
+            match sockdestroy::destroy_udp_connected_to(&self.cgroup, &gone_udp) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(sockets = n, backends = ?gone_udp, "destroyed UDP sockets connected to removed backends")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "destroying UDP sockets connected to removed backends")
+                }
+            }
+        }
         Ok(())
     }
 

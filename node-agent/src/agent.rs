@@ -108,7 +108,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         m.probe(&ctx)
             .map_err(|why| anyhow::anyhow!("--proxy-mode {} cannot run here: {why}", m.name()))?;
     }
-    crate::modes::remove_others(&modes, chosen.map(|m| m.name()), &ctx);
+    if chosen.is_none() {
+        crate::modes::remove_others(&modes, None, &ctx);
+    }
 
     // Register before anything else, retrying while the API server is unreachable.
     let mut delay = Duration::from_millis(200);
@@ -179,12 +181,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             proxy_health.clone(),
         ))),
         full_sync_period: Some(cli.full_sync_period),
+        after_first_sync: None,
     };
     let proxy = match chosen {
         Some(m) => {
             let dataplane = m
                 .build(&ctx)
                 .with_context(|| format!("starting the {} proxy mode", m.name()))?;
+            // A live mode switch: the old mode's rules stay until the new one has programmed
+            // every Service, so no new connection meets a node with neither in place. (Both at
+            // once is harmless: whichever translates first wins, and either sends the
+            // connection to a usable endpoint.)
+            let keep = m.name();
+            let cleanup_ctx = ctx.clone();
+            let extras = crate::proxy::ProxyExtras {
+                after_first_sync: Some(Box::new(move || {
+                    crate::modes::remove_others(&crate::modes::table(), Some(keep), &cleanup_ctx)
+                })),
+                ..extras
+            };
             Some(tokio::spawn(crate::proxy::run_with(
                 client.clone(),
                 opts,

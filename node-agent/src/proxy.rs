@@ -47,7 +47,7 @@ pub struct ProxyOptions {
 }
 
 /// Optional observers of the proxy loop.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct ProxyExtras {
     /// Sync metrics the proxier records.
     pub metrics: Option<ProxyMetrics>,
@@ -57,6 +57,9 @@ pub struct ProxyExtras {
     pub service_health: Option<Arc<ServiceHealthServer>>,
     /// `--full-sync-period`; `None` = [`FULL_SYNC_PERIOD`].
     pub full_sync_period: Option<Duration>,
+    /// Run once, on a blocking thread, after the first successful full sync (the agent removes
+    /// the previous proxy mode's rules then).
+    pub after_first_sync: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Default period of the forced full resync (kube-proxy's `FullSyncPeriod`).
@@ -185,6 +188,7 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
         p.set_metrics(m);
     }
     let proxier: Shared<D> = Arc::new(Mutex::new(p));
+    let after_first_sync = Arc::new(std::sync::Mutex::new(extras.after_first_sync));
     let for_sync = proxier.clone();
     let health = extras.health.clone();
     let service_health = extras.service_health.clone();
@@ -201,6 +205,7 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
             let health = health.clone();
             let service_health = service_health.clone();
             let node_name = node_name.clone();
+            let after_first_sync = after_first_sync.clone();
             async move {
                 // Programming the kernel blocks (an iptables-restore or nft run, a large map
                 // sync: seconds at 10,000 services), so it runs on a blocking thread and the
@@ -212,6 +217,12 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
                     let out = guard.sync();
                     tracing::debug!(took = ?start.elapsed(), outcome = ?out, "proxy sync");
                     let ok = matches!(out, Ok(SyncOutcome::Synced { .. } | SyncOutcome::NoChanges));
+                    if matches!(out, Ok(SyncOutcome::Synced { full: true })) {
+                        let once = after_first_sync.lock().ok().and_then(|mut f| f.take());
+                        if let Some(f) = once {
+                            f();
+                        }
+                    }
                     let want = (ok && with_health).then(|| {
                         healthcheck::desired(guard.services(), guard.endpoints(), &node_name)
                     });

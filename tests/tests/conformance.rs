@@ -235,12 +235,15 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// What a proxy mode can promise beyond the common contract.
+/// A mode's kernel state for a node: (lab dir, node name, node netns) → sorted lines.
+type StateFn = fn(&Path, &str, &str) -> Vec<String>;
+
 struct Mode {
     /// `--proxy-mode` value.
     name: &'static str,
     /// The kernel state the mode programmed for a node (name, namespace), normalised and sorted
     /// (what must survive an agent restart unchanged and vanish on a mode switch).
-    programmed: fn(&Path, &str, &str) -> Vec<String>,
+    programmed: StateFn,
     /// How the mode's `debug dump` spells a cluster IP it serves.
     dump_names: fn(&str) -> String,
     /// The mode's state lives in the kernel: an agent restart keeps established connections and
@@ -525,11 +528,38 @@ fn conformance(mode: Mode) {
         "",
     );
     let dns_addr = format!("{dns}:53");
+    // A long-lived connected UDP socket on the service, stuck on one backend.
+    let stream_out = l.dir.join("udp-stream.out");
+    ok(lab(&[
+        "pod",
+        "create",
+        "--dir",
+        &l.d,
+        "--node",
+        n1,
+        "--name",
+        "udp-stream",
+        "--",
+        BB,
+        "sh",
+        "-c",
+        &format!("{udp} stream {dns_addr} > {}", stream_out.display()),
+    ]));
     let mut first = String::new();
+    wait_until(
+        "the connected UDP stream answers",
+        Duration::from_secs(20),
+        || {
+            first = lines_of(&stream_out).last().cloned().unwrap_or_default();
+            first.starts_with("dns-")
+        },
+    );
+    // And a flow of separate sockets from one source port (one conntrack entry in NAT modes).
     wait_until("UDP service answers", Duration::from_secs(20), || {
-        first = l.udp_ask("default/client", &dns_addr, 40000);
-        first.starts_with("dns-")
+        l.udp_ask("default/client", &dns_addr, 40000)
+            .starts_with("dns-")
     });
+    // The backend the stream is stuck on goes.
     ok(lab(&[
         "pod",
         "delete",
@@ -548,6 +578,28 @@ fn conformance(mode: Mode) {
             last == other
         },
     );
+    // The connected socket moves too: NAT modes re-translate its next datagram once the
+    // flow's conntrack entry is flushed; the ebpf mode, whose socket is really connected to
+    // the removed backend, destroys it (the application sees an error and reconnects).
+    let streamed_before = lines_of(&stream_out).len();
+    wait_until(
+        &format!("the connected UDP stream moves to {other}"),
+        Duration::from_secs(20),
+        || lines_of(&stream_out).last().is_some_and(|r| r == other),
+    );
+    let streamed = lines_of(&stream_out);
+    println!(
+        "connected UDP stream across the removal: {:?}",
+        &streamed[streamed_before.saturating_sub(3)..]
+    );
+    if mode.name == "ebpf" {
+        assert!(
+            streamed[streamed_before.saturating_sub(5)..]
+                .iter()
+                .any(|r| r.starts_with("error")),
+            "the ebpf mode did not destroy the socket connected to {first}: {streamed:?}"
+        );
+    }
     let late = l.service_with_ports(
         "late",
         "late",
@@ -746,4 +798,143 @@ fn peer_ip_parses_ss_lines() {
         Some("172.31.0.12")
     );
     assert_eq!(peer_ip(""), None);
+}
+
+/// Lines of a file a pod writes (0 if it does not exist yet).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Live proxy-mode switches and agent restarts under load: iptables → ebpf → ebpf (restart) →
+/// iptables, then nftables → ebpf → nftables. Throughout, a pod on n1 opens a new connection
+/// through a ClusterIP every 50 ms, a client outside the nodes opens new connections to a
+/// NodePort on n1 (its backends on both nodes), and a long-lived connection through a ClusterIP
+/// carries a tick every 200 ms. Every new connection must be answered, the long-lived one must
+/// keep flowing after every switch, and each switch must leave only the new mode's state.
+#[test]
+fn live_mode_switch_keeps_connections() {
+    let Some(l) = Lab::up("iptables") else { return };
+    let nodes = l.nodes();
+    let (_, _, n1_ip) = nodes[0].clone();
+    for (node, name) in [("n1", "web-1"), ("n2", "web-2")] {
+        l.echo_pod(node, name, "web");
+    }
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", "n2", "--name", "cat-1", "--labels", "app=cat",
+        "--", BB, "nc", "-ll", "-p", "8080", "-e", BB, "cat",
+    ]));
+    let ip = l.service("web", "web", "  type: NodePort\n");
+    let np = l.node_port("web");
+    let cat = l.service("cat", "cat", "");
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "client", "--", BB, "sleep",
+        "3600",
+    ]));
+    wait_until("both backends programmed", Duration::from_secs(20), || {
+        count(&l.connect_many("default/client", &ip, 80, 20)).len() == 2
+    });
+    wait_until("cat programmed", Duration::from_secs(20), || {
+        let o = lab(&[
+            "exec",
+            "--dir",
+            &l.d,
+            "--pod",
+            "default/client",
+            "--",
+            BB,
+            "sh",
+            "-c",
+            &format!("echo hi | {BB} nc -w 2 {cat} 80"),
+        ]);
+        String::from_utf8_lossy(&o.stdout).contains("hi")
+    });
+
+    // The loops: each writes one line per connection (the backend's name, or FAIL).
+    let inside = l.dir.join("inside.out");
+    let script = format!(
+        "while true; do r=$({BB} nc -w 2 {ip} 80 </dev/null); [ -n \"$r\" ] || r=FAIL; echo $r; {BB} usleep 50000; done > {}",
+        inside.display()
+    );
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "loop", "--", BB, "sh", "-c",
+        &script,
+    ]));
+    let outside = l.dir.join("outside.out");
+    let script = format!(
+        "while true; do r=$({BB} nc -w 2 {n1_ip} {np} </dev/null); [ -n \"$r\" ] || r=FAIL; echo $r; {BB} usleep 50000; done > {}",
+        outside.display()
+    );
+    let mut outside_loop = Command::new("ip")
+        .args(["netns", "exec", &l.ns, BB, "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let long = l.dir.join("long.out");
+    let script = format!(
+        "i=0; while true; do echo tick$i; i=$((i+1)); {BB} usleep 200000; done | {BB} nc {cat} 80 > {}",
+        long.display()
+    );
+    ok(lab(&[
+        "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "long", "--", BB, "sh", "-c",
+        &script,
+    ]));
+    wait_until("loops running", Duration::from_secs(10), || {
+        lines_of(&inside).len() >= 5 && lines_of(&outside).len() >= 5 && lines_of(&long).len() >= 3
+    });
+
+    let states: [(&str, StateFn); 3] = [
+        ("iptables", iptables_state),
+        ("nftables", nftables_state),
+        ("ebpf", ebpf_state),
+    ];
+    let switch = |to: &str| {
+        let before = lines_of(&long).len();
+        ok(lab(&[
+            "agent",
+            "restart",
+            "--dir",
+            &l.d,
+            "--proxy-mode",
+            to,
+        ]));
+        // The new mode programs everything, then the old one's state goes.
+        for (node, ns, _) in &nodes {
+            wait_until(
+                &format!("{node}: only {to} state left"),
+                Duration::from_secs(20),
+                || {
+                    states
+                        .iter()
+                        .all(|(mode, state)| state(&l.dir, node, ns).is_empty() == (*mode != to))
+                },
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let after = lines_of(&long).len();
+        assert!(
+            after >= before + 5,
+            "the long-lived connection stalled across the switch to {to} ({before} → {after} lines)"
+        );
+    };
+    for to in ["ebpf", "ebpf", "iptables", "nftables", "ebpf", "nftables"] {
+        switch(to);
+    }
+    let _ = outside_loop.kill();
+    let _ = outside_loop.wait();
+    for (what, path) in [
+        ("in-node ClusterIP", &inside),
+        ("outside NodePort", &outside),
+    ] {
+        let got = lines_of(path);
+        let total = got.len();
+        let failed = got.iter().filter(|r| !r.starts_with("web-")).count();
+        let c = count(&got);
+        println!("{what}: {total} connections across 6 switches: {c:?}");
+        assert!(total >= 100, "{what}: only {total} connections");
+        assert_eq!(
+            failed, 0,
+            "{what}: {failed} of {total} connections failed: {c:?}"
+        );
+    }
 }

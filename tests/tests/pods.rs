@@ -462,7 +462,7 @@ fn getting_started_deployment_service_scale_restart_delete() {
     assert_eq!(live, 3, "scaled-in pods' sandboxes are gone");
 
     // Restart the agents into the other modes: the same containers keep running.
-    for mode in ["nftables", "userspace"] {
+    for mode in ["nftables", "ebpf", "userspace"] {
         ok(lab(&[
             "agent",
             "restart",
@@ -710,7 +710,7 @@ spec:
 
 #[test]
 fn rolling_update_under_load_loses_no_connection() {
-    for mode in ["iptables", "nftables", "userspace"] {
+    for mode in ["iptables", "nftables", "ebpf", "userspace"] {
         let Some(c) = Cluster::up(mode) else {
             return;
         };
