@@ -33,6 +33,9 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 1);
 const SNAT: (u16, u16) = (61000, 61999);
 
 fn main() {
+    if common::answered_listing("nodeport") {
+        return;
+    }
     if let Some(reason) = common::cannot_run() {
         return common::skip(&reason);
     }

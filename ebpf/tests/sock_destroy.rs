@@ -44,6 +44,9 @@ const B1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 250, 1, 1), 5353);
 const B2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 250, 1, 2), 5353);
 
 fn main() {
+    if common::answered_listing("sock_destroy") {
+        return;
+    }
     if std::env::var_os(CHILD_ENV).is_some() {
         child();
         return;

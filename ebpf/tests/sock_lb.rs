@@ -34,6 +34,9 @@ const CLIENT_ENV: &str = "SLUICE_EBPF_CLIENT";
 const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
 fn main() {
+    if common::answered_listing("sock_lb") {
+        return;
+    }
     if let Ok(cmd) = std::env::var(CLIENT_ENV) {
         client(&cmd);
         return;
