@@ -17,7 +17,7 @@ use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use crate::abi;
 use crate::loader::{self, LoadOptions, Loader, TcConfig};
 use crate::maps::Maps;
-use crate::plan::{self, Backend, BackendAddr, Current, Frontend, Op, SvcVal};
+use crate::plan::{self, Backend, BackendAddr, Current, Frontend, Model, Op, SvcVal};
 use crate::sockdestroy;
 
 /// The mode's name (`--proxy-mode ebpf`).
@@ -148,6 +148,7 @@ impl Mode for EbpfMode {
             },
             maps,
             current: None,
+            model: None,
             _loader: loader,
             pin_dir: ctx.bpf_dir.clone(),
             cgroup,
@@ -202,7 +203,7 @@ pub fn read_current(maps: &Maps) -> crate::Result<Current> {
             affinity_timeout: v.affinity_timeout,
             flags: v.flags,
         };
-        c.svc.insert((frontend, k.slot), val);
+        c.insert_svc(frontend, k.slot, val);
     }
     for (id, b) in maps.iter_backends()? {
         let backend = Backend {
@@ -213,7 +214,7 @@ pub fn read_current(maps: &Maps) -> crate::Result<Current> {
             },
             flags: b.flags,
         };
-        c.backends.insert(id, backend);
+        c.insert_backend(id, backend);
     }
     Ok(c)
 }
@@ -260,6 +261,8 @@ pub struct EbpfDataplane {
     maps: Maps,
     /// What the maps hold; `None` = unknown (first sync, or after a failed write): read them.
     current: Option<Current>,
+    /// The desired state as of the last sync; `None` until a full sync built it.
+    model: Option<Model>,
     /// The loaded programs (their links are pinned; kept so the objects stay referenced while
     /// the agent runs).
     _loader: Loader,
@@ -287,21 +290,43 @@ impl Dataplane for EbpfDataplane {
             None => read_current(&self.maps)
                 .map_err(|e| sync_error("reading the pinned maps".into(), e))?,
         };
-        let want = plan::desired(services, endpoints, &self.config, &changes.node_labels);
-        let ops = plan::plan(&want, &current);
+        let labels = &changes.node_labels;
+        let ops = match self.model.as_mut() {
+            // Partial: only the changed services' front ends and backends are planned.
+            Some(model) if !changes.full => {
+                let ports = model.changed_ports(changes, services);
+                let touched = model.update(&ports, services, endpoints, &self.config, labels);
+                plan::plan_some(
+                    model.desired(),
+                    &current,
+                    &touched.frontends,
+                    &touched.backends,
+                )
+            }
+            _ => {
+                let model = Model::build(services, endpoints, &self.config, labels);
+                let ops = plan::plan(model.desired(), &current);
+                self.model = Some(model);
+                ops
+            }
+        };
         // UDP backends that go: sockets connected to them are destroyed after the writes.
         let gone_udp: Vec<SocketAddrV4> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::DeleteBackend { id } => current.backends.get(id),
+                Op::DeleteBackend { id } => current.backends().get(id),
                 _ => None,
             })
             .filter(|b| b.addr.proto == abi::IPPROTO_UDP)
             .map(|b| SocketAddrV4::new(b.addr.addr, b.addr.port))
             .collect();
         for op in &ops {
-            // On error `current` is dropped: the next (full) sync reads the maps again.
-            write(&mut self.maps, op).map_err(|e| sync_error(format!("{op}"), e))?;
+            // On error `current` and the model are dropped: the next (full) sync reads the
+            // maps again and plans everything.
+            if let Err(e) = write(&mut self.maps, op) {
+                self.model = None;
+                return Err(sync_error(format!("{op}"), e));
+            }
             current.apply(op);
         }
         if !ops.is_empty() {
@@ -327,6 +352,7 @@ impl Dataplane for EbpfDataplane {
 
     fn cleanup(&mut self) -> Result<(), Error> {
         self.current = None;
+        self.model = None;
         loader::detach_all(
             &self.pin_dir,
             Some(&self.cgroup),

@@ -19,7 +19,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use sluice_proxy::categorize::categorize_endpoints;
-use sluice_proxy::model::{Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap};
+use sluice_proxy::model::{
+    Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName,
+};
+use sluice_proxy::proxier::Changes;
 
 use crate::abi::{self, proto_name};
 pub use crate::abi::{BACKEND_LOCAL, SCOPE_EXT, SCOPE_SOCK};
@@ -251,12 +254,7 @@ pub fn desired(
     cfg: &Config,
     node_labels: &BTreeMap<String, String>,
 ) -> Desired {
-    let mut out = Desired::default();
-    for (name, svc) in services {
-        let eps = endpoints.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        service_frontends(svc, eps, cfg, node_labels, &mut out);
-    }
-    out
+    Model::build(services, endpoints, cfg, node_labels).desired
 }
 
 /// One map write.
@@ -344,35 +342,80 @@ fn write_flags(f: &mut fmt::Formatter<'_>, flags: u8, timeout: u32) -> fmt::Resu
 }
 
 /// What the maps hold (read from the pinned maps at start, then kept in step with every
-/// applied [`Op`]).
+/// applied [`Op`]), with the indexes a partial plan needs so that its cost does not grow with
+/// the number of services.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Current {
-    /// Service map entries by (front end, slot).
-    pub svc: BTreeMap<(Frontend, u32), SvcVal>,
-    /// Backend map entries by id.
-    pub backends: BTreeMap<u32, Backend>,
+    svc: BTreeMap<(Frontend, u32), SvcVal>,
+    backends: BTreeMap<u32, Backend>,
+    /// Backend address → ids holding it (normally one; two after a crash between writes).
+    by_addr: BTreeMap<BackendAddr, BTreeSet<u32>>,
+    /// Service ids of slot-0 entries → how many front ends use them.
+    svc_ids: BTreeMap<u32, u32>,
 }
 
 impl Current {
+    /// Service map entries by (front end, slot).
+    pub fn svc(&self) -> &BTreeMap<(Frontend, u32), SvcVal> {
+        &self.svc
+    }
+
+    /// Backend map entries by id.
+    pub fn backends(&self) -> &BTreeMap<u32, Backend> {
+        &self.backends
+    }
+
+    /// Records a service map entry (as read from the map).
+    pub fn insert_svc(&mut self, frontend: Frontend, slot: u32, val: SvcVal) {
+        self.remove_svc(frontend, slot);
+        if slot == 0 {
+            *self.svc_ids.entry(val.svc_id).or_insert(0) += 1;
+        }
+        self.svc.insert((frontend, slot), val);
+    }
+
+    fn remove_svc(&mut self, frontend: Frontend, slot: u32) {
+        if let Some(old) = self.svc.remove(&(frontend, slot)) {
+            if slot == 0 {
+                if let Some(n) = self.svc_ids.get_mut(&old.svc_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.svc_ids.remove(&old.svc_id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a backend map entry (as read from the map).
+    pub fn insert_backend(&mut self, id: u32, backend: Backend) {
+        self.remove_backend(id);
+        self.by_addr.entry(backend.addr).or_default().insert(id);
+        self.backends.insert(id, backend);
+    }
+
+    fn remove_backend(&mut self, id: u32) {
+        if let Some(old) = self.backends.remove(&id) {
+            if let Some(ids) = self.by_addr.get_mut(&old.addr) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_addr.remove(&old.addr);
+                }
+            }
+        }
+    }
+
     /// Records a successfully applied operation.
     pub fn apply(&mut self, op: &Op) {
         match op {
-            Op::PutBackend { id, backend } => {
-                self.backends.insert(*id, *backend);
-            }
+            Op::PutBackend { id, backend } => self.insert_backend(*id, *backend),
             Op::PutSvc {
                 frontend,
                 slot,
                 val,
-            } => {
-                self.svc.insert((*frontend, *slot), *val);
-            }
-            Op::DeleteSvc { frontend, slot } => {
-                self.svc.remove(&(*frontend, *slot));
-            }
-            Op::DeleteBackend { id } => {
-                self.backends.remove(id);
-            }
+            } => self.insert_svc(*frontend, *slot, *val),
+            Op::DeleteSvc { frontend, slot } => self.remove_svc(*frontend, *slot),
+            Op::DeleteBackend { id } => self.remove_backend(*id),
         }
     }
 
@@ -383,28 +426,34 @@ impl Current {
             .map(|((_, s), v)| (*s, v))
     }
 
-    /// Front ends with a slot 0 or any slot.
-    fn frontends(&self) -> BTreeSet<Frontend> {
-        self.svc.keys().map(|(f, _)| *f).collect()
+    /// Whether `frontend` has any entry.
+    fn has_frontend(&self, frontend: Frontend) -> bool {
+        self.svc
+            .range((frontend, 0)..=(frontend, u32::MAX))
+            .next()
+            .is_some()
     }
 }
 
-/// Hands out the least unused id ≥ 1.
+/// Hands out the least id ≥ 1 that is neither in use nor handed out already.
 struct Ids {
-    used: BTreeSet<u32>,
     next: u32,
+    taken: BTreeSet<u32>,
 }
 
 impl Ids {
-    fn new(used: BTreeSet<u32>) -> Self {
-        Self { used, next: 1 }
+    fn new() -> Self {
+        Self {
+            next: 1,
+            taken: BTreeSet::new(),
+        }
     }
 
-    fn take(&mut self) -> u32 {
-        while self.used.contains(&self.next) {
+    fn take(&mut self, used: impl Fn(u32) -> bool) -> u32 {
+        while used(self.next) || self.taken.contains(&self.next) {
             self.next += 1;
         }
-        self.used.insert(self.next);
+        self.taken.insert(self.next);
         self.next
     }
 }
@@ -412,22 +461,37 @@ impl Ids {
 /// The ordered operations that turn `current` into `want` (see the module doc for the order).
 /// Entries that are already right are not touched.
 pub fn plan(want: &Desired, current: &Current) -> Vec<Op> {
+    let mut frontends: BTreeSet<Frontend> = want.frontends.keys().copied().collect();
+    frontends.extend(current.svc.keys().map(|(f, _)| *f));
+    let mut backends: BTreeSet<BackendAddr> = want.backends.keys().copied().collect();
+    backends.extend(current.by_addr.keys().copied());
+    plan_some(want, current, &frontends, &backends)
+}
+
+/// [`plan`] limited to `frontends` and `backends` (those a partial update touched, see
+/// [`Model::update`]); `want` is still the whole desired state, so a backend another front end
+/// uses is kept.
+pub fn plan_some(
+    want: &Desired,
+    current: &Current,
+    frontends: &BTreeSet<Frontend>,
+    backends: &BTreeSet<BackendAddr>,
+) -> Vec<Op> {
     let mut ops = Vec::new();
 
     // 1. Backends, keeping every id a backend already has.
-    let mut by_addr: BTreeMap<BackendAddr, u32> = BTreeMap::new();
-    for (id, b) in &current.backends {
-        // Two ids for one address (a crash between writes): keep the first, the other goes.
-        by_addr.entry(b.addr).or_insert(*id);
-    }
-    let mut backend_ids = Ids::new(current.backends.keys().copied().collect());
+    let mut backend_ids = Ids::new();
     let mut ids: BTreeMap<BackendAddr, u32> = BTreeMap::new();
-    for (addr, flags) in &want.backends {
+    for addr in backends {
+        let Some(flags) = want.backends.get(addr) else {
+            continue;
+        };
         let backend = Backend {
             addr: *addr,
             flags: *flags,
         };
-        let id = match by_addr.get(addr) {
+        // Two ids for one address (a crash between writes): keep the first, the other goes.
+        let id = match current.by_addr.get(addr).and_then(|s| s.first()) {
             Some(id) => {
                 if current.backends.get(id) != Some(&backend) {
                     ops.push(Op::PutBackend { id: *id, backend });
@@ -435,30 +499,39 @@ pub fn plan(want: &Desired, current: &Current) -> Vec<Op> {
                 *id
             }
             None => {
-                let id = backend_ids.take();
+                let id = backend_ids.take(|id| current.backends.contains_key(&id));
                 ops.push(Op::PutBackend { id, backend });
                 id
             }
         };
         ids.insert(*addr, id);
     }
+    let id_of = |addr: &BackendAddr| -> u32 {
+        ids.get(addr).copied().unwrap_or_else(|| {
+            // A backend of an untouched front end (only in a partial plan).
+            current
+                .by_addr
+                .get(addr)
+                .and_then(|s| s.first())
+                .copied()
+                .unwrap_or(0)
+        })
+    };
 
     // 2. Front ends: slots, then the count, then surplus slots.
-    let mut svc_ids = Ids::new(
-        current
-            .svc
-            .iter()
-            .filter(|((_, slot), _)| *slot == 0)
-            .map(|(_, v)| v.svc_id)
-            .collect(),
-    );
-    for (frontend, w) in &want.frontends {
+    let mut svc_ids = Ids::new();
+    for frontend in frontends {
+        let Some(w) = want.frontends.get(frontend) else {
+            continue;
+        };
         let master = current.svc.get(&(*frontend, 0));
-        let svc_id = master.map(|m| m.svc_id).unwrap_or_else(|| svc_ids.take());
+        let svc_id = master
+            .map(|m| m.svc_id)
+            .unwrap_or_else(|| svc_ids.take(|id| current.svc_ids.contains_key(&id)));
         for (i, b) in w.backends.iter().enumerate() {
             let slot = i as u32 + 1;
             let val = SvcVal {
-                backend_id: ids[b],
+                backend_id: id_of(b),
                 svc_id,
                 ..SvcVal::default()
             };
@@ -494,26 +567,140 @@ pub fn plan(want: &Desired, current: &Current) -> Vec<Op> {
     }
 
     // 3. Front ends that go: the count first, so no lookup follows it into removed slots.
-    for frontend in current.frontends() {
-        if want.frontends.contains_key(&frontend) {
+    for frontend in frontends {
+        if want.frontends.contains_key(frontend) || !current.has_frontend(*frontend) {
             continue;
         }
-        if current.svc.contains_key(&(frontend, 0)) {
-            ops.push(Op::DeleteSvc { frontend, slot: 0 });
+        if current.svc.contains_key(&(*frontend, 0)) {
+            ops.push(Op::DeleteSvc {
+                frontend: *frontend,
+                slot: 0,
+            });
         }
-        for (slot, _) in current.slots(frontend) {
-            ops.push(Op::DeleteSvc { frontend, slot });
+        for (slot, _) in current.slots(*frontend) {
+            ops.push(Op::DeleteSvc {
+                frontend: *frontend,
+                slot,
+            });
         }
     }
 
-    // 4. Backends nothing points at.
-    let keep: BTreeSet<u32> = ids.values().copied().collect();
-    for id in current.backends.keys() {
-        if !keep.contains(id) {
-            ops.push(Op::DeleteBackend { id: *id });
+    // 4. Backends nothing points at (and duplicate ids of one address).
+    for addr in backends {
+        let keep = ids.get(addr);
+        for id in current.by_addr.get(addr).into_iter().flatten() {
+            if Some(id) != keep {
+                ops.push(Op::DeleteBackend { id: *id });
+            }
         }
     }
     ops
+}
+
+/// The desired state kept across syncs: a partial sync recomputes only the changed service
+/// ports and plans only their front ends and backends, so its cost does not grow with the
+/// number of services.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    desired: Desired,
+    /// The front ends each service port produced.
+    per_port: BTreeMap<ServicePortName, Vec<Frontend>>,
+    /// How many front ends use each backend.
+    refs: BTreeMap<BackendAddr, u32>,
+}
+
+/// What a [`Model::update`] touched: the input of [`plan_some`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Front ends added, changed or removed.
+    pub frontends: BTreeSet<Frontend>,
+    /// Backends they used before or use now.
+    pub backends: BTreeSet<BackendAddr>,
+}
+
+impl Model {
+    /// The model of the whole proxy state.
+    pub fn build(
+        services: &ServicePortMap,
+        endpoints: &EndpointsMap,
+        cfg: &Config,
+        node_labels: &BTreeMap<String, String>,
+    ) -> Self {
+        let mut m = Model::default();
+        m.update(services.keys(), services, endpoints, cfg, node_labels);
+        m
+    }
+
+    /// The desired map contents.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Recomputes `ports` (changed, added or removed service ports) from the maps.
+    pub fn update<'a>(
+        &mut self,
+        ports: impl IntoIterator<Item = &'a ServicePortName>,
+        services: &ServicePortMap,
+        endpoints: &EndpointsMap,
+        cfg: &Config,
+        node_labels: &BTreeMap<String, String>,
+    ) -> Touched {
+        let mut touched = Touched::default();
+        for port in ports {
+            for f in self.per_port.remove(port).unwrap_or_default() {
+                touched.frontends.insert(f);
+                if let Some(w) = self.desired.frontends.remove(&f) {
+                    for b in w.backends {
+                        touched.backends.insert(b);
+                        self.unref(b);
+                    }
+                }
+            }
+            let Some(svc) = services.get(port) else {
+                continue;
+            };
+            let eps = endpoints.get(port).map(Vec::as_slice).unwrap_or(&[]);
+            let mut part = Desired::default();
+            service_frontends(svc, eps, cfg, node_labels, &mut part);
+            for (b, flags) in &part.backends {
+                *self.desired.backends.entry(*b).or_insert(0) |= flags;
+            }
+            let mut mine = Vec::with_capacity(part.frontends.len());
+            for (f, w) in part.frontends {
+                touched.frontends.insert(f);
+                for b in &w.backends {
+                    touched.backends.insert(*b);
+                    *self.refs.entry(*b).or_insert(0) += 1;
+                }
+                mine.push(f);
+                self.desired.frontends.insert(f, w);
+            }
+            self.per_port.insert(port.clone(), mine);
+        }
+        touched
+    }
+
+    /// The service ports a partial sync of `changes` must recompute: those of the changed
+    /// services, in `services` now or in the model from before (removed ones).
+    pub fn changed_ports(
+        &self,
+        changes: &Changes,
+        services: &ServicePortMap,
+    ) -> Vec<ServicePortName> {
+        let mut v: BTreeSet<ServicePortName> = changes.changed_ports(services).cloned().collect();
+        v.extend(changes.changed_ports(&self.per_port).cloned());
+        v.into_iter().collect()
+    }
+
+    fn unref(&mut self, b: BackendAddr) {
+        if let Some(n) = self.refs.get_mut(&b) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&b);
+                self.desired.backends.remove(&b);
+            }
+        }
+    }
 }
 
 /// The maps' contents as stable text, one entry per line (front ends by address, then

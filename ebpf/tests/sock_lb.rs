@@ -46,6 +46,7 @@ fn main() {
     }
     let env = Env::new();
     sock_lb(&env);
+    ten_thousand_services(&env);
     println!("sock_lb: ok");
 }
 
@@ -172,12 +173,26 @@ fn start_servers(env: &Env, addrs: &[Ipv4Addr], tcp_port: u16, udp_port: u16) {
 /// The client side, in the child process. Prints one line per attempt.
 fn client(cmd: &str) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
-    let target: SocketAddrV4 = words[1].parse().unwrap();
+    let target: SocketAddrV4 = words[1].split(',').next().unwrap().parse().unwrap();
     let n: usize = words[2].parse().unwrap();
     match words[0] {
         // `tcp <frontend> <n>`: `hit <backend> peer <getpeername>` or `err <errno>`.
         "tcp" => {
             for _ in 0..n {
+                match TcpStream::connect_timeout(&target.into(), Duration::from_secs(2)) {
+                    Ok(mut s) => {
+                        let mut who = String::new();
+                        s.read_to_string(&mut who).unwrap();
+                        println!("hit {who} peer {}", s.peer_addr().unwrap());
+                    }
+                    Err(e) => println!("err {}", e.raw_os_error().unwrap_or(-1)),
+                }
+            }
+        }
+        // `tcp-each <frontend>,<frontend>,… 1`: one connection to each, `hit`/`err` as above.
+        "tcp-each" => {
+            for t in words[1].split(',') {
+                let target: SocketAddrV4 = t.parse().unwrap();
                 match TcpStream::connect_timeout(&target.into(), Duration::from_secs(2)) {
                     Ok(mut s) => {
                         let mut who = String::new();
@@ -398,4 +413,119 @@ fn sock_lb(env: &Env) {
     // Nothing attached: the frontend is just an unreachable address again.
     let out = env.client("tcp 10.96.0.11:80 1");
     assert_ne!(out.trim(), format!("err {}", libc::ECONNREFUSED), "{out}");
+}
+
+/// The ebpf proxy mode itself (`EbpfMode` → `EbpfDataplane`, as the agent runs it) programs
+/// 10,000 ClusterIP services of three endpoints each; a sample of 200 is probed with real
+/// connections, then one endpoint change is a partial sync that only that service sees.
+fn ten_thousand_services(env: &Env) {
+    use sluice_proxy::mode::{Mode, ModeContext};
+    use sluice_proxy::model::{
+        Endpoint, EndpointsMap, NamespacedName, Protocol, ServicePort, ServicePortMap,
+        ServicePortName,
+    };
+    use sluice_proxy::proxier::Changes;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    const N: u32 = 10_000;
+    let frontend = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i);
+    let name = |i: u32| ServicePortName::new("default", format!("svc-{i}"), "", Protocol::Tcp);
+    let backends = [B1, B2, Ipv4Addr::new(10, 250, 0, 3)];
+    start_servers(env, &backends[2..], 8080, 5354);
+    let mut services = ServicePortMap::new();
+    let mut endpoints = EndpointsMap::new();
+    for i in 0..N {
+        let ip = frontend(i).into();
+        services.insert(
+            name(i),
+            Arc::new(ServicePort::cluster_ip(ip, 80, Protocol::Tcp)),
+        );
+        endpoints.insert(
+            name(i),
+            backends
+                .iter()
+                .map(|b| Arc::new(Endpoint::ready((*b).into(), 8080)))
+                .collect(),
+        );
+    }
+    let mut ctx = ModeContext::new("scale");
+    ctx.cgroup = Some(env.cgroup.clone());
+    ctx.bpf_dir = env.pin_dir.clone();
+    let mode = sluice_ebpf::mode::EbpfMode;
+    mode.probe(&ctx).expect("probe");
+    let mut dp = mode.build(&ctx).expect("build");
+    let full = Changes {
+        full: true,
+        ..Changes::default()
+    };
+    let t = Instant::now();
+    dp.sync(&services, &endpoints, &full).expect("full sync");
+    println!(
+        "10,000 services × 3 endpoints: full map sync {:?}",
+        t.elapsed()
+    );
+    let maps = Maps::open(&env.pin_dir).unwrap();
+    let current = sluice_ebpf::mode::read_current(&maps).unwrap();
+    let masters = current
+        .svc()
+        .iter()
+        .filter(|((_, slot), v)| *slot == 0 && v.count == 3);
+    assert_eq!(masters.count(), N as usize);
+
+    // Every 50th service, one connection each: all answered by a backend, seen as the service.
+    let sample: Vec<u32> = (0..N).step_by(50).collect();
+    let targets: Vec<String> = sample
+        .iter()
+        .map(|i| format!("{}:80", frontend(*i)))
+        .collect();
+    let out = env.client(&format!("tcp-each {} 1", targets.join(",")));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), sample.len(), "{out}");
+    for (line, i) in lines.iter().zip(&sample) {
+        let peer = format!("peer {}:80", frontend(*i));
+        assert!(
+            line.starts_with("hit 10.250.0.") && line.ends_with(&peer),
+            "service {i}: {line}"
+        );
+    }
+
+    // One endpoint of one service goes: a partial sync touches that service only.
+    let before = current;
+    endpoints.insert(
+        name(0),
+        backends[..2]
+            .iter()
+            .map(|b| Arc::new(Endpoint::ready((*b).into(), 8080)))
+            .collect(),
+    );
+    let partial = Changes {
+        services: [NamespacedName::new("default", "svc-0")].into(),
+        ..Changes::default()
+    };
+    let t = Instant::now();
+    dp.sync(&services, &endpoints, &partial)
+        .expect("partial sync");
+    println!(
+        "one endpoint change at 10,000 services: sync {:?}",
+        t.elapsed()
+    );
+    let after = sluice_ebpf::mode::read_current(&maps).unwrap();
+    let changed: Vec<_> = before
+        .svc()
+        .iter()
+        .filter(|(k, v)| after.svc().get(k) != Some(v))
+        .map(|(k, _)| k.0.addr)
+        .collect();
+    assert!(
+        changed.iter().all(|a| *a == frontend(0)),
+        "other services rewritten: {changed:?}"
+    );
+    let out = env.client(&format!("tcp {}:80 20", frontend(0)));
+    assert!(
+        out.lines().all(|l| !l.starts_with("hit 10.250.0.3")),
+        "the removed endpoint still gets connections: {out}"
+    );
+    dp.cleanup().expect("cleanup");
+    assert!(!sluice_ebpf::is_present(&env.pin_dir));
 }

@@ -1,6 +1,7 @@
 use super::*;
 use sluice_proxy::golden;
 use sluice_proxy::model::ServicePortName;
+use sluice_proxy::proxier::Changes;
 use sluice_proxy::scenarios::{self, ep, one, NODE};
 
 fn cfg() -> Config {
@@ -246,8 +247,9 @@ fn a_restarted_agent_reconciles_from_the_maps_without_rewrites() {
         proto: 17,
         scope: SCOPE_SOCK,
     };
-    stray.svc.insert(
-        (extra, 1),
+    stray.insert_svc(
+        extra,
+        1,
         SvcVal {
             backend_id: 1,
             svc_id: 9,
@@ -272,4 +274,86 @@ fn dump_text_is_stable() {
          backend 1 10.244.1.1:8080/tcp local\n\
          backend 2 10.244.2.1:8080/tcp\n"
     );
+}
+
+fn changes_of(names: &[&str]) -> Changes {
+    Changes {
+        services: names
+            .iter()
+            .map(|n| sluice_proxy::model::NamespacedName::new("default", *n))
+            .collect(),
+        ..Changes::default()
+    }
+}
+
+#[test]
+fn partial_updates_land_where_full_plans_do() {
+    let all = scenarios::scenarios();
+    for (from, s1, e1) in &all {
+        for (to, s2, e2) in &all {
+            let mut c = Current::default();
+            let mut model = Model::build(s1, e1, &cfg(), &BTreeMap::new());
+            let ops = plan(model.desired(), &c);
+            apply_checked(&mut c, &ops);
+            // The same service ("web") changes from one scenario into the other; a bystander
+            // service that does not change is never touched.
+            let ports = model.changed_ports(&changes_of(&["web"]), s2);
+            let touched = model.update(&ports, s2, e2, &cfg(), &BTreeMap::new());
+            let ops = plan_some(model.desired(), &c, &touched.frontends, &touched.backends);
+            assert_eq!(ops, plan(model.desired(), &c), "{from} → {to}");
+            apply_checked(&mut c, &ops);
+            assert_eq!(model.desired(), &want_of(s2, e2), "{from} → {to}");
+            assert_eq!(seen(&c), want_of(s2, e2).frontends, "{from} → {to}");
+            assert!(plan(model.desired(), &c).is_empty(), "{from} → {to}");
+        }
+    }
+}
+
+#[test]
+fn a_partial_update_plans_only_the_changed_service() {
+    let eps = |v: &[&str]| v.iter().map(|a| ep(a, false)).collect::<Vec<_>>();
+    let mut s = ServicePortMap::new();
+    let mut e = EndpointsMap::new();
+    for i in 0..50u32 {
+        let (s1, e1) = one(
+            &format!("s{i}"),
+            ServicePort::cluster_ip(format!("10.96.1.{i}").parse().unwrap(), 80, Protocol::Tcp),
+            // Shared backends: every service uses 10.244.9.9 too.
+            eps(&[&format!("10.244.0.{i}"), "10.244.9.9"]),
+        );
+        s.extend(s1);
+        e.extend(e1);
+    }
+    let mut c = Current::default();
+    let mut model = Model::build(&s, &e, &cfg(), &BTreeMap::new());
+    let ops = plan(model.desired(), &c);
+    apply_checked(&mut c, &ops);
+    // s7 loses the shared backend and gets a new one; s9 goes away entirely.
+    let key = ServicePortName::new("default", "s7", "http", Protocol::Tcp);
+    e.insert(key, eps(&["10.244.0.7", "10.244.8.8"]));
+    let gone = ServicePortName::new("default", "s9", "http", Protocol::Tcp);
+    s.remove(&gone);
+    e.remove(&gone);
+    let ports = model.changed_ports(&changes_of(&["s7", "s9"]), &s);
+    assert_eq!(ports.len(), 2);
+    let touched = model.update(&ports, &s, &e, &cfg(), &BTreeMap::new());
+    assert_eq!(touched.frontends.len(), 2);
+    let ops = plan_some(model.desired(), &c, &touched.frontends, &touched.backends);
+    assert_eq!(
+        text(&ops),
+        "put backend 52 10.244.8.8:8080/tcp\n\
+         put svc 10.96.1.7:80/tcp sock slot 2 backend=52 id=8\n\
+         delete svc 10.96.1.9:80/tcp sock slot 0\n\
+         delete svc 10.96.1.9:80/tcp sock slot 1\n\
+         delete svc 10.96.1.9:80/tcp sock slot 2\n\
+         delete backend 10\n"
+    );
+    apply_checked(&mut c, &ops);
+    assert_eq!(seen(&c), want_of(&s, &e).frontends);
+    // The shared backend stays for the 48 services still using it.
+    assert!(c.by_addr.contains_key(&BackendAddr {
+        addr: "10.244.9.9".parse().unwrap(),
+        port: 8080,
+        proto: 6
+    }));
 }
