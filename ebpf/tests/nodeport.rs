@@ -19,9 +19,9 @@ use std::{
     time::Duration,
 };
 
-use common::{enter_netns, run, Bpffs};
+use common::{enter_netns, put_frontend, run, Bpffs};
 use sluice_ebpf::{
-    abi::{self, Backend, SvcKey, SvcVal},
+    abi::{self, Backend},
     LoadOptions, Loader, Maps, TcConfig,
 };
 
@@ -197,6 +197,7 @@ fn udp_client(ns: &str, target: SocketAddrV4, n: usize) -> Vec<String> {
     .unwrap()
 }
 
+/// Write a NodePort front end on the node's address, as traffic from outside sees it.
 fn put_ext_service(
     maps: &mut Maps,
     port: u16,
@@ -205,24 +206,17 @@ fn put_ext_service(
     flags: u8,
     backend_ids: &[u32],
 ) {
-    for (i, id) in backend_ids.iter().enumerate() {
-        let key = SvcKey::new(NODE_IP, port, proto, abi::SCOPE_EXT, i as u32 + 1);
-        let val = SvcVal {
-            backend_id: *id,
-            svc_id,
-            ..Default::default()
-        };
-        maps.put_svc(&key, &val).unwrap();
-    }
-    let key = SvcKey::new(NODE_IP, port, proto, abi::SCOPE_EXT, 0);
-    let val = SvcVal {
-        count: backend_ids.len() as u32,
+    let flags = flags | abi::SVC_NODEPORT;
+    put_frontend(
+        maps,
+        NODE_IP,
+        port,
+        proto,
+        abi::SCOPE_EXT,
         svc_id,
-        affinity_timeout: 600,
-        flags: flags | abi::SVC_NODEPORT,
-        ..Default::default()
-    };
-    maps.put_svc(&key, &val).unwrap();
+        flags,
+        backend_ids,
+    );
 }
 
 /// `192.168.77.3 saw 192.168.77.1:61234` -> ("192.168.77.3", "192.168.77.1", 61234).

@@ -35,11 +35,10 @@ use std::{
 
 mod common;
 
-use common::run;
+use common::{run, CGROUP2};
 use sluice_ebpf::sockdestroy::{destroy_udp_connected_to, destroy_udp_in_netns, netns_of_cgroup};
 
 const CHILD_ENV: &str = "SLUICE_SOCKDESTROY_CHILD";
-const CGROUP2: &str = "/sys/fs/cgroup/unified";
 const B1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 250, 1, 1), 5353);
 const B2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 250, 1, 2), 5353);
 
@@ -51,23 +50,13 @@ fn main() {
         child();
         return;
     }
-    if let Some(reason) = cannot_run() {
+    if let Some(reason) = common::cannot_run_with_cgroup2() {
         return common::skip(&reason);
     }
     let mut env = Env::new();
     if sock_destroy(&mut env) {
         println!("sock_destroy: ok");
     }
-}
-
-fn cannot_run() -> Option<String> {
-    if let Some(reason) = common::cannot_run() {
-        return Some(reason);
-    }
-    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
-        return Some(format!("no cgroup2 mounted at {CGROUP2}"));
-    }
-    None
 }
 
 /// The test environment; Drop removes every trace of it.

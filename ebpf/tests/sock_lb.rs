@@ -24,14 +24,13 @@ use std::{
 
 mod common;
 
-use common::{run, Bpffs};
+use common::{put_frontend, run, Bpffs, CGROUP2};
 use sluice_ebpf::{
-    abi::{self, Backend, SvcKey, SvcVal},
+    abi::{self, Backend},
     LoadOptions, Loader, Maps,
 };
 
 const CLIENT_ENV: &str = "SLUICE_EBPF_CLIENT";
-const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
 fn main() {
     if common::answered_listing("sock_lb") {
@@ -41,23 +40,13 @@ fn main() {
         client(&cmd);
         return;
     }
-    if let Some(reason) = cannot_run() {
+    if let Some(reason) = common::cannot_run_with_cgroup2() {
         return common::skip(&reason);
     }
     let env = Env::new();
     sock_lb(&env);
     ten_thousand_services(&env);
     println!("sock_lb: ok");
-}
-
-fn cannot_run() -> Option<String> {
-    if let Some(reason) = common::cannot_run() {
-        return Some(reason);
-    }
-    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
-        return Some(format!("no cgroup2 mounted at {CGROUP2}"));
-    }
-    None
 }
 
 /// The test environment; Drop removes every trace of it.
@@ -240,7 +229,7 @@ const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const B1: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 const B2: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 
-/// Write a service (slots, then slot 0, the order the maps module documents).
+/// Write a service the node's own sockets see.
 fn put_service(
     maps: &mut Maps,
     frontend: Ipv4Addr,
@@ -250,28 +239,16 @@ fn put_service(
     flags: u8,
     backend_ids: &[u32],
 ) {
-    for (i, id) in backend_ids.iter().enumerate() {
-        let key = SvcKey::new(frontend, port, proto, abi::SCOPE_SOCK, i as u32 + 1);
-        let val = SvcVal {
-            backend_id: *id,
-            svc_id,
-            ..Default::default()
-        };
-        maps.put_svc(&key, &val).unwrap();
-    }
-    let key = SvcKey::new(frontend, port, proto, abi::SCOPE_SOCK, 0);
-    let val = SvcVal {
-        count: backend_ids.len() as u32,
+    put_frontend(
+        maps,
+        frontend,
+        port,
+        proto,
+        abi::SCOPE_SOCK,
         svc_id,
-        affinity_timeout: if flags & abi::SVC_AFFINITY != 0 {
-            600
-        } else {
-            0
-        },
         flags,
-        ..Default::default()
-    };
-    maps.put_svc(&key, &val).unwrap();
+        backend_ids,
+    );
 }
 
 fn tally<'a>(lines: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {

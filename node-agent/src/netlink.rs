@@ -144,18 +144,9 @@ impl Netlink {
 
     /// The first global IPv4 address of the namespace (the default `--node-ip`).
     pub async fn first_global_ipv4(&self) -> Result<Option<Ipv4Addr>, Error> {
-        let addrs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| Error::Request {
-                what: "dumping addresses".into(),
-                source,
-            })?;
-        Ok(addrs
+        Ok(self
+            .addresses()
+            .await?
             .iter()
             .filter(|a| a.header.scope == netlink_packet_route::address::AddressScope::Universe)
             .flat_map(|a| a.attributes.iter())
@@ -164,13 +155,10 @@ impl Netlink {
                 _ => None,
             }))
     }
-}
 
-impl Netlink {
-    /// The name of the interface holding `ip`, if any.
-    pub async fn interface_of(&self, ip: IpAddr) -> Result<Option<String>, Error> {
-        let addrs: Vec<_> = self
-            .handle
+    /// Every address in this network namespace.
+    async fn addresses(&self) -> Result<Vec<netlink_packet_route::address::AddressMessage>, Error> {
+        self.handle
             .address()
             .get()
             .execute()
@@ -179,8 +167,16 @@ impl Netlink {
             .map_err(|source| Error::Request {
                 what: "dumping addresses".into(),
                 source,
-            })?;
-        let Some(index) = addrs
+            })
+    }
+}
+
+impl Netlink {
+    /// The name of the interface holding `ip`, if any.
+    pub async fn interface_of(&self, ip: IpAddr) -> Result<Option<String>, Error> {
+        let Some(index) = self
+            .addresses()
+            .await?
             .iter()
             .find(|a| {
                 a.attributes

@@ -116,6 +116,45 @@ impl Lab {
         ]));
     }
 
+    /// A pod `cat-1` on n2 echoing every TCP connection back, behind the Service `cat`; its
+    /// ClusterIP, once the pod `client` reaches it.
+    fn cat_service(&self) -> String {
+        ok(lab(&[
+            "pod", "create", "--dir", &self.d, "--node", "n2", "--name", "cat-1", "--labels",
+            "app=cat", "--", BB, "nc", "-ll", "-p", "8080", "-e", BB, "cat",
+        ]));
+        let cat = self.service("cat", "cat", "");
+        wait_until("cat programmed", Duration::from_secs(20), || {
+            let o = lab(&[
+                "exec",
+                "--dir",
+                &self.d,
+                "--pod",
+                "default/client",
+                "--",
+                BB,
+                "sh",
+                "-c",
+                &format!("echo hi | {BB} nc -w 2 {cat} 80"),
+            ]);
+            String::from_utf8_lossy(&o.stdout).contains("hi")
+        });
+        cat
+    }
+
+    /// A pod `long` on n1 holding one connection to `ip:80` that carries a tick every 200 ms;
+    /// what comes back is written to `out`, a line per tick.
+    fn long_connection(&self, ip: &str, out: &Path) {
+        let script = format!(
+            "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done | {BB} nc {ip} 80 > {}",
+            out.display()
+        );
+        ok(lab(&[
+            "pod", "create", "--dir", &self.d, "--node", "n1", "--name", "long", "--", BB, "sh",
+            "-c", &script,
+        ]));
+    }
+
     fn service(&self, name: &str, app: &str, extra_spec: &str) -> String {
         self.service_with_ports(
             name,
@@ -641,35 +680,9 @@ fn conformance(mode: Mode) {
     });
 
     // Restarting the agents keeps an established connection through the ClusterIP open.
-    ok(lab(&[
-        "pod", "create", "--dir", &l.d, "--node", "n2", "--name", "cat-1", "--labels", "app=cat",
-        "--", BB, "nc", "-ll", "-p", "8080", "-e", BB, "cat",
-    ]));
-    let cat = l.service("cat", "cat", "");
-    wait_until("cat programmed", Duration::from_secs(20), || {
-        let o = lab(&[
-            "exec",
-            "--dir",
-            &l.d,
-            "--pod",
-            "default/client",
-            "--",
-            BB,
-            "sh",
-            "-c",
-            &format!("echo hi | {BB} nc -w 2 {cat} 80"),
-        ]);
-        String::from_utf8_lossy(&o.stdout).contains("hi")
-    });
+    let cat = l.cat_service();
     let out = l.dir.join("long.out");
-    let script = format!(
-        "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done | {BB} nc {cat} 80 > {}",
-        out.display()
-    );
-    ok(lab(&[
-        "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "long", "--", BB, "sh", "-c",
-        &script,
-    ]));
+    l.long_connection(&cat, &out);
     let lines = || {
         std::fs::read_to_string(&out)
             .map(|s| s.lines().count())
@@ -800,6 +813,25 @@ fn peer_ip_parses_ss_lines() {
     assert_eq!(peer_ip(""), None);
 }
 
+/// A shell loop opening a new connection to `ip:port` every 50 ms and writing one line per
+/// connection to `out`: what the server said, or FAIL.
+fn new_connection_loop(ip: &str, port: u16, out: &Path) -> String {
+    format!(
+        "while true; do r=$({BB} nc -w 2 {ip} {port} </dev/null); [ -n \"$r\" ] || r=FAIL; echo $r; {BB} usleep 50000; done > {}",
+        out.display()
+    )
+}
+
+/// A child process killed when the test ends, also on a panic.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Lines of a file a pod writes (0 if it does not exist yet).
 fn lines_of(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -821,13 +853,8 @@ fn live_mode_switch_keeps_connections() {
     for (node, name) in [("n1", "web-1"), ("n2", "web-2")] {
         l.echo_pod(node, name, "web");
     }
-    ok(lab(&[
-        "pod", "create", "--dir", &l.d, "--node", "n2", "--name", "cat-1", "--labels", "app=cat",
-        "--", BB, "nc", "-ll", "-p", "8080", "-e", BB, "cat",
-    ]));
     let ip = l.service("web", "web", "  type: NodePort\n");
     let np = l.node_port("web");
-    let cat = l.service("cat", "cat", "");
     ok(lab(&[
         "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "client", "--", BB, "sleep",
         "3600",
@@ -835,50 +862,25 @@ fn live_mode_switch_keeps_connections() {
     wait_until("both backends programmed", Duration::from_secs(20), || {
         count(&l.connect_many("default/client", &ip, 80, 20)).len() == 2
     });
-    wait_until("cat programmed", Duration::from_secs(20), || {
-        let o = lab(&[
-            "exec",
-            "--dir",
-            &l.d,
-            "--pod",
-            "default/client",
-            "--",
-            BB,
-            "sh",
-            "-c",
-            &format!("echo hi | {BB} nc -w 2 {cat} 80"),
-        ]);
-        String::from_utf8_lossy(&o.stdout).contains("hi")
-    });
+    let cat = l.cat_service();
 
     // The loops: each writes one line per connection (the backend's name, or FAIL).
     let inside = l.dir.join("inside.out");
-    let script = format!(
-        "while true; do r=$({BB} nc -w 2 {ip} 80 </dev/null); [ -n \"$r\" ] || r=FAIL; echo $r; {BB} usleep 50000; done > {}",
-        inside.display()
-    );
+    let script = new_connection_loop(&ip, 80, &inside);
     ok(lab(&[
         "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "loop", "--", BB, "sh", "-c",
         &script,
     ]));
     let outside = l.dir.join("outside.out");
-    let script = format!(
-        "while true; do r=$({BB} nc -w 2 {n1_ip} {np} </dev/null); [ -n \"$r\" ] || r=FAIL; echo $r; {BB} usleep 50000; done > {}",
-        outside.display()
+    let script = new_connection_loop(&n1_ip, np, &outside);
+    let mut outside_loop = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &l.ns, BB, "sh", "-c", &script])
+            .spawn()
+            .unwrap(),
     );
-    let mut outside_loop = Command::new("ip")
-        .args(["netns", "exec", &l.ns, BB, "sh", "-c", &script])
-        .spawn()
-        .unwrap();
     let long = l.dir.join("long.out");
-    let script = format!(
-        "i=0; while true; do echo tick$i; i=$((i+1)); {BB} usleep 200000; done | {BB} nc {cat} 80 > {}",
-        long.display()
-    );
-    ok(lab(&[
-        "pod", "create", "--dir", &l.d, "--node", "n1", "--name", "long", "--", BB, "sh", "-c",
-        &script,
-    ]));
+    l.long_connection(&cat, &long);
     wait_until("loops running", Duration::from_secs(10), || {
         lines_of(&inside).len() >= 5 && lines_of(&outside).len() >= 5 && lines_of(&long).len() >= 3
     });
@@ -920,8 +922,8 @@ fn live_mode_switch_keeps_connections() {
     for to in ["ebpf", "ebpf", "iptables", "nftables", "ebpf", "nftables"] {
         switch(to);
     }
-    let _ = outside_loop.kill();
-    let _ = outside_loop.wait();
+    let _ = outside_loop.0.kill();
+    let _ = outside_loop.0.wait();
     for (what, path) in [
         ("in-node ClusterIP", &inside),
         ("outside NodePort", &outside),

@@ -97,3 +97,51 @@ pub fn answered_listing(name: &str) -> bool {
     }
     true
 }
+
+/// Where cgroup v2 is mounted on this machine kind (cgroup v1 host with a unified hierarchy).
+pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+/// [`cannot_run`], and also when there is no cgroup2 to make a test cgroup in.
+pub fn cannot_run_with_cgroup2() -> Option<String> {
+    if let Some(reason) = cannot_run() {
+        return Some(reason);
+    }
+    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
+        return Some(format!("no cgroup2 mounted at {CGROUP2}"));
+    }
+    None
+}
+
+/// Writes one front end (slots, then slot 0, the order the maps module documents) with a
+/// 600 s affinity timeout (used only when `flags` asks for affinity).
+#[allow(clippy::too_many_arguments)]
+pub fn put_frontend(
+    maps: &mut sluice_ebpf::Maps,
+    frontend: std::net::Ipv4Addr,
+    port: u16,
+    proto: u8,
+    scope: u8,
+    svc_id: u32,
+    flags: u8,
+    backend_ids: &[u32],
+) {
+    use sluice_ebpf::abi::{SvcKey, SvcVal};
+    for (i, id) in backend_ids.iter().enumerate() {
+        let key = SvcKey::new(frontend, port, proto, scope, i as u32 + 1);
+        let val = SvcVal {
+            backend_id: *id,
+            svc_id,
+            ..Default::default()
+        };
+        maps.put_svc(&key, &val).unwrap();
+    }
+    let key = SvcKey::new(frontend, port, proto, scope, 0);
+    let val = SvcVal {
+        count: backend_ids.len() as u32,
+        svc_id,
+        affinity_timeout: 600,
+        flags,
+        ..Default::default()
+    };
+    maps.put_svc(&key, &val).unwrap();
+}
