@@ -96,8 +96,8 @@ impl Mode for EbpfMode {
         })
     }
 
-    /// The service and backend maps in the planner's text (`svc <front end> slot …`,
-    /// `backend <id> …`), sorted.
+    /// The service and backend maps (and the NodePort programs' configuration) as sorted text,
+    /// one entry per line ([`Maps::dump_text`]).
     fn dump(&self, ctx: &ModeContext) -> Result<String, Error> {
         let maps = Maps::open(&ctx.bpf_dir).map_err(|e| {
             mode::error(
@@ -105,8 +105,8 @@ impl Mode for EbpfMode {
                 format!("opening the maps under {}: {e}", ctx.bpf_dir.display()),
             )
         })?;
-        let current = read_current(&maps).map_err(|e| mode::error(NAME, e.to_string()))?;
-        Ok(plan::render_current(&current))
+        maps.dump_text()
+            .map_err(|e| mode::error(NAME, e.to_string()))
     }
 
     fn build(&self, ctx: &ModeContext) -> Result<BoxDataplane, Error> {

@@ -703,29 +703,5 @@ impl Model {
     }
 }
 
-/// The maps' contents as stable text, one entry per line (front ends by address, then
-/// backends by id): what `debug dump` prints and the golden files hold.
-pub fn render_current(current: &Current) -> String {
-    let mut out = String::new();
-    for ((frontend, slot), val) in &current.svc {
-        let op = Op::PutSvc {
-            frontend: *frontend,
-            slot: *slot,
-            val: *val,
-        };
-        out.push_str(op.to_string().trim_start_matches("put "));
-        out.push('\n');
-    }
-    for (id, backend) in &current.backends {
-        let op = Op::PutBackend {
-            id: *id,
-            backend: *backend,
-        };
-        out.push_str(op.to_string().trim_start_matches("put "));
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests;

@@ -795,7 +795,7 @@ fn ebpf_mode() {
     conformance(Mode {
         name: "ebpf",
         programmed: ebpf_state,
-        dump_names: |ip| format!("svc {ip}:80/tcp sock slot 0"),
+        dump_names: |ip| format!("svc {ip}:80/tcp sock slot=0"),
         kernel_datapath: true,
     });
 }

@@ -260,22 +260,6 @@ fn a_restarted_agent_reconciles_from_the_maps_without_rewrites() {
     assert_eq!(text(&ops), "delete svc 10.96.9.9:53/udp sock slot 1\n");
 }
 
-#[test]
-fn dump_text_is_stable() {
-    let (s, e) = scenarios::scenario("client_ip_affinity");
-    let mut c = Current::default();
-    let ops = plan(&want_of(&s, &e), &c);
-    apply_checked(&mut c, &ops);
-    assert_eq!(
-        render_current(&c),
-        "svc 10.96.0.10:80/tcp sock slot 0 count=2 id=1 affinity=10800s\n\
-         svc 10.96.0.10:80/tcp sock slot 1 backend=1 id=1\n\
-         svc 10.96.0.10:80/tcp sock slot 2 backend=2 id=1\n\
-         backend 1 10.244.1.1:8080/tcp local\n\
-         backend 2 10.244.2.1:8080/tcp\n"
-    );
-}
-
 fn changes_of(names: &[&str]) -> Changes {
     Changes {
         services: names
