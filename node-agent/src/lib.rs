@@ -6,8 +6,9 @@
 //! sync by a Node watcher, and masquerade of pod traffic leaving the cluster CIDR (on the
 //! `--iptables-backend` the proxy uses too). Service proxying ([`proxy`]): watchers on Services,
 //! EndpointSlices and this Node feed a `sluice_proxy::proxier::Proxier` whose dataplane is the
-//! `--proxy-mode` (`userspace`: sluice-proxy-userspace, `iptables`: sluice-proxy-iptables,
-//! `nftables`: sluice-proxy-nftables); starting in one mode removes the others' rules.
+//! `--proxy-mode`, picked from the table of modes in [`modes`] (`userspace`, `iptables`,
+//! `nftables`, `ebpf`: each crate's `sluice_proxy::mode::Mode`); once the chosen mode's first
+//! full sync is in, whatever other modes left on the node is removed.
 //! With `--container-runtime-endpoint` the agent also runs the pods bound to its node through
 //! containerd's CRI, as kubelet does ([`pods`]).
 //!
