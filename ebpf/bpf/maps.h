@@ -63,4 +63,13 @@ struct {
 	__type(value, struct sluice_config);
 } sluice_config_v1 SEC(".maps");
 
+/* LPM tries must not be preallocated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sluice_srcrange_key);
+	__type(value, __u32);
+} sluice_srcrange_v1 SEC(".maps");
+
 #endif /* SLUICE_MAPS_H */

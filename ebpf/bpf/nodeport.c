@@ -13,6 +13,9 @@
  *     reply, backend -> node IP:SNAT port (SLUICE_CT_IN_REPLY), is translated back to
  *     frontend -> client and redirected the same way.
  *   - frontend without backends: drop.
+ *   - LB IP frontend with loadBalancerSourceRanges (SLUICE_SVC_SRC_RANGES): a new flow from
+ *     a source in none of its ranges (sluice_srcrange_v1) is dropped; established flows are
+ *     not checked again.
  * Everything else passes untouched.
  *
  * Only IPv4 TCP and UDP, unfragmented; no ICMP error translation; conntrack entries age out of
@@ -191,6 +194,18 @@ static __always_inline int apply(struct __sk_buff *skb, struct pkt *p, struct sl
 	return SLUICE_TC_PASS;
 }
 
+/* Is saddr in one of the source ranges of frontend svc_id? */
+static __always_inline int src_allowed(__u32 svc_id, __be32 saddr)
+{
+	struct sluice_srcrange_key key = {
+		.prefixlen = SLUICE_SRCRANGE_SVC_BITS + 32,
+		.svc_id = svc_id,
+		.addr = saddr,
+	};
+
+	return bpf_map_lookup_elem(&sluice_srcrange_v1, &key) != NULL;
+}
+
 /* A new flow to an EXT frontend: choose a backend, create both conntrack entries, translate. */
 static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p,
 				    struct sluice_config *cfg)
@@ -213,6 +228,8 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p,
 	if (p->t.proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
 		return SLUICE_TC_PASS;
+	if ((svc->flags & SLUICE_SVC_SRC_RANGES) && !src_allowed(svc->svc_id, p->t.saddr))
+		return TC_ACT_SHOT;
 	if (svc->count == 0)
 		return TC_ACT_SHOT;
 	be = select_backend(p->t.daddr, p->t.dport, p->t.proto, SLUICE_SCOPE_EXT, svc,

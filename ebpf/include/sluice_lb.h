@@ -29,6 +29,9 @@
  *                        backend.
  *   sluice_ct_v1        LRU_HASH  sluice_ct_key -> sluice_ct_val (tc NodePort conntrack)
  *   sluice_config_v1    ARRAY[1]  __u32 0 -> sluice_config (tc NodePort node configuration)
+ *   sluice_srcrange_v1  LPM_TRIE  sluice_srcrange_key -> __u32 (1)
+ *                        loadBalancerSourceRanges of the EXT frontends flagged
+ *                        SLUICE_SVC_SRC_RANGES, keyed by their svc_id (BPF_F_NO_PREALLOC).
  */
 #ifndef SLUICE_LB_H
 #define SLUICE_LB_H
@@ -43,6 +46,8 @@
 #define SLUICE_SVC_AFFINITY 0x1  /* sessionAffinity ClientIP */
 #define SLUICE_SVC_NODEPORT 0x2  /* frontend is nodeIP:nodePort */
 #define SLUICE_SVC_EXT_LOCAL 0x4 /* externalTrafficPolicy Local (tc: keep client address, no SNAT) */
+#define SLUICE_SVC_SRC_RANGES 0x8 /* EXT LB IP with loadBalancerSourceRanges: a new flow whose
+				   * source is in no sluice_srcrange_v1 range of svc_id is dropped */
 
 /* sluice_backend.flags. */
 #define SLUICE_BACKEND_LOCAL 0x1 /* backend is on this node */
@@ -166,6 +171,21 @@ struct sluice_config {
 	__u32 pad;
 };
 
+/*
+ * One allowed source range of a frontend, sluice_srcrange_v1 (LPM trie). The trie matches the
+ * bytes after prefixlen: all 32 bits of svc_id (host order; always matched in full, so its
+ * byte order does not matter), then the first (prefixlen - 32) bits of the address. An entry
+ * for 192.0.2.0/24 of svc 7 is {32 + 24, 7, 192.0.2.0}; the program looks up
+ * {32 + 32, svc_id, saddr}.
+ */
+#define SLUICE_SRCRANGE_SVC_BITS 32
+
+struct sluice_srcrange_key {
+	__u32 prefixlen; /* SLUICE_SRCRANGE_SVC_BITS + address prefix length */
+	__u32 svc_id;
+	__be32 addr;     /* the range's network address (host bits zero) */
+};
+
 #define SLUICE_SVC_MAP "sluice_svc_v1"
 #define SLUICE_BACKEND_MAP "sluice_backend_v1"
 #define SLUICE_REVNAT_MAP "sluice_revnat_v1"
@@ -173,6 +193,7 @@ struct sluice_config {
 #define SLUICE_UDPFLOW_MAP "sluice_udpflow_v1"
 #define SLUICE_CT_MAP "sluice_ct_v1"
 #define SLUICE_CONFIG_MAP "sluice_config_v1"
+#define SLUICE_SRCRANGE_MAP "sluice_srcrange_v1"
 
 #define SLUICE_ASSERT_LAYOUT(type, size) \
 	_Static_assert(sizeof(type) == (size), #type " size is part of the map ABI")
@@ -251,5 +272,10 @@ SLUICE_ASSERT_OFFSET(struct sluice_config, node_ip4, 0);
 SLUICE_ASSERT_OFFSET(struct sluice_config, ext_ifindex, 4);
 SLUICE_ASSERT_OFFSET(struct sluice_config, snat_port_min, 8);
 SLUICE_ASSERT_OFFSET(struct sluice_config, snat_port_max, 10);
+
+SLUICE_ASSERT_LAYOUT(struct sluice_srcrange_key, 12);
+SLUICE_ASSERT_OFFSET(struct sluice_srcrange_key, prefixlen, 0);
+SLUICE_ASSERT_OFFSET(struct sluice_srcrange_key, svc_id, 4);
+SLUICE_ASSERT_OFFSET(struct sluice_srcrange_key, addr, 8);
 
 #endif /* SLUICE_LB_H */

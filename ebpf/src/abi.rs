@@ -27,6 +27,9 @@ pub const SVC_AFFINITY: u8 = 0x1;
 pub const SVC_NODEPORT: u8 = 0x2;
 /// `SvcVal::flags`: externalTrafficPolicy Local (tc keeps the client address, no SNAT).
 pub const SVC_EXT_LOCAL: u8 = 0x4;
+/// `SvcVal::flags` (EXT scope): an LB IP with `loadBalancerSourceRanges`; a new flow from a
+/// source in none of the front end's `sluice_srcrange_v1` ranges is dropped.
+pub const SVC_SRC_RANGES: u8 = 0x8;
 
 /// `Backend::flags`: the backend runs on this node.
 pub const BACKEND_LOCAL: u8 = 0x1;
@@ -63,8 +66,10 @@ pub const UDPFLOW_MAP: &str = "sluice_udpflow_v1";
 pub const CT_MAP: &str = "sluice_ct_v1";
 /// tc NodePort node configuration (one entry, index 0).
 pub const CONFIG_MAP: &str = "sluice_config_v1";
+/// Allowed source ranges of front ends with [`SVC_SRC_RANGES`] (LPM trie).
+pub const SRCRANGE_MAP: &str = "sluice_srcrange_v1";
 /// Every map, in a stable order.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 8] = [
     SVC_MAP,
     BACKEND_MAP,
     REVNAT_MAP,
@@ -72,7 +77,11 @@ pub const ALL_MAPS: [&str; 7] = [
     UDPFLOW_MAP,
     CT_MAP,
     CONFIG_MAP,
+    SRCRANGE_MAP,
 ];
+
+/// The bits of `SrcRangeKey::svc_id` the trie matches before the address (always all of them).
+pub const SRCRANGE_SVC_BITS: u32 = 32;
 
 /// A short protocol name for text output (`tcp`, `udp`, `sctp`, else the number).
 pub fn proto_name(proto: u8) -> String {
@@ -307,6 +316,71 @@ pub struct Config {
     pub pad: u32,
 }
 
+/// `struct sluice_srcrange_key`: one allowed source range of a front end in
+/// `sluice_srcrange_v1` (value: `u32` 1). The trie matches `svc_id` in full, then the first
+/// `prefixlen - 32` bits of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcRangeKey {
+    /// [`SRCRANGE_SVC_BITS`] plus the address prefix length.
+    pub prefixlen: u32,
+    /// The front end's `svc_id`.
+    pub svc_id: u32,
+    /// The range's network address, network order (host bits zero).
+    pub addr_be: [u8; 4],
+}
+
+impl SrcRangeKey {
+    /// The key of range `addr/prefix` of front end `svc_id` (host bits of `addr` cleared).
+    pub fn new(svc_id: u32, addr: Ipv4Addr, prefix: u8) -> Self {
+        let prefix = prefix.min(32);
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        };
+        Self {
+            prefixlen: SRCRANGE_SVC_BITS + u32::from(prefix),
+            svc_id,
+            addr_be: (u32::from(addr) & mask).to_be_bytes(),
+        }
+    }
+    /// The range's network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.addr_be)
+    }
+    /// The range's prefix length (0..=32).
+    pub fn prefix(&self) -> u8 {
+        self.prefixlen.saturating_sub(SRCRANGE_SVC_BITS).min(32) as u8
+    }
+    /// The part after `prefixlen`, as aya's `lpm_trie::Key` wants it.
+    pub fn data(&self) -> SrcRangeData {
+        SrcRangeData {
+            svc_id: self.svc_id,
+            addr_be: self.addr_be,
+        }
+    }
+    /// From aya's `lpm_trie::Key` parts.
+    pub fn from_parts(prefixlen: u32, data: SrcRangeData) -> Self {
+        Self {
+            prefixlen,
+            svc_id: data.svc_id,
+            addr_be: data.addr_be,
+        }
+    }
+}
+
+/// [`SrcRangeKey`] without `prefixlen`: the data part of aya's `lpm_trie::Key`, which adds
+/// the `u32` prefix length in front (same bytes as the C struct).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcRangeData {
+    /// The front end's `svc_id`.
+    pub svc_id: u32,
+    /// Network address, network order.
+    pub addr_be: [u8; 4],
+}
+
 // SAFETY: all of these are #[repr(C)], consist only of integers and byte arrays, and have
 // explicit padding fields, so every bit pattern is valid and there are no uninitialised bytes.
 unsafe impl aya::Pod for SvcKey {}
@@ -321,6 +395,8 @@ unsafe impl aya::Pod for UdpflowVal {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtVal {}
 unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for SrcRangeKey {}
+unsafe impl aya::Pod for SrcRangeData {}
 
 /// The C struct name, size and member offsets of every mirrored struct, for the BTF test and
 /// the compile-time checks below. (name, size, [(member, offset)]).
@@ -455,6 +531,15 @@ pub const LAYOUTS: &[Layout] = &[
             ("pad", offset_of!(Config, pad)),
         ],
     ),
+    (
+        "sluice_srcrange_key",
+        size_of::<SrcRangeKey>(),
+        &[
+            ("prefixlen", offset_of!(SrcRangeKey, prefixlen)),
+            ("svc_id", offset_of!(SrcRangeKey, svc_id)),
+            ("addr", offset_of!(SrcRangeKey, addr_be)),
+        ],
+    ),
 ];
 
 // The sizes and key offsets the header's _Static_asserts pin, checked here at compile time.
@@ -488,6 +573,12 @@ const _: () = {
     assert!(offset_of!(CtVal, svc_id) == 16);
     assert!(size_of::<Config>() == 16);
     assert!(offset_of!(Config, snat_port_min) == 8);
+    assert!(size_of::<SrcRangeKey>() == 12);
+    assert!(offset_of!(SrcRangeKey, svc_id) == 4);
+    assert!(offset_of!(SrcRangeKey, addr_be) == 8);
+    // aya's lpm_trie::Key<SrcRangeData> is `{ u32 prefix_len; SrcRangeData data }`, packed.
+    assert!(size_of::<aya::maps::lpm_trie::Key<SrcRangeData>>() == size_of::<SrcRangeKey>());
+    assert!(size_of::<SrcRangeData>() == 8);
 };
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! (e.g. `/sys/fs/bpf/sluice/<node>`):
 //!
 //! ```text
-//! <pin_dir>/sluice_svc_v1 ... sluice_config_v1   the maps (abi::ALL_MAPS)
+//! <pin_dir>/sluice_svc_v1 ... sluice_srcrange_v1 the maps (abi::ALL_MAPS)
 //! <pin_dir>/links/sluice_connect4 ...            one bpf_link per attached program
 //! <pin_dir>/links/nodeport_ingress, nodeport_egress
 //! ```
@@ -14,7 +14,8 @@
 //! # Restart
 //!
 //! A restarted agent calls [`Loader::load`] again: every map that is already pinned is opened
-//! instead of created, so services, backends, affinity and conntrack state survive. The fresh
+//! instead of created, so services, backends, affinity and conntrack state survive (a map that
+//! is not pinned yet, e.g. one an older build did not have, is created and pinned). The fresh
 //! program instances reference those same maps. [`Loader::attach_cgroup`] and
 //! [`Loader::attach_tc`] then find the pinned links and, when a link still points at the same
 //! cgroup (or interface) and hook, replace its program in place with `BPF_LINK_UPDATE`: the
@@ -67,6 +68,9 @@ pub struct MapSizes {
     pub udpflow: u32,
     /// `sluice_ct_v1` (LRU): two entries per NodePort flow.
     pub ct: u32,
+    /// `sluice_srcrange_v1` (LPM trie, not preallocated): one entry per source range of each
+    /// load-balancer IP front end.
+    pub srcrange: u32,
 }
 
 impl Default for MapSizes {
@@ -78,12 +82,13 @@ impl Default for MapSizes {
             affinity: 65_536,
             udpflow: 65_536,
             ct: 65_536,
+            srcrange: 65_536,
         }
     }
 }
 
 impl MapSizes {
-    fn entries(&self) -> [(&'static str, u32); 6] {
+    fn entries(&self) -> [(&'static str, u32); 7] {
         [
             (abi::SVC_MAP, self.svc),
             (abi::BACKEND_MAP, self.backend),
@@ -91,6 +96,7 @@ impl MapSizes {
             (abi::AFFINITY_MAP, self.affinity),
             (abi::UDPFLOW_MAP, self.udpflow),
             (abi::CT_MAP, self.ct),
+            (abi::SRCRANGE_MAP, self.srcrange),
         ]
     }
 }
@@ -172,6 +178,11 @@ fn expected_layout(map: &str) -> (MapType, u32, u32) {
             sz(size_of::<abi::CtVal>()),
         ),
         abi::CONFIG_MAP => (MapType::Array, 4, sz(size_of::<Config>())),
+        abi::SRCRANGE_MAP => (
+            MapType::LpmTrie,
+            sz(size_of::<abi::SrcRangeKey>()),
+            sz(size_of::<u32>()),
+        ),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -599,6 +610,7 @@ pub fn verify_programs() -> Result<()> {
         affinity: 16,
         udpflow: 16,
         ct: 16,
+        srcrange: 16,
     };
     for (object, bytes) in programs::OBJECTS {
         drop(load_object(object, bytes, None, &small)?);

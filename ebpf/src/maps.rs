@@ -12,6 +12,10 @@
 //!   slot refers to any more.
 //!
 //! A program that still hits a missing slot or backend leaves the connection untouched.
+//!
+//! Source ranges (`sluice_srcrange_v1`) of a front end flagged [`abi::SVC_SRC_RANGES`] are
+//! written before the slot 0 that sets the flag, and removed only after it no longer needs
+//! them (rewritten without them, or deleted).
 
 use std::{
     fmt::Write as _,
@@ -19,10 +23,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{
+    lpm_trie::{Key as LpmKey, LpmTrie},
+    Array, HashMap, Map, MapData, MapError,
+};
 
 use crate::{
-    abi::{self, Backend, Config, SvcKey, SvcVal},
+    abi::{self, Backend, Config, SrcRangeData, SrcRangeKey, SvcKey, SvcVal},
     error::{Error, Result},
 };
 
@@ -32,6 +39,7 @@ pub struct Maps {
     svc: HashMap<MapData, SvcKey, SvcVal>,
     backend: HashMap<MapData, u32, Backend>,
     config: Array<MapData, Config>,
+    srcrange: LpmTrie<MapData, SrcRangeData, u32>,
 }
 
 fn open_map(pin_dir: &Path, name: &'static str) -> Result<Map> {
@@ -72,12 +80,14 @@ fn flag_names(flags: u8) -> String {
         (abi::SVC_AFFINITY, "affinity"),
         (abi::SVC_NODEPORT, "nodeport"),
         (abi::SVC_EXT_LOCAL, "ext-local"),
+        (abi::SVC_SRC_RANGES, "src-ranges"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
     .map(|(_, name)| name)
     .collect();
-    let unknown = flags & !(abi::SVC_AFFINITY | abi::SVC_NODEPORT | abi::SVC_EXT_LOCAL);
+    let unknown =
+        flags & !(abi::SVC_AFFINITY | abi::SVC_NODEPORT | abi::SVC_EXT_LOCAL | abi::SVC_SRC_RANGES);
     match (names.is_empty(), unknown) {
         (true, 0) => "none".into(),
         (_, 0) => names.join(","),
@@ -95,11 +105,14 @@ impl Maps {
             .map_err(|e| Error::map(abi::BACKEND_MAP, "layout", e))?;
         let config = Array::try_from(open_map(pin_dir, abi::CONFIG_MAP)?)
             .map_err(|e| Error::map(abi::CONFIG_MAP, "layout", e))?;
+        let srcrange = LpmTrie::try_from(open_map(pin_dir, abi::SRCRANGE_MAP)?)
+            .map_err(|e| Error::map(abi::SRCRANGE_MAP, "layout", e))?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             svc,
             backend,
             config,
+            srcrange,
         })
     }
 
@@ -144,6 +157,46 @@ impl Maps {
         collect(self.backend.iter(), abi::BACKEND_MAP)
     }
 
+    /// Allow source range `addr/prefix` for front end `svc_id` (host bits of `addr` are
+    /// cleared).
+    pub fn put_srcrange(&mut self, svc_id: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let key = SrcRangeKey::new(svc_id, addr, prefix);
+        self.srcrange
+            .insert(&LpmKey::new(key.prefixlen, key.data()), 1, 0)
+            .map_err(|e| Error::map(abi::SRCRANGE_MAP, format!("put {}", srcrange_text(&key)), e))
+    }
+
+    /// Remove source range `addr/prefix` of front end `svc_id` (exact entry; no error if
+    /// absent).
+    pub fn delete_srcrange(&mut self, svc_id: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let key = SrcRangeKey::new(svc_id, addr, prefix);
+        ignore_missing(
+            self.srcrange
+                .remove(&LpmKey::new(key.prefixlen, key.data())),
+        )
+        .map_err(|e| {
+            Error::map(
+                abi::SRCRANGE_MAP,
+                format!("delete {}", srcrange_text(&key)),
+                e,
+            )
+        })
+    }
+
+    /// Every source range, sorted by service id, address and prefix length.
+    pub fn iter_srcranges(&self) -> Result<Vec<SrcRangeKey>> {
+        let mut out = Vec::new();
+        for item in self.srcrange.iter() {
+            match item {
+                Ok((k, _)) => out.push(SrcRangeKey::from_parts(k.prefix_len(), k.data())),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(Error::map(abi::SRCRANGE_MAP, "iterate", e)),
+            }
+        }
+        out.sort_by_key(|k| (k.svc_id, k.addr(), k.prefixlen));
+        Ok(out)
+    }
+
     /// The tc NodePort configuration (all zero when tc was never attached).
     pub fn config(&self) -> Result<Config> {
         self.config
@@ -165,6 +218,7 @@ impl Maps {
     /// svc 10.96.0.10:80/tcp sock slot=0 count=2 id=7 flags=affinity timeout=10800
     /// svc 10.96.0.10:80/tcp sock slot=1 backend=12
     /// backend 12 10.244.1.5:8080/tcp local
+    /// srcrange id=9 192.0.2.0/24
     /// config node=192.168.1.5 ifindex=2 snat=40000-49999
     /// ```
     pub fn dump_text(&self) -> Result<String> {
@@ -201,6 +255,9 @@ impl Maps {
                 }
             );
         }
+        for key in self.iter_srcranges()? {
+            let _ = writeln!(out, "srcrange {}", srcrange_text(&key));
+        }
         let config = self.config()?;
         if config.node_ip4_be != [0; 4] {
             let _ = writeln!(
@@ -230,4 +287,9 @@ fn svc_key_text(key: &SvcKey) -> String {
         abi::proto_name(key.proto),
         key.slot
     )
+}
+
+/// `id=9 192.0.2.0/24`.
+fn srcrange_text(key: &SrcRangeKey) -> String {
+    format!("id={} {}/{}", key.svc_id, key.addr(), key.prefix())
 }

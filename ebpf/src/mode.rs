@@ -17,7 +17,7 @@ use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use crate::abi;
 use crate::loader::{self, LoadOptions, Loader, TcConfig};
 use crate::maps::Maps;
-use crate::plan::{self, Backend, BackendAddr, Current, Frontend, Model, Op, SvcVal};
+use crate::plan::{self, Backend, BackendAddr, Current, Frontend, Model, Op, SrcRange, SvcVal};
 use crate::sockdestroy;
 
 /// The mode's name (`--proxy-mode ebpf`).
@@ -186,7 +186,7 @@ fn ensure_bpffs(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the pinned service and backend maps as the planner sees them.
+/// Reads the pinned service, backend and source range maps as the planner sees them.
 pub fn read_current(maps: &Maps) -> crate::Result<Current> {
     let mut c = Current::default();
     for (k, v) in maps.iter_svc()? {
@@ -215,6 +215,9 @@ pub fn read_current(maps: &Maps) -> crate::Result<Current> {
             flags: b.flags,
         };
         c.insert_backend(id, backend);
+    }
+    for k in maps.iter_srcranges()? {
+        c.insert_src_range(k.svc_id, SrcRange::new(k.addr(), k.prefix()));
     }
     Ok(c)
 }
@@ -252,6 +255,8 @@ pub fn write(maps: &mut Maps, op: &Op) -> crate::Result<()> {
         ),
         Op::DeleteSvc { frontend, slot } => maps.delete_svc(&svc_key(frontend, *slot)),
         Op::DeleteBackend { id } => maps.delete_backend(*id),
+        Op::PutSrcRange { svc_id, net } => maps.put_srcrange(*svc_id, net.addr, net.prefix),
+        Op::DeleteSrcRange { svc_id, net } => maps.delete_srcrange(*svc_id, net.addr, net.prefix),
     }
 }
 

@@ -8,6 +8,12 @@
 //! shrinking front end gets its new count before its surplus slots go; a removed front end
 //! loses its slot 0 before its slots; backends nothing points at any more go last.
 //!
+//! `loadBalancerSourceRanges` (the EXT front ends of load-balancer IPs, flagged
+//! [`FLAG_SRC_RANGES`]) follow the same rule: a front end's ranges are written before the slot
+//! 0 that sets the flag, and ranges it no longer has are removed only after its slot 0 was
+//! rewritten (or, for a front end that goes, deleted), so a flagged slot 0 never lacks one of
+//! its ranges.
+//!
 //! Identities are stable: a backend keeps its id (and a front end its service id, which the
 //! reverse-NAT and affinity entries carry) for as long as it exists, across syncs and across
 //! agent restarts (the planner starts from what the pinned maps hold), so a sync never
@@ -33,6 +39,9 @@ pub const FLAG_AFFINITY: u8 = abi::SVC_AFFINITY;
 pub const FLAG_NODEPORT: u8 = abi::SVC_NODEPORT;
 /// `externalTrafficPolicy: Local` (tc: keep the client address; no backend → drop).
 pub const FLAG_EXT_LOCAL: u8 = abi::SVC_EXT_LOCAL;
+/// A load-balancer IP with `loadBalancerSourceRanges` (EXT scope only): tc drops a new flow
+/// from a source outside the front end's ranges.
+pub const FLAG_SRC_RANGES: u8 = abi::SVC_SRC_RANGES;
 
 /// IP protocol numbers the programs compare with.
 pub fn proto_number(p: Protocol) -> u8 {
@@ -90,6 +99,41 @@ impl fmt::Display for BackendAddr {
     }
 }
 
+/// An allowed IPv4 source range (`loadBalancerSourceRanges`), host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SrcRange {
+    /// Network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub prefix: u8,
+}
+
+impl SrcRange {
+    const MIN: SrcRange = SrcRange {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+    const MAX: SrcRange = SrcRange {
+        addr: Ipv4Addr::BROADCAST,
+        prefix: u8::MAX,
+    };
+
+    /// `addr/prefix` with the host bits of `addr` cleared.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        let k = abi::SrcRangeKey::new(0, addr, prefix);
+        Self {
+            addr: k.addr(),
+            prefix: k.prefix(),
+        }
+    }
+}
+
+impl fmt::Display for SrcRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// A backend map entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
@@ -124,6 +168,9 @@ pub struct Want {
     pub affinity_timeout: u32,
     /// Its backends, in slot order.
     pub backends: Vec<BackendAddr>,
+    /// Allowed source ranges, sorted (non-empty exactly when `flags` has
+    /// [`FLAG_SRC_RANGES`]).
+    pub src_ranges: Vec<SrcRange>,
 }
 
 /// The maps' desired contents, by address (ids are the planner's business).
@@ -175,7 +222,9 @@ fn addrs(eps: &[Arc<Endpoint>], proto: u8) -> Vec<(BackendAddr, bool)> {
 ///   short-circuited to the cluster path, as kube-proxy does for pods, so an
 ///   `externalTrafficPolicy: Local` service works from any node;
 /// * traffic from outside the node to those uses the external policy's set, flagged
-///   [`FLAG_EXT_LOCAL`] when Local.
+///   [`FLAG_EXT_LOCAL`] when Local; from outside to a load-balancer IP, only from the
+///   service's `loadBalancerSourceRanges` when it has (IPv4) ones ([`FLAG_SRC_RANGES`]).
+///   In-node clients are not filtered (see `docs/ebpf.md`).
 pub fn service_frontends(
     svc: &ServicePort,
     eps: &[Arc<Endpoint>],
@@ -211,7 +260,27 @@ pub fn service_frontends(
     } else {
         0
     };
-    let mut put = |addr: Ipv4Addr, port: u16, scope: u8, flags: u8, set: &[(BackendAddr, bool)]| {
+    let mut ranges: Vec<SrcRange> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter_map(|net| match net.network() {
+            IpAddr::V4(a) => Some(SrcRange::new(a, net.prefix_len())),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    ranges.sort();
+    ranges.dedup();
+    let lb_flag = if ranges.is_empty() {
+        0
+    } else {
+        FLAG_SRC_RANGES
+    };
+    let mut put = |addr: Ipv4Addr,
+                   port: u16,
+                   scope: u8,
+                   flags: u8,
+                   set: &[(BackendAddr, bool)],
+                   src_ranges: &[SrcRange]| {
         for (b, is_local) in set {
             let f = out.backends.entry(*b).or_insert(0);
             if *is_local {
@@ -229,20 +298,32 @@ pub fn service_frontends(
                 flags: flags | affinity,
                 affinity_timeout: timeout,
                 backends: set.iter().map(|(b, _)| *b).collect(),
+                src_ranges: src_ranges.to_vec(),
             },
         );
     };
     for ip in v4(&svc.cluster_ips) {
-        put(ip, svc.port, SCOPE_SOCK, 0, internal);
+        put(ip, svc.port, SCOPE_SOCK, 0, internal, &[]);
     }
-    for ip in v4(&svc.external_ips).chain(v4(&svc.load_balancer_ips)) {
-        put(ip, svc.port, SCOPE_SOCK, 0, short_circuit);
-        put(ip, svc.port, SCOPE_EXT, ext_flag, external);
+    for ip in v4(&svc.external_ips) {
+        put(ip, svc.port, SCOPE_SOCK, 0, short_circuit, &[]);
+        put(ip, svc.port, SCOPE_EXT, ext_flag, external, &[]);
+    }
+    for ip in v4(&svc.load_balancer_ips) {
+        put(ip, svc.port, SCOPE_SOCK, 0, short_circuit, &[]);
+        put(
+            ip,
+            svc.port,
+            SCOPE_EXT,
+            ext_flag | lb_flag,
+            external,
+            &ranges,
+        );
     }
     if let Some(np) = svc.node_port {
         for ip in &cfg.node_ips {
-            put(*ip, np, SCOPE_SOCK, FLAG_NODEPORT, short_circuit);
-            put(*ip, np, SCOPE_EXT, FLAG_NODEPORT | ext_flag, external);
+            put(*ip, np, SCOPE_SOCK, FLAG_NODEPORT, short_circuit, &[]);
+            put(*ip, np, SCOPE_EXT, FLAG_NODEPORT | ext_flag, external, &[]);
         }
     }
 }
@@ -288,6 +369,20 @@ pub enum Op {
         /// Its id.
         id: u32,
     },
+    /// Allow a source range for the front end with service id `svc_id`.
+    PutSrcRange {
+        /// The front end's service id.
+        svc_id: u32,
+        /// The range.
+        net: SrcRange,
+    },
+    /// Remove a source range of the front end with service id `svc_id`.
+    DeleteSrcRange {
+        /// The front end's service id.
+        svc_id: u32,
+        /// The range.
+        net: SrcRange,
+    },
 }
 
 impl fmt::Display for Op {
@@ -324,6 +419,8 @@ impl fmt::Display for Op {
             ),
             Op::DeleteSvc { frontend, slot } => write!(f, "delete svc {frontend} slot {slot}"),
             Op::DeleteBackend { id } => write!(f, "delete backend {id}"),
+            Op::PutSrcRange { svc_id, net } => write!(f, "put srcrange id={svc_id} {net}"),
+            Op::DeleteSrcRange { svc_id, net } => write!(f, "delete srcrange id={svc_id} {net}"),
         }
     }
 }
@@ -334,6 +431,9 @@ fn write_flags(f: &mut fmt::Formatter<'_>, flags: u8, timeout: u32) -> fmt::Resu
     }
     if flags & FLAG_EXT_LOCAL != 0 {
         f.write_str(" ext-local")?;
+    }
+    if flags & FLAG_SRC_RANGES != 0 {
+        f.write_str(" src-ranges")?;
     }
     if flags & FLAG_AFFINITY != 0 {
         write!(f, " affinity={timeout}s")?;
@@ -352,6 +452,8 @@ pub struct Current {
     by_addr: BTreeMap<BackendAddr, BTreeSet<u32>>,
     /// Service ids of slot-0 entries → how many front ends use them.
     svc_ids: BTreeMap<u32, u32>,
+    /// Source ranges by service id.
+    src_ranges: BTreeSet<(u32, SrcRange)>,
 }
 
 impl Current {
@@ -363,6 +465,23 @@ impl Current {
     /// Backend map entries by id.
     pub fn backends(&self) -> &BTreeMap<u32, Backend> {
         &self.backends
+    }
+
+    /// Source range entries, by (service id, range).
+    pub fn src_ranges(&self) -> &BTreeSet<(u32, SrcRange)> {
+        &self.src_ranges
+    }
+
+    /// Records a source range entry (as read from the map).
+    pub fn insert_src_range(&mut self, svc_id: u32, net: SrcRange) {
+        self.src_ranges.insert((svc_id, net));
+    }
+
+    /// The source ranges of service id `svc_id`.
+    fn ranges_of(&self, svc_id: u32) -> impl Iterator<Item = SrcRange> + '_ {
+        self.src_ranges
+            .range((svc_id, SrcRange::MIN)..=(svc_id, SrcRange::MAX))
+            .map(|(_, n)| *n)
     }
 
     /// Records a service map entry (as read from the map).
@@ -416,6 +535,10 @@ impl Current {
             } => self.insert_svc(*frontend, *slot, *val),
             Op::DeleteSvc { frontend, slot } => self.remove_svc(*frontend, *slot),
             Op::DeleteBackend { id } => self.remove_backend(*id),
+            Op::PutSrcRange { svc_id, net } => self.insert_src_range(*svc_id, *net),
+            Op::DeleteSrcRange { svc_id, net } => {
+                self.src_ranges.remove(&(*svc_id, *net));
+            }
         }
     }
 
@@ -465,7 +588,7 @@ pub fn plan(want: &Desired, current: &Current) -> Vec<Op> {
     frontends.extend(current.svc.keys().map(|(f, _)| *f));
     let mut backends: BTreeSet<BackendAddr> = want.backends.keys().copied().collect();
     backends.extend(current.by_addr.keys().copied());
-    plan_some(want, current, &frontends, &backends)
+    plan_inner(want, current, &frontends, &backends, true)
 }
 
 /// [`plan`] limited to `frontends` and `backends` (those a partial update touched, see
@@ -476,6 +599,18 @@ pub fn plan_some(
     current: &Current,
     frontends: &BTreeSet<Frontend>,
     backends: &BTreeSet<BackendAddr>,
+) -> Vec<Op> {
+    plan_inner(want, current, frontends, backends, false)
+}
+
+/// [`plan_some`]; `sweep` also removes source ranges of service ids no front end has (left by
+/// a crash between writes), which only a full plan looks for.
+fn plan_inner(
+    want: &Desired,
+    current: &Current,
+    frontends: &BTreeSet<Frontend>,
+    backends: &BTreeSet<BackendAddr>,
+    sweep: bool,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
 
@@ -518,16 +653,18 @@ pub fn plan_some(
         })
     };
 
-    // 2. Front ends: slots, then the count, then surplus slots.
+    // 2. Front ends: slots and source ranges, then the count, then surplus slots and ranges.
     let mut svc_ids = Ids::new();
     for frontend in frontends {
         let Some(w) = want.frontends.get(frontend) else {
             continue;
         };
         let master = current.svc.get(&(*frontend, 0));
-        let svc_id = master
-            .map(|m| m.svc_id)
-            .unwrap_or_else(|| svc_ids.take(|id| current.svc_ids.contains_key(&id)));
+        let svc_id = master.map(|m| m.svc_id).unwrap_or_else(|| {
+            svc_ids.take(|id| {
+                current.svc_ids.contains_key(&id) || current.ranges_of(id).next().is_some()
+            })
+        });
         for (i, b) in w.backends.iter().enumerate() {
             let slot = i as u32 + 1;
             let val = SvcVal {
@@ -541,6 +678,11 @@ pub fn plan_some(
                     slot,
                     val,
                 });
+            }
+        }
+        for net in &w.src_ranges {
+            if !current.src_ranges.contains(&(svc_id, *net)) {
+                ops.push(Op::PutSrcRange { svc_id, net: *net });
             }
         }
         let val = SvcVal {
@@ -564,6 +706,11 @@ pub fn plan_some(
                 slot,
             });
         }
+        for net in current.ranges_of(svc_id) {
+            if !w.src_ranges.contains(&net) {
+                ops.push(Op::DeleteSrcRange { svc_id, net });
+            }
+        }
     }
 
     // 3. Front ends that go: the count first, so no lookup follows it into removed slots.
@@ -571,7 +718,8 @@ pub fn plan_some(
         if want.frontends.contains_key(frontend) || !current.has_frontend(*frontend) {
             continue;
         }
-        if current.svc.contains_key(&(*frontend, 0)) {
+        let master = current.svc.get(&(*frontend, 0));
+        if master.is_some() {
             ops.push(Op::DeleteSvc {
                 frontend: *frontend,
                 slot: 0,
@@ -582,6 +730,25 @@ pub fn plan_some(
                 frontend: *frontend,
                 slot,
             });
+        }
+        // Its ranges, unless another front end shares the id (only after a crash).
+        if let Some(m) = master.filter(|m| current.svc_ids.get(&m.svc_id) == Some(&1)) {
+            for net in current.ranges_of(m.svc_id) {
+                ops.push(Op::DeleteSrcRange {
+                    svc_id: m.svc_id,
+                    net,
+                });
+            }
+        }
+    }
+    if sweep {
+        for (svc_id, net) in &current.src_ranges {
+            if !current.svc_ids.contains_key(svc_id) {
+                ops.push(Op::DeleteSrcRange {
+                    svc_id: *svc_id,
+                    net: *net,
+                });
+            }
         }
     }
 

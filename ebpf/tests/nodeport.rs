@@ -3,7 +3,9 @@
 //! Two fresh network namespaces joined by a veth pair: "node" (`ext0`, 192.168.77.1/24, a
 //! local backend 10.250.1.1 on `lo`) and "outside" (`out0`, the client 192.168.77.2 and two
 //! remote backends 192.168.77.3 and .4). The programs are attached to `ext0`; everything runs
-//! on threads that joined one of the namespaces.
+//! on threads that joined one of the namespaces. A load-balancer IP with
+//! `loadBalancerSourceRanges` is modelled by an EXT front end on the node address (any
+//! address the node receives will do) flagged `SVC_SRC_RANGES`.
 //!
 //! Not root / no `ip`: prints `SKIP: <reason>` and passes, unless `SLUICE_REQUIRE_ALL=1`.
 
@@ -197,6 +199,38 @@ fn udp_client(ns: &str, target: SocketAddrV4, n: usize) -> Vec<String> {
     .unwrap()
 }
 
+/// A UDP socket created in netns `ns` (it stays there whichever thread uses it).
+fn udp_socket_in(ns: &str) -> UdpSocket {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        enter_netns(&ns);
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+/// One datagram to `target` and its answer (`<payload>`), or `timeout`.
+fn udp_ask(s: &UdpSocket, target: SocketAddrV4) -> String {
+    s.send_to(b"ping", target).unwrap();
+    let mut buf = [0u8; 128];
+    match s.recv_from(&mut buf) {
+        Ok((len, _)) => String::from_utf8_lossy(&buf[..len]).into_owned(),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            "timeout".into()
+        }
+        Err(e) => format!("err {:?}", e.kind()),
+    }
+}
+
+fn dropped(answers: &[String]) -> bool {
+    answers
+        .iter()
+        .all(|a| a == "err TimedOut" || a == "err WouldBlock")
+}
+
 /// Write a NodePort front end on the node's address, as traffic from outside sees it.
 fn put_ext_service(
     maps: &mut Maps,
@@ -348,14 +382,22 @@ fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
     let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 22222), 1);
     assert_eq!(parse_saw(&answers[0]).1, CLIENT, "{answers:?}");
 
-    assert!(maps
-        .dump_text()
-        .unwrap()
-        .contains("config node=192.168.77.1 ifindex="));
+    source_ranges(&mut maps, outside);
+    planned_source_ranges(&mut maps, outside);
+
+    let dump = maps.dump_text().unwrap();
+    assert!(dump.contains("config node=192.168.77.1 ifindex="), "{dump}");
+    assert!(
+        dump.contains("svc 192.168.77.1:30090/tcp ext slot=0 count=1 id=7 flags=src-ranges\n"),
+        "{dump}"
+    );
+    assert!(dump.contains("srcrange id=7 192.168.77.0/30\n"), "{dump}");
 
     // Restart: same links (programs replaced in place), maps and conntrack kept.
     drop(maps);
     drop(loader);
+    // As if the pins came from a build without the source range map: it is created.
+    std::fs::remove_file(pin_dir.join(abi::SRCRANGE_MAP)).unwrap();
     let mut loader = Loader::load(opts).expect("reload");
     loader.attach_tc("ext0", &config).expect("re-attach");
     let again = sluice_ebpf::attached_links(None, Some("ext0")).unwrap();
@@ -369,6 +411,20 @@ fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
         answers.iter().all(|a| parse_saw(a).1 == NODE_IP),
         "{answers:?}"
     );
+    // The new (empty) source range map is the one the programs use: the flagged front end
+    // drops until its range is written again.
+    assert!(pin_dir.join(abi::SRCRANGE_MAP).exists());
+    let mut maps = loader.maps().unwrap();
+    assert!(maps.iter_srcranges().unwrap().is_empty());
+    let lb = SocketAddrV4::new(NODE_IP, 30090);
+    assert!(dropped(&tcp_client(outside, lb, 1)));
+    maps.put_srcrange(7, CLIENT, 30).unwrap();
+    let answers = tcp_client(outside, lb, 2);
+    assert!(
+        answers.iter().all(|a| parse_saw(a).1 == CLIENT),
+        "{answers:?}"
+    );
+    drop(maps);
 
     // detach_all: nothing translated any more (nothing listens on 30080: refused).
     sluice_ebpf::detach_all(pin_dir, None, Some("ext0")).unwrap();
@@ -377,4 +433,221 @@ fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
         .is_empty());
     let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 1);
     assert_eq!(answers, vec!["err ConnectionRefused".to_string()]);
+}
+
+/// `loadBalancerSourceRanges`: a flagged EXT front end answers new flows only from its ranges;
+/// established flows are not checked again; unflagged front ends ignore the ranges.
+fn source_ranges(maps: &mut Maps, outside: &str) {
+    let tcp = abi::IPPROTO_TCP;
+    let udp = abi::IPPROTO_UDP;
+    // svc 7: TCP to the local backend (DNAT only, the backend sees the client); svc 8: UDP to
+    // the remote echo server. Both flagged, not NodePorts.
+    put_frontend(
+        maps,
+        NODE_IP,
+        30090,
+        tcp,
+        abi::SCOPE_EXT,
+        7,
+        abi::SVC_SRC_RANGES,
+        &[3],
+    );
+    put_frontend(
+        maps,
+        NODE_IP,
+        30091,
+        udp,
+        abi::SCOPE_EXT,
+        8,
+        abi::SVC_SRC_RANGES,
+        &[5],
+    );
+    let lb = SocketAddrV4::new(NODE_IP, 30090);
+    let lb_udp = SocketAddrV4::new(NODE_IP, 30091);
+
+    // Flagged without any range: nothing is allowed. Dropped, not refused.
+    assert!(dropped(&tcp_client(outside, lb, 1)));
+
+    // Ranges that leave the client (192.168.77.2) out, including a neighbour /31 and a range of
+    // another front end that would allow it.
+    maps.put_srcrange(7, Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    maps.put_srcrange(7, Ipv4Addr::new(192, 168, 77, 128), 25)
+        .unwrap();
+    maps.put_srcrange(7, Ipv4Addr::new(192, 168, 77, 4), 31)
+        .unwrap();
+    maps.put_srcrange(9, CLIENT, 32).unwrap();
+    let answers = tcp_client(outside, lb, 2);
+    assert!(dropped(&answers), "{answers:?}");
+    // The NodePort to the same backend, not flagged, is unaffected.
+    for a in tcp_client(outside, SocketAddrV4::new(NODE_IP, 30081), 2) {
+        let (backend, peer, _) = parse_saw(&a);
+        assert_eq!((backend.as_str(), peer), ("10.250.1.1", CLIENT), "{a}");
+    }
+
+    // A range that holds the client (host bits in the address are cleared): answered.
+    maps.put_srcrange(7, Ipv4Addr::new(192, 168, 77, 3), 30)
+        .unwrap();
+    let answers = tcp_client(outside, lb, 3);
+    for a in &answers {
+        assert_eq!(parse_saw(a).1, CLIENT, "{answers:?}");
+    }
+    // The other ranges go; the client's stays.
+    maps.delete_srcrange(7, Ipv4Addr::new(10, 0, 0, 0), 8)
+        .unwrap();
+    maps.delete_srcrange(7, Ipv4Addr::new(192, 168, 77, 128), 25)
+        .unwrap();
+    maps.delete_srcrange(7, Ipv4Addr::new(192, 168, 77, 4), 31)
+        .unwrap();
+    maps.delete_srcrange(9, CLIENT, 32).unwrap();
+    maps.delete_srcrange(9, CLIENT, 32).unwrap(); // absent: no error
+    assert_eq!(
+        maps.iter_srcranges()
+            .unwrap()
+            .iter()
+            .map(|k| (k.svc_id, k.addr(), k.prefix()))
+            .collect::<Vec<_>>(),
+        vec![(7, Ipv4Addr::new(192, 168, 77, 0), 30)]
+    );
+    assert_eq!(parse_saw(&tcp_client(outside, lb, 1)[0]).1, CLIENT);
+
+    // UDP: a flow that started while allowed keeps going after its range is removed (its
+    // conntrack entry is not checked again); a new flow (another source port) is dropped.
+    maps.put_srcrange(8, CLIENT, 32).unwrap();
+    let flow = udp_socket_in(outside);
+    let first = udp_ask(&flow, lb_udp);
+    assert!(
+        first.starts_with("192.168.77.3 saw 192.168.77.1:"),
+        "{first}"
+    );
+    maps.delete_srcrange(8, CLIENT, 32).unwrap();
+    let again = udp_ask(&flow, lb_udp);
+    assert_eq!(
+        again, first,
+        "the established flow keeps its SNAT port and backend"
+    );
+    let other = udp_socket_in(outside);
+    assert_eq!(udp_ask(&other, lb_udp), "timeout");
+}
+
+/// The planner and the mode's map writer/reader on the real maps: a LoadBalancer service whose
+/// LB IP is the node address, with source ranges that change. Only partial plans, so the front
+/// ends written by hand above stay.
+fn planned_source_ranges(maps: &mut Maps, outside: &str) {
+    use sluice_ebpf::mode::{read_current, write};
+    use sluice_ebpf::plan::{self, Model};
+    use sluice_proxy::model::{
+        Endpoint, EndpointsMap, Protocol, ServicePort, ServicePortMap, ServicePortName,
+    };
+    use std::sync::Arc;
+
+    // A backend of its own (10.250.1.1:8081), so no backend of the hand-written services is
+    // touched.
+    let l = TcpListener::bind(SocketAddrV4::new(LOCAL, 8081)).unwrap();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let peer = conn.peer_addr().unwrap();
+            let _ = conn.write_all(format!("10.250.1.1 saw {peer}").as_bytes());
+        }
+    });
+    let cfg = plan::Config {
+        node_name: "node".into(),
+        node_ips: vec![NODE_IP],
+    };
+    let name = ServicePortName::new("default", "lb", "http", Protocol::Tcp);
+    let model_of = |ranges: &[&str]| {
+        let mut svc =
+            ServicePort::cluster_ip(Ipv4Addr::new(10, 96, 5, 5).into(), 30095, Protocol::Tcp);
+        svc.load_balancer_ips = vec![NODE_IP.into()];
+        svc.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+        let mut ep = Endpoint::ready(LOCAL.into(), 8081);
+        ep.is_local = true;
+        ep.node_name = Some("node".into());
+        let mut s = ServicePortMap::new();
+        let mut e = EndpointsMap::new();
+        s.insert(name.clone(), Arc::new(svc));
+        e.insert(name.clone(), vec![Arc::new(ep)]);
+        (s, e)
+    };
+    let mut model = Model::default();
+    let mut sync = |ranges: Option<&[&str]>, maps: &mut Maps| -> String {
+        let (s, e) = match ranges {
+            Some(r) => model_of(r),
+            None => (ServicePortMap::new(), EndpointsMap::new()),
+        };
+        let mut current = read_current(maps).unwrap();
+        let touched = model.update([&name], &s, &e, &cfg, &BTreeMap::new());
+        let ops = plan::plan_some(
+            model.desired(),
+            &current,
+            &touched.frontends,
+            &touched.backends,
+        );
+        for op in &ops {
+            write(maps, op).unwrap();
+            current.apply(op);
+        }
+        // What the maps hold now is what the planner believes, and nothing is left to do.
+        let reread = read_current(maps).unwrap();
+        assert_eq!(reread, current);
+        assert!(plan::plan_some(
+            model.desired(),
+            &reread,
+            &touched.frontends,
+            &touched.backends
+        )
+        .is_empty());
+        ops.iter().map(|o| format!("{o}\n")).collect()
+    };
+    let lb = SocketAddrV4::new(NODE_IP, 30095);
+
+    let ops = sync(Some(&["10.0.0.0/8"]), maps);
+    let range = ops.find("put srcrange id=").expect(&ops);
+    let flag = ops
+        .find("192.168.77.1:30095/tcp ext slot 0 count=1")
+        .expect(&ops);
+    assert!(
+        range < flag && ops[flag..].lines().next().unwrap().ends_with(" src-ranges"),
+        "{ops}"
+    );
+    let answers = tcp_client(outside, lb, 2);
+    assert!(dropped(&answers), "{answers:?}");
+
+    // The client's network added and the other range removed: answered, client address kept
+    // (local backend).
+    let ops = sync(Some(&["192.168.77.0/24"]), maps);
+    assert!(
+        ops.contains("delete srcrange") && !ops.contains("put svc"),
+        "{ops}"
+    );
+    for a in tcp_client(outside, lb, 3) {
+        let (backend, peer, _) = parse_saw(&a);
+        assert_eq!((backend.as_str(), peer), ("10.250.1.1", CLIENT), "{a}");
+    }
+
+    // No ranges: the flag goes, everyone is answered.
+    let ops = sync(Some(&[]), maps);
+    let flag = ops
+        .find("192.168.77.1:30095/tcp ext slot 0 count=1")
+        .expect(&ops);
+    let range = ops.find("delete srcrange id=").expect(&ops);
+    assert!(
+        flag < range && !ops[flag..].lines().next().unwrap().ends_with(" src-ranges"),
+        "{ops}"
+    );
+    assert_eq!(parse_saw(&tcp_client(outside, lb, 1)[0]).1, CLIENT);
+
+    // The service goes, with its front ends; nothing of it is left in the range map.
+    sync(Some(&["10.0.0.0/8"]), maps);
+    let ops = sync(None, maps);
+    assert!(ops.contains("delete srcrange"), "{ops}");
+    assert!(maps
+        .iter_srcranges()
+        .unwrap()
+        .iter()
+        .all(|k| k.addr() != Ipv4Addr::new(10, 0, 0, 0)));
+    assert_eq!(
+        tcp_client(outside, lb, 1),
+        vec!["err ConnectionRefused".to_string()]
+    );
 }

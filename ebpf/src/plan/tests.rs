@@ -33,13 +33,80 @@ fn consistent(c: &Current) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies `ops` one at a time, checking consistency after each.
-fn apply_checked(c: &mut Current, ops: &[Op]) {
+/// Ranges a flagged slot 0 relies on: its service id and the sets of ranges of which one
+/// must be present in full.
+type Promises = BTreeMap<Frontend, (u32, Vec<Vec<SrcRange>>)>;
+
+/// Every flagged slot 0 finds all the ranges of one of the sets it was promised.
+fn ranges_kept(c: &Current, promised: &Promises) -> Result<(), String> {
+    for (f, (id, sets)) in promised {
+        let full = |nets: &Vec<SrcRange>| {
+            !nets.is_empty() && nets.iter().all(|n| c.src_ranges.contains(&(*id, *n)))
+        };
+        if !sets.iter().any(full) {
+            let have: Vec<SrcRange> = c.ranges_of(*id).collect();
+            return Err(format!(
+                "{f}: flagged slot 0 of id {id} has ranges {have:?}, needs all of one of {sets:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies `ops` (planned towards `want`) one at a time, checking after each that every lookup
+/// finds what it needs ([`consistent`]) and that a slot 0 flagged [`FLAG_SRC_RANGES`] never
+/// exists while its ranges are missing: a slot 0 the ops do not rewrite always has all of the
+/// ranges it started with or all of the want's (a changed set is added before the old one
+/// goes); one written with the flag has all of the want's from that moment on.
+fn apply_checked(c: &mut Current, ops: &[Op], want: &Desired) {
+    let wanted = |f: &Frontend| -> Vec<SrcRange> {
+        want.frontends
+            .get(f)
+            .map(|w| w.src_ranges.clone())
+            .unwrap_or_default()
+    };
+    let mut promised: Promises = c
+        .svc
+        .iter()
+        .filter(|((_, s), v)| *s == 0 && v.flags & FLAG_SRC_RANGES != 0)
+        .map(|((f, _), v)| {
+            let before = c.ranges_of(v.svc_id).collect();
+            (*f, (v.svc_id, vec![before, wanted(f)]))
+        })
+        .collect();
     for op in ops {
         c.apply(op);
-        if let Err(e) = consistent(c) {
+        match op {
+            Op::PutSvc {
+                frontend,
+                slot: 0,
+                val,
+            } => {
+                promised.remove(frontend);
+                if val.flags & FLAG_SRC_RANGES != 0 {
+                    promised.insert(*frontend, (val.svc_id, vec![wanted(frontend)]));
+                }
+            }
+            Op::DeleteSvc { frontend, slot: 0 } => {
+                promised.remove(frontend);
+            }
+            _ => {}
+        }
+        if let Err(e) = consistent(c).and_then(|()| ranges_kept(c, &promised)) {
             panic!("after `{op}`: {e}\nops:\n{}", text(ops));
         }
+    }
+}
+
+/// No source range is left for a service id no slot 0 has.
+fn no_stray_ranges(c: &Current) -> Result<(), String> {
+    match c
+        .src_ranges
+        .iter()
+        .find(|(id, _)| !c.svc_ids.contains_key(id))
+    {
+        Some((id, net)) => Err(format!("range {net} of id {id} has no front end")),
+        None => Ok(()),
     }
 }
 
@@ -58,6 +125,7 @@ fn seen(c: &Current) -> BTreeMap<Frontend, Want> {
                     flags: v.flags,
                     affinity_timeout: v.affinity_timeout,
                     backends,
+                    src_ranges: c.ranges_of(v.svc_id).collect(),
                 },
             )
         })
@@ -90,7 +158,7 @@ fn every_scenario_lands_and_a_second_plan_is_empty() {
         let want = want_of(&s, &e);
         let mut c = Current::default();
         let ops = plan(&want, &c);
-        apply_checked(&mut c, &ops);
+        apply_checked(&mut c, &ops, &want);
         assert_eq!(seen(&c), want.frontends, "{name}");
         assert!(plan(&want, &c).is_empty(), "{name}: not idempotent");
     }
@@ -102,12 +170,14 @@ fn moving_between_any_two_scenarios_is_ordered_and_exact() {
     for (from, s1, e1) in &all {
         for (to, s2, e2) in &all {
             let mut c = Current::default();
-            let ops = plan(&want_of(s1, e1), &c);
-            apply_checked(&mut c, &ops);
+            let first = want_of(s1, e1);
+            let ops = plan(&first, &c);
+            apply_checked(&mut c, &ops, &first);
             let want = want_of(s2, e2);
             let ops = plan(&want, &c);
-            apply_checked(&mut c, &ops);
+            apply_checked(&mut c, &ops, &want);
             assert_eq!(seen(&c), want.frontends, "{from} → {to}");
+            no_stray_ranges(&c).unwrap_or_else(|e| panic!("{from} → {to}: {e}"));
             // Nothing is left behind: no orphan slot, no unused backend.
             let used: BTreeSet<u32> = c
                 .svc
@@ -182,25 +252,28 @@ fn an_endpoint_change_touches_only_its_entries_and_ids_stay() {
         e.extend(e1);
     }
     let mut c = Current::default();
-    let ops = plan(&want_of(&s, &e), &c);
-    apply_checked(&mut c, &ops);
+    let want = want_of(&s, &e);
+    let ops = plan(&want, &c);
+    apply_checked(&mut c, &ops, &want);
     let before = c.clone();
 
     // b's second endpoint is replaced by a new one.
     let key = ServicePortName::new("default", "b", "http", Protocol::Tcp);
     e.insert(key.clone(), eps(&["10.244.1.1", "10.244.1.9"]));
-    let ops = plan(&want_of(&s, &e), &c);
+    let want = want_of(&s, &e);
+    let ops = plan(&want, &c);
     assert_eq!(
         text(&ops),
         "put backend 7 10.244.1.9:8080/tcp\n\
          put svc 10.96.0.2:80/tcp sock slot 2 backend=7 id=2\n\
          delete backend 4\n"
     );
-    apply_checked(&mut c, &ops);
+    apply_checked(&mut c, &ops, &want);
 
     // b loses an endpoint: the count shrinks before the slot goes.
     e.insert(key.clone(), eps(&["10.244.1.9"]));
-    let ops = plan(&want_of(&s, &e), &c);
+    let want = want_of(&s, &e);
+    let ops = plan(&want, &c);
     assert_eq!(
         text(&ops),
         "put svc 10.96.0.2:80/tcp sock slot 1 backend=7 id=2\n\
@@ -208,13 +281,14 @@ fn an_endpoint_change_touches_only_its_entries_and_ids_stay() {
          delete svc 10.96.0.2:80/tcp sock slot 2\n\
          delete backend 3\n"
     );
-    apply_checked(&mut c, &ops);
+    apply_checked(&mut c, &ops, &want);
 
     // Back to where it started: other services' entries were never rewritten, and b's front
     // end kept its id.
     e.insert(key, eps(&["10.244.1.1", "10.244.1.2"]));
-    let ops = plan(&want_of(&s, &e), &c);
-    apply_checked(&mut c, &ops);
+    let want = want_of(&s, &e);
+    let ops = plan(&want, &c);
+    apply_checked(&mut c, &ops, &want);
     for f in ["10.96.0.1", "10.96.0.3"] {
         let f = Frontend {
             addr: f.parse().unwrap(),
@@ -235,7 +309,7 @@ fn a_restarted_agent_reconciles_from_the_maps_without_rewrites() {
     let want = want_of(&s, &e);
     let mut c = Current::default();
     let ops = plan(&want, &c);
-    apply_checked(&mut c, &ops);
+    apply_checked(&mut c, &ops, &want);
     // The maps as a new agent reads them back: same contents, so nothing to do.
     let reread = c.clone();
     assert!(plan(&want, &reread).is_empty());
@@ -278,14 +352,15 @@ fn partial_updates_land_where_full_plans_do() {
             let mut c = Current::default();
             let mut model = Model::build(s1, e1, &cfg(), &BTreeMap::new());
             let ops = plan(model.desired(), &c);
-            apply_checked(&mut c, &ops);
+            apply_checked(&mut c, &ops, model.desired());
             // The same service ("web") changes from one scenario into the other; a bystander
             // service that does not change is never touched.
             let ports = model.changed_ports(&changes_of(&["web"]), s2);
             let touched = model.update(&ports, s2, e2, &cfg(), &BTreeMap::new());
             let ops = plan_some(model.desired(), &c, &touched.frontends, &touched.backends);
             assert_eq!(ops, plan(model.desired(), &c), "{from} → {to}");
-            apply_checked(&mut c, &ops);
+            apply_checked(&mut c, &ops, model.desired());
+            no_stray_ranges(&c).unwrap_or_else(|e| panic!("{from} → {to}: {e}"));
             assert_eq!(model.desired(), &want_of(s2, e2), "{from} → {to}");
             assert_eq!(seen(&c), want_of(s2, e2).frontends, "{from} → {to}");
             assert!(plan(model.desired(), &c).is_empty(), "{from} → {to}");
@@ -311,7 +386,7 @@ fn a_partial_update_plans_only_the_changed_service() {
     let mut c = Current::default();
     let mut model = Model::build(&s, &e, &cfg(), &BTreeMap::new());
     let ops = plan(model.desired(), &c);
-    apply_checked(&mut c, &ops);
+    apply_checked(&mut c, &ops, model.desired());
     // s7 loses the shared backend and gets a new one; s9 goes away entirely.
     let key = ServicePortName::new("default", "s7", "http", Protocol::Tcp);
     e.insert(key, eps(&["10.244.0.7", "10.244.8.8"]));
@@ -332,7 +407,7 @@ fn a_partial_update_plans_only_the_changed_service() {
          delete svc 10.96.1.9:80/tcp sock slot 2\n\
          delete backend 10\n"
     );
-    apply_checked(&mut c, &ops);
+    apply_checked(&mut c, &ops, model.desired());
     assert_eq!(seen(&c), want_of(&s, &e).frontends);
     // The shared backend stays for the 48 services still using it.
     assert!(c.by_addr.contains_key(&BackendAddr {
@@ -340,4 +415,128 @@ fn a_partial_update_plans_only_the_changed_service() {
         port: 8080,
         proto: 6
     }));
+}
+
+/// `web` as in the `lb_source_ranges` scenario, with these source ranges.
+fn web_with_ranges(ranges: &[&str]) -> (ServicePortMap, EndpointsMap) {
+    one(
+        "web",
+        ServicePort {
+            load_balancer_source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            ..scenarios::load_balancer(false)
+        },
+        vec![ep("10.244.2.1", false)],
+    )
+}
+
+#[test]
+fn source_ranges_go_only_to_the_external_lb_front_end() {
+    let (s, e) = web_with_ranges(&["192.0.2.77/24", "192.0.2.0/24", "2001:db8::/32"]);
+    let want = want_of(&s, &e);
+    let lb: Ipv4Addr = scenarios::LB_IP.parse().unwrap();
+    for (f, w) in &want.frontends {
+        if f.addr == lb && f.scope == SCOPE_EXT {
+            // Host bits cleared, duplicates merged, IPv6 left out.
+            assert_eq!(
+                w.src_ranges,
+                vec![SrcRange::new("192.0.2.0".parse().unwrap(), 24)]
+            );
+            assert_eq!(w.flags & FLAG_SRC_RANGES, FLAG_SRC_RANGES);
+        } else {
+            assert!(w.src_ranges.is_empty(), "{f}");
+            assert_eq!(w.flags & FLAG_SRC_RANGES, 0, "{f}");
+        }
+    }
+    // Only IPv6 ranges: nothing to enforce for IPv4.
+    let (s, e) = web_with_ranges(&["2001:db8::/32"]);
+    assert!(want_of(&s, &e)
+        .frontends
+        .values()
+        .all(|w| w.flags & FLAG_SRC_RANGES == 0 && w.src_ranges.is_empty()));
+}
+
+#[test]
+fn source_ranges_are_written_before_the_flag_and_removed_after_it() {
+    let lb_ext = "203.0.113.10:80/tcp ext";
+    let mut c = Current::default();
+    let (s, e) = web_with_ranges(&["192.0.2.0/24"]);
+    let mut model = Model::build(&s, &e, &cfg(), &BTreeMap::new());
+    let ops = plan(model.desired(), &c);
+    apply_checked(&mut c, &ops, model.desired());
+    // Each step as a partial sync of `web`, which must plan what a full plan does.
+    let mut step = |ranges: &[&str], c: &mut Current| -> String {
+        let (s, e) = web_with_ranges(ranges);
+        let ports = model.changed_ports(&changes_of(&["web"]), &s);
+        let touched = model.update(&ports, &s, &e, &cfg(), &BTreeMap::new());
+        let ops = plan_some(model.desired(), c, &touched.frontends, &touched.backends);
+        assert_eq!(ops, plan(model.desired(), c), "{ranges:?}");
+        apply_checked(c, &ops, model.desired());
+        assert_eq!(seen(c), want_of(&s, &e).frontends, "{ranges:?}");
+        text(&ops)
+    };
+    // A range more: written, the slot 0 stays.
+    assert_eq!(
+        step(&["192.0.2.0/24", "198.51.100.77/25"], &mut c),
+        "put srcrange id=7 198.51.100.0/25\n"
+    );
+    // Replaced: the new one first, the old ones after.
+    assert_eq!(
+        step(&["10.0.0.0/8"], &mut c),
+        "put srcrange id=7 10.0.0.0/8\n\
+         delete srcrange id=7 192.0.2.0/24\n\
+         delete srcrange id=7 198.51.100.0/25\n"
+    );
+    // No ranges any more: the flag goes first, then the range.
+    assert_eq!(
+        step(&[], &mut c),
+        format!(
+            "put svc {lb_ext} slot 0 count=1 id=7\n\
+             delete srcrange id=7 10.0.0.0/8\n"
+        )
+    );
+    // And back: the range first, then the flag.
+    assert_eq!(
+        step(&["10.0.0.0/8"], &mut c),
+        format!(
+            "put srcrange id=7 10.0.0.0/8\n\
+             put svc {lb_ext} slot 0 count=1 id=7 src-ranges\n"
+        )
+    );
+    // The service goes: its ranges go after its slot 0.
+    let none = (ServicePortMap::new(), EndpointsMap::new());
+    let ports = model.changed_ports(&changes_of(&["web"]), &none.0);
+    let touched = model.update(&ports, &none.0, &none.1, &cfg(), &BTreeMap::new());
+    let ops = plan_some(model.desired(), &c, &touched.frontends, &touched.backends);
+    assert_eq!(ops, plan(model.desired(), &c));
+    let t = text(&ops);
+    let slot0 = t.find(&format!("delete svc {lb_ext} slot 0\n")).unwrap();
+    let range = t.find("delete srcrange id=7 10.0.0.0/8\n").unwrap();
+    assert!(slot0 < range, "{t}");
+    apply_checked(&mut c, &ops, model.desired());
+    assert_eq!(c, Current::default());
+}
+
+#[test]
+fn stray_source_ranges_are_swept_and_their_ids_not_reused() {
+    let (s, e) = web_with_ranges(&["192.0.2.0/24"]);
+    let want = want_of(&s, &e);
+    let mut c = Current::default();
+    // Left by a crash: ranges of id 1 (which a new front end would otherwise get) and of 99.
+    let stray = SrcRange::new("10.1.0.0".parse().unwrap(), 16);
+    c.insert_src_range(1, stray);
+    c.insert_src_range(99, stray);
+    let ops = plan(&want, &c);
+    apply_checked(&mut c, &ops, &want);
+    assert_eq!(seen(&c), want.frontends);
+    no_stray_ranges(&c).unwrap();
+    let t = text(&ops);
+    assert!(t.contains("delete srcrange id=1 10.1.0.0/16\n"), "{t}");
+    assert!(t.contains("delete srcrange id=99 10.1.0.0/16\n"), "{t}");
+    assert!(!t.contains(" id=1\n"), "id 1 still had ranges: {t}");
+    // A partial plan leaves strays alone (it only looks at what changed).
+    let mut c2 = Current::default();
+    c2.insert_src_range(99, stray);
+    let all: BTreeSet<Frontend> = want.frontends.keys().copied().collect();
+    let ops = plan_some(&want, &c2, &all, &want.backends.keys().copied().collect());
+    assert!(!text(&ops).contains("id=99"));
 }
