@@ -10,14 +10,16 @@
 //! `cni-latency` times CNI ADD/DEL of `sluice-cni` against the reference `bridge` plugin
 //! (see `cni_latency.rs`); `pod-network` runs netperf between pods of a 2-node `sluice-lab`
 //! (see `pod_network.rs`); `service` compares pod → pod direct, through a Service's
-//! ClusterIP and through HAProxy on the node (see `service.rs`); `scale` times the iptables
-//! mode's first full sync and one endpoint change at 1,000 and 10,000 services, measured on the
-//! kernel's rules, and reads the agent's RSS (see `scale.rs`); `endpointslices` times the
+//! ClusterIP and through HAProxy on the node, with the CPU per connection, for one or several
+//! proxy modes (see `service.rs`); `scale` times a proxy mode's (iptables, nftables, ebpf) first
+//! full sync and one endpoint change at 1,000 and 10,000 services, measured on the kernel's
+//! rules or maps, and reads the agent's RSS (see `scale.rs`); `endpointslices` times the
 //! EndpointSlice controller with many Pods and selector Services in one namespace (see
 //! `endpointslices.rs`); `deployments` times the Deployment/ReplicaSet controllers and the
 //! scheduler from Deployment creates to every pod bound on registered nodes (see
 //! `deployments.rs`).
 
+mod bpfget;
 mod cni_latency;
 mod conn_flood;
 mod deployments;
@@ -103,18 +105,36 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// netperf TCP_CRR / TCP_RR / TCP_STREAM pod → pod directly, through a Service (the lab's
-    /// proxy mode) and through HAProxy on the node, interleaved; ratios of direct.
+    /// proxy mode) and through HAProxy on the node, interleaved; ratios of direct and CPU per
+    /// connection; one fresh lab per proxy mode.
     Service {
-        /// The lab's proxy mode (`sluice-lab up --proxy-mode`).
-        #[arg(long, default_value = "iptables")]
-        mode: String,
-        /// Interleaved rounds.
-        #[arg(long, default_value_t = 5)]
+        /// One proxy mode (`sluice-lab up --proxy-mode`); the same as `--modes MODE`.
+        #[arg(long, conflicts_with = "modes")]
+        mode: Option<String>,
+        /// Proxy modes, each on a fresh lab, one after the other (default: iptables).
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Interleaved rounds (per mode and step).
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
         /// Seconds per netperf run.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
-        /// Write the JSON result here too.
+        /// netperf tests.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "TCP_CRR,TCP_RR,TCP_STREAM"
+        )]
+        tests: Vec<String>,
+        /// Steps of other Services present (selector-less, 5 made-up endpoints each), created
+        /// between the steps; the measurements are repeated at each.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        extra_services: Vec<usize>,
+        /// Leave out the HAProxy path.
+        #[arg(long)]
+        no_haproxy: bool,
+        /// Write the JSON result here too (after every mode).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -202,9 +222,9 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// iptables-mode rule programming at scale: agent start → all services in the kernel,
-    /// EndpointSlice update → new endpoint's rules in the kernel, and the agent's RSS; a fresh
-    /// 1-node lab per service count.
+    /// Rule programming at scale (iptables, nftables or ebpf mode): agent start → all services
+    /// in the kernel, EndpointSlice update → new endpoint's rules (map entries) in the kernel,
+    /// and the agent's RSS; a fresh 1-node lab per service count.
     Scale {
         /// Proxy mode under test.
         #[arg(long, value_enum, default_value = "iptables")]
@@ -754,10 +774,26 @@ async fn main() -> anyhow::Result<()> {
         } => pod_network::run(rounds, seconds, out),
         Cmd::Service {
             mode,
+            modes,
             rounds,
             seconds,
+            tests,
+            extra_services,
+            no_haproxy,
             out,
-        } => service::run(&mode, rounds, seconds, out),
+        } => service::run(service::Opts {
+            modes: match (mode, modes.is_empty()) {
+                (Some(m), _) => vec![m],
+                (None, true) => vec!["iptables".to_string()],
+                (None, false) => modes,
+            },
+            rounds,
+            seconds,
+            tests,
+            extra_services,
+            haproxy: !no_haproxy,
+            out,
+        }),
         Cmd::Scale {
             mode,
             services,

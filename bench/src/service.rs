@@ -1,23 +1,46 @@
 //! `service`: netperf TCP_CRR / TCP_RR / TCP_STREAM from a pod to one backend pod, directly,
 //! through a Service's ClusterIP (the lab's proxy mode), and through HAProxy on the node (the
-//! userspace peer), interleaved, as ratios of direct (method and results: docs/benchmarks.md).
+//! userspace peer), interleaved, as ratios of direct, with the CPU each path costs per
+//! connection (transaction, megabyte) (method and results: docs/benchmarks.md).
 //!
-//! `sluice-lab up --nodes 2 --proxy-mode MODE`; a `netserver` pod on n2 labelled `app=netperf`
-//! (the Service's only backend, so netperf's control and data connections reach the same
-//! server); a Service `netperf` with ports 12865 (control) and 15000 (data); a client pod on
-//! n1 with `tcp_tw_reuse=1` and a wide `ip_local_port_range`. Each path has its own server
-//! data port (direct 15001, service 15000, HAProxy 16001) so a NATed or proxied SYN never
-//! lands on a TIME_WAIT tuple left by another path. `conntrack -F` in both node namespaces
-//! before every run. The lab (and HAProxy) are brought down at the end, also on error.
+//! Per proxy mode (`--modes iptables,nftables,ebpf`, each on a fresh lab, one after the other;
+//! `--mode M` is `--modes M`): `sluice-lab up --nodes 2 --proxy-mode MODE`; a `netserver` pod
+//! on n2 labelled `app=netperf` (the Service's only backend, so netperf's control and data
+//! connections reach the same server); a Service `netperf` with ports 12865 (control) and 15000
+//! (data); a client pod on n1 with `tcp_tw_reuse=1` and a wide `ip_local_port_range`. Each path
+//! has its own server data port (direct 15001, service 15000, HAProxy 16001) so a NATed or
+//! proxied SYN never lands on a TIME_WAIT tuple left by another path. `conntrack -F` in both
+//! node namespaces before every run. The lab (and HAProxy) are brought down at the end, also on
+//! error.
+//!
+//! CPU: before and after every netperf run, `usage_usec` of `cpu.stat` in the cgroup v2
+//! directories of the client pod (netperf runs there: `sluice-lab exec` joins it), the server
+//! pod, both node cgroups (which contain the pods), HAProxy's own cgroup, the agents' utime +
+//! stime (`/proc/PID/stat`; the userspace mode proxies in the agent) and the system-wide busy
+//! and softirq time of `/proc/stat`; each delta divided by the run's transactions (TCP_CRR: one
+//! connection each; throughput × netperf's elapsed time) or megabytes (TCP_STREAM). Softirq
+//! work (the veth hops, NAT, conntrack) is charged to whatever task the CPU was running, which
+//! on this lab is mostly the sender's, so it lands in the pods' cgroups but not always.
+//!
+//! `--extra-services 0,1000,10000`: the same runs (usually `--tests TCP_CRR`) with that many
+//! other selector-less Services present, each with an EndpointSlice of 5 made-up ready
+//! endpoints (10.250.0.0/16), created between the steps (API client inside n1's namespace) and
+//! waited for in both nodes' dataplanes (iptables: `iptables-save -t nat` dispatch rules;
+//! nftables: `service-ips` elements by netlink; ebpf: each service's slot 0 in the pinned
+//! `sluice_svc_v1` with count 5), then until the agents are idle.
 
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
 
-use crate::pod_network::{median, parse_netperf, spread, Lab, Sample};
+use crate::pod_network::{median, spread, Lab};
 use crate::{percentile, r3, sorted};
 
 const CONTROL_PORT: u16 = 12865;
@@ -33,6 +56,24 @@ const HAPROXY_DATA_PORT: u16 = 16001;
 
 const TESTS: [&str; 3] = ["TCP_CRR", "TCP_RR", "TCP_STREAM"];
 const PATHS: [&str; 3] = ["direct", "service", "haproxy"];
+
+/// Where cgroup v2 is mounted on this machine kind (as `sluice-lab` assumes).
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
+/// Name prefix of the `--extra-services` Services.
+const EXTRA_PREFIX: &str = "extra-";
+/// Ready endpoints per extra Service.
+const EXTRA_EPS: usize = 5;
+
+/// Options of `sluice-bench service`.
+pub struct Opts {
+    pub modes: Vec<String>,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub tests: Vec<String>,
+    pub extra_services: Vec<usize>,
+    pub haproxy: bool,
+    pub out: Option<PathBuf>,
+}
 
 /// Where one path's netperf goes: host, control port, server data port.
 #[derive(Clone, Debug)]
@@ -81,7 +122,146 @@ fn netns(ns: &str, cmd: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).to_string())
 }
 
-fn netperf(lab: &Lab, to: &Target, test: &str, seconds: u64) -> anyhow::Result<Sample> {
+/// CPU time (µs) of the parts a run is charged to, read before and after it.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuSnap {
+    client: f64,
+    server: f64,
+    n1: f64,
+    n2: f64,
+    haproxy: f64,
+    agents: f64,
+    system_busy: f64,
+    system_softirq: f64,
+}
+
+impl CpuSnap {
+    fn minus(&self, b: &CpuSnap) -> CpuSnap {
+        CpuSnap {
+            client: self.client - b.client,
+            server: self.server - b.server,
+            n1: self.n1 - b.n1,
+            n2: self.n2 - b.n2,
+            haproxy: self.haproxy - b.haproxy,
+            agents: self.agents - b.agents,
+            system_busy: self.system_busy - b.system_busy,
+            system_softirq: self.system_softirq - b.system_softirq,
+        }
+    }
+}
+
+/// The cgroups and processes [`CpuSnap`] reads.
+struct CpuProbe {
+    client: PathBuf,
+    server: PathBuf,
+    n1: PathBuf,
+    n2: PathBuf,
+    haproxy: Option<PathBuf>,
+    agents: Vec<i32>,
+    hz: f64,
+}
+
+/// `usage_usec` of a cgroup v2 directory's `cpu.stat` (0 if unreadable).
+fn cgroup_usage_us(dir: &Path) -> f64 {
+    std::fs::read_to_string(dir.join("cpu.stat"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// utime + stime of a process, in µs (0 if gone).
+fn proc_cpu_us(pid: i32, hz: f64) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = s.rfind(')').map(|p| &s[p + 1..]) else {
+        return 0.0;
+    };
+    // Fields after the command: state is field 3, utime 14, stime 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) * 1e6 / hz
+}
+
+/// System-wide busy (all but idle and iowait) and softirq time of `/proc/stat`, in µs.
+fn system_us(hz: f64) -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice (guest is in user).
+    let get = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    (busy * 1e6 / hz, get(6) * 1e6 / hz)
+}
+
+impl CpuProbe {
+    fn snap(&self) -> CpuSnap {
+        let (system_busy, system_softirq) = system_us(self.hz);
+        CpuSnap {
+            client: cgroup_usage_us(&self.client),
+            server: cgroup_usage_us(&self.server),
+            n1: cgroup_usage_us(&self.n1),
+            n2: cgroup_usage_us(&self.n2),
+            haproxy: self.haproxy.as_deref().map_or(0.0, cgroup_usage_us),
+            agents: self.agents.iter().map(|&p| proc_cpu_us(p, self.hz)).sum(),
+            system_busy,
+            system_softirq,
+        }
+    }
+}
+
+/// One netperf run: throughput (trans/s or 10^6 bit/s), netperf's elapsed time, RR latency
+/// (µs) and the CPU charged during it.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    throughput: f64,
+    elapsed_s: f64,
+    mean_latency_us: Option<f64>,
+    p99_latency_us: Option<f64>,
+    cpu: CpuSnap,
+}
+
+impl Run {
+    /// Transactions (CRR: connections) or megabytes (STREAM) in the run.
+    fn units(&self, test: &str) -> f64 {
+        if test == "TCP_STREAM" {
+            self.throughput * self.elapsed_s / 8.0
+        } else {
+            self.throughput * self.elapsed_s
+        }
+    }
+}
+
+/// Reads the last CSV line of `-o THROUGHPUT,THROUGHPUT_UNITS,ELAPSED_TIME[,MEAN_LATENCY,
+/// P99_LATENCY]`.
+fn parse_run(stdout: &str) -> anyhow::Result<Run> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(','))
+        .with_context(|| format!("netperf output: {stdout:?}"))?;
+    let f: Vec<&str> = line.split(',').map(str::trim).collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Ok(Run {
+        throughput: num(0).with_context(|| format!("netperf output: {line:?}"))?,
+        elapsed_s: num(2).with_context(|| format!("netperf elapsed time: {line:?}"))?,
+        mean_latency_us: num(3),
+        p99_latency_us: num(4),
+        cpu: CpuSnap::default(),
+    })
+}
+
+fn netperf(lab: &Lab, to: &Target, test: &str, seconds: u64) -> anyhow::Result<Run> {
     let secs = seconds.to_string();
     let ctl = to.control.to_string();
     let data = format!(",{}", to.data);
@@ -90,9 +270,9 @@ fn netperf(lab: &Lab, to: &Target, test: &str, seconds: u64) -> anyhow::Result<S
     ];
     let sel = if test == "TCP_RR" {
         args.push("-j");
-        "THROUGHPUT,THROUGHPUT_UNITS,MEAN_LATENCY,P99_LATENCY"
+        "THROUGHPUT,THROUGHPUT_UNITS,ELAPSED_TIME,MEAN_LATENCY,P99_LATENCY"
     } else {
-        "THROUGHPUT,THROUGHPUT_UNITS"
+        "THROUGHPUT,THROUGHPUT_UNITS,ELAPSED_TIME"
     };
     // `-P ,PORT` after `--`: the remote data port only (a local one would break CRR).
     args.extend_from_slice(&["--", "-P", &data, "-o", sel]);
@@ -108,7 +288,7 @@ fn netperf(lab: &Lab, to: &Target, test: &str, seconds: u64) -> anyhow::Result<S
             String::from_utf8_lossy(&o.stderr).trim()
         );
     }
-    parse_netperf(&stdout)
+    parse_run(&stdout)
 }
 
 /// Runs netperf (1 s TCP_RR) until it answers, for up to `timeout`.
@@ -163,29 +343,520 @@ impl Kube {
     }
 }
 
-pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
+/// Makes `c`'s child join cgroup v2 group `cg` (created if missing) between fork and exec,
+/// before `ip netns exec` remounts /sys (as `sluice-lab` does for its pods).
+fn join_cgroup_on_exec(c: &mut Command, cg: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?;
+    // SAFETY: only async-signal-safe calls between fork and exec: getpid, and write on an fd
+    // opened before the fork, with the pid formatted into a stack buffer.
+    unsafe {
+        c.pre_exec(move || {
+            let mut buf = [0u8; 12];
+            let mut n = nix::unistd::getpid().as_raw() as u32;
+            let mut i = buf.len();
+            loop {
+                i -= 1;
+                buf[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            nix::unistd::write(&procs, &buf[i..]).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Made-up endpoint `e` of extra service `i` (10.250.0.1 … 10.250.199.250): outside the pod
+/// CIDRs, so no extra endpoint is local to a node.
+fn extra_ip(i: usize, e: usize) -> String {
+    let idx = i * EXTRA_EPS + e;
+    format!("10.250.{}.{}", idx / 250, idx % 250 + 1)
+}
+
+/// Creates extra services `from..to` (one EndpointSlice of [`EXTRA_EPS`] each) from a thread
+/// in `node_ns` (the in-lab API address) and returns every extra's cluster IP, by index.
+fn create_extras(
+    node_ns: &str,
+    kubeconfig: PathBuf,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<(Vec<Ipv4Addr>, f64)> {
+    crate::scale::in_netns(node_ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                let client = sluice_tests::client_from(&kubeconfig).await?;
+                let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+                let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+                let took = crate::create_all(to - from, 32, |k| {
+                    let svcs = svcs.clone();
+                    let slices = slices.clone();
+                    async move {
+                        let i = from + k;
+                        let name = format!("{EXTRA_PREFIX}{i}");
+                        let svc: Service = serde_json::from_value(json!({
+                            "metadata": {"name": name, "labels": {"bench": "service-extra"}},
+                            "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+                        }))?;
+                        svcs.create(&PostParams::default(), &svc)
+                            .await
+                            .with_context(|| format!("creating service {name}"))?;
+                        let endpoints: Vec<Value> = (0..EXTRA_EPS)
+                            .map(|e| json!({
+                                "addresses": [extra_ip(i, e)],
+                                "conditions": {"ready": true, "serving": true, "terminating": false},
+                            }))
+                            .collect();
+                        let slice: EndpointSlice = serde_json::from_value(json!({
+                            "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name, "bench": "service-extra"}},
+                            "addressType": "IPv4",
+                            "endpoints": endpoints,
+                            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                        }))?;
+                        slices
+                            .create(&PostParams::default(), &slice)
+                            .await
+                            .with_context(|| format!("creating endpointslice {name}-1"))?;
+                        Ok(())
+                    }
+                })
+                .await?;
+                let mut vips = vec![Ipv4Addr::UNSPECIFIED; to];
+                let lp = ListParams::default().labels("bench=service-extra");
+                for svc in svcs.list(&lp).await?.items {
+                    let name = svc.metadata.name.unwrap_or_default();
+                    let Some(i) = name
+                        .strip_prefix(EXTRA_PREFIX)
+                        .and_then(|r| r.parse::<usize>().ok())
+                        .filter(|&i| i < to)
+                    else {
+                        continue;
+                    };
+                    vips[i] = svc
+                        .spec
+                        .and_then(|s| s.cluster_ip)
+                        .with_context(|| format!("{name} has no cluster IP"))?
+                        .parse()
+                        .with_context(|| format!("{name}'s cluster IP"))?;
+                }
+                if let Some(i) = vips.iter().position(|v| v.is_unspecified()) {
+                    bail!("{EXTRA_PREFIX}{i} not listed");
+                }
+                Ok((vips, took.as_secs_f64()))
+            })
+    })
+}
+
+/// How many of `vips` (port 80/tcp) node `node` (netns `ns`) has in its dataplane.
+fn extras_in_dataplane(
+    mode: &str,
+    lab_dir: &Path,
+    node: &str,
+    ns: &str,
+    vips: &[Ipv4Addr],
+) -> anyhow::Result<usize> {
+    match mode {
+        "iptables" => {
+            let text = netns(ns, &["iptables-save", "-t", "nat"])?;
+            let present: std::collections::HashSet<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("-A SLUICE-SERVICES -d "))
+                .filter_map(|r| r.split('/').next())
+                .collect();
+            Ok(vips
+                .iter()
+                .filter(|v| present.contains(v.to_string().as_str()))
+                .count())
+        }
+        "nftables" => {
+            let vips = vips.to_vec();
+            crate::scale::in_netns(ns, move || {
+                let mut sock = crate::nftget::NfSocket::open().context("netlink socket")?;
+                let mut n = 0;
+                for v in vips {
+                    let key = crate::nftget::front_end_key(v, 6, 80);
+                    if matches!(sock.get("sluice", "service-ips", &key), Ok(Some(_))) {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+        }
+        "ebpf" => {
+            let Ok(maps) = crate::bpfget::BpfMaps::open(&crate::bpfget::pin_dir(lab_dir, node))
+            else {
+                return Ok(0);
+            };
+            let mut n = 0;
+            for &v in vips {
+                if maps.count(v, 80)? == Some(EXTRA_EPS as u32) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        // No kernel state to read (userspace: the agent's memory).
+        _ => Ok(vips.len()),
+    }
+}
+
+/// Waits until both nodes' dataplanes hold every extra service, then until the agents are
+/// idle (< 5% of a core over a second, at most 60 s). Returns (programmed after s, idle after s).
+fn wait_extras(
+    mode: &str,
+    lab_dir: &Path,
+    nodes: &[(String, String)],
+    vips: &[Ipv4Addr],
+    agents: &[i32],
+) -> anyhow::Result<(f64, f64)> {
+    let t = Instant::now();
+    for (node, ns) in nodes {
+        let mut last = Instant::now();
+        loop {
+            let n = extras_in_dataplane(mode, lab_dir, node, ns, vips)?;
+            if n >= vips.len() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "{node}: {n} of {} extra services in the dataplane after 600 s",
+                    vips.len()
+                );
+            }
+            if last.elapsed() > Duration::from_secs(15) {
+                eprintln!("  {node}: {n} of {} extra services programmed", vips.len());
+                last = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let programmed = t.elapsed().as_secs_f64();
+    let hz = clock_ticks();
+    let agents_cpu = || agents.iter().map(|&p| proc_cpu_us(p, hz)).sum::<f64>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = agents_cpu();
+        std::thread::sleep(Duration::from_secs(1));
+        if agents_cpu() - a < 50_000.0 || Instant::now() > deadline {
+            break;
+        }
+    }
+    Ok((programmed, t.elapsed().as_secs_f64()))
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// Everything one step (a number of extra services) measures.
+struct StepData {
+    runs: Vec<Vec<Vec<Run>>>,
+    orders: Vec<Vec<String>>,
+}
+
+/// Per-run µs per unit of one CPU view.
+fn per_unit(runs: &[Run], test: &str, f: impl Fn(&CpuSnap) -> f64) -> Vec<f64> {
+    runs.iter()
+        .map(|r| f(&r.cpu) / r.units(test).max(1e-9))
+        .collect()
+}
+
+/// The CPU views reported, by name: what is summed from a run's deltas.
+/// Sums one view's µs out of a run's deltas.
+type CpuView = fn(&CpuSnap) -> f64;
+
+fn cpu_views() -> Vec<(&'static str, CpuView)> {
+    vec![
+        ("pods", |c| c.client + c.server),
+        ("pods_and_proxy_processes", |c| {
+            c.client + c.server + c.haproxy + c.agents
+        }),
+        ("node_cgroups", |c| c.n1 + c.n2),
+        ("system_busy", |c| c.system_busy),
+    ]
+}
+
+/// results / ratios / CPU of one step, as JSON.
+fn summarize(d: &StepData, tests: &[usize], paths: &[usize], targets: &[Target]) -> Value {
+    let tp =
+        |t: usize, p: usize| -> Vec<f64> { d.runs[t][p].iter().map(|s| s.throughput).collect() };
+    let mut results = json!({});
+    let mut ratios = json!({});
+    let mut cpu_ratios = json!({});
+    for &t in tests {
+        let test = TESTS[t];
+        let unit = match test {
+            "TCP_CRR" => "connection",
+            "TCP_RR" => "transaction",
+            _ => "MB (10^6 bytes)",
+        };
+        for &p in paths {
+            let runs = &d.runs[t][p];
+            let mut entry = json!({
+                "target": format!("{}:{} data {}", targets[p].host, targets[p].control, targets[p].data),
+                "throughput": spread(&tp(t, p)),
+                "unit": match test {
+                    "TCP_CRR" => "connections/s",
+                    "TCP_RR" => "transactions/s",
+                    _ => "10^6 bit/s",
+                },
+                "elapsed_s": spread(&runs.iter().map(|r| r.elapsed_s).collect::<Vec<_>>()),
+            });
+            if test == "TCP_RR" {
+                let mean: Vec<f64> = runs.iter().filter_map(|s| s.mean_latency_us).collect();
+                let p99: Vec<f64> = runs.iter().filter_map(|s| s.p99_latency_us).collect();
+                entry["mean_latency_us"] = spread(&mean);
+                entry["p99_latency_us"] = spread(&p99);
+            }
+            let mut cpu = json!({
+                "per": unit,
+                "client_cgroup_us": spread(&runs.iter().map(|r| r.cpu.client).collect::<Vec<_>>()),
+                "server_cgroup_us": spread(&runs.iter().map(|r| r.cpu.server).collect::<Vec<_>>()),
+                "haproxy_cgroup_us": spread(&runs.iter().map(|r| r.cpu.haproxy).collect::<Vec<_>>()),
+                "agents_us": spread(&runs.iter().map(|r| r.cpu.agents).collect::<Vec<_>>()),
+                "system_softirq_us_per_unit": spread(&per_unit(runs, test, |c| c.system_softirq)),
+            });
+            for (name, f) in cpu_views() {
+                cpu[format!("{name}_us_per_unit")] = spread(&per_unit(runs, test, f));
+            }
+            entry["cpu"] = cpu;
+            results[test][PATHS[p]] = entry;
+        }
+        let direct = tp(t, 0);
+        for &p in paths.iter().filter(|&&p| p != 0) {
+            let other = tp(t, p);
+            let per_round: Vec<f64> = other.iter().zip(&direct).map(|(o, d)| o / d).collect();
+            let s = sorted(&per_round);
+            ratios[test][format!("{}_over_direct", PATHS[p])] = json!({
+                "of_medians": r3(median(&other) / median(&direct)),
+                "per_round_median": r3(percentile(&s, 0.5)),
+                "per_round_min": r3(s.first().copied().unwrap_or(f64::NAN)),
+                "per_round_max": r3(s.last().copied().unwrap_or(f64::NAN)),
+            });
+            let mut c = json!({});
+            for (name, f) in cpu_views() {
+                let dv = per_unit(&d.runs[t][0], test, f);
+                let ov = per_unit(&d.runs[t][p], test, f);
+                let added: Vec<f64> = ov
+                    .iter()
+                    .zip(&dv)
+                    .map(|(o, d)| (o / d - 1.0) * 100.0)
+                    .collect();
+                let s = sorted(&added);
+                c[name] = json!({
+                    "direct_us_per_unit": r3(median(&dv)),
+                    "path_us_per_unit": r3(median(&ov)),
+                    "added_pct_of_medians": r3((median(&ov) / median(&dv) - 1.0) * 100.0),
+                    "added_pct_per_round_median": r3(percentile(&s, 0.5)),
+                    "added_pct_per_round_min": r3(s.first().copied().unwrap_or(f64::NAN)),
+                    "added_pct_per_round_max": r3(s.last().copied().unwrap_or(f64::NAN)),
+                });
+            }
+            cpu_ratios[test][format!("{}_vs_direct", PATHS[p])] = c;
+        }
+    }
+    json!({
+        "results": results,
+        "ratios": ratios,
+        "cpu_added": cpu_ratios,
+        "round_orders": d.orders,
+    })
+}
+
+pub fn run(o: Opts) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("service needs root (the lab makes network namespaces)");
     }
-    if rounds == 0 || seconds == 0 {
+    if o.rounds == 0 || o.seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
+    }
+    if o.modes.is_empty() {
+        bail!("no proxy mode given (--modes)");
+    }
+    let mut tests = Vec::new();
+    for t in &o.tests {
+        let t = t.to_uppercase();
+        match TESTS.iter().position(|x| *x == t) {
+            Some(i) if !tests.contains(&i) => tests.push(i),
+            Some(_) => {}
+            None => bail!("unknown test {t} (TCP_CRR, TCP_RR, TCP_STREAM)"),
+        }
+    }
+    if tests.is_empty() {
+        bail!("no test given (--tests)");
+    }
+    let mut steps = o.extra_services.clone();
+    steps.sort_unstable();
+    steps.dedup();
+    if steps.is_empty() {
+        steps.push(0);
+    }
+    if steps.last().is_some_and(|&n| n * EXTRA_EPS > 200 * 250) {
+        bail!("at most 10,000 extra services (made-up endpoints in 10.250.0.0/16)");
     }
     let target = sluice_tests::target_dir();
     for b in ["sluice-lab", "sluice-control", "sluice-agent", "sluice-cni"] {
         if !target.join(b).exists() {
             bail!(
-                "{} is missing: cargo build --release --workspace --bins",
+                "{} is missing: cargo build --release -p sluice-lab -p sluice-agent -p sluice-control -p sluice-cni -p sluice-bench",
                 target.join(b).display()
             );
         }
     }
+    let single = o.modes.len() == 1;
+    let mut by_mode = json!({});
+    let mut combined = Value::Null;
+    for mode in &o.modes {
+        let r = run_mode(mode, &o, &tests, &steps, &target)
+            .with_context(|| format!("proxy mode {mode}"))?;
+        if single {
+            combined = r;
+        } else {
+            by_mode[mode.as_str()] = r;
+            combined = json!({
+                "benchmark": "service",
+                "modes": o.modes,
+                "kernel": crate::kernel(),
+                "cores": crate::cores(),
+                "rounds": o.rounds,
+                "seconds_per_run": o.seconds,
+                "tests": tests.iter().map(|&t| TESTS[t]).collect::<Vec<_>>(),
+                "extra_services": steps,
+                "method": "each mode on a fresh 2-node lab, one after the other; see by_mode.<mode>.method and bench/src/service.rs",
+                "summary": summary_json(&by_mode, &o.modes),
+                "by_mode": by_mode,
+            });
+        }
+        if let Some(p) = &o.out {
+            std::fs::write(p, serde_json::to_string_pretty(&combined)? + "\n")
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    print_summary(&combined, &o.modes, single);
+    crate::emit(&combined, o.out.as_deref())
+}
+
+/// The step objects of a mode's result (one step: the result itself).
+fn steps_of(r: &Value) -> Vec<&Value> {
+    match r["steps"].as_array() {
+        Some(s) => s.iter().collect(),
+        None => vec![r],
+    }
+}
+
+/// Per mode and step: the headline ratios and CPU added.
+fn summary_json(by_mode: &Value, modes: &[String]) -> Value {
+    let mut out = json!({});
+    for m in modes {
+        let r = &by_mode[m.as_str()];
+        if r.is_null() {
+            continue;
+        }
+        let mut rows = Vec::new();
+        for s in steps_of(r) {
+            let mut row = json!({"extra_services": s["extra_services"].as_u64().unwrap_or(0)});
+            for t in TESTS {
+                if s["ratios"][t].is_null() {
+                    continue;
+                }
+                row[t] = json!({
+                    "direct": s["results"][t]["direct"]["throughput"]["median"],
+                    "service": s["results"][t]["service"]["throughput"]["median"],
+                    "service_over_direct": s["ratios"][t]["service_over_direct"]["of_medians"],
+                    "per_round_min": s["ratios"][t]["service_over_direct"]["per_round_min"],
+                    "per_round_max": s["ratios"][t]["service_over_direct"]["per_round_max"],
+                    "haproxy_over_direct": s["ratios"][t]["haproxy_over_direct"]["of_medians"],
+                    "pods_cpu_us_per_unit_direct": s["cpu_added"][t]["service_vs_direct"]["pods"]["direct_us_per_unit"],
+                    "pods_cpu_us_per_unit_service": s["cpu_added"][t]["service_vs_direct"]["pods"]["path_us_per_unit"],
+                    "pods_cpu_added_pct": s["cpu_added"][t]["service_vs_direct"]["pods"]["added_pct_of_medians"],
+                    "system_cpu_added_pct": s["cpu_added"][t]["service_vs_direct"]["system_busy"]["added_pct_of_medians"],
+                });
+            }
+            rows.push(row);
+        }
+        out[m.as_str()] = json!(rows);
+    }
+    out
+}
+
+fn print_summary(combined: &Value, modes: &[String], single: bool) {
+    eprintln!();
+    eprintln!(
+        "{:>10} {:>6} {:>10} | {:>10} {:>10} {:>7} {:>15} | {:>9} {:>9} {:>8} | {:>8}",
+        "mode",
+        "extra",
+        "test",
+        "direct",
+        "service",
+        "ratio",
+        "rounds min-max",
+        "cpu dir",
+        "cpu svc",
+        "added %",
+        "haproxy"
+    );
+    for m in modes {
+        let r = if single {
+            combined
+        } else {
+            &combined["by_mode"][m.as_str()]
+        };
+        for s in steps_of(r) {
+            for t in TESTS {
+                let Some(ratio) = s["ratios"][t].get("service_over_direct") else {
+                    continue;
+                };
+                let c = &s["cpu_added"][t]["service_vs_direct"]["pods"];
+                eprintln!(
+                    "{:>10} {:>6} {:>10} | {:>10.0} {:>10.0} {:>7} {:>15} | {:>9} {:>9} {:>8} | {:>8}",
+                    m,
+                    s["extra_services"].as_u64().unwrap_or(0),
+                    t,
+                    s["results"][t]["direct"]["throughput"]["median"].as_f64().unwrap_or(f64::NAN),
+                    s["results"][t]["service"]["throughput"]["median"].as_f64().unwrap_or(f64::NAN),
+                    ratio["of_medians"],
+                    format!("{}-{}", ratio["per_round_min"], ratio["per_round_max"]),
+                    c["direct_us_per_unit"],
+                    c["path_us_per_unit"],
+                    c["added_pct_of_medians"],
+                    s["ratios"][t]["haproxy_over_direct"]["of_medians"],
+                );
+            }
+        }
+    }
+    eprintln!("cpu: client + server pod cgroups, µs per connection (CRR), transaction (RR) or MB (STREAM); ratio: service ÷ direct of medians");
+}
+
+fn run_mode(
+    mode: &str,
+    o: &Opts,
+    tests: &[usize],
+    steps: &[usize],
+    target: &Path,
+) -> anyhow::Result<Value> {
+    let (rounds, seconds) = (o.rounds, o.seconds);
     let netserver = find_bin("netserver").context("netserver not found (Debian: netperf)")?;
     let netperf_bin = find_bin("netperf").context("netperf not found (Debian: netperf)")?;
     let kubectl = sluice_tests::Kubectl::preinstalled()
         .or_else(sluice_tests::Kubectl::debian_120)
         .context("no kubectl")?;
     let conntrack = find_bin("conntrack");
-    let haproxy_bin = find_bin("haproxy");
+    let haproxy_bin = if o.haproxy { find_bin("haproxy") } else { None };
 
     let tmp = tempfile::tempdir()?;
     let lab = Lab {
@@ -204,6 +875,7 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
         &lab.d(),
     ])?;
     let lab_up_s = t.elapsed().as_secs_f64();
+    let lab_dir = lab.dir.canonicalize()?;
     let cluster: Value = serde_json::from_slice(
         &std::fs::read(lab.dir.join("cluster.json")).context("reading cluster.json")?,
     )?;
@@ -220,6 +892,11 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
     };
     let (n1_ns, n1_ip) = node("n1")?;
     let (n2_ns, _) = node("n2")?;
+    let lab_netns = cluster["labNetns"]
+        .as_str()
+        .context("labNetns")?
+        .to_string();
+    let lab_kubeconfig = PathBuf::from(cluster["labKubeconfig"].as_str().context("labKubeconfig")?);
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home)?;
     let kube = Kube {
@@ -244,12 +921,43 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
     let lab_state: Value = serde_json::from_slice(
         &std::fs::read(lab.dir.join("lab.json")).context("reading lab.json")?,
     )?;
-    let client_ns = lab_state["pods"]
+    let pod_field = |name: &str, field: &str| -> anyhow::Result<String> {
+        lab_state["pods"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p[field].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("pod {name}'s {field} in lab.json"))
+    };
+    let client_ns = pod_field("client", "netns")?;
+    let agents: Vec<i32> = lab_state["nodes"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "client"))
-        .and_then(|p| p["netns"].as_str())
-        .context("client pod netns in lab.json")?
-        .to_string();
+        .map(|ns| {
+            ns.iter()
+                .filter_map(|n| n["agent_pid"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default();
+    let lab_cgroup = Path::new(CGROUP2).join(&lab_netns);
+    let haproxy_cgroup = lab_cgroup.join("bench-haproxy");
+    let probe = CpuProbe {
+        client: PathBuf::from(pod_field("client", "cgroup")?),
+        server: PathBuf::from(pod_field("netserver", "cgroup")?),
+        n1: lab_cgroup.join("n1"),
+        n2: lab_cgroup.join("n2"),
+        haproxy: haproxy_bin.as_ref().map(|_| haproxy_cgroup.clone()),
+        agents: agents.clone(),
+        hz: clock_ticks(),
+    };
+    for cg in [&probe.client, &probe.server, &probe.n1, &probe.n2] {
+        if !cg.join("cpu.stat").exists() {
+            bail!(
+                "{}/cpu.stat missing: is cgroup v2 at {CGROUP2}?",
+                cg.display()
+            );
+        }
+    }
     let client_sysctls = [
         "net.ipv4.tcp_tw_reuse=1",
         "net.ipv4.ip_local_port_range=1024 65000",
@@ -281,10 +989,14 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
         .to_string();
     eprintln!("service netperf: ClusterIP {cluster_ip}");
 
-    // HAProxy in n1's namespace (TCP mode), the userspace peer.
+    // HAProxy in n1's namespace (TCP mode), the userspace peer, in a cgroup of its own.
     let haproxy_note;
     let mut haproxy_version = Value::Null;
     let haproxy = match &haproxy_bin {
+        None if !o.haproxy => {
+            haproxy_note = json!("not measured (--no-haproxy)");
+            Proc(None)
+        }
         None => {
             let note = "SKIP: haproxy not found (Debian: apt-get install -y haproxy); haproxy path not measured";
             eprintln!("{note}");
@@ -310,17 +1022,17 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
             let cfg_path = tmp.path().join("haproxy.cfg");
             std::fs::write(&cfg_path, &cfg)?;
             let log = std::fs::File::create(tmp.path().join("haproxy.log"))?;
-            let child = Command::new("ip")
-                .args(["netns", "exec", &n1_ns])
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &n1_ns])
                 .arg(bin)
                 .arg("-db")
                 .arg("-f")
                 .arg(&cfg_path)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting haproxy")?;
+                .stderr(log);
+            join_cgroup_on_exec(&mut cmd, &haproxy_cgroup)?;
+            let child = cmd.spawn().context("starting haproxy")?;
             let mut child = Proc(Some(child));
             std::thread::sleep(Duration::from_millis(300));
             if let Some(Ok(Some(status))) = child.0.as_mut().map(Child::try_wait) {
@@ -329,7 +1041,8 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
                 bail!("haproxy exited ({status}): {}", log.trim());
             }
             haproxy_note = json!(format!(
-                "haproxy in n1's netns, TCP mode, default threads; {n1_ip}:{HAPROXY_CONTROL_PORT} → {backend_ip}:{CONTROL_PORT}, {n1_ip}:{HAPROXY_DATA_PORT} → {backend_ip}:{HAPROXY_DATA_PORT} (the data port keeps its number: netperf connects to the port netserver reports)"
+                "haproxy in n1's netns, TCP mode, default threads, cgroup {}; {n1_ip}:{HAPROXY_CONTROL_PORT} → {backend_ip}:{CONTROL_PORT}, {n1_ip}:{HAPROXY_DATA_PORT} → {backend_ip}:{HAPROXY_DATA_PORT} (the data port keeps its number: netperf connects to the port netserver reports)",
+                haproxy_cgroup.display()
             ));
             child
         }
@@ -379,96 +1092,124 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
     };
 
     // Cases test-major, so a test's paths run next to each other; the order rotates per round.
-    let cases: Vec<(usize, usize)> = TESTS
+    let cases: Vec<(usize, usize)> = tests
         .iter()
-        .enumerate()
-        .flat_map(|(t, _)| paths.iter().map(move |&p| (t, p)))
+        .flat_map(|&t| paths.iter().map(move |&p| (t, p)))
         .collect();
-    let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); PATHS.len()]; TESTS.len()];
-    let mut orders = Vec::new();
-    for r in 0..rounds {
-        let order: Vec<(usize, usize)> = (0..cases.len())
-            .map(|k| cases[(k + r) % cases.len()])
-            .collect();
-        orders.push(
-            order
-                .iter()
-                .map(|&(t, p)| format!("{}/{}", TESTS[t], PATHS[p]))
-                .collect::<Vec<_>>(),
-        );
-        for &(t, p) in &order {
-            flush(&mut conntrack_failures);
-            let s = netperf(&lab, &targets[p], TESTS[t], seconds)?;
+    let node_list = [
+        ("n1".to_string(), n1_ns.clone()),
+        ("n2".to_string(), n2_ns.clone()),
+    ];
+    let mut step_values = Vec::new();
+    let mut retries: Vec<Value> = Vec::new();
+    let mut extra_vips: Vec<Ipv4Addr> = Vec::new();
+    for &extra in steps {
+        let mut step_info = json!({"extra_services": extra});
+        if extra > extra_vips.len() {
             eprintln!(
-                "round {}/{rounds} {} {}: {:.1}",
-                r + 1,
-                TESTS[t],
-                PATHS[p],
-                s.throughput
+                "[{mode}] creating extra services {}..{extra}…",
+                extra_vips.len()
             );
-            samples[t][p].push(s);
+            let (vips, create_s) =
+                create_extras(&n1_ns, lab_kubeconfig.clone(), extra_vips.len(), extra)?;
+            extra_vips = vips;
+            let (programmed_s, idle_s) =
+                wait_extras(mode, &lab_dir, &node_list, &extra_vips, &agents)?;
+            eprintln!(
+                "[{mode}] {extra} extra services: created in {create_s:.1} s, in both dataplanes {programmed_s:.1} s later, agents idle after {idle_s:.1} s"
+            );
+            step_info["create_s"] = json!(r3(create_s));
+            step_info["in_both_dataplanes_after_s"] = json!(r3(programmed_s));
+            step_info["agents_idle_after_s"] = json!(r3(idle_s));
+        } else if extra < extra_vips.len() {
+            bail!("--extra-services steps must grow");
         }
+        let load_step = crate::loadavg();
+        let mut d = StepData {
+            runs: vec![vec![Vec::new(); PATHS.len()]; TESTS.len()],
+            orders: Vec::new(),
+        };
+        for r in 0..rounds {
+            let order: Vec<(usize, usize)> = (0..cases.len())
+                .map(|k| cases[(k + r) % cases.len()])
+                .collect();
+            d.orders.push(
+                order
+                    .iter()
+                    .map(|&(t, p)| format!("{}/{}", TESTS[t], PATHS[p]))
+                    .collect::<Vec<_>>(),
+            );
+            for &(t, p) in &order {
+                flush(&mut conntrack_failures);
+                let mut before = probe.snap();
+                let mut s = match netperf(&lab, &targets[p], TESTS[t], seconds) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // One retry (recorded): a reset now and then on the HAProxy path.
+                        eprintln!(
+                            "[{mode}] {} {} failed, retrying once: {e:#}",
+                            TESTS[t], PATHS[p]
+                        );
+                        retries.push(json!({
+                            "extra_services": extra, "round": r + 1, "test": TESTS[t],
+                            "path": PATHS[p], "error": format!("{e:#}"),
+                        }));
+                        std::thread::sleep(Duration::from_secs(1));
+                        flush(&mut conntrack_failures);
+                        before = probe.snap();
+                        netperf(&lab, &targets[p], TESTS[t], seconds)?
+                    }
+                };
+                s.cpu = probe.snap().minus(&before);
+                let units = s.units(TESTS[t]);
+                eprintln!(
+                    "[{mode}] extra {extra} round {}/{rounds} {} {}: {:.1} (pods {:.1} µs, system {:.1} µs per {})",
+                    r + 1,
+                    TESTS[t],
+                    PATHS[p],
+                    s.throughput,
+                    (s.cpu.client + s.cpu.server) / units.max(1e-9),
+                    s.cpu.system_busy / units.max(1e-9),
+                    if TESTS[t] == "TCP_STREAM" { "MB" } else { "transaction" },
+                );
+                d.runs[t][p].push(s);
+            }
+        }
+        let services = kube
+            .run(&["get", "services", "-A", "-o", "name"], None)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        let mut v = summarize(&d, tests, &paths, &targets);
+        v["extra_services"] = json!(extra);
+        v["services_present"] = json!(services);
+        v["loadavg_before_step"] = json!(load_step);
+        v["extras"] = step_info;
+        step_values.push(v);
     }
     let load_after = crate::loadavg();
 
-    let services = kube
-        .run(&["get", "services", "-A", "-o", "name"], None)?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
     let nat_rules_mentioning_cluster_ip = netns(&n1_ns, &["iptables-save", "-t", "nat"])
         .map(|s| s.lines().filter(|l| l.contains(&cluster_ip)).count())
         .ok();
-
-    let tp =
-        |t: usize, p: usize| -> Vec<f64> { samples[t][p].iter().map(|s| s.throughput).collect() };
-    let mut results = json!({});
-    let mut ratios = json!({});
-    for (t, test) in TESTS.iter().enumerate() {
-        for &p in &paths {
-            let mut entry = json!({
-                "target": format!("{}:{} data {}", targets[p].host, targets[p].control, targets[p].data),
-                "throughput": spread(&tp(t, p)),
-                "unit": match *test {
-                    "TCP_CRR" => "connections/s",
-                    "TCP_RR" => "transactions/s",
-                    _ => "10^6 bit/s",
-                },
-            });
-            if *test == "TCP_RR" {
-                let mean: Vec<f64> = samples[t][p]
-                    .iter()
-                    .filter_map(|s| s.mean_latency_us)
-                    .collect();
-                let p99: Vec<f64> = samples[t][p]
-                    .iter()
-                    .filter_map(|s| s.p99_latency_us)
-                    .collect();
-                entry["mean_latency_us"] = spread(&mean);
-                entry["p99_latency_us"] = spread(&p99);
-            }
-            results[*test][PATHS[p]] = entry;
-        }
-        let direct = tp(t, 0);
-        for &p in paths.iter().filter(|&&p| p != 0) {
-            let other = tp(t, p);
-            let per_round: Vec<f64> = other.iter().zip(&direct).map(|(o, d)| o / d).collect();
-            let s = sorted(&per_round);
-            ratios[*test][format!("{}_over_direct", PATHS[p])] = json!({
-                "of_medians": r3(median(&other) / median(&direct)),
-                "per_round_median": r3(percentile(&s, 0.5)),
-                "per_round_min": r3(s.first().copied().unwrap_or(f64::NAN)),
-                "per_round_max": r3(s.last().copied().unwrap_or(f64::NAN)),
-            });
-        }
-    }
+    let ebpf_service = (mode == "ebpf")
+        .then(|| -> anyhow::Result<Value> {
+            let maps = crate::bpfget::BpfMaps::open(&crate::bpfget::pin_dir(&lab_dir, "n1"))?;
+            let vip: Ipv4Addr = cluster_ip.parse()?;
+            Ok(json!({
+                "n1_maps": crate::bpfget::pin_dir(&lab_dir, "n1"),
+                "control_port_backends": maps.endpoints(vip, CONTROL_PORT)?,
+                "data_port_backends": maps.endpoints(vip, SERVICE_DATA_PORT)?,
+            }))
+        })
+        .map(|r| r.unwrap_or_else(|e| json!({"error": format!("{e:#}")})));
 
     let netperf_version = Command::new(&netperf_bin)
         .arg("-V")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let result = json!({
+    let mut result = json!({
         "benchmark": "service",
         "proxy_mode": mode,
         "kernel": crate::kernel(),
@@ -481,12 +1222,12 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
             "nodes": cluster["nodes"].as_array().map(|n| n.iter().map(|n| json!({"name": n["name"], "ip": n["ip"], "podCIDR": n["podCIDR"]})).collect::<Vec<_>>()),
             "up_s": r3(lab_up_s),
             "binaries_profile": target.file_name().map(|p| p.to_string_lossy().to_string()),
-            "services_present": services,
             "n1_nat_rules_mentioning_cluster_ip": nat_rules_mentioning_cluster_ip,
+            "n1_ebpf_maps_for_cluster_ip": ebpf_service,
         },
         "pods": {
-            "client": {"node": "n1", "ip": client_ip, "sysctls": client_sysctls},
-            "backend": {"node": "n2", "ip": backend_ip, "labels": "app=netperf", "only_backend": true},
+            "client": {"node": "n1", "ip": client_ip, "sysctls": client_sysctls, "cgroup": probe.client},
+            "backend": {"node": "n2", "ip": backend_ip, "labels": "app=netperf", "only_backend": true, "cgroup": probe.server},
         },
         "service": {
             "name": "netperf",
@@ -504,19 +1245,67 @@ pub fn run(mode: &str, rounds: usize, seconds: u64, out: Option<PathBuf>) -> any
         },
         "n1_node_sysctls": {"set": client_sysctls, "why": "HAProxy opens the backend connections from n1's netns"},
         "method": "netperf from the client pod (sluice-lab exec); per round every test × path once, test-major, the order rotating by one each round; one stream each; TCP_RR with -j for latency; each path has its own server data port (netperf -- -P ,PORT, the remote data port only); ratios are of the medians and per round",
+        "cpu_method": {
+            "how": "before and after each netperf run: usage_usec of cpu.stat in the client pod's, the server pod's and both node cgroups (cgroup v2; the node cgroups contain the pods), HAProxy's cgroup, utime+stime of both agents (/proc/PID/stat), and /proc/stat's system-wide busy (user+nice+system+irq+softirq+steal) and softirq time; each delta ÷ the run's units",
+            "units": "TCP_CRR: connections (= transactions, throughput × netperf's ELAPSED_TIME); TCP_RR: transactions; TCP_STREAM: 10^6 bytes",
+            "views": {
+                "pods": "client + server pod cgroups: netperf and netserver, and whatever softirq work ran while they were on the CPU",
+                "pods_and_proxy_processes": "pods + HAProxy's cgroup + both agents (the userspace mode proxies in the agent)",
+                "node_cgroups": "n1 + n2 node cgroups (contain the pods; nothing else runs there in this benchmark)",
+                "system_busy": "all CPUs, all tasks (agents, control plane, the bench, anything else on the machine): a second view, noisier",
+            },
+            "caveat": "softirq work (veth hops, NAT, conntrack) is charged to the task that was running when it ran — mostly the sending task on this lab, but also unrelated tasks or ksoftirqd",
+            "added_pct": "(path ÷ direct − 1) × 100 of the µs per unit: of the medians, and per round",
+        },
         "rounds": rounds,
         "seconds_per_run": seconds,
-        "round_orders": orders,
-        "results": results,
-        "ratios": ratios,
+        "netperf_runs_retried": retries,
+        "tests": tests.iter().map(|&t| TESTS[t]).collect::<Vec<_>>(),
         "anchors_from_benchmarking_md": {
             "iptables_dnat_over_direct": {"TCP_CRR": 0.92, "TCP_RR": "0.88–0.97"},
             "haproxy_over_direct": {"TCP_CRR": "0.46–0.48", "TCP_RR": "0.46–0.50"},
         },
     });
+    if step_values.len() == 1 {
+        let step = step_values.pop().expect("one step");
+        if let (Some(r), Some(s)) = (result.as_object_mut(), step.as_object()) {
+            for (k, v) in s {
+                r.insert(k.clone(), v.clone());
+            }
+        }
+    } else {
+        // TCP_CRR (first-connection cost) against the number of services present.
+        let crr = |s: &Value, p: &str| s["results"]["TCP_CRR"][p]["throughput"]["median"].as_f64();
+        let base = step_values.first().cloned().unwrap_or(Value::Null);
+        let flat: Vec<Value> = step_values
+            .iter()
+            .map(|s| {
+                let ratio = |p: &str| match (crr(s, p), crr(&base, p)) {
+                    (Some(a), Some(b)) => json!(r3(a / b)),
+                    _ => Value::Null,
+                };
+                json!({
+                    "extra_services": s["extra_services"],
+                    "services_present": s["services_present"],
+                    "service_crr": crr(s, "service"),
+                    "direct_crr": crr(s, "direct"),
+                    "service_crr_over_first_step": ratio("service"),
+                    "direct_crr_over_first_step": ratio("direct"),
+                    "service_over_direct": s["ratios"]["TCP_CRR"]["service_over_direct"]["of_medians"],
+                    "pods_cpu_us_per_connection_service": s["cpu_added"]["TCP_CRR"]["service_vs_direct"]["pods"]["path_us_per_unit"],
+                    "pods_cpu_us_per_connection_direct": s["cpu_added"]["TCP_CRR"]["service_vs_direct"]["pods"]["direct_us_per_unit"],
+                })
+            })
+            .collect();
+        result["crr_against_services"] = json!({
+            "note": "medians of each step's rounds; steps run one after the other on the same lab (not interleaved), so machine drift between steps shows in direct_crr_over_first_step too; in the iptables mode a direct connection also walks the SLUICE-SERVICES chain",
+            "steps": flat,
+        });
+        result["steps"] = json!(step_values);
+    }
     drop(haproxy);
+    let _ = std::fs::remove_dir(&haproxy_cgroup);
     lab.down()?;
     drop(lab);
-    crate::emit(&result, out.as_deref())?;
-    Ok(())
+    Ok(result)
 }
