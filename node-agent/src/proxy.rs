@@ -214,8 +214,11 @@ pub async fn run_with<D: Dataplane + Send + 'static>(
                 let (out, ok, want) = tokio::task::spawn_blocking(move || {
                     let start = std::time::Instant::now();
                     let mut guard = p.blocking_lock();
+                    // The informers hold the lock while they fold events in: time spent here
+                    // is theirs, not the dataplane's.
+                    let lock_wait = start.elapsed();
                     let out = guard.sync();
-                    tracing::debug!(took = ?start.elapsed(), outcome = ?out, "proxy sync");
+                    tracing::debug!(took = ?start.elapsed(), lock_wait = ?lock_wait, outcome = ?out, "proxy sync");
                     let ok = matches!(out, Ok(SyncOutcome::Synced { .. } | SyncOutcome::NoChanges));
                     if matches!(out, Ok(SyncOutcome::Synced { full: true })) {
                         let once = after_first_sync.lock().ok().and_then(|mut f| f.take());

@@ -18,6 +18,12 @@ fn want_of(s: &ServicePortMap, e: &EndpointsMap) -> Desired {
 /// Every lookup a program could make at this moment finds what it needs: a count never
 /// covers a missing slot, and no slot names a missing backend.
 fn consistent(c: &Current) -> Result<(), String> {
+    free_ids_exact("backend", &c.free_backend_ids, |id| {
+        c.backends.contains_key(&id)
+    })?;
+    free_ids_exact("service", &c.free_svc_ids, |id| {
+        c.svc_ids.contains_key(&id) || c.ranges_of(id).next().is_some()
+    })?;
     for ((f, slot), v) in &c.svc {
         if *slot == 0 {
             for s in 1..=v.count {
@@ -51,6 +57,69 @@ fn ranges_kept(c: &Current, promised: &Promises) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The free-id intervals are exactly the ids `used` says are not in use, maximal (no two
+/// touch), and run to the end of the id space.
+fn free_ids_exact(what: &str, free: &FreeIds, used: impl Fn(u32) -> bool) -> Result<(), String> {
+    let top = free.intervals.keys().next_back().copied().unwrap_or(0);
+    for id in 1..=top.saturating_add(2) {
+        if free.holding(id).is_some() == used(id) {
+            return Err(format!(
+                "{what} id {id}: in use {} but free {}",
+                used(id),
+                !used(id)
+            ));
+        }
+    }
+    if free.intervals.values().next_back() != Some(&(1 << 32)) {
+        return Err(format!(
+            "{what} ids: the last free interval must reach 2^32: {free:?}"
+        ));
+    }
+    let touching = free
+        .intervals
+        .iter()
+        .zip(free.intervals.iter().skip(1))
+        .any(|((_, end), (next, _))| *end >= u64::from(*next));
+    if touching {
+        return Err(format!("{what} ids: intervals touch or overlap: {free:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn free_ids_hand_out_the_least_free_id_like_a_scan() {
+    let mut free = FreeIds::default();
+    let mut used = BTreeSet::new();
+    // A fixed pseudo-random walk (64-bit LCG) over a small id range, so ids collide often.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for step in 0..20_000 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let id = ((x >> 33) % 200) as u32;
+        if (x >> 20) & 1 == 0 {
+            free.take_id(id);
+            if id != 0 {
+                used.insert(id);
+            }
+        } else {
+            free.free_id(id);
+            used.remove(&id);
+        }
+        let from = ((x >> 40) % 210) as u32;
+        let scan = (from.max(1)..).find(|i| !used.contains(i));
+        assert_eq!(
+            free.first_from(from.max(1)),
+            scan,
+            "step {step}: from {from}"
+        );
+        free_ids_exact("test", &free, |i| used.contains(&i)).unwrap();
+    }
+    // The top of the id space.
+    free.take_id(u32::MAX);
+    assert_eq!(free.first_from(u32::MAX), None);
+    free.free_id(u32::MAX);
+    assert_eq!(free.first_from(u32::MAX), Some(u32::MAX));
 }
 
 /// Applies `ops` (planned towards `want`) one at a time, checking after each that every lookup
