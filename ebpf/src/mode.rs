@@ -260,6 +260,10 @@ pub fn write(maps: &mut Maps, op: &Op) -> crate::Result<()> {
     }
 }
 
+/// A sync with at least this many map writes is followed by returning freed heap to the
+/// kernel (as every full sync is).
+const TRIM_AFTER_OPS: usize = 4096;
+
 /// The ebpf mode's [`Dataplane`].
 pub struct EbpfDataplane {
     config: plan::Config,
@@ -338,6 +342,13 @@ impl Dataplane for EbpfDataplane {
             tracing::debug!(writes = ops.len(), "ebpf maps updated");
         }
         self.current = Some(current);
+        if changes.full || ops.len() >= TRIM_AFTER_OPS {
+            // A full plan's temporaries (every front end and backend, the op list, the maps
+            // read back) are megabytes at 10,000 services, freed on this blocking thread's
+            // malloc arena, which glibc would otherwise keep.
+            drop(ops);
+            sluice_proxy::heap::trim();
+        }
         if !gone_udp.is_empty() {
             // A connected UDP socket is really connected to its backend (nothing translates its
             // datagrams), so it would send into the void for ever: destroy it, and the

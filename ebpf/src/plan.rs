@@ -449,7 +449,8 @@ pub struct Current {
     svc: BTreeMap<(Frontend, u32), SvcVal>,
     backends: BTreeMap<u32, Backend>,
     /// Backend address → ids holding it (normally one; two after a crash between writes).
-    by_addr: BTreeMap<BackendAddr, BTreeSet<u32>>,
+    /// (One set of pairs rather than a set per address: 50,000 small sets cost megabytes.)
+    by_addr: BTreeSet<(BackendAddr, u32)>,
     /// Service ids of slot-0 entries → how many front ends use them.
     svc_ids: BTreeMap<u32, u32>,
     /// Source ranges by service id.
@@ -596,19 +597,21 @@ impl Current {
     /// Records a backend map entry (as read from the map).
     pub fn insert_backend(&mut self, id: u32, backend: Backend) {
         self.remove_backend(id);
-        self.by_addr.entry(backend.addr).or_default().insert(id);
+        self.by_addr.insert((backend.addr, id));
         self.backends.insert(id, backend);
         self.free_backend_ids.take_id(id);
     }
 
+    /// The ids holding backend `addr`, least first.
+    fn ids_of(&self, addr: BackendAddr) -> impl Iterator<Item = u32> + '_ {
+        self.by_addr
+            .range((addr, 0)..=(addr, u32::MAX))
+            .map(|(_, id)| *id)
+    }
+
     fn remove_backend(&mut self, id: u32) {
         if let Some(old) = self.backends.remove(&id) {
-            if let Some(ids) = self.by_addr.get_mut(&old.addr) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.by_addr.remove(&old.addr);
-                }
-            }
+            self.by_addr.remove(&(old.addr, id));
             self.free_backend_ids.free_id(id);
         }
     }
@@ -671,7 +674,7 @@ pub fn plan(want: &Desired, current: &Current) -> Vec<Op> {
     let mut frontends: BTreeSet<Frontend> = want.frontends.keys().copied().collect();
     frontends.extend(current.svc.keys().map(|(f, _)| *f));
     let mut backends: BTreeSet<BackendAddr> = want.backends.keys().copied().collect();
-    backends.extend(current.by_addr.keys().copied());
+    backends.extend(current.by_addr.iter().map(|(a, _)| *a));
     plan_inner(want, current, &frontends, &backends, true)
 }
 
@@ -710,12 +713,12 @@ fn plan_inner(
             flags: *flags,
         };
         // Two ids for one address (a crash between writes): keep the first, the other goes.
-        let id = match current.by_addr.get(addr).and_then(|s| s.first()) {
+        let id = match current.ids_of(*addr).next() {
             Some(id) => {
-                if current.backends.get(id) != Some(&backend) {
-                    ops.push(Op::PutBackend { id: *id, backend });
+                if current.backends.get(&id) != Some(&backend) {
+                    ops.push(Op::PutBackend { id, backend });
                 }
-                *id
+                id
             }
             None => {
                 let id = backend_ids.take();
@@ -728,12 +731,7 @@ fn plan_inner(
     let id_of = |addr: &BackendAddr| -> u32 {
         ids.get(addr).copied().unwrap_or_else(|| {
             // A backend of an untouched front end (only in a partial plan).
-            current
-                .by_addr
-                .get(addr)
-                .and_then(|s| s.first())
-                .copied()
-                .unwrap_or(0)
+            current.ids_of(*addr).next().unwrap_or(0)
         })
     };
 
@@ -835,9 +833,9 @@ fn plan_inner(
     // 4. Backends nothing points at (and duplicate ids of one address).
     for addr in backends {
         let keep = ids.get(addr);
-        for id in current.by_addr.get(addr).into_iter().flatten() {
-            if Some(id) != keep {
-                ops.push(Op::DeleteBackend { id: *id });
+        for id in current.ids_of(*addr) {
+            if Some(&id) != keep {
+                ops.push(Op::DeleteBackend { id });
             }
         }
     }

@@ -8,6 +8,7 @@ use clap::Parser;
 use sluice_agent::cli::{Command, DebugCommand, ImageCommand, Invocation};
 
 fn main() -> std::process::ExitCode {
+    sluice_proxy::heap::limit_arenas();
     let inv = Invocation::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
