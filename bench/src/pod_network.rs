@@ -131,15 +131,22 @@ pub(crate) struct Sample {
     pub(crate) p99_latency_us: Option<f64>,
 }
 
-/// Reads the last CSV line of netperf's `-o THROUGHPUT,…[,MEAN_LATENCY,P99_LATENCY]` output.
-pub(crate) fn parse_netperf(stdout: &str) -> anyhow::Result<Sample> {
+/// The fields of the last CSV line of netperf's `-o …` output as numbers (`None` where a field
+/// is missing or not a number), and that line.
+pub(crate) fn netperf_csv(stdout: &str) -> anyhow::Result<(&str, Vec<Option<f64>>)> {
     let line = stdout
         .lines()
         .rev()
         .find(|l| l.contains(','))
         .with_context(|| format!("netperf output: {stdout:?}"))?;
-    let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let fields = line.split(',').map(|v| v.trim().parse().ok()).collect();
+    Ok((line, fields))
+}
+
+/// Reads netperf's `-o THROUGHPUT,THROUGHPUT_UNITS[,MEAN_LATENCY,P99_LATENCY]` output.
+pub(crate) fn parse_netperf(stdout: &str) -> anyhow::Result<Sample> {
+    let (line, f) = netperf_csv(stdout)?;
+    let num = |i: usize| f.get(i).copied().flatten();
     Ok(Sample {
         throughput: num(0).with_context(|| format!("netperf output: {line:?}"))?,
         mean_latency_us: num(2),

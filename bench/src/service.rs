@@ -245,13 +245,8 @@ impl Run {
 /// Reads the last CSV line of `-o THROUGHPUT,THROUGHPUT_UNITS,ELAPSED_TIME[,MEAN_LATENCY,
 /// P99_LATENCY]`.
 fn parse_run(stdout: &str) -> anyhow::Result<Run> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains(','))
-        .with_context(|| format!("netperf output: {stdout:?}"))?;
-    let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let (line, f) = crate::pod_network::netperf_csv(stdout)?;
+    let num = |i: usize| f.get(i).copied().flatten();
     Ok(Run {
         throughput: num(0).with_context(|| format!("netperf output: {line:?}"))?,
         elapsed_s: num(2).with_context(|| format!("netperf elapsed time: {line:?}"))?,
@@ -343,35 +338,11 @@ impl Kube {
     }
 }
 
-/// Makes `c`'s child join cgroup v2 group `cg` (created if missing) between fork and exec,
-/// before `ip netns exec` remounts /sys (as `sluice-lab` does for its pods).
-fn join_cgroup_on_exec(c: &mut Command, cg: &Path) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
+/// Moves process `pid` (all its threads) into cgroup v2 group `cg`, created if missing.
+fn move_to_cgroup(pid: u32, cg: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cg.join("cgroup.procs"))
-        .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?;
-    // SAFETY: only async-signal-safe calls between fork and exec: getpid, and write on an fd
-    // opened before the fork, with the pid formatted into a stack buffer.
-    unsafe {
-        c.pre_exec(move || {
-            let mut buf = [0u8; 12];
-            let mut n = nix::unistd::getpid().as_raw() as u32;
-            let mut i = buf.len();
-            loop {
-                i -= 1;
-                buf[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            nix::unistd::write(&procs, &buf[i..]).map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    Ok(())
+    std::fs::write(cg.join("cgroup.procs"), pid.to_string())
+        .with_context(|| format!("moving {pid} into {}", cg.display()))
 }
 
 /// Made-up endpoint `e` of extra service `i` (10.250.0.1 … 10.250.199.250): outside the pod
@@ -1031,9 +1002,12 @@ fn run_mode(
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
-            join_cgroup_on_exec(&mut cmd, &haproxy_cgroup)?;
             let child = cmd.spawn().context("starting haproxy")?;
+            // `ip netns exec` execs HAProxy in place, so the pid is HAProxy's; it is moved
+            // before any traffic flows (its own CPU is read from this cgroup).
+            let pid = child.id();
             let mut child = Proc(Some(child));
+            move_to_cgroup(pid, &haproxy_cgroup)?;
             std::thread::sleep(Duration::from_millis(300));
             if let Some(Ok(Some(status))) = child.0.as_mut().map(Child::try_wait) {
                 let log =

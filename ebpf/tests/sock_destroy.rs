@@ -24,10 +24,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, ErrorKind, Write},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::{
-        fd::AsRawFd,
-        unix::{fs::MetadataExt, process::CommandExt},
-    },
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::Duration,
@@ -99,33 +96,14 @@ impl Env {
 
     /// Start the child in the `pod` cgroup and the netns; returns its stdin and stdout.
     fn start_child(&mut self) -> (ChildStdin, BufReader<ChildStdout>) {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.pod_cgroup().join("cgroup.procs"))
-            .unwrap();
-        let netns = fs::File::open(self.netns_path()).unwrap();
-        let (procs_fd, netns_fd) = (procs.as_raw_fd(), netns.as_raw_fd());
         let mut command = Command::new(std::env::current_exe().unwrap());
         command
             .env(CHILD_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        // SAFETY: only async-signal-safe syscalls between fork and exec. The cgroup first:
-        // its cgroup.procs is reached through the fd opened above.
-        unsafe {
-            command.pre_exec(move || {
-                // "0" moves the writing process.
-                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let fds = common::join_on_exec(&mut command, &self.pod_cgroup(), &self.netns_path());
         let mut child = command.spawn().unwrap();
-        drop((procs, netns));
+        drop(fds);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         self.child = Some(child);

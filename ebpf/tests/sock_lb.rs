@@ -16,7 +16,6 @@ use std::{
     fs,
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -83,31 +82,11 @@ impl Env {
 
     /// Run the client command in a child that is in the test cgroup and netns.
     fn client(&self, cmd: &str) -> String {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.cgroup.join("cgroup.procs"))
-            .unwrap();
-        let netns = fs::File::open(self.netns_path()).unwrap();
-        let (procs_fd, netns_fd) = (procs.as_raw_fd(), netns.as_raw_fd());
         let mut command = Command::new(std::env::current_exe().unwrap());
         command.env(CLIENT_ENV, cmd);
-        // SAFETY: only async-signal-safe syscalls between fork and exec. Joining the cgroup
-        // first: cgroup.procs is reached through the fd opened above, and after setns the
-        // child could not reach this netns-independent path any differently anyway.
-        unsafe {
-            command.pre_exec(move || {
-                // "0" moves the writing process.
-                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let fds = common::join_on_exec(&mut command, &self.cgroup, &self.netns_path());
         let out = command.output().unwrap();
-        drop((procs, netns));
+        drop(fds);
         assert!(
             out.status.success(),
             "client {cmd}: {}{}",

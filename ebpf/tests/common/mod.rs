@@ -145,3 +145,30 @@ pub fn put_frontend(
     };
     maps.put_svc(&key, &val).unwrap();
 }
+
+/// Makes `command`'s child join cgroup v2 group `cgroup` and then network namespace `netns`
+/// between fork and exec. Keep the returned files open until the child is spawned.
+pub fn join_on_exec(command: &mut Command, cgroup: &Path, netns: &Path) -> (fs::File, fs::File) {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap();
+    let ns = fs::File::open(netns).unwrap();
+    let (procs_fd, netns_fd) = (procs.as_raw_fd(), ns.as_raw_fd());
+    // SAFETY: only async-signal-safe syscalls between fork and exec. The cgroup first: its
+    // cgroup.procs is reached through the fd opened above.
+    unsafe {
+        command.pre_exec(move || {
+            // "0" moves the writing process.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (procs, ns)
+}

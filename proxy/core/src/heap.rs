@@ -29,8 +29,9 @@ pub const ARENAS: i32 = 2;
 /// Caps glibc's malloc arenas at [`ARENAS`] (a no-op elsewhere). Call once, first thing in
 /// `main`. glibc gives threads their own arenas (up to eight per core), and heap freed in one
 /// arena serves only that arena: the agent's syncs run on changing blocking threads, so at
-/// 10,000 services each one left its own ~10 MB of freed heap behind (agent RSS 88 MB with the
-/// default, 70 MB with one arena, in the ebpf mode).
+/// 10,000 services each one left its own ~10 MB of freed heap behind (ebpf-mode agent RSS
+/// 88–96 MB with glibc's default, 70 MB with one arena; two leave the async workers and the
+/// sync thread an arena each).
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
