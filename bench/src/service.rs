@@ -1235,7 +1235,7 @@ fn run_mode(
         "seconds_per_run": seconds,
         "netperf_runs_retried": retries,
         "tests": tests.iter().map(|&t| TESTS[t]).collect::<Vec<_>>(),
-        "anchors_from_benchmarking_md": {
+        "anchors_measured_earlier_on_this_machine_kind": {
             "iptables_dnat_over_direct": {"TCP_CRR": 0.92, "TCP_RR": "0.88–0.97"},
             "haproxy_over_direct": {"TCP_CRR": "0.46–0.48", "TCP_RR": "0.46–0.50"},
         },

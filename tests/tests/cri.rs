@@ -315,7 +315,7 @@ fn containerd_cri_pod_on_sluice_cni() {
     )
     .unwrap();
     // containerd 1.6's libcni (CNI 1.0) and Debian's portmap 1.1.1 reject cniVersion 1.1.0
-    // (REAL-CLIENTS §2.3): hand them the 1.0.0 form of the same network.
+    // (seen on this machine kind): hand them the 1.0.0 form of the same network.
     let agent_version = conflist["cniVersion"].clone();
     conflist["cniVersion"] = "1.0.0".into();
     conflist["plugins"][0]["ipam"]["dataDir"] = ipam_dir.to_string_lossy().into();
