@@ -17,7 +17,9 @@ use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use crate::abi;
 use crate::loader::{self, LoadOptions, Loader, TcConfig};
 use crate::maps::Maps;
-use crate::plan::{self, Backend, BackendAddr, Current, Frontend, Model, Op, SrcRange, SvcVal};
+use crate::plan::{
+    self, Assigned, Backend, BackendAddr, Current, Frontend, Model, Op, SrcRange, SvcVal,
+};
 use crate::sockdestroy;
 
 /// The mode's name (`--proxy-mode ebpf`).
@@ -147,7 +149,7 @@ impl Mode for EbpfMode {
                 node_ips: ips,
             },
             maps,
-            current: None,
+            assigned: None,
             model: None,
             _loader: loader,
             pin_dir: ctx.bpf_dir.clone(),
@@ -268,8 +270,9 @@ const TRIM_AFTER_OPS: usize = 4096;
 pub struct EbpfDataplane {
     config: plan::Config,
     maps: Maps,
-    /// What the maps hold; `None` = unknown (first sync, or after a failed write): read them.
-    current: Option<Current>,
+    /// The ids the maps use, as of the last successful sync; `None` = unknown (first sync, or
+    /// after a failed write): the next sync is a full one and reads the maps.
+    assigned: Option<Assigned>,
     /// The desired state as of the last sync; `None` until a full sync built it.
     model: Option<Model>,
     /// The loaded programs (their links are pinned; kept so the objects stay referenced while
@@ -280,13 +283,6 @@ pub struct EbpfDataplane {
     external_interface: Option<String>,
 }
 
-impl EbpfDataplane {
-    /// What the dataplane believes the maps hold (after a sync).
-    pub fn current(&self) -> Option<&Current> {
-        self.current.as_ref()
-    }
-}
-
 impl Dataplane for EbpfDataplane {
     fn sync(
         &mut self,
@@ -294,29 +290,29 @@ impl Dataplane for EbpfDataplane {
         endpoints: &EndpointsMap,
         changes: &Changes,
     ) -> Result<(), Error> {
-        let mut current = match self.current.take() {
-            Some(c) => c,
-            None => read_current(&self.maps)
-                .map_err(|e| sync_error("reading the pinned maps".into(), e))?,
-        };
         let labels = &changes.node_labels;
-        let ops = match self.model.as_mut() {
-            // Partial: only the changed services' front ends and backends are planned.
-            Some(model) if !changes.full => {
+        // A partial sync rebuilds the touched entries from the model and the ids; a full one
+        // (or the first after an error) reads the maps back.
+        let (mut current, ops, partial) = match (self.model.as_mut(), self.assigned.take()) {
+            (Some(model), Some(assigned)) if !changes.full => {
                 let ports = model.changed_ports(changes, services);
                 let touched = model.update(&ports, services, endpoints, &self.config, labels);
-                plan::plan_some(
+                let current = assigned.current_for(&touched);
+                let ops = plan::plan_some(
                     model.desired(),
                     &current,
                     &touched.frontends,
                     &touched.backends,
-                )
+                );
+                (current, ops, Some((touched, assigned)))
             }
             _ => {
+                let current = read_current(&self.maps)
+                    .map_err(|e| sync_error("reading the pinned maps".into(), e))?;
                 let model = Model::build(services, endpoints, &self.config, labels);
                 let ops = plan::plan(model.desired(), &current);
                 self.model = Some(model);
-                ops
+                (current, ops, None)
             }
         };
         // UDP backends that go: sockets connected to them are destroyed after the writes.
@@ -341,7 +337,14 @@ impl Dataplane for EbpfDataplane {
         if !ops.is_empty() {
             tracing::debug!(writes = ops.len(), "ebpf maps updated");
         }
-        self.current = Some(current);
+        self.assigned = Some(match partial {
+            Some((touched, mut assigned)) => {
+                assigned.record(&touched, &current);
+                assigned
+            }
+            None => Assigned::of(&current),
+        });
+        drop(current);
         if changes.full || ops.len() >= TRIM_AFTER_OPS {
             // A full plan's temporaries (every front end and backend, the op list, the maps
             // read back) are megabytes at 10,000 services, freed on this blocking thread's
@@ -367,7 +370,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn cleanup(&mut self) -> Result<(), Error> {
-        self.current = None;
+        self.assigned = None;
         self.model = None;
         loader::detach_all(
             &self.pin_dir,

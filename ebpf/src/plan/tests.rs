@@ -437,6 +437,39 @@ fn partial_updates_land_where_full_plans_do() {
     }
 }
 
+/// The dataplane keeps only the model and the ids between syncs: the touched entries rebuilt
+/// from them must plan exactly what a copy of the whole maps plans, and leave the same ids.
+#[test]
+fn partial_plans_from_the_kept_ids_match_plans_from_the_whole_maps() {
+    let all = scenarios::scenarios();
+    for (from, s1, e1) in &all {
+        for (to, s2, e2) in &all {
+            let mut c = Current::default();
+            let mut model = Model::build(s1, e1, &cfg(), &BTreeMap::new());
+            let ops = plan(model.desired(), &c);
+            apply_checked(&mut c, &ops, model.desired());
+            let mut assigned = Assigned::of(&c);
+            let ports = model.changed_ports(&changes_of(&["web"]), s2);
+            let touched = model.update(&ports, s2, e2, &cfg(), &BTreeMap::new());
+            let mut mini = assigned.current_for(&touched);
+            let ops = plan_some(
+                model.desired(),
+                &mini,
+                &touched.frontends,
+                &touched.backends,
+            );
+            let whole = plan_some(model.desired(), &c, &touched.frontends, &touched.backends);
+            assert_eq!(text(&ops), text(&whole), "{from} → {to}");
+            for op in &ops {
+                mini.apply(op);
+                c.apply(op);
+            }
+            assigned.record(&touched, &mini);
+            assert_eq!(assigned, Assigned::of(&c), "{from} → {to}");
+        }
+    }
+}
+
 #[test]
 fn a_partial_update_plans_only_the_changed_service() {
     let eps = |v: &[&str]| v.iter().map(|a| ep(a, false)).collect::<Vec<_>>();
@@ -464,9 +497,19 @@ fn a_partial_update_plans_only_the_changed_service() {
     e.remove(&gone);
     let ports = model.changed_ports(&changes_of(&["s7", "s9"]), &s);
     assert_eq!(ports.len(), 2);
+    let assigned = Assigned::of(&c);
     let touched = model.update(&ports, &s, &e, &cfg(), &BTreeMap::new());
     assert_eq!(touched.frontends.len(), 2);
     let ops = plan_some(model.desired(), &c, &touched.frontends, &touched.backends);
+    // The same from the kept ids alone (the touched entries rebuilt, the shared backend too).
+    let mini = assigned.current_for(&touched);
+    let from_ids = plan_some(
+        model.desired(),
+        &mini,
+        &touched.frontends,
+        &touched.backends,
+    );
+    assert_eq!(text(&from_ids), text(&ops));
     assert_eq!(
         text(&ops),
         "put backend 52 10.244.8.8:8080/tcp\n\
