@@ -178,8 +178,17 @@ pub struct Want {
 pub struct Desired {
     /// Every front end.
     pub frontends: BTreeMap<Frontend, Want>,
-    /// Every backend some front end uses, with its flags.
-    pub backends: BTreeMap<BackendAddr, u8>,
+    /// Every backend some front end uses.
+    pub backends: BTreeMap<BackendAddr, BackendWant>,
+}
+
+/// A backend of the desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendWant {
+    /// [`BACKEND_LOCAL`] if some front end has it as a local endpoint.
+    pub flags: u8,
+    /// How many front ends use it (the model drops it when none does).
+    pub users: u32,
 }
 
 /// The node-level inputs of [`desired`].
@@ -282,9 +291,10 @@ pub fn service_frontends(
                    set: &[(BackendAddr, bool)],
                    src_ranges: &[SrcRange]| {
         for (b, is_local) in set {
-            let f = out.backends.entry(*b).or_insert(0);
+            let w = out.backends.entry(*b).or_default();
+            w.users += 1;
             if *is_local {
-                *f |= BACKEND_LOCAL;
+                w.flags |= BACKEND_LOCAL;
             }
         }
         out.frontends.insert(
@@ -816,12 +826,12 @@ fn plan_inner(
     let mut backend_ids = Ids::new(&current.free_backend_ids);
     let mut ids: BTreeMap<BackendAddr, u32> = BTreeMap::new();
     for addr in backends {
-        let Some(flags) = want.backends.get(addr) else {
+        let Some(w) = want.backends.get(addr) else {
             continue;
         };
         let backend = Backend {
             addr: *addr,
-            flags: *flags,
+            flags: w.flags,
         };
         // Two ids for one address (a crash between writes): keep the first, the other goes.
         let id = match current.ids_of(*addr).next() {
@@ -961,8 +971,6 @@ pub struct Model {
     desired: Desired,
     /// The front ends each service port produced.
     per_port: BTreeMap<ServicePortName, Vec<Frontend>>,
-    /// How many front ends use each backend.
-    refs: BTreeMap<BackendAddr, u32>,
 }
 
 /// What a [`Model::update`] touched: the input of [`plan_some`].
@@ -1022,16 +1030,15 @@ impl Model {
             let eps = endpoints.get(port).map(Vec::as_slice).unwrap_or(&[]);
             let mut part = Desired::default();
             service_frontends(svc, eps, cfg, node_labels, &mut part);
-            for (b, flags) in &part.backends {
-                *self.desired.backends.entry(*b).or_insert(0) |= flags;
+            for (b, part) in &part.backends {
+                let w = self.desired.backends.entry(*b).or_default();
+                w.flags |= part.flags;
+                w.users += part.users;
             }
             let mut mine = Vec::with_capacity(part.frontends.len());
             for (f, w) in part.frontends {
                 touched.frontends.insert(f);
-                for b in &w.backends {
-                    touched.backends.insert(*b);
-                    *self.refs.entry(*b).or_insert(0) += 1;
-                }
+                touched.backends.extend(w.backends.iter().copied());
                 mine.push(f);
                 self.desired.frontends.insert(f, w);
             }
@@ -1053,10 +1060,9 @@ impl Model {
     }
 
     fn unref(&mut self, b: BackendAddr) {
-        if let Some(n) = self.refs.get_mut(&b) {
-            *n -= 1;
-            if *n == 0 {
-                self.refs.remove(&b);
+        if let Some(w) = self.desired.backends.get_mut(&b) {
+            w.users -= 1;
+            if w.users == 0 {
                 self.desired.backends.remove(&b);
             }
         }

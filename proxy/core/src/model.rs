@@ -75,6 +75,26 @@ impl IpFamily {
     }
 }
 
+/// A shared copy of `s` for the strings that service port names repeat across thousands of
+/// keys (namespaces, port names): one allocation per distinct string instead of one per key.
+/// The pool drops strings no key holds any more whenever it has doubled since it last did.
+pub fn intern(s: &str) -> Arc<str> {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static POOL: Mutex<(BTreeSet<Arc<str>>, usize)> = Mutex::new((BTreeSet::new(), 0));
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = pool.0.get(s) {
+        return a.clone();
+    }
+    if pool.0.len() >= 2 * pool.1 + 64 {
+        pool.0.retain(|a| Arc::strong_count(a) > 1);
+        pool.1 = pool.0.len();
+    }
+    let a: Arc<str> = Arc::from(s);
+    pool.0.insert(a.clone());
+    a
+}
+
 /// Namespace + name of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamespacedName {
@@ -102,13 +122,17 @@ impl fmt::Display for NamespacedName {
 
 /// Identity of one port of one Service: the key of [`ServicePortMap`] and [`EndpointsMap`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// The strings are shared (`Arc<str>`): every map keyed by service port (the proxy's merged
+/// maps, each mode's own state) holds a copy of each key, and at 10,000 services three heap
+/// strings per copy add up to megabytes.
 pub struct ServicePortName {
     /// Service namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Port name (`""` for a single unnamed port); matches the EndpointSlice port name.
-    pub port_name: String,
+    pub port_name: Arc<str>,
     /// Protocol.
     pub protocol: Protocol,
 }
@@ -116,9 +140,9 @@ pub struct ServicePortName {
 impl ServicePortName {
     /// Builds a service port name.
     pub fn new(
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-        port_name: impl Into<String>,
+        namespace: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        port_name: impl Into<Arc<str>>,
         protocol: Protocol,
     ) -> Self {
         Self {
@@ -131,7 +155,7 @@ impl ServicePortName {
 
     /// The Service this port belongs to.
     pub fn service(&self) -> NamespacedName {
-        NamespacedName::new(self.namespace.clone(), self.name.clone())
+        NamespacedName::new(&*self.namespace, &*self.name)
     }
 }
 
@@ -336,4 +360,29 @@ pub fn hash_name(s: &str) -> String {
     (0..16)
         .map(|i| ALPHABET[((top >> (75 - 5 * i)) & 31) as usize] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_strings_are_shared_and_dropped_once_unused() {
+        let a = intern("intern-test-ns");
+        let b = intern(&String::from("intern-test-ns"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, "intern-test-ns");
+        // Strings nobody holds any more go when the pool prunes (after it has doubled).
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        for i in 0..10_000 {
+            intern(&format!("intern-test-filler-{i}"));
+        }
+        assert!(
+            weak.upgrade().is_none(),
+            "the unused string is still pooled"
+        );
+        let keys = ServicePortName::new(intern("ns"), "svc", intern(""), Protocol::Tcp);
+        assert!(Arc::ptr_eq(&keys.namespace, &intern("ns")));
+    }
 }

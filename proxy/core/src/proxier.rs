@@ -114,7 +114,7 @@ impl Changes {
             ports
                 .range(from..)
                 .map(|(k, _)| k)
-                .take_while(move |k| k.namespace == svc.namespace && k.name == svc.name)
+                .take_while(move |k| *k.namespace == *svc.namespace && *k.name == *svc.name)
         })
     }
 

@@ -31,7 +31,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::warn;
 
 use crate::model::{
-    Endpoint, EndpointsMap, IpFamily, NamespacedName, Protocol, ProxyConfig, ServicePort,
+    intern, Endpoint, EndpointsMap, IpFamily, NamespacedName, Protocol, ProxyConfig, ServicePort,
     ServicePortMap, ServicePortName, DEFAULT_AFFINITY_TIMEOUT_SECONDS, LABEL_HEADLESS,
     LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
 };
@@ -144,7 +144,7 @@ fn ports_of(map: &ServicePortMap, svc: &NamespacedName) -> ServicePortMap {
     // one run starting at (namespace, name, "", the first protocol).
     let from = ServicePortName::new(svc.namespace.clone(), svc.name.clone(), "", Protocol::Tcp);
     map.range(from..)
-        .take_while(|(k, _)| k.namespace == svc.namespace && k.name == svc.name)
+        .take_while(|(k, _)| *k.namespace == *svc.namespace && *k.name == *svc.name)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -267,6 +267,8 @@ pub fn service_to_ports(config: &ProxyConfig, svc: &Service) -> ServicePortMap {
         None
     };
 
+    let namespace = intern(&key.namespace);
+    let svc_name: Arc<str> = Arc::from(key.name.as_str());
     for p in spec.ports.iter().flatten() {
         let Some(protocol) = Protocol::from_k8s(p.protocol.as_deref()) else {
             warn!(service = %key, protocol = ?p.protocol, "ignoring port with unknown protocol");
@@ -277,9 +279,9 @@ pub fn service_to_ports(config: &ProxyConfig, svc: &Service) -> ServicePortMap {
             continue;
         };
         let name = ServicePortName::new(
-            key.namespace.clone(),
-            key.name.clone(),
-            p.name.clone().unwrap_or_default(),
+            namespace.clone(),
+            svc_name.clone(),
+            intern(p.name.as_deref().unwrap_or_default()),
             protocol,
         );
         let sp = ServicePort {
@@ -501,12 +503,14 @@ fn diff_udp(old: &EndpointsMap, new: &EndpointsMap, result: &mut EndpointsUpdate
 fn merge_slices(svc: &NamespacedName, slices: &BTreeMap<String, Arc<SliceInfo>>) -> EndpointsMap {
     let mut merged: BTreeMap<ServicePortName, BTreeMap<SocketAddr, Arc<Endpoint>>> =
         BTreeMap::new();
+    let namespace = intern(&svc.namespace);
+    let name: Arc<str> = Arc::from(svc.name.as_str());
     for info in slices.values() {
         for ((port_name, _, protocol), eps) in &info.ports {
             let key = ServicePortName::new(
-                svc.namespace.clone(),
-                svc.name.clone(),
-                port_name.clone(),
+                namespace.clone(),
+                name.clone(),
+                intern(port_name),
                 *protocol,
             );
             let set = merged.entry(key).or_default();
