@@ -95,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut ctx = ModeContext::new(id.name.clone());
     ctx.node_ips = vec![node_ip];
     ctx.cluster_cidr = Some(cli.cluster_cidr.into());
+    ctx.ipvs_scheduler = Some(cli.ipvs_scheduler.clone());
     ctx.runtime = Some(tokio::runtime::Handle::current());
     ctx.cgroup = crate::modes::cgroup2_dir(&cli.cgroup_root);
     ctx.bpf_dir = cli.bpf_dir.join(&id.name);

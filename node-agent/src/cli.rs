@@ -104,11 +104,16 @@ pub struct Cli {
     /// global IPv4 address in the agent's network namespace.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Service proxy mode: `none` (no Service proxying), `userspace`, `iptables`, `nftables` or
-    /// `ebpf` (connect-time load balancing in cgroup socket hooks below `--cgroup-root`, NodePorts
-    /// in tc programs); `ipvs` comes later.
+    /// Service proxy mode: `none` (no Service proxying), `userspace`, `iptables`, `ipvs` (kernel
+    /// IPVS virtual servers; needs `ip_vs`), `nftables` or `ebpf` (connect-time load balancing
+    /// in cgroup socket hooks below `--cgroup-root`, NodePorts in tc programs).
     #[arg(long, value_enum, default_value_t = ProxyMode::None)]
     pub proxy_mode: ProxyMode,
+    /// IPVS scheduler of the `ipvs` proxy mode's virtual servers: `rr` (round robin), `wrr`,
+    /// `lc` (least connection), `wlc`, `lblc`, `lblcr`, `dh`, `sh` (source hashing), `sed`,
+    /// `nq`, `fo`, `ovf`, `mh` (Maglev hashing) or `twos`.
+    #[arg(long, default_value = "rr", value_parser = parse_ipvs_scheduler)]
+    pub ipvs_scheduler: String,
     /// Directory the CNI network configuration (10-sluice.conflist) is written to.
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
@@ -254,7 +259,9 @@ pub enum ProxyMode {
     Userspace,
     /// iptables rules: one iptables-restore transaction per sync, Sluice-owned chains only.
     Iptables,
-    /// IPVS virtual servers (not implemented yet).
+    /// IPVS: a kernel virtual server per Service address and port (`--ipvs-scheduler`), the
+    /// addresses on the dummy link `sluice-ipvs0`, masquerade and filtering in the nftables
+    /// table `ip sluice-ipvs`.
     Ipvs,
     /// nftables: Sluice's own tables (`ip sluice`, `ip6 sluice`), front ends dispatched through
     /// verdict maps, endpoints picked from map slots; an endpoint change is element updates.
@@ -262,6 +269,11 @@ pub enum ProxyMode {
     /// eBPF connect-time load balancing: cgroup socket hooks choose the backend when a socket
     /// connects (or sends UDP), so no packet is translated; tc programs serve NodePorts.
     Ebpf,
+}
+
+/// Checks an `--ipvs-scheduler` name.
+fn parse_ipvs_scheduler(s: &str) -> Result<String, String> {
+    sluice_proxy_ipvs::Scheduler::parse(s).map(|sched| sched.as_str().to_string())
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
@@ -322,6 +334,7 @@ mod tests {
         assert_eq!(c.sync_period, Duration::from_secs(30));
         assert_eq!(c.full_sync_period, Duration::from_secs(3600));
         assert_eq!(c.iptables_backend, IptablesBackend::Auto);
+        assert_eq!(c.ipvs_scheduler, "rr");
         assert_eq!(c.proxy_name, None);
         assert_eq!(c.kubelet_port, 10250);
         assert_eq!(
@@ -348,6 +361,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.proxy_mode, ProxyMode::Iptables);
         assert!(Cli::try_parse_from(["sluice-agent", "--node-name", "n"]).is_err());
+        let base = ["sluice-agent", "--kubeconfig", "k", "--node-name", "n"];
+        let c = Cli::try_parse_from(base.iter().chain(&["--ipvs-scheduler", "mh"])).unwrap();
+        assert_eq!(c.ipvs_scheduler, "mh");
+        assert!(Cli::try_parse_from(base.iter().chain(&["--ipvs-scheduler", "fastest"])).is_err());
         let help = Cli::command().render_long_help().to_string();
         for flag in [
             "--kubeconfig",
@@ -361,6 +378,7 @@ mod tests {
             "--cluster-cidr",
             "--full-sync-period",
             "--iptables-backend",
+            "--ipvs-scheduler",
             "--healthz-bind-address",
             "--metrics-bind-address",
             "--kubelet-port",

@@ -17,6 +17,7 @@ pub fn table() -> Vec<Box<dyn Mode>> {
     vec![
         Box::new(sluice_proxy_userspace::mode::UserspaceMode),
         Box::new(sluice_proxy_iptables::mode::IptablesMode),
+        Box::new(sluice_proxy_ipvs::mode::IpvsMode),
         Box::new(sluice_proxy_nftables::mode::NftablesMode),
         Box::new(sluice_ebpf::mode::EbpfMode),
     ]
@@ -177,7 +178,13 @@ mod tests {
     fn unimplemented_and_none() {
         let table = table();
         assert!(lookup(&table, ProxyMode::None).unwrap().is_none());
-        let e = lookup(&table, ProxyMode::Ipvs).err().unwrap();
+        assert_eq!(
+            lookup(&table, ProxyMode::Ipvs).unwrap().map(|m| m.name()),
+            Some("ipvs")
+        );
+        // A mode missing from the table is named as such.
+        let partial: Vec<Box<dyn Mode>> = vec![Box::new(sluice_proxy_iptables::mode::IptablesMode)];
+        let e = lookup(&partial, ProxyMode::Ipvs).err().unwrap();
         assert!(
             e.starts_with("--proxy-mode ipvs is not implemented yet"),
             "{e}"

@@ -39,6 +39,9 @@ pub struct ModeContext {
     /// The interface traffic from outside the node arrives on (the ebpf mode's NodePort
     /// programs attach there); `None` = the interface holding the first node IP.
     pub external_interface: Option<String>,
+    /// The node's IPVS scheduler (`--ipvs-scheduler`: `rr`, `lc`, `sh`, `mh`, …) for the ipvs
+    /// mode; `None` = that mode's default (round robin).
+    pub ipvs_scheduler: Option<String>,
 }
 
 impl ModeContext {
@@ -54,6 +57,7 @@ impl ModeContext {
             runtime: None,
             cgroup: None,
             external_interface: None,
+            ipvs_scheduler: None,
         }
     }
 }

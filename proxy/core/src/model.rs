@@ -194,7 +194,14 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// `.spec.loadBalancerSourceRanges` of the proxier's family.
     pub load_balancer_source_ranges: Vec<IpNet>,
+    /// The Service's [`ANNOTATION_SCHEDULER`] (a mode with a choice of scheduler, ipvs,
+    /// validates it and falls back to the node's default); `None` without one.
+    pub scheduler: Option<Arc<str>>,
 }
+
+/// The Service annotation choosing its load-balancing scheduler in modes that have a choice
+/// (the ipvs mode: `rr`, `lc`, `sh`, `mh`, …), e.g. `ipvs.sluice.dev/scheduler: mh`.
+pub const ANNOTATION_SCHEDULER: &str = "ipvs.sluice.dev/scheduler";
 
 impl ServicePort {
     /// A minimal ClusterIP port, handy for tests and builders.
@@ -211,6 +218,7 @@ impl ServicePort {
             internal_policy_local: false,
             health_check_node_port: None,
             load_balancer_source_ranges: Vec::new(),
+            scheduler: None,
         }
     }
 

@@ -32,8 +32,8 @@ use tracing::warn;
 
 use crate::model::{
     intern, Endpoint, EndpointsMap, IpFamily, NamespacedName, Protocol, ProxyConfig, ServicePort,
-    ServicePortMap, ServicePortName, DEFAULT_AFFINITY_TIMEOUT_SECONDS, LABEL_HEADLESS,
-    LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+    ServicePortMap, ServicePortName, ANNOTATION_SCHEDULER, DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+    LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
 };
 
 /// Annotation the EndpointSlice controller sets to the time of the change that caused a write.
@@ -267,6 +267,13 @@ pub fn service_to_ports(config: &ProxyConfig, svc: &Service) -> ServicePortMap {
         None
     };
 
+    // Interned: a handful of distinct values across thousands of services.
+    let scheduler = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SCHEDULER))
+        .map(|v| intern(v.trim()));
     let namespace = intern(&key.namespace);
     let svc_name: Arc<str> = Arc::from(key.name.as_str());
     for p in spec.ports.iter().flatten() {
@@ -299,6 +306,7 @@ pub fn service_to_ports(config: &ProxyConfig, svc: &Service) -> ServicePortMap {
             internal_policy_local,
             health_check_node_port,
             load_balancer_source_ranges: load_balancer_source_ranges.clone(),
+            scheduler: scheduler.clone(),
         };
         out.insert(name, Arc::new(sp));
     }

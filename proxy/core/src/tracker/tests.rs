@@ -79,6 +79,15 @@ fn service_ports_are_converted() {
     );
     let dns = &ports[&spn("ns", "web", "dns", Protocol::Udp)];
     assert_eq!(dns.node_port, None);
+    assert_eq!(http.scheduler, None);
+    // The scheduler annotation reaches every port (the ipvs mode validates it).
+    svc.metadata.annotations = Some(
+        [(ANNOTATION_SCHEDULER.to_string(), " mh ".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let ports = service_to_ports(&cfg(), &svc);
+    assert!(ports.values().all(|p| p.scheduler.as_deref() == Some("mh")));
 }
 
 #[test]
