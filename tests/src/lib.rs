@@ -4,7 +4,8 @@
 //! unprivileged. Its `tests/*.rs` drive real binaries: the control plane over TLS with
 //! kubectl (Debian's 1.20 and the preinstalled one) and kube-rs. This library holds the
 //! shared harness: locating binaries and clients, and a control-plane process that is killed
-//! and cleaned up on drop.
+//! and cleaned up on drop. [`vm`] runs a test body inside a qemu VM with Debian's 6.1 cloud
+//! kernel, for what the host's kernel lacks (IPVS, dummy links, loadable modules).
 //!
 //! A test that cannot run here (no root, a tool or kernel feature missing) calls [`skip`]: it
 //! prints `SKIP: <why>` and returns, or fails when `SLUICE_REQUIRE_ALL=1` (CI). A check that
@@ -17,6 +18,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+pub mod vm;
 
 /// The workspace's target directory for the running profile (`target/debug`).
 pub fn target_dir() -> PathBuf {
