@@ -116,6 +116,9 @@ pub const MODULES: &[&str] = &[
     "nft_masq",
     "nft_redir",
     "nft_reject",
+    // `reject` in an `ip` / `ip6` table (the ipvs mode's) is family-specific.
+    "nft_reject_ipv4",
+    "nft_reject_ipv6",
     "nft_reject_inet",
     "nft_fib",
     "nft_fib_inet",

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{bin, is_root, lab, not_applicable, ok, skip, text, Kubectl};
+use sluice_tests::vm::{self, Vm};
+use sluice_tests::{bin, is_root, lab, not_applicable, ok, skip, text, Kubectl, REQUIRE_ALL};
 
 const BB: &str = "/bin/busybox";
 
@@ -23,6 +24,18 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("SLUICE_LAB_LOGS").is_some() {
+            // The agents' last lines say why a check failed (in a VM, they are gone after this).
+            for node in ["n1", "n2"] {
+                let log = self.dir.join(format!("logs/agent-{node}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- last lines of {}:", log.display());
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
         if self.dir.join("lab.json").exists() {
             let _ = lab(&["down", "--dir", &self.d]);
         }
@@ -382,6 +395,37 @@ fn nftables_state(_lab: &Path, _node: &str, ns: &str) -> Vec<String> {
     v
 }
 
+/// The ipvs mode's kernel state in a node namespace: its virtual servers and real servers
+/// (`ipvsadm -Sn`), the addresses on its dummy link and its nftables table, sorted.
+fn ipvs_state(_lab: &Path, _node: &str, ns: &str) -> Vec<String> {
+    let run = |args: &[&str]| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let mut v: Vec<String> = run(&["ipvsadm", "-Sn"])
+        .lines()
+        .map(|l| format!("ipvs: {l}"))
+        .collect();
+    v.extend(
+        run(&["ip", "-o", "-4", "addr", "show", "dev", "sluice-ipvs0"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(|a| format!("addr: {a}"))),
+    );
+    v.extend(
+        run(&["nft", "list", "table", "ip", "sluice-ipvs"])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("nft: {l}")),
+    );
+    v.sort();
+    v
+}
+
 /// The suite, for one mode.
 fn conformance(mode: Mode) {
     let Some(l) = Lab::up(mode.name) else { return };
@@ -426,6 +470,7 @@ fn conformance(mode: Mode) {
             ),
             ("userspace", userspace_state),
             ("nftables", nftables_state),
+            ("ipvs", ipvs_state),
         ] {
             if other != mode.name {
                 let left = state(&l.dir, node, ns);
@@ -754,6 +799,10 @@ fn conformance(mode: Mode) {
             "{ns} kept ebpf state"
         );
         assert!(
+            ipvs_state(&l.dir, node, ns).is_empty(),
+            "{ns} kept ipvs state"
+        );
+        assert!(
             saved.contains("SLUICENODE-MASQ"),
             "{ns} lost node masquerade: {saved}"
         );
@@ -798,6 +847,91 @@ fn ebpf_mode() {
         dump_names: |ip| format!("svc {ip}:80/tcp sock slot=0"),
         kernel_datapath: true,
     });
+}
+
+/// The kernel has IPVS (this machine's does not; the VM's does: `vm_conformance_ipvs`).
+fn has_ipvs() -> bool {
+    Path::new("/proc/net/ip_vs").exists()
+        || Command::new("modprobe")
+            .arg("ip_vs")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn ipvs_mode() {
+    if !has_ipvs() {
+        // Not a silent pass: the suite runs in ipvs mode in the VM (`vm_conformance_ipvs`), which
+        // CI requires.
+        println!(
+            "SKIP: this kernel has no IPVS (no /proc/net/ip_vs, modprobe ip_vs fails); \
+             vm_conformance_ipvs runs this test on a kernel that has it"
+        );
+        return;
+    }
+    conformance(Mode {
+        name: "ipvs",
+        programmed: ipvs_state,
+        dump_names: |ip| format!("TCP {ip}:80 "),
+        kernel_datapath: true,
+    });
+}
+
+/// Runs the test `test` (one mode's suite) inside a VM with Debian's 6.1 cloud kernel: the
+/// second kernel every mode is proven on, and the only one here with IPVS.
+fn in_vm(test: &str) {
+    if let Some(why) = vm::vm_unavailable() {
+        skip(&why);
+        return;
+    }
+    let Some(kubectl) = Kubectl::preinstalled() else {
+        skip("no preinstalled kubectl to carry into the VM");
+        return;
+    };
+    let mut b = Vm::builder();
+    for name in [
+        "sluice-lab",
+        "sluice-control",
+        "sluice-agent",
+        "sluice-cni",
+        "sluice-udp",
+    ] {
+        b = b.workspace_bin(name);
+    }
+    // Tools the suite and the lab use that the VM's base image does not carry.
+    for tool in ["/usr/bin/ss", "/usr/bin/nsenter"] {
+        b = b.file(tool, tool);
+    }
+    if let Ok(v) = std::env::var(REQUIRE_ALL) {
+        b = b.env(REQUIRE_ALL, &v);
+    }
+    let run = b
+        .file(&kubectl.path, &kubectl.path)
+        .memory_mb(2048)
+        .timeout(Duration::from_secs(540))
+        .run_self(test);
+    println!("vm kernel: {}", run.kernel);
+    println!("{}", run.summary(test));
+}
+
+#[test]
+fn vm_conformance_ipvs() {
+    in_vm("ipvs_mode");
+}
+
+#[test]
+fn vm_conformance_iptables() {
+    in_vm("iptables_mode");
+}
+
+#[test]
+fn vm_conformance_nftables() {
+    in_vm("nftables_mode");
+}
+
+#[test]
+fn vm_conformance_userspace() {
+    in_vm("userspace_mode");
 }
 
 #[test]
