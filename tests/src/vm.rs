@@ -156,6 +156,8 @@ pub const MODULES: &[&str] = &[
     "xt_limit",
     "xt_state",
     "xt_owner",
+    // The iptables mode's hairpin rule matches source == destination with a classic BPF program.
+    "xt_bpf",
     "xt_REDIRECT",
     "xt_pkttype",
     "xt_length",
