@@ -22,19 +22,24 @@ struct Lab {
     _tmp: tempfile::TempDir,
 }
 
+/// The agents' last log lines: they say why a check failed (in a VM, the lab's directory is
+/// gone once the run ends).
+fn print_agent_logs(dir: &Path) {
+    for node in ["n1", "n2"] {
+        let log = dir.join(format!("logs/agent-{node}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- last lines of {}:", log.display());
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{l}");
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var_os("SLUICE_LAB_LOGS").is_some() {
-            // The agents' last lines say why a check failed (in a VM, they are gone after this).
-            for node in ["n1", "n2"] {
-                let log = self.dir.join(format!("logs/agent-{node}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("--- last lines of {}:", log.display());
-                for l in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{l}");
-                }
-            }
+            print_agent_logs(&self.dir);
         }
         if self.dir.join("lab.json").exists() {
             let _ = lab(&["down", "--dir", &self.d]);
@@ -58,7 +63,7 @@ impl Lab {
         let dir = tmp.path().join("lab");
         let d = dir.to_string_lossy().to_string();
         // Process pods only (`sluice-lab pod create`): no containerd on the nodes.
-        ok(lab(&[
+        let up = lab(&[
             "up",
             "--nodes",
             "2",
@@ -67,7 +72,12 @@ impl Lab {
             "--no-containerd",
             "--dir",
             &d,
-        ]));
+        ]);
+        if !up.status.success() {
+            print_agent_logs(&dir);
+            let _ = lab(&["down", "--dir", &d]);
+        }
+        ok(up);
         let cluster: Value =
             serde_json::from_slice(&std::fs::read(dir.join("cluster.json")).unwrap()).unwrap();
         let home = tmp.path().join("home");
@@ -716,6 +726,36 @@ fn conformance(mode: Mode) {
     });
     let got = count(&l.connect_many("default/client", &sticky, 80, 40));
     assert_eq!(got.len(), 1, "affinity: {got:?}");
+
+    // ipvs: a Service picks its own scheduler by annotation; source hashing keeps one client on
+    // one backend without any affinity setting (the node's default, round robin, spreads).
+    if mode.name == "ipvs" {
+        let hashed = l.service("hashed", "web", "");
+        l.kubectl(
+            &[
+                "annotate",
+                "service",
+                "hashed",
+                "ipvs.sluice.dev/scheduler=sh",
+            ],
+            None,
+        );
+        let want = format!("-A -t {hashed}:80 -s sh");
+        for (node, ns, _) in &nodes {
+            wait_until(
+                &format!("{node}: the sh virtual server"),
+                Duration::from_secs(20),
+                || {
+                    ipvs_state(&l.dir, node, ns)
+                        .iter()
+                        .any(|l| l.contains(&want))
+                },
+            );
+        }
+        let got = count(&l.connect_many("default/client", &hashed, 80, 30));
+        assert_eq!(got.len(), 1, "sh spread one client: {got:?}");
+        assert_eq!(got.values().sum::<usize>(), 30, "sh: {got:?}");
+    }
 
     // Hairpin: a backend reaching itself through its own service.
     let solo = l.service("solo", "solo", "");
