@@ -84,9 +84,11 @@ pub fn describe_errno(errno: i32) -> String {
     let what = match errno {
         libc::EEXIST => "already exists",
         libc::ESRCH => "no such virtual server",
+        // IPVS says ENOENT both for a missing destination (set, delete) and for a missing
+        // scheduler or persistence engine (add or update a virtual server).
         libc::ENOENT => {
-            "not found (for a new virtual server: no such scheduler, its ip_vs_<name> module is \
-             missing)"
+            "not found (no such destination; for a virtual server being added or updated: no \
+             such scheduler, its ip_vs_<name> module is missing)"
         }
         libc::EPERM => "operation not permitted (needs CAP_NET_ADMIN in the network namespace)",
         libc::EINVAL => "invalid argument (the kernel rejected an attribute)",
@@ -118,9 +120,21 @@ mod tests {
             errno: libc::ENOENT,
         };
         assert!(e.to_string().starts_with(
-            "add service TCP 10.96.0.10:80 bogus: not found (for a new virtual server: no such \
-             scheduler"
+            "add service TCP 10.96.0.10:80 bogus: not found (no such destination; for a virtual \
+             server being added or updated: no such scheduler"
         ));
+        // The same errno for a missing destination must not read as a scheduler problem only.
+        let e = Error::Kernel {
+            op: "deleting destination 10.244.1.2:8080 of IPVS service TCP 10.96.0.10:80".into(),
+            errno: libc::ENOENT,
+        };
+        assert!(
+            e.to_string().starts_with(
+                "deleting destination 10.244.1.2:8080 of IPVS service TCP 10.96.0.10:80: not \
+                 found (no such destination;"
+            ),
+            "{e}"
+        );
         assert_eq!(e.errno(), Some(libc::ENOENT));
         let e = Error::Kernel {
             op: "x".into(),
