@@ -1054,9 +1054,7 @@ impl Model {
         changes: &Changes,
         services: &ServicePortMap,
     ) -> Vec<ServicePortName> {
-        let mut v: BTreeSet<ServicePortName> = changes.changed_ports(services).cloned().collect();
-        v.extend(changes.changed_ports(&self.per_port).cloned());
-        v.into_iter().collect()
+        changes.changed_ports_in(services, &self.per_port)
     }
 
     fn unref(&mut self, b: BackendAddr) {

@@ -59,6 +59,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::{is_root, target_dir};
 
@@ -321,6 +323,19 @@ pub fn in_vm() -> bool {
             .is_ok_and(|c| c.split_whitespace().any(|w| w == CMDLINE_MARK))
 }
 
+/// Whether VM tests can run on this machine; if not, [`crate::skip`]s with the reason
+/// ([`vm_unavailable`]: prints SKIP, or fails under `SLUICE_REQUIRE_ALL=1`) and returns false.
+#[track_caller]
+pub fn available_or_skip() -> bool {
+    match vm_unavailable() {
+        Some(why) => {
+            crate::skip(&why);
+            false
+        }
+        None => true,
+    }
+}
+
 /// Why VM tests cannot run on this machine (`None`: they can). The caller passes the reason
 /// to [`crate::skip`], which fails under `SLUICE_REQUIRE_ALL=1`.
 ///
@@ -438,6 +453,24 @@ pub struct VmRun {
     pub guest_ready_uptime: Duration,
     /// Where console.log, result.log and the run script are kept.
     pub workdir: PathBuf,
+}
+
+impl VmRun {
+    /// Asserts that the guest ran Debian's 6.1 cloud kernel and that the guest test printed
+    /// it as `vm kernel: <release>` (so the test body really ran in the guest).
+    #[track_caller]
+    pub fn assert_debian_kernel(&self) {
+        assert!(
+            self.kernel.starts_with("6.1.") && self.kernel.ends_with("-cloud-amd64"),
+            "the guest ran kernel {:?}, not Debian's 6.1 cloud kernel",
+            self.kernel
+        );
+        assert!(
+            self.output.contains(&format!("vm kernel: {}", self.kernel)),
+            "the guest test did not print its kernel:\n{}",
+            self.output
+        );
+    }
 }
 
 impl VmBuilder {
@@ -2032,6 +2065,106 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<String> {
 /// Quotes `s` for sh.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for test bodies in the guest: network namespaces, servers and clients as threads (an
+// exec costs ~80–100 ms under TCG), commands.
+
+/// Creates the named network namespace `/run/netns/<name>` in-process (what `ip netns add`
+/// does, without its exec): a thread unshares its network namespace and bind-mounts it. Only
+/// that thread switches; it ends right after. Panics on failure.
+pub fn netns_add(name: &str) {
+    let path = format!("/run/netns/{name}");
+    fs::create_dir_all("/run/netns").unwrap();
+    File::create(&path).unwrap();
+    join(std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            path.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind-mounting the new network namespace");
+    }))
+}
+
+/// Moves the calling thread into the named network namespace (made by [`netns_add`] or
+/// `ip netns add`). Panics on failure.
+pub fn enter(ns: &str) {
+    let f = File::open(format!("/run/netns/{ns}")).unwrap();
+    setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// Runs `f` on a thread in the named network namespace; its result, or its panic.
+pub fn in_ns<T: Send + 'static>(ns: &'static str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    join(std::thread::spawn(move || {
+        enter(ns);
+        f()
+    }))
+}
+
+/// Runs `f` on a thread in a new, unnamed network namespace (only that thread moves); child
+/// processes it starts inherit the namespace. Its result, or its panic.
+pub fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    join(std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        f()
+    }))
+}
+
+/// Joins `h`: its result, or its panic resumed in the caller.
+pub fn join<T>(h: std::thread::JoinHandle<T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A TCP server thread in `ns` that answers every connection on `addr` with `reply` and
+/// closes it; returns once it listens (panics if it does not within 10 s). It runs until the
+/// process ends.
+pub fn serve<A>(ns: &'static str, addr: A, reply: String)
+where
+    A: std::net::ToSocketAddrs + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter(ns);
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the backend server did not start");
+}
+
+/// Runs `prog args…` with `stdin`, asserts success (the message has stderr and the input),
+/// returns stdout.
+pub fn cmd(prog: &str, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {prog}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {}: {}\n{}\n--- stdin\n{stdin}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[cfg(test)]

@@ -30,18 +30,12 @@
 //! return; under `SLUICE_REQUIRE_ALL=1` they fail instead.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::libc::{EEXIST, ENOENT, ESRCH};
-use nix::mount::{mount, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use nix::sys::time::TimeVal;
 use sluice_proxy_ipvs::client::{self, forward_name, IpvsClient};
@@ -51,39 +45,18 @@ use sluice_proxy_ipvs::netlink::{
 };
 use sluice_proxy_ipvs::rtnl::Rtnl;
 use sluice_proxy_ipvs::DUMMY_LINK;
-use sluice_tests::skip;
-use sluice_tests::vm::{self, Vm};
-
-/// Whether VM tests can run here; prints SKIP (or fails under REQUIRE_ALL) otherwise.
-fn vm_available() -> bool {
-    match vm::vm_unavailable() {
-        Some(why) => {
-            skip(&why);
-            false
-        }
-        None => true,
-    }
-}
+use sluice_tests::vm::{self, cmd, in_fresh_netns, in_ns, netns_add, serve, Vm};
 
 /// The host half: boots the VM and runs `test` there.
 fn run_in_vm(test: &str) {
-    if !vm_available() {
+    if !vm::available_or_skip() {
         return;
     }
     let run = Vm::builder()
         .timeout(Duration::from_secs(180))
         .run_self(test);
     println!("vm kernel: {}", run.kernel);
-    assert!(
-        run.kernel.starts_with("6.1.") && run.kernel.ends_with("-cloud-amd64"),
-        "the guest ran kernel {:?}, not Debian's 6.1 cloud kernel",
-        run.kernel
-    );
-    assert!(
-        run.output.contains(&format!("vm kernel: {}", run.kernel)),
-        "the guest test did not print its kernel:\n{}",
-        run.output
-    );
+    run.assert_debian_kernel();
 }
 
 fn print_guest_kernel() {
@@ -321,32 +294,6 @@ fn parse_save(text: &str) -> Table {
         }
     }
     t
-}
-
-/// Runs `prog args…` with `stdin`, asserts success, returns stdout.
-fn cmd(prog: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {prog}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {}: {}\n{}\n--- stdin\n{stdin}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Each line without its trailing blanks (ipvsadm pads its columns).
@@ -1022,67 +969,6 @@ fn counts<'a>(it: impl Iterator<Item = &'a String>) -> BTreeMap<String, usize> {
 
 // ---------------------------------------------------------------------------------------------
 // Namespaces, servers and clients as threads (an exec costs ~80 ms under TCG).
-
-/// Runs `f` on a thread in a new, unnamed network namespace (only that thread moves); child
-/// processes it starts (`ipvsadm`) inherit the namespace.
-fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    join(thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        f()
-    }))
-}
-
-/// Runs `f` on a thread in the named network namespace.
-fn in_ns<T: Send + 'static>(ns: &'static str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    join(thread::spawn(move || {
-        enter(ns);
-        f()
-    }))
-}
-
-fn join<T>(h: thread::JoinHandle<T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-/// Creates the named network namespace `/run/netns/<name>` in-process (what `ip netns add`
-/// does, without its exec): a thread unshares its network namespace and bind-mounts it.
-fn netns_add(name: &str) {
-    let path = format!("/run/netns/{name}");
-    std::fs::create_dir_all("/run/netns").unwrap();
-    File::create(&path).unwrap();
-    join(thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .expect("bind-mounting the new network namespace");
-    }))
-}
-
-/// Moves the calling thread into the named network namespace.
-fn enter(ns: &str) {
-    let f = File::open(format!("/run/netns/{ns}")).unwrap();
-    setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-/// A TCP server thread in `ns` that answers every connection with `reply` and closes it.
-fn serve(ns: &'static str, addr: SocketAddrV4, reply: String) {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        enter(ns);
-        let listener = TcpListener::bind(addr).unwrap();
-        tx.send(()).unwrap();
-        for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(reply.as_bytes());
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the backend server did not start");
-}
 
 /// One connection from the client namespace per entry of `sources`, bound to that source
 /// address, to VIP:`port`, one after the other: each reply (or the error, as text).

@@ -18,30 +18,13 @@
 //! `SKIP: <reason>` and return; under `SLUICE_REQUIRE_ALL=1` they fail instead.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
-use sluice_tests::skip;
-use sluice_tests::vm::{self, Payload, Vm};
-
-/// Whether VM tests can run here; prints SKIP (or fails under REQUIRE_ALL) otherwise.
-fn vm_available() -> bool {
-    match vm::vm_unavailable() {
-        Some(why) => {
-            skip(&why);
-            false
-        }
-        None => true,
-    }
-}
+use sluice_tests::vm::{self, cmd, enter, netns_add, serve, Payload, Vm};
 
 #[test]
 fn vm_kernel_smoke() {
@@ -49,22 +32,13 @@ fn vm_kernel_smoke() {
         smoke_in_guest();
         return;
     }
-    if !vm_available() {
+    if !vm::available_or_skip() {
         return;
     }
     let run = Vm::builder()
         .timeout(Duration::from_secs(180))
         .run_self("vm_kernel_smoke");
-    assert!(
-        run.kernel.starts_with("6.1.") && run.kernel.ends_with("-cloud-amd64"),
-        "the guest ran kernel {:?}, not Debian's 6.1 cloud kernel",
-        run.kernel
-    );
-    assert!(
-        run.output.contains(&format!("vm kernel: {}", run.kernel)),
-        "the guest test did not print its kernel:\n{}",
-        run.output
-    );
+    run.assert_debian_kernel();
 }
 
 #[test]
@@ -72,7 +46,7 @@ fn vm_harness_disk_payload_exit_code() {
     if vm::in_vm() {
         return;
     }
-    if !vm_available() {
+    if !vm::available_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -112,7 +86,7 @@ fn vm_harness_reports_crash() {
     if vm::in_vm() {
         return;
     }
-    if !vm_available() {
+    if !vm::available_or_skip() {
         return;
     }
     let err = Vm::builder()
@@ -287,49 +261,6 @@ fn smoke_in_guest() {
     );
 }
 
-/// Creates the named network namespace `/run/netns/<name>` in-process (what `ip netns add`
-/// does, without its ~100 ms exec under TCG): a thread unshares its network namespace and
-/// bind-mounts it. Only that thread switches; it ends right after.
-fn netns_add(name: &str) {
-    let path = format!("/run/netns/{name}");
-    std::fs::create_dir_all("/run/netns").unwrap();
-    File::create(&path).unwrap();
-    thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .expect("bind-mounting the new network namespace");
-    })
-    .join()
-    .unwrap();
-}
-
-/// Moves the calling thread into the named network namespace.
-fn enter(ns: &str) {
-    let f = File::open(format!("/run/netns/{ns}")).unwrap();
-    setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-/// A TCP server thread in `ns` that answers every connection with `reply`.
-fn serve(ns: &'static str, addr: String, reply: String) {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        enter(ns);
-        let listener = TcpListener::bind(&addr).unwrap();
-        tx.send(()).unwrap();
-        for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(reply.as_bytes());
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the backend server did not start");
-}
-
 /// `n` connections from `ns` to `target`, one after the other: the replies counted (and
 /// errors by message, so a failure shows what happened).
 fn probe(ns: &'static str, target: SocketAddr, n: usize) -> BTreeMap<String, usize> {
@@ -351,30 +282,4 @@ fn probe(ns: &'static str, target: SocketAddr, n: usize) -> BTreeMap<String, usi
     })
     .join()
     .unwrap()
-}
-
-/// Runs `prog args…` with `stdin`, asserts success, returns stdout.
-fn cmd(prog: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {prog}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {}: {}\n{}\n--- stdin\n{stdin}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

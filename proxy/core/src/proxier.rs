@@ -118,6 +118,19 @@ impl Changes {
         })
     }
 
+    /// The service ports a partial sync of a mode's per-port model recomputes: the changed
+    /// services' ports in `now` (the current [`ServicePortMap`]) and in `before` (the model's
+    /// ports as of the last sync, so removed ones too), each once, in order.
+    pub fn changed_ports_in<V, W>(
+        &self,
+        now: &BTreeMap<ServicePortName, V>,
+        before: &BTreeMap<ServicePortName, W>,
+    ) -> Vec<ServicePortName> {
+        let mut v: BTreeSet<ServicePortName> = self.changed_ports(now).cloned().collect();
+        v.extend(self.changed_ports(before).cloned());
+        v.into_iter().collect()
+    }
+
     /// Nothing to do for a partial sync.
     fn is_empty(&self) -> bool {
         self.services.is_empty()

@@ -177,12 +177,12 @@ impl Engine {
         let ops = if full {
             self.model = Model::build(services, endpoints, &self.cfg, &changes.node_labels);
             self.list(now)?;
-            let (script, state) = render::full(&self.model, &self.cfg);
+            let (script, state) = render::full(&self.model, &self.cfg.node);
             if let Err(e) = self.kernel.nft(&script) {
                 // A table nft cannot extend (another layout, objects changed by hand) is
                 // replaced in the same transaction.
                 warn!(error = %e, "ipvs mode: writing the companion table failed; replacing it");
-                self.kernel.nft(&render::replace(&script, &self.cfg))?;
+                self.kernel.nft(&render::replace(&script, &self.cfg.node))?;
             }
             self.nft = state;
             plan(&self.model, &self.current, &self.cfg, Scope::All, now)
@@ -192,7 +192,7 @@ impl Engine {
                 self.model
                     .update(&ports, services, endpoints, &self.cfg, &changes.node_labels);
             self.refresh(&touched, now)?;
-            let script = render::delta(&mut self.nft, &self.model, &touched, &self.cfg);
+            let script = render::delta(&mut self.nft, &self.model, &touched, &self.cfg.node);
             if !script.is_empty() {
                 self.kernel.nft(&script)?;
             }
@@ -284,7 +284,7 @@ impl Engine {
         self.kernel.delete_link()?;
         self.kernel.nft(&format!(
             "add table {f} {t}\ndelete table {f} {t}\n",
-            f = render::family_word(self.cfg.family),
+            f = sluice_proxy_nftables::text::family(self.cfg.node.family),
             t = render::TABLE
         ))?;
         self.current = Current::default();

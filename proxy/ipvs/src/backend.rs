@@ -3,18 +3,14 @@
 //! link over rtnetlink, the companion table through `nft -f`). Tests drive the dataplane
 //! through an in-memory implementation instead.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::Command;
 
-use sluice_iptables_tools::{run, RunError, NO_INPUT};
-use sluice_proxy::model::IpFamily;
+use sluice_proxy_nftables::nft::Nft;
 
 use crate::client::IpvsClient;
 use crate::error::{Error, Result};
 use crate::netlink::{Destination, Service};
-use crate::render::{family_word, TABLE};
+use crate::render::TABLE;
 use crate::rtnl::Rtnl;
 use crate::DUMMY_LINK;
 
@@ -52,75 +48,21 @@ pub trait Kernel: Send {
     fn nft(&mut self, script: &str) -> Result<()>;
 }
 
-/// The `nft` binary.
-#[derive(Debug, Clone)]
-pub struct NftTools {
-    /// `nft`.
-    pub nft: PathBuf,
-}
-
-impl Default for NftTools {
-    fn default() -> Self {
-        Self { nft: "nft".into() }
-    }
-}
-
-impl NftTools {
-    /// Whether `nft` runs.
-    pub fn available(&self) -> bool {
-        Command::new(&self.nft)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    /// `nft -f -` with `script` on stdin.
-    pub fn run_script(&self, script: &str) -> Result<(), RunError> {
-        run(
-            Command::new(&self.nft).args(["-f", "-"]),
-            Some(|w: &mut dyn Write| w.write_all(script.as_bytes())),
-        )
-        .map(drop)
-    }
-
-    fn nft(&self, args: &[&str]) -> Result<String, RunError> {
-        run(Command::new(&self.nft).args(args), NO_INPUT)
-    }
-
-    /// Whether the mode's table of `family` exists (`nft list tables`: names only).
-    pub fn has_table(&self, family: IpFamily) -> bool {
-        let want = format!("table {} {TABLE}", family_word(family));
-        self.nft(&["list", "tables"])
-            .is_ok_and(|out| out.lines().any(|l| l.trim() == want))
-    }
-
-    /// `nft list table <family> sluice-ipvs`, or `None` when there is none.
-    pub fn dump(&self, family: IpFamily) -> Option<String> {
-        self.nft(&["list", "table", family_word(family), TABLE])
-            .ok()
-    }
-
-    /// Deletes the mode's tables of both families (whatever exists).
-    pub fn delete_tables(&self) -> Result<(), RunError> {
-        for f in [IpFamily::V4, IpFamily::V6] {
-            if self.has_table(f) {
-                self.nft(&["delete", "table", family_word(f), TABLE])?;
-            }
-        }
-        Ok(())
-    }
+/// `nft` for the companion table.
+pub fn nft() -> Nft {
+    Nft::new(TABLE)
 }
 
 /// [`Kernel`] on the real kernel of the caller's network namespace.
 pub struct SystemKernel {
     ipvs: IpvsClient,
     rtnl: Rtnl,
-    tools: NftTools,
+    tools: Nft,
 }
 
 impl SystemKernel {
     /// Connects to IPVS ([`Error::NoIpvs`] without it) and rtnetlink.
-    pub fn open(tools: NftTools) -> Result<Self> {
+    pub fn open(tools: Nft) -> Result<Self> {
         Ok(Self {
             ipvs: IpvsClient::connect()?,
             rtnl: Rtnl::open()?,

@@ -9,7 +9,7 @@ use sluice_proxy::model::IpFamily;
 use sluice_proxy::proxier::Error;
 
 use crate::apply::IpvsDataplane;
-use crate::backend::{Kernel, NftTools, SystemKernel};
+use crate::backend::{self, Kernel, SystemKernel};
 use crate::client::IpvsClient;
 use crate::error::Error as IpvsError;
 use crate::plan::{state_text, Config, Current, Listing, Model};
@@ -51,7 +51,7 @@ impl ProbeEnv for SystemProbe {
     }
 
     fn nft_available(&mut self) -> bool {
-        NftTools::default().available()
+        backend::nft().available()
     }
 
     fn dummy_link(&mut self) -> Result<(), IpvsError> {
@@ -99,13 +99,13 @@ pub fn config(ctx: &ModeContext) -> Result<Config, String> {
         None => Scheduler::rr(),
     };
     let mut cfg = Config::new(ctx.node_name.clone());
-    cfg.node_ips = ctx
+    cfg.node.node_ips = ctx
         .node_ips
         .iter()
         .filter(|ip| IpFamily::V4.matches(ip))
         .copied()
         .collect();
-    cfg.cluster_cidr = ctx.cluster_cidr;
+    cfg.node.cluster_cidr = ctx.cluster_cidr;
     cfg.scheduler = scheduler;
     Ok(cfg)
 }
@@ -137,7 +137,7 @@ fn kernel_state(cfg: &Config) -> Result<(Listing, BTreeSet<IpAddr>), IpvsError> 
 fn fallback_config(ctx: &ModeContext) -> Config {
     config(ctx).unwrap_or_else(|_| {
         let mut c = Config::new(ctx.node_name.clone());
-        c.node_ips = ctx.node_ips.clone();
+        c.node.node_ips = ctx.node_ips.clone();
         c
     })
 }
@@ -153,7 +153,7 @@ impl Mode for IpvsMode {
     }
 
     fn has_leftovers(&self, ctx: &ModeContext) -> bool {
-        let tools = NftTools::default();
+        let tools = backend::nft();
         if tools.available()
             && [IpFamily::V4, IpFamily::V6]
                 .into_iter()
@@ -195,7 +195,7 @@ impl Mode for IpvsMode {
         Rtnl::open()
             .and_then(|mut r| r.delete_link(DUMMY_LINK))
             .map_err(|e| cleanup(format!("deleting link {DUMMY_LINK}"), e))?;
-        let tools = NftTools::default();
+        let tools = backend::nft();
         if tools.available() {
             tools.delete_tables().map_err(|e| Error::Cleanup {
                 dataplane: NAME,
@@ -212,14 +212,14 @@ impl Mode for IpvsMode {
     /// are shown.
     fn dump(&self, ctx: &ModeContext) -> Result<String, Error> {
         let mut cfg = fallback_config(ctx);
-        if cfg.node_ips.is_empty() {
+        if cfg.node.node_ips.is_empty() {
             // `debug dump` knows no node IP: NodePorts may be on any address of the node
             // (but not the dummy link's: those are shown by being on it).
             let mut rt = Rtnl::open().map_err(|e| mode::error(NAME, e.to_string()))?;
             let dummy = rt
                 .link_index(DUMMY_LINK)
                 .map_err(|e| mode::error(NAME, e.to_string()))?;
-            cfg.node_ips = rt
+            cfg.node.node_ips = rt
                 .all_addresses()
                 .map_err(|e| mode::error(NAME, e.to_string()))?
                 .into_iter()
@@ -238,7 +238,7 @@ impl Mode for IpvsMode {
         );
         let mut out = state_text(&current);
         out.push_str("# nftables\n");
-        let tools = NftTools::default();
+        let tools = backend::nft();
         for f in [IpFamily::V4, IpFamily::V6] {
             if let Some(t) = tools.dump(f) {
                 out.push_str(&t);
@@ -255,10 +255,9 @@ impl Mode for IpvsMode {
             tracing::info!(?changed, "ipvs mode: kernel settings");
         }
         let kernel: Box<dyn Kernel> = Box::new(
-            SystemKernel::open(NftTools::default())
-                .map_err(|e| mode::error(NAME, e.to_string()))?,
+            SystemKernel::open(backend::nft()).map_err(|e| mode::error(NAME, e.to_string()))?,
         );
-        tracing::info!(scheduler = %cfg.scheduler, node_ips = ?cfg.node_ips, "ipvs mode");
+        tracing::info!(scheduler = %cfg.scheduler, node_ips = ?cfg.node.node_ips, "ipvs mode");
         Ok(Box::new(IpvsDataplane::new(cfg, kernel)))
     }
 }
@@ -390,7 +389,10 @@ mod tests {
         ctx.node_ips = vec!["192.168.1.10".parse().unwrap(), "fd00::1".parse().unwrap()];
         let c = config(&ctx).unwrap();
         assert_eq!(c.scheduler.as_str(), "rr");
-        assert_eq!(c.node_ips, vec!["192.168.1.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            c.node.node_ips,
+            vec!["192.168.1.10".parse::<IpAddr>().unwrap()]
+        );
         ctx.ipvs_scheduler = Some("mh".into());
         assert_eq!(config(&ctx).unwrap().scheduler.as_str(), "mh");
         ctx.ipvs_scheduler = Some("fastest".into());

@@ -13,7 +13,7 @@
 //! Endpoint sets come from [`categorize_endpoints`] (ready endpoints, else serving-terminating
 //! ones; topology hints), like every mode. Every destination is NAT-forwarded (`Masq`) with
 //! weight 1. The scheduler is the node's (`--ipvs-scheduler`) unless the Service names its own
-//! ([`crate::scheduler::ANNOTATION`], see [`Config::service_schedulers`]);
+//! ([`crate::scheduler::ANNOTATION`], read into `ServicePort::scheduler`);
 //! `sessionAffinity: ClientIP` is persistence with the affinity timeout. A front end without
 //! endpoints keeps its virtual server (empty): the companion nftables table rejects (or, for a
 //! Local policy without local endpoints, drops) new connections to it first. Cluster,
@@ -55,8 +55,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sluice_proxy::categorize::categorize_endpoints;
 use sluice_proxy::model::{
-    Endpoint, EndpointsMap, IpFamily, Protocol, ServicePort, ServicePortMap, ServicePortName,
-    DEFAULT_MASQUERADE_MARK,
+    Endpoint, EndpointsMap, Protocol, RenderConfig, ServicePort, ServicePortMap, ServicePortName,
 };
 use sluice_proxy::proxier::Changes;
 
@@ -76,15 +75,12 @@ pub const WEIGHT: u32 = 1;
 /// Node-level inputs of the planner and the companion nftables render.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// This node (decides which endpoints are local).
-    pub node_name: String,
-    /// The family this dataplane programs; other addresses are skipped.
-    pub family: IpFamily,
-    /// Addresses NodePorts are served on (never bound to the dummy link).
-    pub node_ips: Vec<IpAddr>,
-    /// The pod CIDR: connections to a cluster IP from outside it are masqueraded. `None`:
-    /// cluster IP connections are never masqueraded (hairpin aside).
-    pub cluster_cidr: Option<IpNet>,
+    /// What every NAT mode's render takes: this node (decides which endpoints are local), the
+    /// family this dataplane programs (other addresses are skipped), the pod CIDR (connections
+    /// to a cluster IP from outside it are masqueraded; `None`: never, hairpin aside) and the
+    /// companion table's masquerade mark. Its `node_ips` are the addresses NodePorts are served
+    /// on (never bound to the dummy link); here, empty means no NodePort virtual servers.
+    pub node: RenderConfig,
     /// The node's scheduler (`--ipvs-scheduler`).
     pub scheduler: Scheduler,
     /// Ports of virtual servers on node IPs that are Sluice's even when not wanted (stale
@@ -92,8 +88,6 @@ pub struct Config {
     pub node_port_range: RangeInclusive<u16>,
     /// See [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
-    /// The masquerade mark bit of the companion nftables table.
-    pub masquerade_mark: u32,
 }
 
 impl Config {
@@ -101,20 +95,19 @@ impl Config {
     /// elsewhere.
     pub fn new(node_name: impl Into<String>) -> Self {
         Self {
-            node_name: node_name.into(),
-            family: IpFamily::V4,
-            node_ips: Vec::new(),
-            cluster_cidr: None,
+            node: RenderConfig::new(node_name),
             scheduler: Scheduler::rr(),
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            masquerade_mark: DEFAULT_MASQUERADE_MARK,
         }
     }
 
     /// The node IPs of the configured family.
     pub fn family_node_ips(&self) -> impl Iterator<Item = &IpAddr> {
-        self.node_ips.iter().filter(|ip| self.family.matches(ip))
+        self.node
+            .node_ips
+            .iter()
+            .filter(|ip| self.node.family.matches(ip))
     }
 }
 
@@ -259,13 +252,13 @@ pub fn port_front_ends(
     cfg: &Config,
     node_labels: &BTreeMap<String, String>,
 ) -> Vec<(FrontEnd, Want)> {
-    let fam = cfg.family;
+    let fam = cfg.node.family;
     let eps: Vec<Arc<Endpoint>> = endpoints
         .iter()
         .filter(|e| fam.matches(&e.ip))
         .cloned()
         .collect();
-    let cat = categorize_endpoints(&eps, svc, &cfg.node_name, node_labels);
+    let cat = categorize_endpoints(&eps, svc, &cfg.node.node_name, node_labels);
     let internal = if svc.internal_policy_local {
         &cat.local
     } else {
@@ -292,7 +285,7 @@ pub fn port_front_ends(
         .as_deref()
         .and_then(|name| Scheduler::parse(name).ok())
         .unwrap_or_else(|| cfg.scheduler.clone());
-    let is_node_ip = |ip: &IpAddr| cfg.node_ips.contains(ip);
+    let is_node_ip = |ip: &IpAddr| cfg.node.node_ips.contains(ip);
     let (int_dests, int_local) = addrs(internal);
     let (ext_dests, ext_local) = addrs(external);
     let ext_masq = if svc.external_policy_local {
@@ -498,9 +491,7 @@ impl Model {
         changes: &Changes,
         services: &ServicePortMap,
     ) -> Vec<ServicePortName> {
-        let mut v: BTreeSet<ServicePortName> = changes.changed_ports(services).cloned().collect();
-        v.extend(changes.changed_ports(&self.per_port).cloned());
-        v.into_iter().collect()
+        changes.changed_ports_in(services, &self.per_port)
     }
 }
 
@@ -599,11 +590,11 @@ impl Current {
         let Some(fe) = FrontEnd::of(svc) else {
             return false;
         };
-        if !cfg.family.matches(&fe.addr) {
+        if !cfg.node.family.matches(&fe.addr) {
             return false;
         }
         dummy_addresses.contains(&fe.addr)
-            || (cfg.node_ips.contains(&fe.addr) && cfg.node_port_range.contains(&fe.port))
+            || (cfg.node.node_ips.contains(&fe.addr) && cfg.node_port_range.contains(&fe.port))
             || model.desired().contains_key(&fe)
     }
 

@@ -38,27 +38,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use sluice_proxy::model::{IpFamily, Protocol};
+use sluice_proxy::model::{IpFamily, RenderConfig};
+use sluice_proxy_nftables::text::{self, addr_type, family, proto, Chain, Table};
 
-use crate::plan::{Config, FrontEnd, Kind, Masquerade, Model, NoEndpoints, Want};
+use crate::plan::{FrontEnd, Kind, Masquerade, Model, NoEndpoints, Want};
 
 /// The table's name (in the `ip` and `ip6` families).
 pub const TABLE: &str = "sluice-ipvs";
-
-/// `ip` / `ip6`.
-pub fn family_word(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    }
-}
-
-fn addr_type(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::V4 => "ipv4_addr",
-        IpFamily::V6 => "ipv6_addr",
-    }
-}
 
 /// The table's sets and maps, in declaration order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -138,20 +124,12 @@ pub struct Element {
     pub value: Option<String>,
 }
 
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
 fn fe_key(fe: &FrontEnd) -> String {
     format!("{} . {} . {}", fe.addr, proto(fe.protocol), fe.port)
 }
 
 /// The elements one front end contributes.
-pub fn elements(fe: &FrontEnd, want: &Want, cfg: &Config) -> Vec<Element> {
+pub fn elements(fe: &FrontEnd, want: &Want, cfg: &RenderConfig) -> Vec<Element> {
     let key = fe_key(fe);
     let el = |set: NftSet, key: String, value: Option<&str>| Element {
         set,
@@ -229,14 +207,17 @@ impl NftState {
     }
 }
 
-fn obj(cfg: &Config, what: &str, name: &str) -> String {
-    format!("{what} {} {TABLE} {name}", family_word(cfg.family))
+/// The table of `cfg`'s family.
+fn table(cfg: &RenderConfig) -> Table {
+    Table {
+        family: cfg.family,
+        name: TABLE,
+    }
 }
 
-/// The fixed chains: name, base chain declaration, rules.
-fn chains(cfg: &Config) -> Vec<(&'static str, Option<&'static str>, Vec<String>)> {
-    let ip = family_word(cfg.family);
-    let mark = format!("{:#x}", cfg.masquerade_mark);
+/// The fixed chains, in declaration order.
+fn chains(cfg: &RenderConfig) -> Vec<Chain> {
+    let ip = family(cfg.family);
     let fe = format!("{ip} daddr . meta l4proto . th dport");
     let mut services = Vec::new();
     if let Some(cidr) = cfg.cluster_cidr.filter(|c| cfg.family.matches(&c.addr())) {
@@ -249,54 +230,21 @@ fn chains(cfg: &Config) -> Vec<(&'static str, Option<&'static str>, Vec<String>)
         "{fe} @{} jump mark-for-masquerade",
         NftSet::MasqIps.name()
     ));
+    let [nat_prerouting, nat_output, nat_postrouting] = text::nat_chains();
+    // IPVS leaves no DNAT status on the connection: hairpin pairs match by addresses alone.
+    let [mark_for_masquerade, masquerading] =
+        text::masquerade_chains(cfg.family, cfg.masquerade_mark, "", NftSet::Hairpin.name());
     vec![
-        (
-            "nat-prerouting",
-            Some("type nat hook prerouting priority -100; policy accept;"),
-            vec!["jump services".into()],
-        ),
-        (
-            "nat-output",
-            Some("type nat hook output priority -100; policy accept;"),
-            vec!["jump services".into()],
-        ),
-        (
-            "nat-postrouting",
-            Some("type nat hook postrouting priority 100; policy accept;"),
-            vec!["jump masquerading".into()],
-        ),
-        (
-            "filter-input",
-            Some("type filter hook input priority -10; policy accept;"),
-            vec!["ct state new jump endpoints-check".into()],
-        ),
-        (
-            "filter-output",
-            Some("type filter hook output priority -110; policy accept;"),
-            vec!["ct state new jump endpoints-check".into()],
-        ),
-        ("services", None, services),
-        (
-            "mark-for-masquerade",
-            None,
-            vec![format!("meta mark set meta mark or {mark}")],
-        ),
-        (
-            "masquerading",
-            None,
-            vec![
-                format!(
-                    "{ip} saddr . {ip} daddr @{} masquerade fully-random",
-                    NftSet::Hairpin.name()
-                ),
-                format!("meta mark and {mark} == 0 return"),
-                format!("meta mark set meta mark xor {mark}"),
-                "masquerade fully-random".into(),
-            ],
-        ),
-        (
+        nat_prerouting,
+        nat_output,
+        nat_postrouting,
+        text::endpoints_check_hook("filter-input", "input", -10),
+        text::endpoints_check_hook("filter-output", "output", -110),
+        Chain::regular("services", services),
+        mark_for_masquerade,
+        masquerading,
+        Chain::regular(
             "endpoints-check",
-            None,
             vec![
                 format!("{fe} vmap @{}", NftSet::NoEndpoints.name()),
                 format!(
@@ -311,55 +259,40 @@ fn chains(cfg: &Config) -> Vec<(&'static str, Option<&'static str>, Vec<String>)
                 ),
             ],
         ),
-        ("reject-chain", None, vec!["reject".into()]),
+        text::reject_chain(),
     ]
 }
 
-fn write_elements(out: &mut String, cfg: &Config, verb: &str, set: NftSet, els: &[&Element]) {
-    if els.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "{} {{",
-        obj(cfg, &format!("{verb} element"), set.name())
-    );
-    for (i, e) in els.iter().enumerate() {
-        let sep = if i + 1 < els.len() { "," } else { "" };
-        match (&e.value, verb) {
-            (Some(v), "add") => {
-                let _ = writeln!(out, "\t{} : {v}{sep}", e.key);
-            }
-            _ => {
-                let _ = writeln!(out, "\t{}{sep}", e.key);
-            }
-        }
-    }
-    out.push_str("}\n");
-}
-
-fn write_grouped(out: &mut String, cfg: &Config, verb: &str, els: &[Element]) {
-    let mut by: BTreeMap<NftSet, Vec<&Element>> = BTreeMap::new();
+/// `verb element` blocks of `els` (keys only, but for `add`), one a set, in set order.
+fn write_grouped(out: &mut String, cfg: &RenderConfig, verb: &str, els: &[Element]) {
+    let mut by: BTreeMap<NftSet, Vec<text::Element<&str, &str>>> = BTreeMap::new();
     for e in els {
-        by.entry(e.set).or_default().push(e);
+        let value = if verb == "add" {
+            e.value.as_deref()
+        } else {
+            None
+        };
+        by.entry(e.set)
+            .or_default()
+            .push(text::Element(&e.key, value));
     }
-    for (set, v) in by {
-        write_elements(out, cfg, verb, set, &v);
+    for (set, items) in by {
+        table(cfg).write_elements(out, verb, set.name(), &items);
     }
 }
 
 /// The whole table: declarations, a flush of every chain and set, the rules, every element
 /// (one transaction; existing elements of other front ends vanish with the flush). Returns the
 /// script and the state it leaves.
-pub fn full(model: &Model, cfg: &Config) -> (String, NftState) {
+pub fn full(model: &Model, cfg: &RenderConfig) -> (String, NftState) {
     let mut state = NftState::default();
     let mut added = Vec::new();
     for (fe, want) in model.desired() {
         state.add(*fe, elements(fe, want, cfg), &mut added);
     }
-    let f = family_word(cfg.family);
+    let t = table(cfg);
     let fixed = chains(cfg);
-    let mut out = format!("table {f} {TABLE} {{\n");
+    let mut out = format!("table {} {TABLE} {{\n", family(cfg.family));
     for set in NftSet::ALL {
         let what = if set.is_map() { "map" } else { "set" };
         let _ = writeln!(out, "\t{what} {} {{", set.name());
@@ -368,16 +301,16 @@ pub fn full(model: &Model, cfg: &Config) -> (String, NftState) {
         }
         out.push_str("\t}\n");
     }
-    for (name, base, _) in &fixed {
-        let _ = writeln!(out, "\tchain {name} {{");
-        if let Some(b) = base {
-            let _ = writeln!(out, "\t\t{b}");
+    for c in &fixed {
+        let _ = writeln!(out, "\tchain {} {{", c.name);
+        if let Some(h) = c.hook {
+            let _ = writeln!(out, "\t\t{h}; policy accept;");
         }
         out.push_str("\t}\n");
     }
     out.push_str("}\n");
-    for (name, _, _) in &fixed {
-        let _ = writeln!(out, "{}", obj(cfg, "flush chain", name));
+    for c in &fixed {
+        let _ = writeln!(out, "{}", t.obj("flush chain", c.name));
     }
     for set in NftSet::ALL {
         let what = if set.is_map() {
@@ -385,13 +318,9 @@ pub fn full(model: &Model, cfg: &Config) -> (String, NftState) {
         } else {
             "flush set"
         };
-        let _ = writeln!(out, "{}", obj(cfg, what, set.name()));
+        let _ = writeln!(out, "{}", t.obj(what, set.name()));
     }
-    for (name, _, rules) in &fixed {
-        for r in rules {
-            let _ = writeln!(out, "{} {r}", obj(cfg, "add rule", name));
-        }
-    }
+    t.write_rules(&mut out, &fixed);
     let all: Vec<Element> = state.refs.keys().cloned().collect();
     write_grouped(&mut out, cfg, "add", &all);
     (out, state)
@@ -404,7 +333,7 @@ pub fn delta(
     state: &mut NftState,
     model: &Model,
     touched: &BTreeSet<FrontEnd>,
-    cfg: &Config,
+    cfg: &RenderConfig,
 ) -> String {
     let mut removed = Vec::new();
     let mut added = Vec::new();
@@ -437,46 +366,47 @@ pub fn delta(
 
 /// A script that replaces the table whatever is in it (an older layout, objects changed by
 /// hand): `add` makes sure there is a table to delete, all in one transaction.
-pub fn replace(script: &str, cfg: &Config) -> String {
-    let f = family_word(cfg.family);
+pub fn replace(script: &str, cfg: &RenderConfig) -> String {
+    let f = family(cfg.family);
     format!("add table {f} {TABLE}\ndelete table {f} {TABLE}\n{script}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Config;
+    use sluice_proxy::model::Protocol;
     use sluice_proxy::scenarios;
 
     fn cfg() -> Config {
-        Config {
-            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-            node_ips: vec![scenarios::ip(scenarios::NODE_IP)],
-            ..Config::new(scenarios::NODE)
-        }
+        let mut c = Config::new(scenarios::NODE);
+        c.node.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
+        c.node.node_ips = vec![scenarios::ip(scenarios::NODE_IP)];
+        c
     }
 
     #[test]
     fn delta_is_empty_when_nothing_changed_and_exact_otherwise() {
         let (s, mut e) = scenarios::scenario("clusterip_three_endpoints");
         let mut model = Model::build(&s, &e, &cfg(), &BTreeMap::new());
-        let (_, mut state) = full(&model, &cfg());
+        let (_, mut state) = full(&model, &cfg().node);
         let touched = model.update([&scenarios::spn("web")], &s, &e, &cfg(), &BTreeMap::new());
-        assert_eq!(delta(&mut state, &model, &touched, &cfg()), "");
+        assert_eq!(delta(&mut state, &model, &touched, &cfg().node), "");
         // The local endpoint goes: its hairpin pair goes with it.
         e.get_mut(&scenarios::spn("web")).unwrap().remove(0);
         let touched = model.update([&scenarios::spn("web")], &s, &e, &cfg(), &BTreeMap::new());
         assert_eq!(
-            delta(&mut state, &model, &touched, &cfg()),
+            delta(&mut state, &model, &touched, &cfg().node),
             "delete element ip sluice-ipvs hairpin {\n\t10.244.1.1 . 10.244.1.1\n}\n"
         );
         // All go: the front end rejects.
         e.remove(&scenarios::spn("web"));
         let touched = model.update([&scenarios::spn("web")], &s, &e, &cfg(), &BTreeMap::new());
         assert_eq!(
-            delta(&mut state, &model, &touched, &cfg()),
+            delta(&mut state, &model, &touched, &cfg().node),
             "add element ip sluice-ipvs no-endpoints {\n\t10.96.0.10 . tcp . 80 : goto reject-chain\n}\n"
         );
-        assert_eq!(state, full(&model, &cfg()).1);
+        assert_eq!(state, full(&model, &cfg().node).1);
     }
 
     #[test]
@@ -488,10 +418,10 @@ mod tests {
         p.port = 443;
         s.insert(other.clone(), std::sync::Arc::new(p));
         let mut model = Model::build(&s, &e, &cfg(), &BTreeMap::new());
-        let (_, mut state) = full(&model, &cfg());
+        let (_, mut state) = full(&model, &cfg().node);
         s.remove(&other);
         let touched = model.update([&other], &s, &e, &cfg(), &BTreeMap::new());
-        let d = delta(&mut state, &model, &touched, &cfg());
+        let d = delta(&mut state, &model, &touched, &cfg().node);
         assert!(
             d.contains(
                 "delete element ip sluice-ipvs service-ports {\n\t10.96.0.10 . tcp . 443\n}"
@@ -504,7 +434,7 @@ mod tests {
     #[test]
     fn replace_wraps_the_script() {
         assert_eq!(
-            replace("X\n", &cfg()),
+            replace("X\n", &cfg().node),
             "add table ip sluice-ipvs\ndelete table ip sluice-ipvs\nX\n"
         );
     }

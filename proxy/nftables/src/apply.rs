@@ -6,24 +6,24 @@
 //! full sync that nft refuses (a table of another layout) replaces the table in one
 //! transaction.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
-use sluice_iptables_tools::{run, RunError, NO_INPUT};
+use sluice_iptables_tools::RunError;
 use sluice_proxy::conntrack::Conntrack;
-use sluice_proxy::model::{EndpointsMap, IpFamily, ServicePortMap};
+use sluice_proxy::model::{EndpointsMap, ServicePortMap};
 use sluice_proxy::proxier::{Changes, Dataplane, Error};
 use tracing::{debug, info, warn};
 
+use crate::nft::Nft;
 use crate::render::{render, Existing, RenderConfig, RenderState, TABLE};
+use crate::text::family;
 
 /// The `nft` and `conntrack` binaries.
 #[derive(Debug, Clone)]
 pub struct Tools {
-    /// `nft`.
-    pub nft: PathBuf,
+    /// `nft`, for Sluice's table.
+    pub nft: Nft,
     /// `conntrack` (UDP flow cleanup).
     pub conntrack: PathBuf,
 }
@@ -31,66 +31,9 @@ pub struct Tools {
 impl Default for Tools {
     fn default() -> Self {
         Self {
-            nft: "nft".into(),
+            nft: Nft::new(TABLE),
             conntrack: "conntrack".into(),
         }
-    }
-}
-
-impl Tools {
-    /// Whether `nft` runs.
-    pub fn available(&self) -> bool {
-        Command::new(&self.nft)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    /// `nft -f -` with `script` on stdin.
-    pub fn run_script(&self, script: &str) -> Result<(), RunError> {
-        run(
-            Command::new(&self.nft).args(["-f", "-"]),
-            Some(|w: &mut dyn Write| w.write_all(script.as_bytes())),
-        )
-        .map(drop)
-    }
-
-    /// `nft args…`.
-    pub fn nft(&self, args: &[&str]) -> Result<String, RunError> {
-        run(Command::new(&self.nft).args(args), NO_INPUT)
-    }
-
-    /// Whether Sluice's table of `family` exists (`nft list tables`: names only; listing the
-    /// table itself would load every element first, seconds at 10,000 services).
-    pub fn has_table(&self, family: IpFamily) -> bool {
-        let want = format!("table {} {TABLE}", family_word(family));
-        self.nft(&["list", "tables"])
-            .is_ok_and(|out| out.lines().any(|l| l.trim() == want))
-    }
-
-    /// `nft list table <family> sluice`, or `None` when there is no such table.
-    pub fn dump(&self, family: IpFamily) -> Option<String> {
-        self.nft(&["list", "table", family_word(family), TABLE])
-            .ok()
-    }
-
-    /// Deletes Sluice's tables of both families (whatever exists); returns how many.
-    pub fn delete_tables(&self) -> Result<usize, RunError> {
-        let mut n = 0;
-        for f in [IpFamily::V4, IpFamily::V6] {
-            if self.has_table(f) {
-                self.nft(&["delete", "table", family_word(f), TABLE])?;
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-}
-
-fn family_word(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
     }
 }
 
@@ -130,13 +73,11 @@ impl NftablesDataplane {
 
     /// Sluice's objects in the kernel's table (none when the table does not exist).
     fn read_existing(&self) -> Existing {
-        match self.tools.nft(&[
-            "-t",
-            "list",
-            "table",
-            family_word(self.config.family),
-            TABLE,
-        ]) {
+        match self
+            .tools
+            .nft
+            .run(&["-t", "list", "table", family(self.config.family), TABLE])
+        {
             Ok(text) => Existing::parse(&text),
             Err(_) => Existing::default(),
         }
@@ -160,7 +101,7 @@ impl Dataplane for NftablesDataplane {
         let mut rendered = render(services, endpoints, &self.config, changes, prev, &existing);
         let render_time = t.elapsed();
         if !rendered.text.is_empty() {
-            if let Err(e) = self.tools.run_script(&rendered.text) {
+            if let Err(e) = self.tools.nft.run_script(&rendered.text) {
                 if rendered.incremental {
                     return Err(self.err(format!("partial sync, nft -f: {e}"), Some(e)));
                 }
@@ -178,10 +119,11 @@ impl Dataplane for NftablesDataplane {
                 );
                 let script = format!(
                     "delete table {} {TABLE}\n{}",
-                    family_word(self.config.family),
+                    family(self.config.family),
                     rendered.text
                 );
                 self.tools
+                    .nft
                     .run_script(&script)
                     .map_err(|e| self.err(format!("full sync, nft -f: {e}"), Some(e)))?;
             }
@@ -216,6 +158,7 @@ impl Dataplane for NftablesDataplane {
     fn cleanup(&mut self) -> Result<(), Error> {
         self.state = None;
         self.tools
+            .nft
             .delete_tables()
             .map(drop)
             .map_err(|e| Error::Cleanup {

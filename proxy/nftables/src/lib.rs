@@ -24,12 +24,16 @@
 //!   [`render::RenderState`] for incremental renders.
 //! * [`model`] — an in-memory model of the table that applies rendered scripts, so unit tests
 //!   can check that incremental renders land where full renders do.
-//! * [`apply`] — [`apply::NftablesDataplane`], the thin backend running `nft`.
+//! * [`apply`] — [`apply::NftablesDataplane`], the thin backend running `nft` ([`nft::Nft`]).
+//! * [`text`] — the nft script text every Sluice table writes alike (also used by the ipvs
+//!   mode's companion table), and [`nft`] — the `nft` binary for one table.
 
 pub mod apply;
 pub mod mode;
 pub mod model;
+pub mod nft;
 pub mod render;
+pub mod text;
 
 pub use apply::NftablesDataplane;
 pub use render::{render, Existing, RenderConfig, RenderState, Rendered, TABLE};

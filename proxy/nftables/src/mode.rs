@@ -18,7 +18,7 @@ impl Mode for NftablesMode {
     }
 
     fn probe(&self, _: &ModeContext) -> Result<(), String> {
-        if Tools::default().available() {
+        if Tools::default().nft.available() {
             Ok(())
         } else {
             Err("the `nft` command does not run (Debian package nftables)".into())
@@ -26,19 +26,19 @@ impl Mode for NftablesMode {
     }
 
     fn has_leftovers(&self, _: &ModeContext) -> bool {
-        let tools = Tools::default();
-        tools.available()
+        let nft = Tools::default().nft;
+        nft.available()
             && [IpFamily::V4, IpFamily::V6]
                 .into_iter()
-                .any(|f| tools.has_table(f))
+                .any(|f| nft.has_table(f))
     }
 
     fn remove_all(&self, _: &ModeContext) -> Result<(), Error> {
-        let tools = Tools::default();
-        if !tools.available() {
+        let nft = Tools::default().nft;
+        if !nft.available() {
             return Ok(());
         }
-        tools.delete_tables().map(drop).map_err(|e| Error::Cleanup {
+        nft.delete_tables().map(drop).map_err(|e| Error::Cleanup {
             dataplane: NAME,
             message: "deleting Sluice's tables".into(),
             source: Some(e.into()),
@@ -48,10 +48,10 @@ impl Mode for NftablesMode {
     /// nft's own listing of Sluice's tables (`ip sluice`, and `ip6 sluice` if present): the
     /// kernel's canonical text, which `nft -f` reads back.
     fn dump(&self, _: &ModeContext) -> Result<String, Error> {
-        let tools = Tools::default();
+        let nft = Tools::default().nft;
         Ok([IpFamily::V4, IpFamily::V6]
             .into_iter()
-            .filter_map(|f| tools.dump(f))
+            .filter_map(|f| nft.dump(f))
             .collect())
     }
 

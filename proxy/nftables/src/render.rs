@@ -46,6 +46,8 @@ use sluice_proxy::model::{
 };
 use sluice_proxy::proxier::Changes;
 
+use crate::text::{self, proto, Chain, Element, Table};
+
 /// Name of Sluice's table (in the `ip` and `ip6` families).
 pub const TABLE: &str = "sluice";
 
@@ -63,16 +65,10 @@ struct Fam(IpFamily);
 impl Fam {
     /// Table family and payload protocol keyword (`ip` / `ip6`).
     fn ip(self) -> &'static str {
-        match self.0 {
-            IpFamily::V4 => "ip",
-            IpFamily::V6 => "ip6",
-        }
+        text::family(self.0)
     }
     fn addr_type(self) -> &'static str {
-        match self.0 {
-            IpFamily::V4 => "ipv4_addr",
-            IpFamily::V6 => "ipv6_addr",
-        }
+        text::addr_type(self.0)
     }
     fn loopback(self) -> &'static str {
         match self.0 {
@@ -483,11 +479,10 @@ pub fn render(
     }
 }
 
-/// The fixed chains: name, base-chain declaration (if any), rules.
-fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, Vec<String>)> {
+/// The fixed chains, in declaration order.
+fn fixed_chains(cfg: &RenderConfig) -> Vec<Chain> {
     let f = fam_of(cfg);
     let ip = f.ip();
-    let mark = format!("{:#x}", cfg.masquerade_mark);
     let fe = format!("{ip} daddr . meta l4proto . th dport");
     let np = "meta l4proto . th dport";
     // NodePorts are served on the node's addresses (kube-proxy iptables: any local address;
@@ -544,99 +539,52 @@ fn fixed_chains(cfg: &RenderConfig) -> Vec<(&'static str, Option<&'static str>, 
         ),
         format!("{fe} @{} drop", Coll::FirewallIps.name()),
     ];
+    let [nat_prerouting, nat_output, nat_postrouting] = text::nat_chains();
+    let [mark_for_masquerade, masquerading] = text::masquerade_chains(
+        cfg.family,
+        cfg.masquerade_mark,
+        "ct status dnat ",
+        &Coll::Hairpin.name(),
+    );
     vec![
-        (
-            "nat-prerouting",
-            Some("type nat hook prerouting priority -100 ; policy accept ;"),
-            vec!["jump services".into()],
-        ),
-        (
-            "nat-output",
-            Some("type nat hook output priority -100 ; policy accept ;"),
-            vec!["jump services".into()],
-        ),
-        (
-            "nat-postrouting",
-            Some("type nat hook postrouting priority 100 ; policy accept ;"),
-            vec!["jump masquerading".into()],
-        ),
-        // Priority -10: after DNAT (-100), before the usual filter chains (0). Only new
-        // connections are checked: every other packet costs one conntrack-state match.
-        (
-            "filter-input",
-            Some("type filter hook input priority -10 ; policy accept ;"),
-            vec!["ct state new jump endpoints-check".into()],
-        ),
-        (
-            "filter-forward",
-            Some("type filter hook forward priority -10 ; policy accept ;"),
-            vec!["ct state new jump endpoints-check".into()],
-        ),
-        (
-            "filter-output",
-            Some("type filter hook output priority -10 ; policy accept ;"),
-            vec!["ct state new jump endpoints-check".into()],
-        ),
-        ("services", None, services),
-        (
+        nat_prerouting,
+        nat_output,
+        nat_postrouting,
+        // Priority -10: after DNAT (-100), before the usual filter chains (0).
+        text::endpoints_check_hook("filter-input", "input", -10),
+        text::endpoints_check_hook("filter-forward", "forward", -10),
+        text::endpoints_check_hook("filter-output", "output", -10),
+        Chain::regular("services", services),
+        Chain::regular(
             "external-local",
-            None,
             external_local(&fe, Coll::ShortCircuitIps, Coll::LocalIps),
         ),
-        (
+        Chain::regular(
             "nodeport-external-local",
-            None,
             external_local(np, Coll::ShortCircuitNodeports, Coll::LocalNodeports),
         ),
-        ("endpoints-check", None, check),
-        ("reject-chain", None, vec!["reject".into()]),
-        (
-            "mark-for-masquerade",
-            None,
-            vec![format!("meta mark set meta mark or {mark}")],
-        ),
-        (
-            "masquerading",
-            None,
-            vec![
-                format!(
-                    "ct status dnat {ip} saddr . {ip} daddr @{} masquerade fully-random",
-                    Coll::Hairpin.name()
-                ),
-                format!("meta mark and {mark} == 0 return"),
-                format!("meta mark set meta mark xor {mark}"),
-                "masquerade fully-random".into(),
-            ],
-        ),
+        Chain::regular("endpoints-check", check),
+        text::reject_chain(),
+        mark_for_masquerade,
+        masquerading,
     ]
+}
+
+/// Sluice's table of `cfg`'s family.
+fn table(cfg: &RenderConfig) -> Table {
+    Table {
+        family: cfg.family,
+        name: TABLE,
+    }
 }
 
 /// `add <chain>` line prefix.
 fn obj(cfg: &RenderConfig, what: &str, name: &str) -> String {
-    format!("{what} {} {TABLE} {name}", fam_of(cfg).ip())
+    table(cfg).obj(what, name)
 }
 
 fn write_elements(text: &mut String, cfg: &RenderConfig, verb: &str, coll: Coll, items: &[String]) {
-    if items.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        text,
-        "{} {{",
-        obj(cfg, &format!("{verb} element"), &coll.name())
-    );
-    for (i, it) in items.iter().enumerate() {
-        let sep = if i + 1 < items.len() { "," } else { "" };
-        let _ = writeln!(text, "\t{it}{sep}");
-    }
-    text.push_str("}\n");
-}
-
-fn element_text(key: &str, value: Option<&str>) -> String {
-    match value {
-        Some(v) => format!("{key} : {v}"),
-        None => key.to_string(),
-    }
+    table(cfg).write_elements(text, verb, &coll.name(), items);
 }
 
 fn hairpin_key(ip: &IpAddr) -> String {
@@ -685,16 +633,20 @@ fn full(
         let _ = writeln!(text, "{} {decl}", obj(cfg, "add set", name));
     }
     let mut declared: BTreeSet<String> = BTreeSet::new();
-    for (name, base, _) in &fixed {
-        match base {
-            Some(b) => {
-                let _ = writeln!(text, "{} {{ {b} }}", obj(cfg, "add chain", name));
+    for c in &fixed {
+        match c.hook {
+            Some(h) => {
+                let _ = writeln!(
+                    text,
+                    "{} {{ {h} ; policy accept ; }}",
+                    obj(cfg, "add chain", c.name)
+                );
             }
             None => {
-                let _ = writeln!(text, "{}", obj(cfg, "add chain", name));
+                let _ = writeln!(text, "{}", obj(cfg, "add chain", c.name));
             }
         }
-        declared.insert(name.to_string());
+        declared.insert(c.name.to_string());
     }
     let picks: Vec<String> = state.picks.keys().map(Pick::chain).collect();
     let own_chains: Vec<&(String, Vec<String>)> =
@@ -731,11 +683,7 @@ fn full(
     for name in existing.maps.iter().filter(|s| !fixed_set(s)) {
         let _ = writeln!(text, "{}", obj(cfg, "delete map", name));
     }
-    for (name, _, rules) in &fixed {
-        for r in rules {
-            let _ = writeln!(text, "{} {r}", obj(cfg, "add rule", name));
-        }
-    }
+    table(cfg).write_rules(&mut text, &fixed);
     for p in state.picks.keys() {
         let _ = writeln!(
             text,
@@ -751,10 +699,10 @@ fn full(
     }
     // Element lists written straight from the fragments' lines (no second copy of 70,000
     // strings at 10,000 services), grouped by collection in one pass.
-    let mut by_coll: Vec<Vec<(&str, Option<&str>)>> = vec![Vec::new(); colls().len()];
+    let mut by_coll: Vec<Vec<Element<&str, &str>>> = vec![Vec::new(); colls().len()];
     for (c, k, v) in state.ports.values().flat_map(|f| f.elements()) {
         if let Some(i) = colls().iter().position(|x| *x == c) {
-            by_coll[i].push((k, v));
+            by_coll[i].push(Element(k, v));
         }
     }
     for (c, items) in colls().iter().zip(&by_coll) {
@@ -763,22 +711,7 @@ fn full(
             write_elements(&mut text, cfg, "add", *c, &keys);
             continue;
         }
-        if items.is_empty() {
-            continue;
-        }
-        let _ = writeln!(text, "{} {{", obj(cfg, "add element", &c.name()));
-        for (i, (k, v)) in items.iter().enumerate() {
-            let sep = if i + 1 < items.len() { "," } else { "" };
-            match v {
-                Some(v) => {
-                    let _ = writeln!(text, "\t{k} : {v}{sep}");
-                }
-                None => {
-                    let _ = writeln!(text, "\t{k}{sep}");
-                }
-            }
-        }
-        text.push_str("}\n");
+        table(cfg).write_elements(&mut text, "add", &c.name(), items);
     }
     drop(by_coll);
     Rendered {
@@ -860,7 +793,7 @@ fn incremental(
     }
     for ((c, k), v) in &new_elems {
         if old_elems.get(&(*c, *k)) != Some(v) {
-            adds.entry(*c).or_default().push(element_text(k, *v));
+            adds.entry(*c).or_default().push(Element(k, *v).to_string());
         }
     }
     // Before this render the kernel held the addresses counted now, minus what the new
@@ -981,14 +914,6 @@ fn incremental(
         text,
         state,
         incremental: true,
-    }
-}
-
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
     }
 }
 

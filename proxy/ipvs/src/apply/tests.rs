@@ -246,11 +246,10 @@ impl Kernel for Fake {
 }
 
 fn cfg() -> Config {
-    Config {
-        node_ips: vec![scenarios::ip(NODE_IP)],
-        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-        ..Config::new(NODE)
-    }
+    let mut c = Config::new(NODE);
+    c.node.node_ips = vec![scenarios::ip(NODE_IP)];
+    c.node.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
+    c
 }
 
 /// A dataplane over `fake` with a clock the test moves.

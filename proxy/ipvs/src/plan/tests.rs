@@ -8,11 +8,10 @@ use super::*;
 use crate::netlink::IP_VS_SVC_F_HASHED;
 
 fn cfg() -> Config {
-    Config {
-        node_ips: vec![scenarios::ip(NODE_IP)],
-        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-        ..Config::new(NODE)
-    }
+    let mut c = Config::new(NODE);
+    c.node.node_ips = vec![scenarios::ip(NODE_IP)];
+    c.node.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
+    c
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -78,7 +77,7 @@ fn golden_text(s: &ServicePortMap, e: &EndpointsMap) -> String {
     out.push_str(&text(&ops));
     out.push_str(&state_text(&c));
     let _ = writeln!(out, "# nftables");
-    out.push_str(&crate::render::full(&m, &cfg()).0);
+    out.push_str(&crate::render::full(&m, &cfg().node).0);
     out
 }
 
