@@ -11,13 +11,15 @@
 //! (see `cni_latency.rs`); `pod-network` runs netperf between pods of a 2-node `sluice-lab`
 //! (see `pod_network.rs`); `service` compares pod → pod direct, through a Service's
 //! ClusterIP and through HAProxy on the node, with the CPU per connection, for one or several
-//! proxy modes (see `service.rs`); `scale` times a proxy mode's (iptables, nftables, ebpf) first
-//! full sync and one endpoint change at 1,000 and 10,000 services, measured on the kernel's
-//! rules or maps, and reads the agent's RSS (see `scale.rs`); `endpointslices` times the
+//! proxy modes (see `service.rs`); `scale` times a proxy mode's (iptables, nftables, ebpf,
+//! ipvs) first full sync and one endpoint change at 1,000 and 10,000 services, measured on the
+//! kernel's rules, maps or virtual servers, and reads the agent's RSS (see `scale.rs`); `endpointslices` times the
 //! EndpointSlice controller with many Pods and selector Services in one namespace (see
 //! `endpointslices.rs`); `deployments` times the Deployment/ReplicaSet controllers and the
 //! scheduler from Deployment creates to every pod bound on registered nodes (see
-//! `deployments.rs`).
+//! `deployments.rs`); `vm` runs `service` and `scale` for the ipvs, iptables and nftables modes
+//! inside a VM with Debian's 6.1 kernel (qemu TCG) and writes one combined result (see
+//! `vm.rs`).
 
 mod bpfget;
 mod cni_latency;
@@ -29,6 +31,7 @@ mod pod_network;
 mod podstart;
 mod scale;
 mod service;
+mod vm;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -222,9 +225,9 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Rule programming at scale (iptables, nftables or ebpf mode): agent start → all services
-    /// in the kernel, EndpointSlice update → new endpoint's rules (map entries) in the kernel,
-    /// and the agent's RSS; a fresh 1-node lab per service count.
+    /// Rule programming at scale (iptables, nftables, ebpf or ipvs mode): agent start → all
+    /// services in the kernel, EndpointSlice update → new endpoint's rules (map entries, IPVS
+    /// destinations) in the kernel, and the agent's RSS; a fresh 1-node lab per service count.
     Scale {
         /// Proxy mode under test.
         #[arg(long, value_enum, default_value = "iptables")]
@@ -257,6 +260,38 @@ enum Cmd {
         #[arg(long)]
         no_breakdown: bool,
         /// Write the JSON result here too (after every service count).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Inside a VM (Debian's 6.1 kernel, qemu TCG, -smp 1): `service` (TCP_CRR/TCP_RR through a
+    /// ClusterIP ÷ direct) and `scale` (full sync, endpoint change, RSS) for the ipvs, iptables
+    /// and nftables modes side by side, from the release binaries; one combined JSON.
+    Vm {
+        /// Proxy modes, in this order in both benchmarks.
+        #[arg(long, value_delimiter = ',', default_value = "ipvs,iptables,nftables")]
+        modes: Vec<String>,
+        /// Interleaved netperf rounds per mode.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per netperf run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Services (× 5 endpoints) in the scale runs.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Endpoint changes timed per mode.
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// Least time between one change showing up in the kernel and the next update (ms).
+        #[arg(long, default_value_t = 1000)]
+        spacing_ms: u64,
+        /// Guest memory (MiB).
+        #[arg(long, default_value_t = 3072)]
+        memory_mb: u32,
+        /// Guest watchdog (s): the run is stopped after this.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// The combined JSON (default bench/results/vm-<date>.json).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -817,6 +852,27 @@ async fn main() -> anyhow::Result<()> {
             change_timeout: Duration::from_secs(change_timeout),
             change_budget: Duration::from_secs(change_budget),
             breakdown: !no_breakdown,
+            out,
+        }),
+        Cmd::Vm {
+            modes,
+            rounds,
+            seconds,
+            services,
+            changes,
+            spacing_ms,
+            memory_mb,
+            timeout,
+            out,
+        } => vm::run(vm::Opts {
+            modes,
+            rounds,
+            seconds,
+            services,
+            changes,
+            spacing_ms,
+            memory_mb,
+            timeout: Duration::from_secs(timeout),
             out,
         }),
         Cmd::Podstart {

@@ -22,6 +22,13 @@ pub(crate) struct Lab {
     pub(crate) dir: PathBuf,
 }
 
+/// `--no-containerd` for `sluice-lab up` when this machine has no containerd (the VM of
+/// `sluice-bench vm`): `service` and `scale` use process pods only, and with containerd
+/// installed they keep the lab's default (a containerd per node) that their recorded runs had.
+pub(crate) fn no_containerd_if_missing() -> Option<&'static str> {
+    (!std::path::Path::new("/usr/bin/containerd").exists()).then_some("--no-containerd")
+}
+
 impl Lab {
     pub(crate) fn cmd(&self, args: &[&str]) -> anyhow::Result<Output> {
         Command::new(&self.bin)

@@ -1,6 +1,6 @@
-//! `scale`: rule programming at scale in the iptables or the nftables proxy mode (`--mode`) —
-//! time of the first full sync, time to program one endpoint change, and the agent's RSS,
-//! measured on the kernel's state.
+//! `scale`: rule programming at scale in the iptables, nftables, ebpf or ipvs proxy mode
+//! (`--mode`) — time of the first full sync, time to program one endpoint change, and the
+//! agent's RSS, measured on the kernel's state.
 //!
 //! In the nftables mode the probes read the mode's maps instead of chains (`nft get element`
 //! in the node's namespace): the first full sync is one transaction, so it is done when the last
@@ -17,7 +17,21 @@
 //! every service's E backends are checked once; the sync is timed from the restart and, from
 //! the agent's log (µs timestamps on the host clock), from the start of its first sync and from
 //! its process start. An endpoint change is seen when the service's slots `1..=count` name the
-//! new endpoint in `sluice_backend_v1`. The rest of this text describes the iptables mode.
+//! new endpoint in `sluice_backend_v1`.
+//!
+//! In the ipvs mode (a kernel with IPVS: the host's 6.18 has none, `sluice-bench vm` runs it in
+//! the VM) the probes read IPVS over generic netlink from the node thread ([`IpvsClient`], no
+//! `ipvsadm` exec: one costs ~80 ms in the VM). A full sync adds each virtual server with its
+//! destinations in front-end order (ascending address), then binds the cluster IPs to the dummy
+//! link `sluice-ipvs0`: the probe walks the services in address order, one destination dump
+//! each, stopping at the first one without E weighted destinations (so a probe costs one dump
+//! until the writes arrive); when all N are there it waits for all N addresses on the dummy
+//! link (rtnetlink), and then checks every service's destinations once. An endpoint change is
+//! seen when the service's destinations include the new endpoint with weight > 0; the agent adds
+//! the new destination before it retires the old one, so the old one is then reported as
+//! removed, drained (weight 0: it still has connections; the made-up endpoints here never do) or
+//! still weighted, and in the last case polled until it is retired (`old_retired_ms`). The
+//! rest of this text describes the iptables mode.
 //!
 //! Per service count N, on a fresh 1-node `sluice-lab` started with `--proxy-mode none`:
 //!
@@ -61,6 +75,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
 
+use sluice_proxy_ipvs::netlink::{Destination, Service as IpvsService, IPPROTO_TCP};
+use sluice_proxy_ipvs::IpvsClient;
+
 use crate::bpfget::BpfMaps;
 use crate::pod_network::Lab;
 use crate::{percentile, r3, sorted};
@@ -69,7 +86,7 @@ const NS: &str = "default";
 const PREFIX: &str = "scale-";
 const TARGET_PORT: u16 = 8080;
 /// Agent log filter: the proxy's "proxy sync" (took, outcome) and the restore's size.
-const AGENT_LOG: &str = "info,sluice_agent::proxy=debug,sluice_proxy_iptables=debug,sluice_proxy_nftables=debug,sluice_ebpf=debug";
+const AGENT_LOG: &str = "info,sluice_agent::proxy=debug,sluice_proxy_iptables=debug,sluice_proxy_nftables=debug,sluice_proxy_ipvs=debug,sluice_ebpf=debug";
 
 /// The proxy mode under test (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,6 +97,9 @@ pub enum Mode {
     Nftables,
     /// ebpf (cgroup socket programs; probes read the pinned maps).
     Ebpf,
+    /// ipvs (IPVS virtual servers; probes read IPVS over generic netlink). Needs a kernel with
+    /// IPVS (`sluice-bench vm`).
+    Ipvs,
 }
 
 impl Mode {
@@ -88,6 +108,7 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
             Mode::Ebpf => "ebpf",
+            Mode::Ipvs => "ipvs",
         }
     }
 
@@ -238,6 +259,55 @@ fn nft_slots(
     (out, t.elapsed())
 }
 
+/// The IPVS virtual server of front end `vip:80/tcp`, as the key of a destination dump.
+fn ipvs_service(vip: std::net::Ipv4Addr) -> IpvsService {
+    IpvsService::new(vip.into(), IPPROTO_TCP, 80, "rr")
+}
+
+/// The destinations of virtual server `vip:80/tcp` (generic netlink, in the caller's netns;
+/// empty when it does not exist) and how long the dump took.
+fn ipvs_dests(ipvs: &mut IpvsClient, vip: std::net::Ipv4Addr) -> (Vec<Destination>, Duration) {
+    let t = Instant::now();
+    let d = ipvs.destinations(&ipvs_service(vip)).unwrap_or_default();
+    (d, t.elapsed())
+}
+
+/// `ip:port` of the destinations with weight > 0 (those that get new connections), one a line.
+fn weighted(dests: &[Destination]) -> String {
+    dests
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| format!("{}\n", d.socket_addr()))
+        .collect()
+}
+
+/// What a dump says of the endpoint `ip:TARGET_PORT` an endpoint change replaced.
+fn ipvs_old_state(dests: &[Destination], ip: &str) -> &'static str {
+    match dests
+        .iter()
+        .find(|d| d.socket_addr().to_string() == format!("{ip}:{TARGET_PORT}"))
+    {
+        None => "removed",
+        Some(d) if d.weight == 0 => "drained",
+        Some(_) => "still weighted",
+    }
+}
+
+/// How many of `vips` are bound to the ipvs mode's dummy link (rtnetlink, caller's netns).
+fn ipvs_bound(rtnl: &mut sluice_proxy_ipvs::rtnl::Rtnl, vips: &[std::net::Ipv4Addr]) -> usize {
+    let Ok(Some(idx)) = rtnl.link_index(sluice_proxy_ipvs::DUMMY_LINK) else {
+        return 0;
+    };
+    let bound: std::collections::HashSet<std::net::IpAddr> = rtnl
+        .addresses(idx)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    vips.iter()
+        .filter(|v| bound.contains(&std::net::IpAddr::V4(**v)))
+        .count()
+}
+
 /// The value of `-j` in an `iptables -S` rule line.
 fn jump_of(line: &str) -> Option<&str> {
     let mut w = line.split_whitespace();
@@ -373,6 +443,10 @@ fn agent_syncs(log: &Path, offset: u64) -> (Vec<SyncLine>, Vec<(u64, bool)>) {
         } else if l.contains("nftables full sync") || l.contains("nftables partial sync") {
             if let Some(bytes) = field("bytes=").and_then(|b| b.parse().ok()) {
                 restores.push((bytes, l.contains("nftables full sync")));
+            }
+        } else if l.contains("ipvs full sync") || l.contains("ipvs partial sync") {
+            if let Some(ops) = field("ops=").and_then(|b| b.parse().ok()) {
+                restores.push((ops, l.contains("ipvs full sync")));
             }
         }
     }
@@ -683,6 +757,20 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
         let r = sock.get("sluice", "service-ips", &key);
         (matches!(r, Ok(Some(_))), t.elapsed())
     };
+    // ipvs: generic netlink (IPVS) and rtnetlink sockets in this, the node's, netns; the
+    // services in the order a full sync writes them (front ends by ascending address).
+    let mut ipvs = match mode {
+        Mode::Ipvs => Some(IpvsClient::connect().context(
+            "IPVS over generic netlink in the node netns (the kernel needs IPVS: the host's 6.18 has none; `sluice-bench vm` runs this mode in a VM)",
+        )?),
+        _ => None,
+    };
+    let mut rtnl = match mode {
+        Mode::Ipvs => Some(sluice_proxy_ipvs::rtnl::Rtnl::open().context("rtnetlink socket")?),
+        _ => None,
+    };
+    let mut ipvs_order: Vec<usize> = (0..n).collect();
+    ipvs_order.sort_by_key(|&i| vip4[i]);
     match mode {
         Mode::Iptables => {
             let (pre, _) = ipt_list("nat", "SLUICE-SERVICES");
@@ -700,6 +788,12 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
                 if m.count(vip4[n - 1], 80)?.is_some() {
                     bail!("sluice_svc_v1 already programmed before the ebpf agent started");
                 }
+            }
+        }
+        Mode::Ipvs => {
+            let c = ipvs.as_mut().context("ipvs client")?;
+            if !ipvs_dests(c, vip4[n - 1]).0.is_empty() {
+                bail!("IPVS already programmed before the ipvs agent started");
             }
         }
     }
@@ -746,6 +840,10 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
     // ebpf: the maps once pinned, and how many services (in index order) are in them.
     let mut maps: Option<BpfMaps> = None;
     let mut ebpf_seen = 0usize;
+    // ipvs: how many services (in `ipvs_order`) have their E weighted destinations, and when all
+    // N first had them (before the addresses were bound).
+    let mut ipvs_seen = 0usize;
+    let mut ipvs_all_virtual_servers: Option<Duration> = None;
     let (svc_chains, programmed) = loop {
         if let Some(kb) = child_rss_kb(agent) {
             child_peak = Some(child_peak.map_or(kb, |p: f64| p.max(kb)));
@@ -770,6 +868,26 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             }
             probes.push(t.elapsed().as_secs_f64() * 1e3);
             (Vec::new(), ebpf_seen)
+        } else if mode == Mode::Ipvs {
+            let t = Instant::now();
+            let c = ipvs.as_mut().context("ipvs client")?;
+            while ipvs_seen < n {
+                let (d, _) = ipvs_dests(c, vip4[ipvs_order[ipvs_seen]]);
+                if d.iter().filter(|d| d.weight > 0).count() != ctx.eps {
+                    break;
+                }
+                ipvs_seen += 1;
+            }
+            let mut seen = ipvs_seen.min(n - 1);
+            if ipvs_seen == n {
+                ipvs_all_virtual_servers.get_or_insert_with(|| t_start.elapsed());
+                let r = rtnl.as_mut().context("rtnetlink socket")?;
+                if ipvs_bound(r, &vip4) == n {
+                    seen = n;
+                }
+            }
+            probes.push(t.elapsed().as_secs_f64() * 1e3);
+            (Vec::new(), seen)
         } else {
             let (done, took) = programmed_now(&mut sock, n - 1);
             probes.push(took.as_secs_f64() * 1e3);
@@ -791,7 +909,11 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             );
             last_report = Instant::now();
         }
-        let every = if mode == Mode::Ebpf { 1 } else { 20 };
+        let every = match mode {
+            Mode::Ebpf => 1,
+            Mode::Ipvs => 10,
+            _ => 20,
+        };
         tokio::time::sleep(Duration::from_millis(every)).await;
     };
     let wall_programmed = std::time::SystemTime::now();
@@ -853,6 +975,59 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             bail!("{missing} of {n} services missing from service-ips after the first sync");
         }
     }
+    let mut ipvs_first_sync = Value::Null;
+    if mode == Mode::Ipvs {
+        // Every service's destinations are its E endpoints, NAT-forwarded, weighted.
+        let c = ipvs.as_mut().context("ipvs client")?;
+        let t = Instant::now();
+        let mut wrong = 0usize;
+        for (i, v) in vip4.iter().enumerate() {
+            let (d, _) = ipvs_dests(c, *v);
+            let mut got: Vec<String> = d
+                .iter()
+                .filter(|d| {
+                    d.weight > 0
+                        && d.fwd_method & sluice_proxy_ipvs::netlink::IP_VS_CONN_F_FWD_MASK
+                            == sluice_proxy_ipvs::netlink::IP_VS_CONN_F_MASQ
+                })
+                .map(|d| d.socket_addr().to_string())
+                .collect();
+            got.sort();
+            let mut want: Vec<String> = (0..ctx.eps)
+                .map(|e| format!("{}:{TARGET_PORT}", base_ip(i, e, ctx.eps)))
+                .collect();
+            want.sort();
+            wrong += usize::from(got != want);
+        }
+        if wrong > 0 {
+            bail!(
+                "{wrong} of {n} IPVS virtual servers without their {} NAT destinations after the first sync",
+                ctx.eps
+            );
+        }
+        let ours: std::collections::HashSet<std::net::Ipv4Addr> = vip4.iter().copied().collect();
+        let listed = c.services().context("listing IPVS services")?;
+        let virtual_servers = listed
+            .iter()
+            .filter(|s| {
+                s.port == 80 && matches!(s.addr, std::net::IpAddr::V4(a) if ours.contains(&a))
+            })
+            .count();
+        let scheduler = listed
+            .iter()
+            .find(|s| s.port == 80 && s.addr == std::net::IpAddr::V4(vip4[0]))
+            .map(|s| s.scheduler.clone());
+        ipvs_first_sync = json!({
+            "all_virtual_servers_with_destinations_s": ipvs_all_virtual_servers.map(|d| r3(d.as_secs_f64())),
+            "all_addresses_bound_s": r3(programmed_s),
+            "virtual_servers_listed": virtual_servers,
+            "ipvs_virtual_servers_in_netns": listed.len(),
+            "scheduler": scheduler,
+            "verify_all_destinations_s": r3(t.elapsed().as_secs_f64()),
+            "how": "IPVS_CMD_GET_DEST dumps (generic netlink) of the services in ascending address order (the order a full sync writes them), stopping at the first without E weighted destinations, every ~10 ms; once all N had them, RTM_GETADDR on sluice-ipvs0 until all N cluster IPs are bound (a full sync binds them after every virtual server); then every service's destinations checked once",
+        });
+        eprintln!("[{n}] ipvs first sync: {ipvs_first_sync}");
+    }
     eprintln!("[{n}] first full sync: all {n} services in the kernel {programmed_s:.3} s after agent start");
     let mut chain_of = vec![String::new(); n];
     for (i, c) in svc_chains {
@@ -884,6 +1059,10 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
     let mut change_probe_ms = Vec::new();
     let mut verified = 0usize;
     let mut old_gone_same_read = 0usize;
+    // ipvs: the old endpoint's state when the new one was first seen, and once retired.
+    let mut ipvs_old_first: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut ipvs_old_final: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut ipvs_retired_ms = Vec::new();
     let mut last_done = Instant::now();
     for k in 0..ctx.changes {
         if budget_start.elapsed() > ctx.change_budget {
@@ -913,11 +1092,13 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
                 format!("-> {new_ip}:{TARGET_PORT}\""),
                 format!("-> {old_ip}:{TARGET_PORT}\""),
             ),
-            Mode::Nftables | Mode::Ebpf => (
+            Mode::Nftables | Mode::Ebpf | Mode::Ipvs => (
                 format!("{new_ip}:{TARGET_PORT}\n"),
                 format!("{old_ip}:{TARGET_PORT}\n"),
             ),
         };
+        // ipvs: the last dump (every destination, weighted or not).
+        let mut ipvs_last: Vec<Destination> = Vec::new();
         let (text, seen) = loop {
             let (text, took) = match mode {
                 Mode::Iptables => ipt_list("nat", &chain),
@@ -931,6 +1112,12 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
                     let eps = maps.as_ref().context("maps")?.endpoints(vip4[i], 80)?;
                     let text: String = eps.iter().map(|a| format!("{a}\n")).collect();
                     (text, t.elapsed())
+                }
+                Mode::Ipvs => {
+                    let (d, took) = ipvs_dests(ipvs.as_mut().context("ipvs client")?, vip4[i]);
+                    let text = weighted(&d);
+                    ipvs_last = d;
+                    (text, took)
                 }
             };
             change_probe_ms.push(took.as_secs_f64() * 1e3);
@@ -953,6 +1140,31 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
         lat_ms.push(ms);
         let old_gone = !text.contains(&old_needle);
         old_gone_same_read += usize::from(old_gone);
+        // ipvs: removed, drained or (the new destination is added before the old one is
+        // retired) still weighted; in that last case, until it is retired.
+        let mut ipvs_round = Value::Null;
+        if mode == Mode::Ipvs {
+            let first = ipvs_old_state(&ipvs_last, &old_ip);
+            let mut state = first;
+            let mut retired_ms = (first != "still weighted").then_some(ms);
+            while state == "still weighted" && t0.elapsed() < ctx.change_timeout {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let (d, _) = ipvs_dests(ipvs.as_mut().context("ipvs client")?, vip4[i]);
+                state = ipvs_old_state(&d, &old_ip);
+                if state != "still weighted" {
+                    retired_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            *ipvs_old_first.entry(first).or_default() += 1;
+            *ipvs_old_final.entry(state).or_default() += 1;
+            ipvs_retired_ms.extend(retired_ms);
+            ipvs_round = json!({
+                "old_endpoint_when_new_seen": first,
+                "old_endpoint_final": state,
+                "old_retired_ms": retired_ms.map(r3),
+                "destinations_when_new_seen": ipvs_last.iter().map(|d| format!("{} weight {}", d.socket_addr(), d.weight)).collect::<Vec<_>>(),
+            });
+        }
         // The rule naming the new endpoint DNATs to it (nftables: the service's verdict picks
         // among its slots).
         let dnat = match mode {
@@ -965,6 +1177,15 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             Mode::Nftables => text.lines().count() == ctx.eps && programmed_now(&mut sock, i).0,
             // slot 0's count is E and every slot names a backend.
             Mode::Ebpf => text.lines().count() == ctx.eps,
+            // E weighted destinations, the new one NAT-forwarded.
+            Mode::Ipvs => {
+                text.lines().count() == ctx.eps
+                    && ipvs_last.iter().any(|d| {
+                        d.socket_addr().to_string() == format!("{new_ip}:{TARGET_PORT}")
+                            && d.fwd_method & sluice_proxy_ipvs::netlink::IP_VS_CONN_F_FWD_MASK
+                                == sluice_proxy_ipvs::netlink::IP_VS_CONN_F_MASQ
+                    })
+            }
         };
         verified += usize::from(dnat);
         eprintln!(
@@ -975,6 +1196,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
         rounds.push(json!({
             "service": name, "svc_chain": chain, "old_ip": old_ip, "new_ip": new_ip,
             "ms": r3(ms), "dnat_verified": dnat, "old_endpoint_gone_in_same_read": old_gone,
+            "ipvs": ipvs_round,
         }));
     }
     let pick_chain = (mode == Mode::Nftables).then(|| {
@@ -1053,6 +1275,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "target_s": sync_target_s,
             "met": full_sync_ok,
             "ebpf": ebpf_first_sync,
+            "ipvs": ipvs_first_sync,
             "agent_reported_sync_took_s": first_took,
             "agent_reported_note": "the agent's own \"proxy sync\" took= of its first full sync; its timer starts before it takes the proxier lock, which the informers hold while the initial lists are applied",
             "lab_agent_restart_command_s": r3(restart_cmd_s),
@@ -1060,6 +1283,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
                 Mode::Iptables => "iptables -w -t nat -S SLUICE-SERVICES in the node netns every ~20 ms until it jumps to a SLUICE-SVC- chain for every service",
                 Mode::Nftables => "netlink NFT_MSG_GETSETELEM of <last service's cluster IP> . tcp . 80 in service-ips in the node netns every ~20 ms until it exists (one transaction writes every service; all are then checked with nft list map service-ips)",
                 Mode::Ebpf => "bpf(BPF_MAP_LOOKUP_ELEM) of slot 0 of <cluster IP>:80/tcp (socket scope) in the pinned sluice_svc_v1, services in index order, stopping at the first one missing or without count = E, every ~1 ms, until all N are there; then every service's E backends are checked once",
+                Mode::Ipvs => "IPVS_CMD_GET_DEST dumps over generic netlink in the node netns (sluice-proxy-ipvs's IpvsClient), services in ascending address order, stopping at the first without E weighted destinations, every ~10 ms; then until all N cluster IPs are on sluice-ipvs0 (RTM_GETADDR); see first_full_sync.ipvs",
             },
             "probe_ms": stats_ms(&probes),
             "iptables_child_peak_rss_mb_sampled": mb(child_peak),
@@ -1083,6 +1307,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
                 Mode::Iptables => "iptables -w -t nat -S <the service's SLUICE-SVC- chain> back to back (after 200 ms: every ~10 ms) until a rule names the new endpoint, which is checked to DNAT to it",
                 Mode::Nftables => "netlink NFT_MSG_GETSETELEM of <cluster IP> . 80 . 0 … E-1 in endpoints-tcp back to back (after 200 ms: every ~10 ms) until a slot holds the new endpoint (nft get element loads the whole table first: ~1.3 s at 50,000 slots); dnat_verified: all E slots filled and the front end in service-ips; pick_chain: the rule of pick-tcp-E",
                 Mode::Ebpf => "bpf(BPF_MAP_LOOKUP_ELEM) of slot 0 of <cluster IP>:80/tcp, its slots 1..=count and their backends in the pinned maps, back to back (after 200 ms: every ~10 ms), until a backend is the new endpoint; dnat_verified: count = E and every slot names a backend",
+                Mode::Ipvs => "IPVS_CMD_GET_DEST dump of <cluster IP>:80/tcp over generic netlink in the node netns, back to back (after 200 ms: every ~10 ms), until a destination with weight > 0 is the new endpoint; dnat_verified: E weighted destinations, the new one NAT (masq); ipvs: what the old endpoint was in that dump (removed, drained = weight 0, or still weighted, then polled every ~1 ms until retired)",
             },
             "ms": stats_ms(&lat_ms),
             "target_ms": change_target_ms,
@@ -1093,6 +1318,12 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "dnat_verified": verified,
             "pick_chain": pick_chain,
             "old_endpoint_gone_in_same_read": old_gone_same_read,
+            "ipvs": (mode == Mode::Ipvs).then(|| json!({
+                "old_endpoint_when_new_seen": ipvs_old_first,
+                "old_endpoint_final": ipvs_old_final,
+                "old_retired_ms": stats_ms(&ipvs_retired_ms),
+                "note": "the agent adds a new destination before it retires the old one; an old TCP destination without connections is deleted, one with connections drained (weight 0) until they end; the made-up endpoints here never have connections",
+            })),
             "rounds": rounds,
         },
         "agent_syncs_from_log": {
@@ -1107,6 +1338,7 @@ async fn measure(ctx: Ctx, node_netns: String) -> anyhow::Result<Value> {
             "restore_bytes_partial": stats_ms(&restore_bytes(false)),
             "restore_bytes_note": match mode {
                 Mode::Ebpf => "ebpf: map writes (\"ebpf maps updated writes=\") per sync, not bytes",
+                Mode::Ipvs => "ipvs: IPVS and address operations (\"ipvs full/partial sync ops=\") per sync, not bytes (the companion table's nft -f input is not logged)",
                 _ => "bytes of iptables-restore / nft -f input",
             },
         },
@@ -1121,15 +1353,10 @@ fn run_one(target: &Path, n: usize, o: &Opts) -> anyhow::Result<Value> {
         dir: tmp.path().join("lab"),
     };
     let t = Instant::now();
-    lab.ok(&[
-        "up",
-        "--nodes",
-        "1",
-        "--proxy-mode",
-        "none",
-        "--dir",
-        &lab.d(),
-    ])?;
+    let d = lab.d();
+    let mut up = vec!["up", "--nodes", "1", "--proxy-mode", "none", "--dir", &d];
+    up.extend(crate::pod_network::no_containerd_if_missing());
+    lab.ok(&up)?;
     let up_s = t.elapsed().as_secs_f64();
     let cluster: Value = serde_json::from_slice(
         &std::fs::read(lab.dir.join("cluster.json")).context("reading cluster.json")?,
@@ -1203,9 +1430,20 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         Mode::Iptables => ("iptables", tool("")),
         Mode::Nftables => ("nft", "nft".to_string()),
         Mode::Ebpf => ("bpf", String::new()),
+        Mode::Ipvs => ("ipvs", String::new()),
     };
     let tool_version = if o.mode == Mode::Ebpf {
         "bpf(2) map lookups on the pins (no tool)".to_string()
+    } else if o.mode == Mode::Ipvs {
+        // In this (the host's) netns: the kernel's IPVS, read as the probes read it.
+        let info = IpvsClient::connect()
+            .and_then(|mut c| c.info())
+            .context("--mode ipvs needs a kernel with IPVS (this one has none: `sluice-bench vm` runs the ipvs mode in a VM with Debian's 6.1 kernel)")?;
+        format!(
+            "IPVS {} (connection table {}), read over generic netlink (sluice-proxy-ipvs IpvsClient, no ipvsadm)",
+            info.version_string(),
+            info.conn_tab_size
+        )
     } else {
         Command::new(&tool_bin)
             .arg("--version")
@@ -1218,6 +1456,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         Mode::Iptables => format!("as sluice-lab runs it: --proxy-mode iptables --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults), --iptables-backend {} (SLUICE_BENCH_IPTABLES_BACKEND)", backend()),
         Mode::Nftables => "as sluice-lab runs it: --proxy-mode nftables --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults)".to_string(),
         Mode::Ebpf => "as sluice-lab runs it: --proxy-mode ebpf --cgroup-root /<lab>/n1 --bpf-dir <lab dir>/bpf --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults)".to_string(),
+        Mode::Ipvs => "as sluice-lab runs it: --proxy-mode ipvs --min-sync-period 200ms (lab), --sync-period 30s and --full-sync-period 1h (defaults), --ipvs-scheduler rr (default)".to_string(),
     };
     let (sync_target_s, change_target_ms, rss_target_mb) = o.mode.targets();
     let mut runs = Vec::new();

@@ -27,7 +27,12 @@
 //! endpoints (10.250.0.0/16), created between the steps (API client inside n1's namespace) and
 //! waited for in both nodes' dataplanes (iptables: `iptables-save -t nat` dispatch rules;
 //! nftables: `service-ips` elements by netlink; ebpf: each service's slot 0 in the pinned
-//! `sluice_svc_v1` with count 5), then until the agents are idle.
+//! `sluice_svc_v1` with count 5; ipvs: each virtual server's 5 weighted destinations over
+//! generic netlink), then until the agents are idle.
+//!
+//! The ipvs mode needs a kernel with IPVS: `sluice-bench vm` runs `service --modes
+//! ipvs,iptables,nftables` inside a VM with Debian's 6.1 kernel (where `--no-haproxy`: the VM
+//! carries no HAProxy).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -475,6 +480,26 @@ fn extras_in_dataplane(
             }
             Ok(n)
         }
+        "ipvs" => {
+            let vips = vips.to_vec();
+            crate::scale::in_netns(ns, move || {
+                let mut ipvs = sluice_proxy_ipvs::IpvsClient::connect().context("IPVS client")?;
+                let mut n = 0;
+                for v in vips {
+                    let svc = sluice_proxy_ipvs::netlink::Service::new(
+                        v.into(),
+                        sluice_proxy_ipvs::netlink::IPPROTO_TCP,
+                        80,
+                        "rr",
+                    );
+                    let dests = ipvs.destinations(&svc).unwrap_or_default();
+                    if dests.iter().filter(|d| d.weight > 0).count() == EXTRA_EPS {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+        }
         // No kernel state to read (userspace: the agent's memory).
         _ => Ok(vips.len()),
     }
@@ -836,15 +861,10 @@ fn run_mode(
     };
     let load_before = crate::loadavg();
     let t = Instant::now();
-    lab.ok(&[
-        "up",
-        "--nodes",
-        "2",
-        "--proxy-mode",
-        mode,
-        "--dir",
-        &lab.d(),
-    ])?;
+    let d = lab.d();
+    let mut up = vec!["up", "--nodes", "2", "--proxy-mode", mode, "--dir", &d];
+    up.extend(crate::pod_network::no_containerd_if_missing());
+    lab.ok(&up)?;
     let lab_up_s = t.elapsed().as_secs_f64();
     let lab_dir = lab.dir.canonicalize()?;
     let cluster: Value = serde_json::from_slice(
@@ -1047,7 +1067,7 @@ fn run_mode(
 
     // Wait for every path (the service is programmed asynchronously), warming each.
     for &p in &paths {
-        wait_path(&lab, &targets[p], Duration::from_secs(30))
+        wait_path(&lab, &targets[p], Duration::from_secs(60))
             .with_context(|| format!("{} path not answering", PATHS[p]))?;
     }
 
@@ -1177,6 +1197,26 @@ fn run_mode(
             }))
         })
         .map(|r| r.unwrap_or_else(|e| json!({"error": format!("{e:#}")})));
+    let ipvs_service = (mode == "ipvs").then(|| {
+        let vip: Option<std::net::IpAddr> = cluster_ip.parse().ok();
+        crate::scale::in_netns(&n1_ns, move || {
+            let mut ipvs = sluice_proxy_ipvs::IpvsClient::connect().context("IPVS client")?;
+            let mut out = Vec::new();
+            for s in ipvs.services()? {
+                if Some(s.addr) != vip {
+                    continue;
+                }
+                let dests: Vec<String> = ipvs
+                    .destinations(&s)?
+                    .iter()
+                    .map(|d| format!("{} weight {}", d.socket_addr(), d.weight))
+                    .collect();
+                out.push(json!({"virtual_server": s.to_string(), "scheduler": s.scheduler, "destinations": dests}));
+            }
+            Ok(json!(out))
+        })
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
+    });
 
     let netperf_version = Command::new(&netperf_bin)
         .arg("-V")
@@ -1198,6 +1238,7 @@ fn run_mode(
             "binaries_profile": target.file_name().map(|p| p.to_string_lossy().to_string()),
             "n1_nat_rules_mentioning_cluster_ip": nat_rules_mentioning_cluster_ip,
             "n1_ebpf_maps_for_cluster_ip": ebpf_service,
+            "n1_ipvs_for_cluster_ip": ipvs_service,
         },
         "pods": {
             "client": {"node": "n1", "ip": client_ip, "sysctls": client_sysctls, "cgroup": probe.client},
