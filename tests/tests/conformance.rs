@@ -810,6 +810,43 @@ fn conformance(mode: Mode) {
         }
     }
 
+    // ipvs: a removed endpoint that still carries a connection is drained, not cut: its
+    // destination drops to weight 0 on the node the connection goes through and the connection
+    // keeps flowing, while on the other node (no connections) it goes at once. (It is deleted
+    // once IPVS has forgotten the connection — TIME_WAIT is 2 minutes — or after 15 minutes; the
+    // unit tests cover those.)
+    if mode.name == "ipvs" {
+        l.kubectl(&["label", "pod", "cat-1", "app=gone", "--overwrite"], None);
+        let dest = format!("ipvs: -a -t {cat}:80 -r ");
+        let (_, ns1, _) = &nodes[0];
+        let (_, ns2, _) = &nodes[1];
+        wait_until(
+            "n1 drains cat-1 to weight 0",
+            Duration::from_secs(20),
+            || {
+                ipvs_state(&l.dir, n1, ns1)
+                    .iter()
+                    .any(|x| x.starts_with(&dest) && x.ends_with(" -w 0"))
+            },
+        );
+        wait_until(
+            "n2 deletes idle cat-1 at once",
+            Duration::from_secs(20),
+            || {
+                !ipvs_state(&l.dir, n2, ns2)
+                    .iter()
+                    .any(|x| x.starts_with(&dest))
+            },
+        );
+        let before = lines();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            lines() > before + 3,
+            "the drained backend's connection stalled ({before} → {})",
+            lines()
+        );
+    }
+
     // Switching modes leaves nothing of the old one (node masquerade stays: it is not the proxy's).
     ok(lab(&[
         "agent",
