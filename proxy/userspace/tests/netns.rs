@@ -213,7 +213,7 @@ fn real_iptables_in_a_netns_redirects_rejects_and_cleans_up() {
             let port = dp
                 .listeners()
                 .iter()
-                .find(|l| l.key.service.name == "web")
+                .find(|l| &*l.key.service.name == "web")
                 .expect("web's listener")
                 .port;
             assert!(dump.contains(&format!(
