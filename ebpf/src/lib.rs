@@ -38,10 +38,12 @@ pub mod plan;
 pub mod programs;
 pub mod sockdestroy;
 mod sys;
+mod tc_netlink;
 
 pub use error::{Error, Result};
 pub use loader::{
     attached_links, detach_all, is_present, probe, verify_programs, AttachedLink, LoadOptions,
-    Loader, MapSizes, TcConfig,
+    Loader, MapSizes, TcAttachMethod, TcConfig, TcFilter, TC_FILTER_HANDLE, TC_FILTER_PRIORITY,
 };
 pub use maps::Maps;
+pub use tc_netlink::Hook as TcHook;

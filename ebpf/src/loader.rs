@@ -8,7 +8,9 @@
 //! ```text
 //! <pin_dir>/sluice_svc_v1 ... sluice_srcrange_v1 the maps (abi::ALL_MAPS)
 //! <pin_dir>/links/sluice_connect4 ...            one bpf_link per attached program
-//! <pin_dir>/links/nodeport_ingress, nodeport_egress
+//! <pin_dir>/links/nodeport_ingress, nodeport_egress   (tcx, Linux 6.6+)
+//! <pin_dir>/tc_netlink -> <ifname>                   (symlinks; netlink tc attach, before 6.6:
+//! <pin_dir>/tc_clsact -> <ifname>                     filters there, and a clsact Sluice added)
 //! ```
 //!
 //! # Restart
@@ -22,6 +24,10 @@
 //! hook runs the old program until the update and the new one after it, with no moment where
 //! nothing is attached and no moment where both are. A pinned link that points elsewhere (the
 //! configuration changed, or its cgroup was removed) is force-detached and replaced by a new one.
+//!
+//! Kernels before 6.6 have no tcx: the tc programs are cls_bpf filters on a clsact qdisc
+//! instead ([`TcAttachMethod`]), which stay attached without a pin and are replaced in place
+//! at their fixed priority and handle ([`TC_FILTER_PRIORITY`], [`TC_FILTER_HANDLE`]).
 
 use std::{
     borrow::Cow,
@@ -50,6 +56,7 @@ use crate::{
     maps::Maps,
     programs::{self, NODEPORT_OBJ, SOCK_OBJ, SOCK_PROGRAMS},
     sys,
+    tc_netlink::{self, Hook as TcHook},
 };
 
 /// `max_entries` of every map. The defaults hold 10,000 services with several frontends of
@@ -415,15 +422,30 @@ impl Loader {
         Ok(())
     }
 
-    /// Write the node configuration and attach the NodePort programs to tcx ingress and
-    /// egress of `ifname` (in the calling thread's network namespace) with bpf_links pinned
-    /// under `<pin_dir>/links`. Like [`Loader::attach_cgroup`], a second call (or one after a
-    /// restart) replaces the programs inside the existing links. Needs tcx (Linux 6.6+);
-    /// no clsact qdisc is involved.
+    /// Write the node configuration and attach the NodePort programs to ingress and egress of
+    /// `ifname` (in the calling thread's network namespace) the way this kernel allows
+    /// ([`TcAttachMethod::for_this_kernel`]): tcx bpf_links pinned under `<pin_dir>/links` on
+    /// Linux 6.6+, cls_bpf filters on a clsact qdisc before. Like [`Loader::attach_cgroup`], a
+    /// second call (or one after a restart) replaces the programs in place, in the existing
+    /// links or filters.
     pub fn attach_tc(&mut self, ifname: &str, config: &TcConfig) -> Result<()> {
-        if !KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+        self.attach_tc_with(ifname, config, TcAttachMethod::for_this_kernel())
+    }
+
+    /// [`Loader::attach_tc`] with the attach method chosen by the caller (tests use it to run
+    /// the netlink path on a kernel that has tcx). [`TcAttachMethod::Tcx`] fails on kernels
+    /// before 6.6.
+    pub fn attach_tc_with(
+        &mut self,
+        ifname: &str,
+        config: &TcConfig,
+        method: TcAttachMethod,
+    ) -> Result<()> {
+        if method == TcAttachMethod::Tcx && !has_tcx() {
             return Err(Error::Unsupported(
-                "the tc NodePort programs attach with tcx links, which need Linux 6.6+".into(),
+                "tcx links need Linux 6.6+ (attach the tc NodePort programs with netlink \
+                 cls_bpf filters instead)"
+                    .into(),
             ));
         }
         let (min, max) = config.snat_ports;
@@ -441,7 +463,16 @@ impl Loader {
             pad: 0,
         })?;
         self.load_nodeport()?;
-        let nodeport = self.nodeport.as_mut().expect("loaded above");
+        match method {
+            TcAttachMethod::Tcx => self.attach_tcx(ifname, index),
+            TcAttachMethod::Netlink => self.attach_netlink(ifname, index),
+        }
+    }
+
+    /// The tcx half of [`Loader::attach_tc_with`]: pinned tcx links, reused across restarts.
+    /// No clsact qdisc is involved.
+    fn attach_tcx(&mut self, ifname: &str, index: u32) -> Result<()> {
+        let nodeport = self.nodeport.as_mut().expect("loaded by attach_tc_with");
         for (name, pin_name, tc_type, attach_type) in [
             (
                 programs::NODEPORT_INGRESS,
@@ -488,8 +519,230 @@ impl Loader {
             })?;
             pin_link(link, &pin, name)?;
         }
+        // Filters a netlink attach left (only ever there if this pin directory was used with
+        // `TcAttachMethod::Netlink`): tcx runs before clsact, so both would translate.
+        if let Some(old) = read_marker(&self.opts.pin_dir, NETLINK_MARKER) {
+            let clsact = read_marker(&self.opts.pin_dir, CLSACT_MARKER);
+            remove_netlink_filters(&old, clsact.as_deref() == Some(old.as_str()))?;
+            remove_file(&self.opts.pin_dir.join(NETLINK_MARKER))?;
+            if clsact.as_deref() == Some(old.as_str()) {
+                remove_file(&self.opts.pin_dir.join(CLSACT_MARKER))?;
+            }
+        }
         Ok(())
     }
+
+    /// The netlink half of [`Loader::attach_tc_with`]: a clsact qdisc on `ifname` (added if
+    /// missing) and on each of its hooks one direct-action cls_bpf filter at
+    /// ([`TC_FILTER_PRIORITY`], [`TC_FILTER_HANDLE`]) named after the program.
+    ///
+    /// A cls_bpf filter belongs to the qdisc, not to a file descriptor: it stays when the agent
+    /// exits, with its program and through it the pinned maps. A restarted agent finds it at
+    /// the same priority and handle and replaces its program in place (create-or-replace, the
+    /// request `tc filter replace` sends), so the hook never runs without a program or with
+    /// two. Sluice filters anywhere else on the hook (another build's priority) are removed
+    /// once the new one is in place. The interface is recorded in `<pin_dir>/tc_netlink` (and,
+    /// if this call created the clsact qdisc, in `<pin_dir>/tc_clsact`) for [`detach_all`].
+    fn attach_netlink(&mut self, ifname: &str, index: u32) -> Result<()> {
+        let pin_dir = self.opts.pin_dir.clone();
+        let previous = read_marker(&pin_dir, NETLINK_MARKER);
+        let previous_clsact = read_marker(&pin_dir, CLSACT_MARKER);
+        let created = tc_netlink::add_clsact(index).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::ENOENT) {
+                " (the kernel has no clsact qdisc: CONFIG_NET_SCH_INGRESS, module sch_ingress)"
+            } else {
+                ""
+            };
+            Error::io(format!("add a clsact qdisc to {ifname}{hint}"), e)
+        })?;
+        if created {
+            write_marker(&pin_dir, CLSACT_MARKER, ifname)?;
+        }
+        write_marker(&pin_dir, NETLINK_MARKER, ifname)?;
+        let nodeport = self.nodeport.as_mut().expect("loaded by attach_tc_with");
+        for (name, hook) in [
+            (programs::NODEPORT_INGRESS, TcHook::Ingress),
+            (programs::NODEPORT_EGRESS, TcHook::Egress),
+        ] {
+            let prog: &mut SchedClassifier = nodeport
+                .program_mut(name)
+                .ok_or_else(|| Error::Unsupported(format!("nodeport.o has no program {name}")))?
+                .try_into()
+                .map_err(|e| Error::program(name, "get", e))?;
+            let prog_fd = prog.fd().map_err(|e| Error::program(name, "fd", e))?;
+            let on_hook = tc_netlink::filters(index, hook)
+                .map_err(|e| Error::io(format!("list the tc filters of {ifname} {hook:?}"), e))?;
+            let ours = |f: &tc_netlink::Filter| {
+                f.priority == TC_FILTER_PRIORITY && f.handle == TC_FILTER_HANDLE
+            };
+            if let Some(f) = on_hook.iter().find(|f| ours(f) && !is_sluice_filter(f)) {
+                return Err(Error::Unsupported(format!(
+                    "{ifname} {hook:?}: tc priority {TC_FILTER_PRIORITY} handle \
+                     {TC_FILTER_HANDLE:#x} holds a filter that is not Sluice's ({} {:?})",
+                    f.kind, f.name
+                )));
+            }
+            tc_netlink::replace_bpf_filter(
+                index,
+                hook,
+                TC_FILTER_PRIORITY,
+                TC_FILTER_HANDLE,
+                prog_fd.as_fd(),
+                name,
+            )
+            .map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::ENOENT) {
+                    "; is cls_bpf there (CONFIG_NET_CLS_BPF, module cls_bpf)?"
+                } else {
+                    ""
+                };
+                Error::io(
+                    format!(
+                        "{name}: attach a cls_bpf filter to {ifname} {hook:?} (priority \
+                         {TC_FILTER_PRIORITY}, handle {TC_FILTER_HANDLE:#x}){hint}"
+                    ),
+                    e,
+                )
+            })?;
+            for f in on_hook.iter().filter(|f| is_sluice_filter(f) && !ours(f)) {
+                delete_filter(index, hook, f).map_err(|e| {
+                    Error::io(format!("remove a stale Sluice filter of {ifname}"), e)
+                })?;
+            }
+        }
+        // tcx links pinned by an earlier tcx attach (same pin directory, `TcAttachMethod::Tcx`):
+        // tcx runs before clsact, so both would translate.
+        for pin_name in ["nodeport_ingress", "nodeport_egress"] {
+            let pin = link_pin(&pin_dir, pin_name);
+            if let Some((fd, _)) = pinned_link(&pin)? {
+                let _ = sys::link_detach(fd.as_fd());
+                remove_file(&pin)?;
+            }
+        }
+        // The configuration moved to another interface: take the filters off the old one.
+        if let Some(old) = previous.filter(|old| old != ifname) {
+            let ours = previous_clsact.as_deref() == Some(old.as_str());
+            remove_netlink_filters(&old, ours)?;
+            if ours && !created {
+                // The new interface's qdisc was there before: the marker named the old one.
+                remove_file(&pin_dir.join(CLSACT_MARKER))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the tc NodePort programs are attached to the node's interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcAttachMethod {
+    /// tcx bpf_links (Linux 6.6+), pinned under `<pin_dir>/links`.
+    Tcx,
+    /// Direct-action cls_bpf filters on a clsact qdisc, over netlink (any kernel Sluice runs
+    /// on), at [`TC_FILTER_PRIORITY`] / [`TC_FILTER_HANDLE`].
+    Netlink,
+}
+
+impl TcAttachMethod {
+    /// tcx where the kernel has it, netlink before.
+    ///
+    /// The kernel boundary: tcx (`BPF_TCX_INGRESS`/`EGRESS` links, with the kernel's
+    /// multi-program API) arrived in Linux 6.6. Before it, the way to run a program on a
+    /// device's ingress and egress is the clsact qdisc with a cls_bpf filter in direct-action
+    /// mode, attached over rtnetlink (Debian 12's 6.1, the VM tests' kernel). What that loses:
+    /// tcx's ordering of several programs on a hook (`BPF_F_BEFORE`/`AFTER`, a revision to
+    /// attach against) and its link object, whose pin and fd tie the attachment to an owner;
+    /// a filter is ordered only by its priority number against whatever else is on the qdisc,
+    /// and it is found again by its priority, handle and name rather than by a pin. The
+    /// programs are the same: on cls_bpf, `TC_ACT_UNSPEC` also means "next filter, else
+    /// carry on".
+    pub fn for_this_kernel() -> Self {
+        if has_tcx() {
+            Self::Tcx
+        } else {
+            Self::Netlink
+        }
+    }
+}
+
+/// Priority of Sluice's cls_bpf filters on both clsact hooks (netlink attach, kernels before
+/// 6.6). Numerically above the 49152 tc gives the first filter added without a priority (and
+/// the lower numbers it gives later ones), so such filters run first, as a tcx link attached
+/// by default runs after the links already there.
+pub const TC_FILTER_PRIORITY: u16 = 50000;
+/// Handle of Sluice's cls_bpf filters at [`TC_FILTER_PRIORITY`].
+pub const TC_FILTER_HANDLE: u32 = 1;
+
+/// `<pin_dir>/tc_netlink`: a symlink naming the interface the netlink filters were attached to.
+const NETLINK_MARKER: &str = "tc_netlink";
+/// `<pin_dir>/tc_clsact`: a symlink naming the interface whose clsact qdisc Sluice added.
+const CLSACT_MARKER: &str = "tc_clsact";
+
+/// The kernel has tcx (Linux 6.6+).
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// The interface a marker symlink names (bpffs holds no regular files, but symlinks).
+fn read_marker(pin_dir: &Path, marker: &str) -> Option<String> {
+    fs::read_link(pin_dir.join(marker))
+        .ok()
+        .and_then(|t| t.to_str().map(str::to_string))
+}
+
+fn write_marker(pin_dir: &Path, marker: &str, ifname: &str) -> Result<()> {
+    if read_marker(pin_dir, marker).as_deref() == Some(ifname) {
+        return Ok(());
+    }
+    let path = pin_dir.join(marker);
+    remove_file(&path)?;
+    std::os::unix::fs::symlink(ifname, &path)
+        .map_err(|e| Error::io(format!("record {ifname} in {}", path.display()), e))
+}
+
+/// A cls_bpf filter Sluice attached (by its name).
+fn is_sluice_filter(f: &tc_netlink::Filter) -> bool {
+    f.kind == "bpf"
+        && f.name
+            .as_deref()
+            .is_some_and(|n| n.starts_with(programs::PROGRAM_PREFIX))
+}
+
+fn delete_filter(index: u32, hook: TcHook, f: &tc_netlink::Filter) -> std::io::Result<()> {
+    match tc_netlink::delete_filter(index, hook, f.priority, f.protocol, f.handle) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Remove Sluice's cls_bpf filters from both hooks of `ifname` (in the caller's namespace),
+/// and the clsact qdisc too if `our_clsact` (Sluice added it) and no filter of anyone else is
+/// left on it. A missing interface has nothing to remove.
+fn remove_netlink_filters(ifname: &str, our_clsact: bool) -> Result<()> {
+    let Ok(index) = ifindex(ifname) else {
+        return Ok(());
+    };
+    let mut others = 0;
+    for hook in TcHook::ALL {
+        let on_hook = tc_netlink::filters(index, hook)
+            .map_err(|e| Error::io(format!("list the tc filters of {ifname} {hook:?}"), e))?;
+        for f in &on_hook {
+            if is_sluice_filter(f) {
+                delete_filter(index, hook, f).map_err(|e| {
+                    Error::io(format!("remove a Sluice tc filter of {ifname} {hook:?}"), e)
+                })?;
+            } else {
+                others += 1;
+            }
+        }
+    }
+    if our_clsact && others == 0 {
+        match tc_netlink::delete_clsact(index) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {}
+            Err(e) => return Err(Error::io(format!("remove the clsact qdisc of {ifname}"), e)),
+        }
+    }
+    Ok(())
 }
 
 /// The cgroup id of a cgroup2 directory, if it exists.
@@ -498,9 +751,15 @@ fn cgroup_id(cgroup: &Path) -> Option<u64> {
 }
 
 /// Remove everything Sluice attached and pinned for `pin_dir`: every pinned link (detached
-/// explicitly), any other `sluice_*` program link still attached to `cgroup` or to the tcx
-/// hooks of `ifname` (pins lost, another pin directory), and every map pin. Succeeds when
-/// nothing is there. The maps themselves are freed by the kernel once no program uses them.
+/// explicitly), Sluice's cls_bpf filters on `ifname` and on the interface `<pin_dir>/tc_netlink`
+/// names (netlink attach, kernels before 6.6), any other `sluice_*` program link still attached
+/// to `cgroup` or to the tcx hooks of `ifname` (pins lost, another pin directory), and every map
+/// pin. Succeeds when nothing is there. The maps themselves are freed by the kernel once no
+/// program uses them.
+///
+/// The clsact qdisc a netlink attach needs is removed only if Sluice added it
+/// (`<pin_dir>/tc_clsact`) and no other filter is left on it: one that was there before, or
+/// that someone else now uses, stays.
 pub fn detach_all(pin_dir: &Path, cgroup: Option<&Path>, ifname: Option<&str>) -> Result<()> {
     let links = pin_dir.join("links");
     match fs::read_dir(&links) {
@@ -520,8 +779,26 @@ pub fn detach_all(pin_dir: &Path, cgroup: Option<&Path>, ifname: Option<&str>) -
         Err(e) => return Err(Error::io(format!("list {}", links.display()), e)),
     }
 
+    // cls_bpf filters have no pin: they are found on the interfaces by name.
+    let clsact = read_marker(pin_dir, CLSACT_MARKER);
+    let mut interfaces: Vec<String> = ifname.map(str::to_string).into_iter().collect();
+    if let Some(recorded) = read_marker(pin_dir, NETLINK_MARKER) {
+        if !interfaces.contains(&recorded) {
+            interfaces.push(recorded);
+        }
+    }
+    for iface in &interfaces {
+        remove_netlink_filters(iface, clsact.as_deref() == Some(iface.as_str()))?;
+    }
+    remove_file(&pin_dir.join(NETLINK_MARKER))?;
+    remove_file(&pin_dir.join(CLSACT_MARKER))?;
+
     if cgroup.is_some() || ifname.is_some() {
         for link in attached_links(cgroup, ifname)? {
+            if link.tc_filter.is_some() {
+                // Not Sluice's by name (removed above), but running a `sluice_*` program.
+                continue;
+            }
             if let Ok(fd) = sys::link_fd_by_id(link.link_id) {
                 let _ = sys::link_detach(fd.as_fd());
             }
@@ -540,22 +817,37 @@ pub fn detach_all(pin_dir: &Path, cgroup: Option<&Path>, ifname: Option<&str>) -
     }
 }
 
-/// A Sluice program link the kernel has attached somewhere.
+/// A Sluice program the kernel has attached somewhere: through a bpf_link (cgroup, tcx), or as
+/// a cls_bpf filter (netlink tc attach, kernels before 6.6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachedLink {
-    /// Kernel link id.
+    /// Kernel link id; 0 for a cls_bpf filter, which has no link.
     pub link_id: u32,
     /// Kernel program id (changes when a restart replaces the program in the link).
     pub prog_id: u32,
     /// Program name as the kernel keeps it (truncated to 15 bytes, e.g. `sluice_getpeern`).
     pub program: String,
+    /// For a cls_bpf filter: where it sits on the clsact qdisc.
+    pub tc_filter: Option<TcFilter>,
 }
 
-/// Every `sluice_*` program link attached to `cgroup` and/or the tcx hooks of `ifname`
-/// (for `debug dump`, and to prove re-attaching does not attach twice).
+/// Where a cls_bpf filter sits on the device's clsact qdisc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcFilter {
+    /// Ingress or egress.
+    pub hook: TcHook,
+    /// Filter priority (Sluice's: [`TC_FILTER_PRIORITY`]).
+    pub priority: u16,
+    /// Filter handle (Sluice's: [`TC_FILTER_HANDLE`]).
+    pub handle: u32,
+}
+
+/// Every `sluice_*` program attached to `cgroup` and/or to `ifname` (tcx links, and cls_bpf
+/// filters on its clsact qdisc), for `debug dump`, leftover checks, and to prove re-attaching
+/// does not attach twice.
 pub fn attached_links(cgroup: Option<&Path>, ifname: Option<&str>) -> Result<Vec<AttachedLink>> {
     let walk = |e| Error::io("walk the kernel's bpf links", e);
-    let mut found: Vec<sys::LinkInfo> = Vec::new();
+    let mut found: Vec<(sys::LinkInfo, Option<TcFilter>)> = Vec::new();
     if let Some(id) = cgroup.and_then(cgroup_id) {
         // Cgroup ids are unique system-wide: filtering all links by id is exact.
         found.extend(
@@ -563,35 +855,63 @@ pub fn attached_links(cgroup: Option<&Path>, ifname: Option<&str>) -> Result<Vec
                 .map_err(walk)?
                 .into_iter()
                 .map(|(_, info)| info)
-                .filter(|i| i.link_type == sys::BPF_LINK_TYPE_CGROUP && i.cgroup_id == id),
+                .filter(|i| i.link_type == sys::BPF_LINK_TYPE_CGROUP && i.cgroup_id == id)
+                .map(|i| (i, None)),
         );
     }
     if let Some(index) = ifname.and_then(|name| ifindex(name).ok()) {
         // An ifindex is only unique within a network namespace: ask the device (in the
-        // caller's namespace) which links it has.
-        for hook in [sys::BPF_TCX_INGRESS, sys::BPF_TCX_EGRESS] {
-            for link_id in sys::tcx_link_ids(index, hook).map_err(walk)? {
-                if let Ok(info) =
-                    sys::link_fd_by_id(link_id).and_then(|fd| sys::link_info(fd.as_fd()))
-                {
-                    found.push(info);
+        // caller's namespace) which links it has. Before 6.6 there are no tcx hooks to ask.
+        if has_tcx() {
+            for hook in [sys::BPF_TCX_INGRESS, sys::BPF_TCX_EGRESS] {
+                for link_id in sys::tcx_link_ids(index, hook).map_err(walk)? {
+                    if let Ok(info) =
+                        sys::link_fd_by_id(link_id).and_then(|fd| sys::link_info(fd.as_fd()))
+                    {
+                        found.push((info, None));
+                    }
+                }
+            }
+        }
+        // cls_bpf filters on the clsact qdisc (netlink is per namespace too).
+        for hook in TcHook::ALL {
+            let filters = tc_netlink::filters(index, hook)
+                .map_err(|e| Error::io(format!("list the tc filters of {hook:?}"), e))?;
+            for f in filters.into_iter().filter(|f| f.kind == "bpf") {
+                if let Some(prog_id) = f.prog_id {
+                    let info = sys::LinkInfo {
+                        link_type: 0,
+                        link_id: 0,
+                        prog_id,
+                        cgroup_id: 0,
+                        attach_type: 0,
+                    };
+                    let at = TcFilter {
+                        hook,
+                        priority: f.priority,
+                        handle: f.handle,
+                    };
+                    found.push((info, Some(at)));
                 }
             }
         }
     }
     let mut out = Vec::new();
-    for info in found {
+    for (info, tc_filter) in found {
         if let Ok(program) = sys::prog_name(info.prog_id) {
             if program.starts_with(programs::PROGRAM_PREFIX) {
                 out.push(AttachedLink {
                     link_id: info.link_id,
                     prog_id: info.prog_id,
                     program,
+                    tc_filter,
                 });
             }
         }
     }
-    out.sort_by(|a, b| (&a.program, a.link_id).cmp(&(&b.program, b.link_id)));
+    out.sort_by(|a, b| {
+        (&a.program, a.link_id, a.tc_filter).cmp(&(&b.program, b.link_id, b.tc_filter))
+    });
     Ok(out)
 }
 

@@ -83,6 +83,11 @@ impl Mode for EbpfMode {
             || ctx.cgroup.as_deref().is_some_and(|cg| {
                 loader::attached_links(Some(cg), None).is_ok_and(|l| !l.is_empty())
             })
+            // tc programs whose pins are gone, in particular cls_bpf filters (kernels before
+            // 6.6), which have none.
+            || ctx.external_interface.as_deref().is_some_and(|ifname| {
+                loader::attached_links(None, Some(ifname)).is_ok_and(|l| !l.is_empty())
+            })
     }
 
     fn remove_all(&self, ctx: &ModeContext) -> Result<(), Error> {

@@ -7,6 +7,10 @@
 //! `loadBalancerSourceRanges` is modelled by an EXT front end on the node address (any
 //! address the node receives will do) flagged `SVC_SRC_RANGES`.
 //!
+//! The scenario runs once per way of attaching the programs this kernel has: tcx links (Linux
+//! 6.6+) and netlink cls_bpf filters on a clsact qdisc (every kernel; what kernels before 6.6
+//! get), each in fresh namespaces.
+//!
 //! Not root / no `ip`: prints `SKIP: <reason>` and passes, unless `SLUICE_REQUIRE_ALL=1`.
 
 mod common;
@@ -24,7 +28,7 @@ use std::{
 use common::{enter_netns, put_frontend, run, Bpffs};
 use sluice_ebpf::{
     abi::{self, Backend},
-    LoadOptions, Loader, Maps, TcConfig,
+    LoadOptions, Loader, Maps, TcAttachMethod, TcConfig, TcHook,
 };
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
@@ -41,21 +45,27 @@ fn main() {
     if let Some(reason) = common::cannot_run() {
         return common::skip(&reason);
     }
-    let env = Env::new();
-    // The loader resolves `ext0` and creates the tcx links in the calling thread's netns.
-    let node = env.node.clone();
-    let outside = env.outside.clone();
-    let pin_dir = env.pin_dir.clone();
-    let result = thread::spawn(move || {
-        enter_netns(&node);
-        nodeport(&pin_dir, &node, &outside)
-    })
-    .join();
-    drop(env);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+    let mut methods = vec![TcAttachMethod::for_this_kernel()];
+    if methods[0] != TcAttachMethod::Netlink {
+        methods.push(TcAttachMethod::Netlink);
     }
-    println!("nodeport: ok");
+    for method in methods {
+        let env = Env::new(method);
+        // The loader resolves `ext0` and attaches in the calling thread's netns.
+        let node = env.node.clone();
+        let outside = env.outside.clone();
+        let pin_dir = env.pin_dir.clone();
+        let result = thread::spawn(move || {
+            enter_netns(&node);
+            nodeport(&pin_dir, &node, &outside, method)
+        })
+        .join();
+        drop(env);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        println!("nodeport ({method:?}): ok");
+    }
 }
 
 struct Env {
@@ -66,13 +76,17 @@ struct Env {
 }
 
 impl Env {
-    fn new() -> Self {
+    fn new(method: TcAttachMethod) -> Self {
         let pid = std::process::id();
-        let bpffs = Bpffs::new("ebpf-nodeport-test");
+        let m = match method {
+            TcAttachMethod::Tcx => "tcx",
+            TcAttachMethod::Netlink => "nl",
+        };
+        let bpffs = Bpffs::new(&format!("ebpf-nodeport-test-{m}"));
         let env = Self {
-            node: format!("sluice-np-node-{pid}"),
-            outside: format!("sluice-np-out-{pid}"),
-            pin_dir: bpffs.root.join(format!("sluice-np-test-{pid}")),
+            node: format!("sluice-np-node-{m}-{pid}"),
+            outside: format!("sluice-np-out-{m}-{pid}"),
+            pin_dir: bpffs.root.join(format!("sluice-np-test-{m}-{pid}")),
             _bpffs: bpffs,
         };
         let (n, o) = (env.node.as_str(), env.outside.as_str());
@@ -109,7 +123,7 @@ impl Drop for Env {
         if let Err(e) = sluice_ebpf::detach_all(&self.pin_dir, None, None) {
             eprintln!("cleanup: detach_all: {e}");
         }
-        // Deleting the namespaces removes the veth pair and with it the tcx links.
+        // Deleting the namespaces removes the veth pair and with it the tcx links or filters.
         for ns in [&self.node, &self.outside] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -261,7 +275,69 @@ fn parse_saw(line: &str) -> (String, Ipv4Addr, u16) {
     (w[0].to_string(), *peer.ip(), peer.port())
 }
 
-fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
+/// `tc <args>` in netns `ns`: its stdout.
+fn tc(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc"])
+        .args(args)
+        .output()
+        .expect("tc");
+    assert!(
+        out.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The attachments on `ext0` are the method's: two tcx links, or Sluice's two cls_bpf filters
+/// at the documented priority and handle (and nothing else on the clsact qdisc).
+fn check_attachments(links: &[sluice_ebpf::AttachedLink], node_ns: &str, method: TcAttachMethod) {
+    assert_eq!(links.len(), 2, "{links:?}");
+    match method {
+        TcAttachMethod::Tcx => assert!(
+            links
+                .iter()
+                .all(|l| l.link_id != 0 && l.tc_filter.is_none()),
+            "{links:?}"
+        ),
+        TcAttachMethod::Netlink => {
+            let mut hooks = Vec::new();
+            for l in links {
+                let f = l.tc_filter.expect("a cls_bpf filter");
+                assert_eq!(
+                    (l.link_id, f.priority, f.handle),
+                    (
+                        0,
+                        sluice_ebpf::TC_FILTER_PRIORITY,
+                        sluice_ebpf::TC_FILTER_HANDLE
+                    ),
+                    "{links:?}"
+                );
+                hooks.push(f.hook);
+            }
+            hooks.sort();
+            assert_eq!(hooks, vec![TcHook::Ingress, TcHook::Egress]);
+            for (hook, name) in [
+                ("ingress", "sluice_nodeport_ingress"),
+                ("egress", "sluice_nodeport_egress"),
+            ] {
+                let shown = tc(node_ns, &["filter", "show", "dev", "ext0", hook]);
+                let filters: Vec<&str> = shown.lines().filter(|l| l.contains(" handle ")).collect();
+                assert_eq!(filters.len(), 1, "{shown}");
+                assert!(
+                    filters[0].contains("pref 50000 bpf")
+                        && filters[0].contains("handle 0x1 ")
+                        && filters[0].contains(name)
+                        && filters[0].contains("direct-action"),
+                    "{shown}"
+                );
+            }
+        }
+    }
+}
+
+fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str, method: TcAttachMethod) {
     serve(
         outside,
         &[
@@ -290,9 +366,11 @@ fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
         snat_ports: SNAT,
     };
     let mut loader = Loader::load(opts.clone()).expect("load");
-    loader.attach_tc("ext0", &config).expect("attach_tc");
+    loader
+        .attach_tc_with("ext0", &config, method)
+        .expect("attach_tc");
     let links = sluice_ebpf::attached_links(None, Some("ext0")).unwrap();
-    assert_eq!(links.len(), 2, "{links:?}");
+    check_attachments(&links, node_ns, method);
 
     let mut maps = loader.maps().unwrap();
     let tcp = abi::IPPROTO_TCP;
@@ -393,19 +471,32 @@ fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
     );
     assert!(dump.contains("srcrange id=7 192.168.77.0/30\n"), "{dump}");
 
-    // Restart: same links (programs replaced in place), maps and conntrack kept.
+    // Restart: same links or filters (programs replaced in place), maps and conntrack kept. A
+    // flow established before the restart keeps going through it (UDP: the same backend and
+    // SNAT port, from the programs' connection table).
+    let flow = udp_socket_in(outside);
+    let before = udp_ask(&flow, SocketAddrV4::new(NODE_IP, 30053));
+    assert!(
+        before.starts_with("192.168.77.3 saw 192.168.77.1:"),
+        "{before}"
+    );
     drop(maps);
     drop(loader);
+    // The agent is gone: what it attached still translates.
+    assert_eq!(udp_ask(&flow, SocketAddrV4::new(NODE_IP, 30053)), before);
     // As if the pins came from a build without the source range map: it is created.
     std::fs::remove_file(pin_dir.join(abi::SRCRANGE_MAP)).unwrap();
-    let mut loader = Loader::load(opts).expect("reload");
-    loader.attach_tc("ext0", &config).expect("re-attach");
+    let mut loader = Loader::load(opts.clone()).expect("reload");
+    loader
+        .attach_tc_with("ext0", &config, method)
+        .expect("re-attach");
     let again = sluice_ebpf::attached_links(None, Some("ext0")).unwrap();
-    assert_eq!(again.len(), 2, "{again:?}");
+    check_attachments(&again, node_ns, method);
     for (a, b) in links.iter().zip(&again) {
-        assert_eq!(a.link_id, b.link_id);
+        assert_eq!((a.link_id, a.tc_filter), (b.link_id, b.tc_filter));
         assert_ne!(a.prog_id, b.prog_id);
     }
+    assert_eq!(udp_ask(&flow, SocketAddrV4::new(NODE_IP, 30053)), before);
     let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 4);
     assert!(
         answers.iter().all(|a| parse_saw(a).1 == NODE_IP),
@@ -433,6 +524,36 @@ fn nodeport(pin_dir: &std::path::Path, node_ns: &str, outside: &str) {
         .is_empty());
     let answers = tcp_client(outside, SocketAddrV4::new(NODE_IP, 30080), 1);
     assert_eq!(answers, vec!["err ConnectionRefused".to_string()]);
+    assert!(!pin_dir.exists(), "{} is left", pin_dir.display());
+
+    if method == TcAttachMethod::Netlink {
+        // The clsact qdisc the attach added went with the filters.
+        let qdiscs = tc(node_ns, &["qdisc", "show", "dev", "ext0"]);
+        assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+        // One that was there before stays (someone else's), without Sluice's filters.
+        tc(node_ns, &["qdisc", "add", "dev", "ext0", "clsact"]);
+        let mut loader = Loader::load(opts).expect("load again");
+        loader
+            .attach_tc_with("ext0", &config, method)
+            .expect("attach to an existing clsact");
+        check_attachments(
+            &sluice_ebpf::attached_links(None, Some("ext0")).unwrap(),
+            node_ns,
+            method,
+        );
+        drop(loader);
+        sluice_ebpf::detach_all(pin_dir, None, Some("ext0")).unwrap();
+        assert!(sluice_ebpf::attached_links(None, Some("ext0"))
+            .unwrap()
+            .is_empty());
+        let qdiscs = tc(node_ns, &["qdisc", "show", "dev", "ext0"]);
+        assert!(qdiscs.contains("clsact"), "{qdiscs}");
+        for hook in ["ingress", "egress"] {
+            let shown = tc(node_ns, &["filter", "show", "dev", "ext0", hook]);
+            assert!(shown.trim().is_empty(), "{shown}");
+        }
+        assert!(!pin_dir.exists(), "{} is left", pin_dir.display());
+    }
 }
 
 /// `loadBalancerSourceRanges`: a flagged EXT front end answers new flows only from its ranges;

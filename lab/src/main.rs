@@ -293,7 +293,24 @@ const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
 /// The lab's cgroup v2 root: `<cgroup2 mount>/<lab>`.
 fn cgroup_root(lab: &str) -> PathBuf {
-    Path::new(CGROUP2).join(lab)
+    cgroup2_mount().join(lab)
+}
+
+/// Where cgroup v2 is mounted, from the mount table (`/sys/fs/cgroup` on a unified host such as
+/// the VM, [`CGROUP2`] on a hybrid one).
+fn cgroup2_mount() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                if right.split_whitespace().next()? != "cgroup2" {
+                    return None;
+                }
+                left.split_whitespace().nth(4).map(PathBuf::from)
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from(CGROUP2))
 }
 
 /// Starts a detached process (own session, stdio to a log file), optionally inside a cgroup

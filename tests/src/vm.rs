@@ -88,6 +88,12 @@ const CACHE_FORMAT: &str = "sluice-vmtest-cache-1";
 /// (`nft_counter`, `nft_meta`, ext4) are left out: modprobe calls them missing. The MARK
 /// target lives in `xt_mark`, REJECT for IPv4 in `ipt_REJECT`.
 pub const MODULES: &[&str] = &[
+    // tc: the clsact qdisc and cls_bpf (the ebpf mode's tc programs on kernels without tcx).
+    "sch_ingress",
+    "cls_bpf",
+    // sock_diag for UDP: the ebpf mode destroys UDP sockets connected to a removed backend.
+    "inet_diag",
+    "udp_diag",
     // IPVS and its schedulers.
     "ip_vs",
     "ip_vs_rr",
