@@ -422,12 +422,13 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             "qemu_total_s": r3(run.total.as_secs_f64()),
             "exit_code": run.exit_code,
             "oom_kernel_lines": ooms,
-            "workdir": run.workdir,
+            // Relative to the checkout: a recorded result names no machine's paths.
+            "workdir": repo_relative(&run.workdir),
             "harness": "sluice_tests::vm (tests/src/vm.rs, docs/vm-tests.md)",
         },
         "binaries": {
             "profile": "release",
-            "from": release,
+            "from": repo_relative(&release),
             "guest_dir": "/vmtest/bin",
             "kubectl": kubectl.path,
             "tools": TOOLS,
@@ -474,6 +475,15 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `path` relative to the current directory (the checkout the command runs in), so a recorded
+/// result does not carry this machine's absolute paths; unchanged if it lies elsewhere.
+fn repo_relative(path: &std::path::Path) -> String {
+    let rel = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.to_path_buf()));
+    rel.as_deref().unwrap_or(path).display().to_string()
 }
 
 #[cfg(test)]
