@@ -274,6 +274,62 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// The store a [`ControlPlane`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded redb in the data directory (the default).
+    Redb,
+    /// A one-member etcd cluster started for the control plane, in `<data dir>/etcd`.
+    Etcd,
+}
+
+/// Defines each listed test once per store backend, in modules `redb` and `etcd`:
+/// `redb::<name>` and `etcd::<name>` call `<name>(Backend::…)` (a sync fn, or an async fn
+/// after `async:`). Without etcd installed, the etcd variants [`skip`].
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)? ; async: $($aname:ident),* $(,)?) => {
+        $crate::on_both_stores!(@mod redb, Redb; $($name),*; $($aname),*);
+        $crate::on_both_stores!(@mod etcd, Etcd; $($name),*; $($aname),*);
+    };
+    (@mod $m:ident, $backend:ident; $($name:ident),*; $($aname:ident),*) => {
+        mod $m {
+            $(
+                #[test]
+                fn $name() {
+                    if $crate::backend_missing($crate::Backend::$backend) {
+                        return;
+                    }
+                    super::$name($crate::Backend::$backend)
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $aname() {
+                    if $crate::backend_missing($crate::Backend::$backend) {
+                        return;
+                    }
+                    super::$aname($crate::Backend::$backend).await
+                }
+            )*
+        }
+    };
+}
+
+/// Whether `backend` cannot run here (after reporting it with [`skip`]).
+pub fn backend_missing(backend: Backend) -> bool {
+    match backend {
+        Backend::Redb => false,
+        Backend::Etcd => match sluice_store::testing::etcd_binary() {
+            Ok(_) => false,
+            Err(why) => {
+                skip(&why);
+                true
+            }
+        },
+    }
+}
+
 /// A `sluice-control` process.
 pub struct ControlPlane {
     /// Data directory.
@@ -284,12 +340,36 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// The etcd cluster of a [`Backend::Etcd`] control plane (outlives restarts).
+    etcd: Option<sluice_store::testing::EtcdCluster>,
 }
 
 impl ControlPlane {
     /// Starts the binary on an ephemeral port with `dir` as its data directory.
     pub fn start(dir: &Path, extra_args: &[&str]) -> anyhow::Result<ControlPlane> {
         Self::start_on(dir, "127.0.0.1:0".parse()?, extra_args)
+    }
+
+    /// [`ControlPlane::start`] on `backend`; for etcd, a one-member cluster is started first,
+    /// in `dir/etcd`.
+    pub fn start_with(
+        backend: Backend,
+        dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ControlPlane> {
+        match backend {
+            Backend::Redb => Self::start(dir, extra_args),
+            Backend::Etcd => {
+                let etcd = sluice_store::testing::EtcdCluster::start(&dir.join("etcd"), 1)
+                    .map_err(anyhow::Error::msg)?;
+                let endpoints = etcd.endpoints_arg();
+                let mut args = vec!["--store", "etcd", "--etcd-endpoints", &endpoints];
+                args.extend_from_slice(extra_args);
+                let mut cp = Self::start(dir, &args)?;
+                cp.etcd = Some(etcd);
+                Ok(cp)
+            }
+        }
     }
 
     fn start_on(
@@ -336,6 +416,7 @@ impl ControlPlane {
             kubeconfig: dir.join("admin.kubeconfig"),
             child: Some(child),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            etcd: None,
         })
     }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 use sluice_agent::proxy::{self, ProxyOptions};
 use sluice_proxy::model::{EndpointsMap, ServicePortMap};
 use sluice_proxy::proxier::{Changes, Dataplane, Error};
-use sluice_tests::{eventually, ControlPlane};
+use sluice_tests::{eventually, Backend, ControlPlane};
 
 /// What the dataplane was last asked to program: "ns/name:port → [ip:port…]".
 #[derive(Default, Clone)]
@@ -71,10 +71,9 @@ fn slice(name: &str, svc: &str, ips: &[&str]) -> EndpointSlice {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_loop_follows_services_and_slices() {
+async fn proxy_loop_follows_services_and_slices(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path(), &[]).unwrap();
+    let cp = ControlPlane::start_with(backend, dir.path(), &[]).unwrap();
     let client = cp.client().await.unwrap();
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
@@ -153,3 +152,5 @@ async fn proxy_loop_follows_services_and_slices() {
     assert!(syncs >= 3, "{syncs} syncs");
     task.abort();
 }
+
+sluice_tests::on_both_stores!(; async: proxy_loop_follows_services_and_slices);

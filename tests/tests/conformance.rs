@@ -210,8 +210,8 @@ impl Lab {
             out.display()
         );
         ok(lab(&[
-            "pod", "create", "--dir", &self.d, "--node", "n1", "--name", pod, "--", BB, "sh",
-            "-c", &script,
+            "pod", "create", "--dir", &self.d, "--node", "n1", "--name", pod, "--", BB, "sh", "-c",
+            &script,
         ]));
     }
 
@@ -858,8 +858,25 @@ fn conformance(mode: Mode) {
     // by the unit tests.
     if mode.name == "ipvs" {
         ok(lab(&[
-            "pod", "create", "--dir", &l.d, "--node", "n2", "--name", "drain-1", "--labels",
-            "app=drain", "--", BB, "nc", "-ll", "-p", "8080", "-e", BB, "cat",
+            "pod",
+            "create",
+            "--dir",
+            &l.d,
+            "--node",
+            "n2",
+            "--name",
+            "drain-1",
+            "--labels",
+            "app=drain",
+            "--",
+            BB,
+            "nc",
+            "-ll",
+            "-p",
+            "8080",
+            "-e",
+            BB,
+            "cat",
         ]));
         let ip = l.service("drain", "drain", "");
         let dest = format!("ipvs: -a -t {ip}:80 -r ");
@@ -883,13 +900,20 @@ fn conformance(mode: Mode) {
         wait_until("drain connection flowing", Duration::from_secs(10), || {
             lines() >= 3
         });
-        l.kubectl(&["label", "pod", "drain-1", "app=gone", "--overwrite"], None);
-        wait_until("n1 drains drain-1 to weight 0", Duration::from_secs(20), || {
-            has_dest(ns1, n1, true)
-        });
-        wait_until("n2 deletes idle drain-1 at once", Duration::from_secs(20), || {
-            !has_dest(ns2, n2, false)
-        });
+        l.kubectl(
+            &["label", "pod", "drain-1", "app=gone", "--overwrite"],
+            None,
+        );
+        wait_until(
+            "n1 drains drain-1 to weight 0",
+            Duration::from_secs(20),
+            || has_dest(ns1, n1, true),
+        );
+        wait_until(
+            "n2 deletes idle drain-1 at once",
+            Duration::from_secs(20),
+            || !has_dest(ns2, n2, false),
+        );
         let before = lines();
         std::thread::sleep(Duration::from_secs(2));
         assert!(

@@ -14,7 +14,7 @@ use kube::api::{
 };
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::{json, Value};
-use sluice_tests::{bin, client_from, eventually, skip, text, ControlPlane, Kubectl};
+use sluice_tests::{bin, client_from, eventually, skip, text, Backend, ControlPlane, Kubectl};
 
 const SVC: &str = r#"apiVersion: v1
 kind: Service
@@ -82,9 +82,9 @@ fn out(o: &std::process::Output) -> String {
 }
 
 /// The whole kubectl workflow against one control plane.
-fn kubectl_workflow(k: &Kubectl) {
+fn kubectl_workflow(backend: Backend, k: &Kubectl) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("data"), &[]).unwrap();
+    let cp = ControlPlane::start_with(backend, &dir.path().join("data"), &[]).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let kc = cp.kubeconfig.clone();
@@ -316,10 +316,9 @@ fn kubectl_workflow(k: &Kubectl) {
     assert!(s.contains("deleted"), "{s}");
 }
 
-#[test]
-fn kubectl_debian_120_workflow() {
+fn kubectl_debian_120_workflow(backend: Backend) {
     match Kubectl::debian_120() {
-        Some(k) => kubectl_workflow(&k),
+        Some(k) => kubectl_workflow(backend, &k),
         None => skip(
             "Debian kubectl 1.20 not found ($SLUICE_KUBECTL_120, else /opt/kc/usr/bin/kubectl, \
              which .ci/run unpacks)",
@@ -327,10 +326,9 @@ fn kubectl_debian_120_workflow() {
     }
 }
 
-#[test]
-fn kubectl_preinstalled_workflow() {
+fn kubectl_preinstalled_workflow(backend: Backend) {
     match Kubectl::preinstalled() {
-        Some(k) => kubectl_workflow(&k),
+        Some(k) => kubectl_workflow(backend, &k),
         None => skip("no preinstalled kubectl on this machine"),
     }
 }
@@ -338,14 +336,13 @@ fn kubectl_preinstalled_workflow() {
 /// kubectl's generators — `create namespace|deployment|service`, `expose` — store the same
 /// objects whether the client sends JSON (kubectl 1.20) or protobuf (kubectl ≥ 1.32), in one
 /// server, object by object, apart from what the server assigns (uid, times, IPs, ports).
-#[test]
-fn generators_store_the_same_objects_from_protobuf_and_json() {
+fn generators_store_the_same_objects_from_protobuf_and_json(backend: Backend) {
     let (Some(new), Some(old)) = (Kubectl::preinstalled(), Kubectl::debian_120()) else {
         skip("needs both the preinstalled kubectl (protobuf) and Debian's 1.20 (JSON)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("data"), &[]).unwrap();
+    let cp = ControlPlane::start_with(backend, &dir.path().join("data"), &[]).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     for (k, ns) in [(&new, "pb"), (&old, "json")] {
@@ -477,10 +474,9 @@ fn svc_json(name: &str, extra: Value) -> Service {
     serde_json::from_value(v).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_rs_crud_conflict_and_watch() {
+async fn kube_rs_crud_conflict_and_watch(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path(), &[]).unwrap();
+    let cp = ControlPlane::start_with(backend, dir.path(), &[]).unwrap();
     let client = cp.client().await.unwrap();
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
 
@@ -601,10 +597,9 @@ mod json_patch_ops {
     pub use json_patch::Patch;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authentication_and_node_authorization() {
+async fn authentication_and_node_authorization(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(dir.path(), &[]).unwrap();
+    let cp = ControlPlane::start_with(backend, dir.path(), &[]).unwrap();
     let admin = cp.client().await.unwrap();
 
     // No token: 401.
@@ -742,10 +737,9 @@ async fn authentication_and_node_authorization() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_objects_allocations_and_watchers() {
+async fn restart_keeps_objects_allocations_and_watchers(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = ControlPlane::start(dir.path(), &[]).unwrap();
+    let mut cp = ControlPlane::start_with(backend, dir.path(), &[]).unwrap();
     let client = cp.client().await.unwrap();
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -875,10 +869,10 @@ async fn restart_keeps_objects_allocations_and_watchers() {
     watch_task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpointslices_follow_pods_and_node_heartbeats() {
+async fn endpointslices_follow_pods_and_node_heartbeats(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(
+    let cp = ControlPlane::start_with(
+        backend,
         dir.path(),
         &[
             "--node-monitor-grace-period",
@@ -1093,12 +1087,11 @@ async fn endpointslices_follow_pods_and_node_heartbeats() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_watcher_is_closed_without_stalling_writers_or_others() {
+async fn slow_watcher_is_closed_without_stalling_writers_or_others(backend: Backend) {
     use futures::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     // A small per-watcher allowance so the test needs little data to overflow it.
-    let cp = ControlPlane::start(dir.path(), &["--watch-buffer", "16"]).unwrap();
+    let cp = ControlPlane::start_with(backend, dir.path(), &["--watch-buffer", "16"]).unwrap();
     let client = cp.client().await.unwrap();
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let rv = svcs
@@ -1169,3 +1162,5 @@ async fn slow_watcher_is_closed_without_stalling_writers_or_others() {
         "the slow watcher was cut off, not fed everything ({added})"
     );
 }
+
+sluice_tests::on_both_stores!(kubectl_debian_120_workflow, kubectl_preinstalled_workflow, generators_store_the_same_objects_from_protobuf_and_json; async: kube_rs_crud_conflict_and_watch, authentication_and_node_authorization, restart_keeps_objects_allocations_and_watchers, endpointslices_follow_pods_and_node_heartbeats, slow_watcher_is_closed_without_stalling_writers_or_others);

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
-use sluice_tests::{bin, client_from, text, ControlPlane};
+use sluice_tests::{bin, client_from, text, Backend, ControlPlane};
 
 include!("../../control/server/testdata/node_restriction_table.rs");
 
@@ -249,11 +249,15 @@ async fn serve(cs: &Clients, who: Who, req: &Req) -> (u16, String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_restriction_table_over_http() {
+async fn node_restriction_table_over_http(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     // A long grace period: the lifecycle controller must not write the fixture's Nodes.
-    let cp = ControlPlane::start(dir.path(), &["--node-monitor-grace-period", "3600"]).unwrap();
+    let cp = ControlPlane::start_with(
+        backend,
+        dir.path(),
+        &["--node-monitor-grace-period", "3600"],
+    )
+    .unwrap();
     let cs = clients(&cp).await;
     // The token file is re-read when it changes; wait until "bob" is known.
     sluice_tests::eventually(Duration::from_secs(10), "the new token", || async {
@@ -317,3 +321,5 @@ async fn node_restriction_table_over_http() {
         "pods \"p-n2\" is forbidden: node \"n1\" can only delete pods with spec.nodeName set to itself"
     );
 }
+
+sluice_tests::on_both_stores!(; async: node_restriction_table_over_http);

@@ -2,7 +2,7 @@
 //! reads `/openapi/v3`, Debian's 1.20 the protobuf `/openapi/v2`) and client-side validation of
 //! `kubectl apply` (both read `/openapi/v2`).
 
-use sluice_tests::{skip, text, ControlPlane, Kubectl};
+use sluice_tests::{skip, text, Backend, ControlPlane, Kubectl};
 
 const DEPLOYMENT: &str = r#"apiVersion: apps/v1
 kind: Deployment
@@ -35,9 +35,9 @@ spec:
 "#;
 
 /// explain and validated apply with one kubectl against a fresh control plane.
-fn explain_and_apply(k: &Kubectl) {
+fn explain_and_apply(backend: Backend, k: &Kubectl) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("data"), &[]).unwrap();
+    let cp = ControlPlane::start_with(backend, &dir.path().join("data"), &[]).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let kc = cp.kubeconfig.clone();
@@ -105,18 +105,18 @@ fn explain_and_apply(k: &Kubectl) {
     assert!(text(&o).contains("bogus"), "{}: {}", k.label, text(&o));
 }
 
-#[test]
-fn explain_with_preinstalled_kubectl() {
+fn explain_with_preinstalled_kubectl(backend: Backend) {
     match Kubectl::preinstalled() {
-        Some(k) => explain_and_apply(&k),
+        Some(k) => explain_and_apply(backend, &k),
         None => skip("no preinstalled kubectl on this machine"),
     }
 }
 
-#[test]
-fn explain_with_kubectl_120() {
+fn explain_with_kubectl_120(backend: Backend) {
     match Kubectl::debian_120() {
-        Some(k) => explain_and_apply(&k),
+        Some(k) => explain_and_apply(backend, &k),
         None => skip("Debian's kubectl 1.20 is not unpacked (SLUICE_KUBECTL_120 or /opt/kc)"),
     }
 }
+
+sluice_tests::on_both_stores!(explain_with_preinstalled_kubectl, explain_with_kubectl_120; async: );

@@ -43,7 +43,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{json, Value};
-use sluice_tests::{bin, client_from, eventually, skip, text, ControlPlane, Kubectl};
+use sluice_tests::{bin, client_from, eventually, skip, text, Backend, ControlPlane, Kubectl};
 
 /// Seconds without a heartbeat before a node's Ready condition becomes Unknown: short, so the
 /// node-failure step does not wait 40 s; the fake kubelets renew their Leases every 500 ms.
@@ -390,10 +390,11 @@ fn scaling_walk(events: &str, rs: &str, size: i64) -> Result<(), String> {
 }
 
 /// The whole transcript against its own control plane.
-fn transcript(k: &Kubectl) {
+fn transcript(backend: Backend, k: &Kubectl) {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(
+    let cp = ControlPlane::start_with(
+        backend,
         &dir.path().join("data"),
         &[
             "--node-monitor-grace-period",
@@ -870,21 +871,21 @@ fn transcript(k: &Kubectl) {
     println!("{label}: transcript took {:?}", started.elapsed());
 }
 
-#[test]
-fn kubectl_preinstalled_workloads() {
+fn kubectl_preinstalled_workloads(backend: Backend) {
     match Kubectl::preinstalled() {
-        Some(k) => transcript(&k),
+        Some(k) => transcript(backend, &k),
         None => skip("no preinstalled kubectl on this machine"),
     }
 }
 
-#[test]
-fn kubectl_debian_120_workloads() {
+fn kubectl_debian_120_workloads(backend: Backend) {
     match Kubectl::debian_120() {
-        Some(k) => transcript(&k),
+        Some(k) => transcript(backend, &k),
         None => skip(
             "Debian kubectl 1.20 not found ($SLUICE_KUBECTL_120, else /opt/kc/usr/bin/kubectl, \
              which .ci/run unpacks)",
         ),
     }
 }
+
+sluice_tests::on_both_stores!(kubectl_preinstalled_workloads, kubectl_debian_120_workloads; async: );

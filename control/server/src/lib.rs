@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_store::{RedbStore, Store, StoreOptions};
+use sluice_store::{EtcdOptions, EtcdStore, RedbStore, Store, StoreOptions};
 
 use crate::registry::{Registry, RegistryConfig};
 
@@ -57,7 +57,9 @@ pub struct ServerConfig {
     pub registry: RegistryConfig,
     /// Controller settings.
     pub controllers: controllers::ControllerConfig,
-    /// Store tuning.
+    /// Where objects are stored.
+    pub backend: StoreBackend,
+    /// Store tuning (watch history and buffers; both backends).
     pub store: StoreOptions,
     /// Bounds of the random lifetime of watches without `timeoutSeconds` (seconds).
     pub watch_timeout: (u64, u64),
@@ -77,12 +79,22 @@ impl ServerConfig {
             tls_sans: Vec::new(),
             registry: RegistryConfig::default(),
             controllers: controllers::ControllerConfig::default(),
+            backend: StoreBackend::Redb,
             store: StoreOptions::default(),
             watch_timeout: (1800, 3600),
             bookmark_interval: Duration::from_secs(60),
             limits: conn::Limits::default(),
         }
     }
+}
+
+/// The store backend (`--store`).
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// Embedded redb in the data directory: one API server.
+    Redb,
+    /// An etcd cluster any number of API servers share.
+    Etcd(EtcdOptions),
 }
 
 /// Start-up errors.
@@ -148,10 +160,22 @@ impl Server {
         // The data dir holds the store, the CA key and the tokens: owner only.
         fsutil::private_dir(&cfg.data_dir)
             .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
-        let store_path = cfg.data_dir.join("store.redb");
-        fsutil::private_file(&store_path)
-            .map_err(io(format!("creating {}", store_path.display())))?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&store_path, cfg.store.clone())?);
+        let store: Arc<dyn Store> = match &cfg.backend {
+            StoreBackend::Redb => {
+                let store_path = cfg.data_dir.join("store.redb");
+                fsutil::private_file(&store_path)
+                    .map_err(io(format!("creating {}", store_path.display())))?;
+                Arc::new(RedbStore::open(&store_path, cfg.store.clone())?)
+            }
+            StoreBackend::Etcd(o) => Arc::new(
+                EtcdStore::open(EtcdOptions {
+                    history: cfg.store.history,
+                    watch_buffer: cfg.store.watch_buffer,
+                    ..o.clone()
+                })
+                .await?,
+            ),
+        };
         let registry = Arc::new(Registry::new(store, cfg.registry.clone()));
         registry.bootstrap().await.map_err(ServerError::Bootstrap)?;
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use sluice_control::{auth, tls, Server, ServerConfig};
+use sluice_control::{auth, tls, Server, ServerConfig, StoreBackend};
 
 /// Sluice control plane: a Kubernetes-compatible API server (namespaces, nodes, pods,
-/// services, endpoints, endpointslices, deployments, leases) with an embedded durable store
+/// services, endpoints, endpointslices, deployments, leases) on an embedded durable store or etcd
 /// and the networking controllers. Writes DATA_DIR/admin.kubeconfig for kubectl.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-control", version)]
@@ -81,6 +81,32 @@ struct ServeArgs {
     /// Most endpoints in one EndpointSlice.
     #[arg(long, default_value_t = 100)]
     max_endpoints_per_slice: usize,
+    /// Object store: `redb` (embedded in DATA_DIR, one API server) or `etcd` (an etcd v3
+    /// cluster that any number of API servers share; see --etcd-*).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated (`--store etcd`).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster's objects in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// CA bundle to verify etcd's serving certificates (https endpoints).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// Interval between compactions of etcd's history, e.g. `5m`, `30s`; `0` never compacts
+    /// (several API servers compact in turn, one per interval).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
+    /// Longest wait for one etcd request (writes fail with 504 after it).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    etcd_request_timeout: Duration,
     /// Events kept for watches that resume from an older resourceVersion.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
@@ -103,6 +129,32 @@ struct ServeArgs {
     /// oldest of them is closed to make room.
     #[arg(long, default_value_t = 4_096)]
     max_unauthenticated_connections: usize,
+}
+
+/// `--store`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Redb,
+    Etcd,
+}
+
+/// `90`, `90s`, `5m`, `1h`, `250ms`.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?}: expected a duration like 30s or 5m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => bail!("{s:?}: unknown unit {other:?} (ms, s, m, h)"),
+    })
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -131,6 +183,24 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.controllers.node_monitor_grace_period = Duration::from_secs(a.node_monitor_grace_period);
     cfg.controllers.node_monitor_period = Duration::from_secs(a.node_monitor_period.max(1));
     cfg.controllers.max_endpoints_per_slice = a.max_endpoints_per_slice.max(1);
+    if a.store == StoreKind::Etcd {
+        let tls =
+            (a.etcd_cafile.is_some() || a.etcd_certfile.is_some() || a.etcd_keyfile.is_some())
+                .then(|| sluice_store::EtcdTls {
+                    ca_file: a.etcd_cafile.clone(),
+                    cert_file: a.etcd_certfile.clone(),
+                    key_file: a.etcd_keyfile.clone(),
+                });
+        cfg.backend = StoreBackend::Etcd(sluice_store::EtcdOptions {
+            endpoints: a.etcd_endpoints.clone(),
+            prefix: a.etcd_prefix.clone(),
+            tls,
+            compaction_interval: (!a.etcd_compaction_interval.is_zero())
+                .then_some(a.etcd_compaction_interval),
+            request_timeout: a.etcd_request_timeout,
+            ..sluice_store::EtcdOptions::default()
+        });
+    }
     cfg.store.history = a.watch_history;
     cfg.store.watch_buffer = a.watch_buffer;
     cfg.limits.max_requests_inflight = a.max_requests_inflight.max(1);

@@ -15,10 +15,14 @@ use crate::{Event, Revision, StoreError, Stored, WatchError, WatchStream};
 
 pub(crate) struct Hub {
     state: RwLock<State>,
-    tx: broadcast::Sender<Arc<Event>>,
+    /// The revision the index reflects, for callers waiting to read their own (or another
+    /// API server's) writes.
+    seen: tokio::sync::watch::Sender<Revision>,
+    broadcast_cap: usize,
 }
 
 struct State {
+    tx: broadcast::Sender<Arc<Event>>,
     objects: BTreeMap<String, Arc<Stored>>,
     revision: Revision,
     history: VecDeque<Arc<Event>>,
@@ -40,19 +44,83 @@ impl Hub {
             .front()
             .map(|e| e.revision().saturating_sub(1))
             .unwrap_or(revision);
+        Self::with_compacted(
+            objects,
+            revision,
+            history,
+            compacted,
+            history_cap,
+            broadcast_cap,
+        )
+    }
+
+    /// [`Hub::new`] where the history is known to be complete after `compacted` (it may
+    /// start later when no key under any prefix changed in between).
+    pub(crate) fn with_compacted(
+        objects: BTreeMap<String, Arc<Stored>>,
+        revision: Revision,
+        mut history: VecDeque<Arc<Event>>,
+        mut compacted: Revision,
+        history_cap: usize,
+        broadcast_cap: usize,
+    ) -> Self {
+        while history.len() > history_cap.max(1) {
+            if let Some(old) = history.pop_front() {
+                compacted = old.revision();
+            }
+        }
         let (tx, _) = broadcast::channel(broadcast_cap.max(1));
         Hub {
+            seen: tokio::sync::watch::Sender::new(revision),
+            broadcast_cap: broadcast_cap.max(1),
             state: RwLock::new(State {
+                tx,
                 objects,
                 revision,
                 history,
                 history_cap: history_cap.max(1),
                 compacted,
             }),
-            tx,
         }
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces everything with a fresh listing at `revision` (after the backend's history was
+    /// lost, e.g. compacted while a store watch was down). Running watches end, and the
+    /// history starts over, so a watcher resuming from an older revision is told to relist.
+    pub(crate) fn reset(&self, objects: BTreeMap<String, Arc<Stored>>, revision: Revision) {
+        let mut st = self.write();
+        let (tx, _) = broadcast::channel(self.broadcast_cap);
+        // Dropping the old sender ends every live watch stream.
+        st.tx = tx;
+        st.objects = objects;
+        st.revision = revision;
+        st.history.clear();
+        st.compacted = revision;
+        drop(st);
+        self.seen.send_replace(revision);
+    }
+
+    /// Records that everything up to `revision` has been applied although no event carried it
+    /// (a backend's progress notification).
+    pub(crate) fn advance(&self, revision: Revision) {
+        let mut st = self.write();
+        if revision > st.revision {
+            st.revision = revision;
+            drop(st);
+            self.seen.send_replace(revision);
+        }
+    }
+
+    /// Waits until the index reflects `revision` or `timeout` passes; returns whether it does.
+    pub(crate) async fn wait_for(&self, revision: Revision, timeout: std::time::Duration) -> bool {
+        let mut rx = self.seen.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // A panic while holding the lock leaves consistent data (apply is a sequence of
         // independent inserts), so a poisoned lock is still safe to read.
@@ -80,7 +148,7 @@ impl Hub {
 
     /// Applies a committed batch (events in revision order) and broadcasts it.
     pub(crate) fn apply(&self, events: Vec<Arc<Event>>) {
-        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.write();
         for ev in events {
             let obj = &ev.object;
             match ev.event_type {
@@ -99,8 +167,15 @@ impl Hub {
                 }
             }
             // No receivers is fine; lagging receivers find out on their next recv.
-            let _ = self.tx.send(ev);
+            let _ = st.tx.send(ev);
         }
+        let revision = st.revision;
+        drop(st);
+        self.seen.send_if_modified(|r| {
+            let newer = revision > *r;
+            *r = (*r).max(revision);
+            newer
+        });
     }
 
     pub(crate) fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
@@ -118,7 +193,7 @@ impl Hub {
             .cloned()
             .map(Ok)
             .collect();
-        let rx = self.tx.subscribe();
+        let rx = st.tx.subscribe();
         drop(st);
 
         let prefix = prefix.to_string();

@@ -23,11 +23,16 @@
 //! A watcher that falls more than the broadcast capacity behind is ended with
 //! [`WatchError::Lagged`] and must relist: slow watchers never block writers or other watchers.
 //!
-//! The [`Store`] trait is what the API server uses; [`RedbStore`] is the embedded backend.
-//! An etcd backend fits the same trait (CAS on mod revision, prefix watch from a revision).
+//! The [`Store`] trait is what the API server uses; [`RedbStore`] is the embedded backend
+//! (one API server), [`EtcdStore`] keeps the objects in an etcd cluster that any number of API
+//! servers share (transactions on the keys' revisions, one prefix watch per API server feeding
+//! the same in-memory index and fan-out).
 
+mod etcd_store;
 mod hub;
 mod redb_store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::{Arc, OnceLock};
 
@@ -35,6 +40,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use etcd_store::{EtcdOptions, EtcdStore, EtcdTls};
 pub use redb_store::{RedbStore, StoreOptions};
 
 /// A store revision; the string form is the Kubernetes `resourceVersion`.
@@ -255,6 +261,14 @@ pub trait Store: Send + Sync + 'static {
     /// Streams every change under `prefix` with a revision greater than `after`.
     /// Fails with [`StoreError::Compacted`] when that history is no longer kept.
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+    /// Makes the following reads at least as new as the latest write acknowledged by any
+    /// writer of the backend (other API servers included), and returns that revision. Reads
+    /// are served from memory; a backend shared by several API servers waits here until its
+    /// cache has caught up (a consistent read, as kube-apiserver's reads from its watch cache).
+    fn fresh(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        let rev = self.revision();
+        Box::pin(async move { Ok(rev) })
+    }
 }
 
 /// Stamps `metadata.resourceVersion` and serializes once.

@@ -369,10 +369,20 @@ pub(super) fn int_param(q: &HashMap<String, String>, name: &str) -> ApiResult<Op
 /// the 504 (the apiserver's watch cache waits 3 s).
 const FUTURE_RV_WAIT: Duration = Duration::from_secs(3);
 
-/// `resourceVersion` of a get, list or watch: unset, or a revision the store has reached (a
-/// newer one is waited for, briefly, then refused with `ResourceVersionTooLarge`).
+/// `resourceVersion` of a get, list or watch: unset (the newest state: see [`Store::fresh`]),
+/// or a revision the store has reached (a newer one is waited for, briefly, then refused with
+/// `ResourceVersionTooLarge`).
+///
+/// [`Store::fresh`]: sluice_store::Store::fresh
 async fn requested_revision(reg: &Registry, q: &HashMap<String, String>) -> ApiResult<Option<u64>> {
     let Some(rv) = q.get("resourceVersion").filter(|v| !v.is_empty()) else {
+        // Unset: the most recent state. Reads come from memory; with several API servers on
+        // one store, wait until it reflects every write acknowledged anywhere (a consistent
+        // read, as the apiserver's watch cache does before serving one).
+        reg.store()
+            .fresh()
+            .await
+            .map_err(crate::registry::store_unavailable)?;
         return Ok(None);
     };
     let rv: u64 = rv.parse().map_err(|_| {

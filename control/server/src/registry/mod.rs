@@ -192,7 +192,18 @@ fn store_err(res: &Resource, name: &str, e: StoreError) -> ApiError {
         StoreError::AlreadyExists { .. } => ApiError::already_exists(res, name),
         StoreError::NotFound { .. } => ApiError::not_found(res, name),
         StoreError::Conflict { .. } => ApiError::conflict(res, name),
-        other => ApiError::internal(other.to_string()),
+        other => store_unavailable(other),
+    }
+}
+
+/// A store failure that is not about the object (etcd without quorum, a timeout): 504
+/// `Timeout` when the backend timed out, else 500 — the write was not acknowledged.
+pub(crate) fn store_unavailable(e: StoreError) -> ApiError {
+    let msg = e.to_string();
+    if msg.contains("timed out") {
+        ApiError::timeout(msg)
+    } else {
+        ApiError::internal(msg)
     }
 }
 

@@ -1,0 +1,192 @@
+//! Throwaway etcd clusters for tests (feature `testing`): real `etcd` processes (Debian's
+//! `etcd-server`) on free loopback ports, with their data and logs in a directory the caller
+//! owns, killed when dropped. Members can be killed and restarted to test faults.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `etcd` binary, or why there is none.
+pub fn etcd_binary() -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "etcd is not installed (Debian: apt-get install etcd-server)".to_string())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// An etcd cluster of one or more members.
+pub struct EtcdCluster {
+    dir: PathBuf,
+    binary: PathBuf,
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members under `dir` and waits until every one reports healthy.
+    pub fn start(dir: &Path, n: usize) -> Result<Self, String> {
+        let binary = etcd_binary()?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut members = Vec::new();
+        for i in 0..n.max(1) {
+            members.push(Member {
+                name: format!("m{i}"),
+                client_port: free_port().map_err(|e| e.to_string())?,
+                peer_port: free_port().map_err(|e| e.to_string())?,
+                child: None,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            dir: dir.to_path_buf(),
+            binary,
+            members,
+            initial_cluster,
+            token: format!("sluice-test-{}", std::process::id()),
+        };
+        for i in 0..c.members.len() {
+            c.spawn(i)?;
+        }
+        for i in 0..c.members.len() {
+            c.wait_healthy(i, Duration::from_secs(30))?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let m = &self.members[i];
+        let data = self.dir.join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))
+            .map_err(|e| e.to_string())?;
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--logger", "zap"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.binary.display()))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Polls the member's `/health` until it says `true`.
+    fn wait_healthy(&mut self, i: usize, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.healthy(i) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!(
+                    "etcd member {} exited ({status}); see {}",
+                    self.members[i].name,
+                    self.dir
+                        .join(format!("{}.log", self.members[i].name))
+                        .display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "etcd member {} not healthy within {limit:?}",
+                    self.members[i].name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether member `i` answers `/health` with `"health":"true"`.
+    pub fn healthy(&self, i: usize) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.members[i].client_port).into(),
+            Duration::from_millis(500),
+        ) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.contains("\"health\":\"true\"")
+    }
+
+    /// Client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// The endpoints joined with commas (the `--etcd-endpoints` form).
+    pub fn endpoints_arg(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after [`EtcdCluster::kill`]); with `wait`, until
+    /// it is healthy (which needs a quorum of members up).
+    pub fn restart(&mut self, i: usize, wait: bool) -> Result<(), String> {
+        self.kill(i);
+        self.spawn(i)?;
+        if wait {
+            self.wait_healthy(i, Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
