@@ -26,6 +26,7 @@ pub mod auth;
 pub mod conn;
 pub mod controllers;
 pub mod fsutil;
+pub mod leader;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub registry: RegistryConfig,
     /// Controller settings.
     pub controllers: controllers::ControllerConfig,
+    /// Leader election of the controllers between API servers.
+    pub leader: leader::LeaderConfig,
     /// Where objects are stored.
     pub backend: StoreBackend,
     /// Store tuning (watch history and buffers; both backends).
@@ -79,6 +82,7 @@ impl ServerConfig {
             tls_sans: Vec::new(),
             registry: RegistryConfig::default(),
             controllers: controllers::ControllerConfig::default(),
+            leader: leader::LeaderConfig::default(),
             backend: StoreBackend::Redb,
             store: StoreOptions::default(),
             watch_timeout: (1800, 3600),
@@ -134,6 +138,7 @@ pub struct Server {
     /// Connection counters of the API listener.
     pub connections: Arc<conn::Tracker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    leader: leader::LeaderConfig,
 }
 
 /// Path of the token file in a data directory.
@@ -182,6 +187,10 @@ impl Server {
         let listener = conn::listen(cfg.listen).map_err(io(format!("binding {}", cfg.listen)))?;
         let addr = listener.local_addr().map_err(io("listener".to_string()))?;
         let advertised = server_url(&cfg, addr);
+        let mut leader_cfg = cfg.leader.clone();
+        if leader_cfg.identity.is_empty() {
+            leader_cfg.identity = leader::default_identity(&advertised);
+        }
         let advertised_addr: SocketAddr = advertised.parse().unwrap_or(addr);
         if let Err(e) = controllers::kubernetes_service::ensure(&registry, advertised_addr).await {
             // Not fatal: a user may hold the first ClusterIP; the API still serves.
@@ -241,7 +250,13 @@ impl Server {
         ))];
         let mut controller_cfg = cfg.controllers.clone();
         controller_cfg.root_ca_pem = Some(pki.ca_pem.clone());
-        tasks.extend(controllers::spawn_all(registry.clone(), controller_cfg));
+        // The controllers run in one API server at a time: the holder of the controller Lease.
+        let reg = registry.clone();
+        tasks.push(tokio::spawn(leader::run(
+            registry.clone(),
+            leader_cfg.clone(),
+            move || controllers::spawn_all(reg.clone(), controller_cfg.clone()),
+        )));
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "sluice-control serving");
         Ok(Server {
             addr,
@@ -249,6 +264,7 @@ impl Server {
             registry,
             connections,
             tasks,
+            leader: leader_cfg,
         })
     }
 
@@ -260,6 +276,8 @@ impl Server {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Controllers are stopped: hand the Lease over instead of letting it expire.
+        leader::release(&self.registry, &self.leader).await;
         // The last registry reference closes the store (its writer thread is joined on drop).
         drop(self.registry);
         tokio::task::yield_now().await;

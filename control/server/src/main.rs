@@ -107,6 +107,20 @@ struct ServeArgs {
     /// Longest wait for one etcd request (writes fail with 504 after it).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     etcd_request_timeout: Duration,
+    /// Run the controllers only while holding the controller Lease
+    /// (`kube-system/sluice-controller-manager`), so that of several API servers on one store
+    /// exactly one runs them. `--leader-elect=false` runs them unconditionally.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long other instances wait after the last renewal they saw before taking over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader retries renewing before it stops its controllers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// Pause between attempts to acquire or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
     /// Events kept for watches that resume from an older resourceVersion.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
@@ -201,6 +215,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             ..sluice_store::EtcdOptions::default()
         });
     }
+    if a.leader_elect_renew_deadline >= a.leader_elect_lease_duration {
+        bail!("--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration");
+    }
+    if a.leader_elect_retry_period.is_zero() {
+        bail!("--leader-elect-retry-period must be positive");
+    }
+    cfg.leader.enabled = a.leader_elect;
+    cfg.leader.lease_duration = a.leader_elect_lease_duration;
+    cfg.leader.renew_deadline = a.leader_elect_renew_deadline;
+    cfg.leader.retry_period = a.leader_elect_retry_period;
     cfg.store.history = a.watch_history;
     cfg.store.watch_buffer = a.watch_buffer;
     cfg.limits.max_requests_inflight = a.max_requests_inflight.max(1);
