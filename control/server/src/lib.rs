@@ -27,6 +27,7 @@ pub mod conn;
 pub mod controllers;
 pub mod fsutil;
 pub mod leader;
+pub mod migrate;
 pub mod registry;
 pub mod resources;
 pub mod selectors;

@@ -27,6 +27,43 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Copy a stopped control plane's objects from its redb store into etcd, then verify the
+    /// copy. Serve on `--store etcd` with the same --data-dir afterwards (PKI and tokens live
+    /// there). Refuses a target that already holds objects unless --overwrite-existing.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// Source store: `redb:<data dir>` or `redb:<path to store.redb>`. The server using it
+    /// must be stopped (its lock is held while it runs).
+    #[arg(long, value_name = "redb:PATH")]
+    from: String,
+    /// Target store: `etcd:<URL>[,<URL>...]`, the etcd client URLs.
+    #[arg(long, value_name = "etcd:URL[,URL...]")]
+    to: String,
+    /// Key prefix of this cluster's objects in the target etcd (as `--etcd-prefix` of serve).
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// CA bundle to verify etcd's serving certificates (https endpoints).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// Longest wait for one etcd request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    etcd_request_timeout: Duration,
+    /// Copy even if the target already holds objects under the prefix: keys in both are
+    /// replaced by the source's objects, the others added; no target key is deleted.
+    #[arg(long)]
+    overwrite_existing: bool,
+    /// Open both stores and count what would be copied; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,6 +310,42 @@ fn token_create(node: &str, data_dir: PathBuf, out: Option<PathBuf>) -> anyhow::
     Ok(())
 }
 
+async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
+    use sluice_control::migrate;
+    let from = migrate::parse_from(&a.from)?;
+    let endpoints = migrate::parse_to(&a.to)?;
+    // The source first: a running server (the usual mistake) is reported before etcd is
+    // contacted at all.
+    let source = migrate::open_redb_source(&from)?;
+    let tls = (a.etcd_cafile.is_some() || a.etcd_certfile.is_some() || a.etcd_keyfile.is_some())
+        .then(|| sluice_store::EtcdTls {
+            ca_file: a.etcd_cafile.clone(),
+            cert_file: a.etcd_certfile.clone(),
+            key_file: a.etcd_keyfile.clone(),
+        });
+    let target = migrate::open_etcd_target(sluice_store::EtcdOptions {
+        endpoints: endpoints.clone(),
+        prefix: a.etcd_prefix.clone(),
+        tls,
+        request_timeout: a.etcd_request_timeout,
+        ..sluice_store::EtcdOptions::default()
+    })
+    .await?;
+    println!(
+        "migrating {} -> etcd {} (prefix {})",
+        migrate::redb_file(&from).display(),
+        endpoints.join(","),
+        a.etcd_prefix
+    );
+    let opts = migrate::MigrateOptions {
+        overwrite_existing: a.overwrite_existing,
+        dry_run: a.dry_run,
+    };
+    let report = migrate::migrate(&source, &target, &opts).await?;
+    print!("{report}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -291,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
                     kubeconfig_out,
                 },
         }) => token_create(&node, data_dir, kubeconfig_out),
+        Some(Command::Migrate(args)) => migrate(args).await,
         None => serve(cli.serve).await,
     }
 }

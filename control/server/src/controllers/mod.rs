@@ -91,7 +91,8 @@ pub fn spawn_all(reg: Arc<Registry>, cfg: ControllerConfig) -> Vec<tokio::task::
         tokio::spawn(scheduler::run(reg.clone())),
         tokio::spawn(taintmanager::run(reg.clone())),
         tokio::spawn(serviceaccounts::run(reg.clone(), cfg.root_ca_pem.clone())),
-        tokio::spawn(events::run_ttl(reg, cfg.event_ttl)),
+        tokio::spawn(events::run_ttl(reg.clone(), cfg.event_ttl)),
+        tokio::spawn(crate::registry::claims::run_repair(reg)),
     ]
 }
 

@@ -11,6 +11,7 @@
 //! cascading for namespaces; an object with finalizers (or deleted with the Orphan or
 //! Foreground propagation policy) is only marked, and goes when its last finalizer is removed.
 
+pub(crate) mod claims;
 mod managed;
 mod namespace;
 mod node;
@@ -220,23 +221,38 @@ fn causes(errs: Vec<sluice_validation::FieldError>) -> Vec<Cause> {
 impl Registry {
     /// A registry over `store`; rebuilds the allocators from the stored objects.
     pub fn new(store: Arc<dyn Store>, cfg: RegistryConfig) -> Self {
+        let reg = Registry {
+            store,
+            alloc: Mutex::new(Allocators {
+                cluster_ips: IpAllocator::new(cfg.service_cidr),
+                node_ports: PortAllocator::new(cfg.node_port_range.0, cfg.node_port_range.1),
+                pod_cidrs: PodCidrs::new(cfg.cluster_cidr, cfg.node_cidr_mask),
+            }),
+            cfg,
+        };
+        let mut alloc = reg.build_allocators();
+        // Values claimed through other API servers (or by writes in flight) are taken too.
+        reg.occupy_claimed(&mut alloc);
+        *reg.allocators() = alloc;
+        reg
+    }
+
+    /// Allocators holding what the stored Services and Nodes hold.
+    fn build_allocators(&self) -> Allocators {
+        let cfg = &self.cfg;
         let mut alloc = Allocators {
             cluster_ips: IpAllocator::new(cfg.service_cidr),
             node_ports: PortAllocator::new(cfg.node_port_range.0, cfg.node_port_range.1),
             pod_cidrs: PodCidrs::new(cfg.cluster_cidr, cfg.node_cidr_mask),
         };
         let svcs = resources::by_kind("Service");
-        for s in store.list(&svcs.prefix()).0 {
+        for s in self.store.list(&svcs.prefix()).0 {
             if let Ok(v) = s.value() {
                 service::reserve_existing(&mut alloc, &v, &s.key);
             }
         }
-        node::rebuild(&mut alloc.pod_cidrs, store.as_ref());
-        Registry {
-            store,
-            cfg,
-            alloc: Mutex::new(alloc),
-        }
+        node::rebuild(&mut alloc.pod_cidrs, self.store.as_ref());
+        alloc
     }
 
     /// The underlying store.
@@ -452,14 +468,18 @@ impl Registry {
         if self.store.get(&key).is_some() {
             return Err(ApiError::already_exists(res, &name));
         }
-        let held = res.strategy.reserve(self, res, &name, None, &mut obj)?;
+        let (held, claimed) = self
+            .reserve_and_claim(res, &name, &key, None, &mut obj)
+            .await?;
         match self.store.create(key, obj).await {
             Ok(s) => {
                 held.commit(self);
+                self.claims_commit(claimed).await;
                 Ok(s)
             }
             Err(e) => {
                 held.rollback(self);
+                self.claims_rollback(claimed).await;
                 Err(store_err(res, &name, e))
             }
         }
@@ -701,11 +721,11 @@ impl Registry {
                 .unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        let held: Box<dyn strategy::Held> = if part == Part::Main {
-            res.strategy
-                .reserve(self, res, name, Some(&old), &mut new)?
+        let (held, claimed): (Box<dyn strategy::Held>, claims::Claimed) = if part == Part::Main {
+            self.reserve_and_claim(res, name, &current.key, Some(&old), &mut new)
+                .await?
         } else {
-            Box::new(strategy::NothingHeld)
+            (Box::new(strategy::NothingHeld), claims::Claimed::default())
         };
         let errs = match part {
             Part::Main => sluice_validation::validate_update(vkind, &old, &new),
@@ -713,17 +733,20 @@ impl Registry {
         };
         if !errs.is_empty() {
             held.rollback(self);
+            self.claims_rollback(claimed).await;
             return Err(ApiError::invalid(res, name, causes(errs)));
         }
         if old == new_without_rv(&new, &old) {
             // No-op update: the apiserver does not write (resourceVersion stays).
             held.rollback(self);
+            self.claims_rollback(claimed).await;
             return Ok(Arc::new(current.clone()));
         }
         if finalized(&new) {
             // The last finalizer of an object marked deleted went: it is removed, as the
             // apiserver does on such an update.
             held.rollback(self);
+            self.claims_rollback(claimed).await;
             return self.remove(res, name, current, &old).await;
         }
         match self
@@ -733,10 +756,12 @@ impl Registry {
         {
             Ok(s) => {
                 held.commit(self);
+                self.claims_commit(claimed).await;
                 Ok(s)
             }
             Err(e) => {
                 held.rollback(self);
+                self.claims_rollback(claimed).await;
                 Err(store_err(res, name, e))
             }
         }
@@ -877,6 +902,7 @@ impl Registry {
             .await
             .map_err(|e| store_err(res, name, e))?;
         res.strategy.release_deleted(self, v);
+        self.claims_release(res, &current.key, v).await;
         Ok(gone)
     }
 

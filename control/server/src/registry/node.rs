@@ -79,7 +79,7 @@ fn cidr_strings(v: &Value) -> Vec<String> {
 }
 
 /// The parsed podCIDR blocks of a Node (unparseable entries are validation's to refuse).
-fn cidrs_of(v: &Value) -> Vec<IpNet> {
+pub(super) fn cidrs_of(v: &Value) -> Vec<IpNet> {
     let mut out: Vec<IpNet> = cidr_strings(v)
         .iter()
         .filter_map(|c| parse_cidr_sloppy(c))
