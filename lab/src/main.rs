@@ -2,7 +2,7 @@
 //!
 //! Layout (all namespaces created here, none with an interface to the outside world):
 //! ```text
-//!  host netns: sluice-lab forward on 127.0.0.1:<port> ──(connector thread in <lab>)──┐
+//!  host netns: sluice-lab forward on 127.0.0.1:<port> ──(dispatcher thread in <lab>)─┐
 //!                                                                                    ▼
 //!  <lab> netns: bridge br0 172.31.0.1/24, sluice-control on 172.31.0.1:6443
 //!     ├── veth ── <lab>-n1 netns: eth0 172.31.0.11, sluice-agent n1, pods' bridge,
@@ -12,10 +12,18 @@
 //!  agent through its node's containerd (CRI, like kubelet), or by `sluice-lab pod create`
 //!  (a plain process, no image).
 //! ```
+//! With `--etcd M` an etcd cluster of M members runs in `<lab>` too ([`etcd`]) and the API
+//! servers store the cluster there; with `--control-planes N` (N > 1, needs etcd) N API
+//! servers listen on 172.31.0.2… and 172.31.0.1:6443 is a TCP balancer over the live ones
+//! (`sluice-lab forward --listen-in-netns`), see [`apiservers`]. `control kill|start` and
+//! `etcd kill|start` stop one of them with SIGKILL and start it again, for fault tests.
+//!
 //! State lives in `DIR/lab.json`; `DIR/cluster.json` is the contract for tests and benchmarks:
 //! `kubeconfig` (for the host: server `https://127.0.0.1:<forwarder port>`), `labKubeconfig`
 //! (server `https://172.31.0.1:6443`, for processes inside the lab's namespaces), `apiServer`,
-//! `hostApiServer`, `labNetns`, `nodes: [{name, netns, ip, podCIDR, containerdSocket}]`.
+//! `hostApiServer`, `labNetns`, `nodes: [{name, netns, ip, podCIDR, containerdSocket}]`,
+//! `apiServers: [{name, address, pid, dataDir}]`, `etcd: [{name, clientURL, pid}]` (pid 0:
+//! killed).
 //! Processes are started detached (own session, logs in `DIR/logs/`), so `up` returns while
 //! the cluster keeps running; `up` prints `export KUBECONFIG=DIR/kubeconfig`.
 //!
@@ -29,7 +37,9 @@
 //! type; the kernel state is the point of the lab, not the tool.
 
 mod api;
+mod apiservers;
 mod containerd;
+mod etcd;
 mod forward;
 
 use std::io::Write;
@@ -83,6 +93,14 @@ enum Cmd {
         /// kept for `agent restart`.
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
+        /// Number of API servers (1 to 9). More than one needs `--etcd`: they listen on
+        /// 172.31.0.2, .3, … and a balancer on 172.31.0.1:6443 spreads connections over them.
+        #[arg(long, default_value_t = 1)]
+        control_planes: usize,
+        /// Members of an etcd cluster in the lab namespace that the API servers store the
+        /// cluster in (0: each API server's embedded store, in its data dir).
+        #[arg(long, default_value_t = 0)]
+        etcd: usize,
     },
     /// Stop everything the lab started and remove every namespace and link it made.
     Down {
@@ -100,6 +118,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AgentCmd,
     },
+    /// API servers: kill one or start it again (fault tests).
+    Control {
+        #[command(subcommand)]
+        cmd: ControlCmd,
+    },
+    /// etcd members: kill one or start it again (fault tests).
+    Etcd {
+        #[command(subcommand)]
+        cmd: EtcdCmd,
+    },
     /// Run a command inside a pod's network namespace.
     Exec {
         /// State directory.
@@ -112,18 +140,68 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Relays 127.0.0.1:<port> on the host to an address inside a namespace (started by `up`).
+    /// Relays 127.0.0.1:<port> on the host (or an address inside the namespace) to addresses
+    /// inside a namespace (started by `up`).
     #[command(hide = true)]
     Forward {
         /// Network namespace (under /run/netns) to connect from.
         #[arg(long)]
         netns: String,
-        /// Address to connect to there.
+        /// Address to connect to there (repeatable: round-robin per connection, skipping
+        /// targets that refuse or time out).
+        #[arg(long, required = true)]
+        to: Vec<std::net::SocketAddr>,
+        /// Listen on this address inside the namespace instead of 127.0.0.1:0 on the host.
         #[arg(long)]
-        to: std::net::SocketAddr,
-        /// File the chosen port is written to.
+        listen_in_netns: Option<std::net::SocketAddr>,
+        /// File the listening port is written to.
         #[arg(long)]
         port_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControlCmd {
+    /// SIGKILL API server INDEX (1-based).
+    Kill {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// API server, 1-based.
+        #[arg(long)]
+        index: usize,
+    },
+    /// Start API server INDEX (1-based) again with its command line; waits until it serves.
+    Start {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// API server, 1-based.
+        #[arg(long)]
+        index: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum EtcdCmd {
+    /// SIGKILL etcd member MEMBER (0-based).
+    Kill {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Member, 0-based.
+        #[arg(long)]
+        member: usize,
+    },
+    /// Start etcd member MEMBER (0-based) again on its data; waits until it is healthy
+    /// (which needs a quorum).
+    Start {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Member, 0-based.
+        #[arg(long)]
+        member: usize,
     },
 }
 
@@ -217,7 +295,17 @@ struct PodRec {
 #[derive(Serialize, Deserialize, Debug)]
 struct LabState {
     lab_netns: String,
+    /// API server 1's pid (kept beside `api_servers` for older readers of lab.json).
     control_pid: i32,
+    /// Every API server (one entry in a lab from before multi-server labs: none).
+    #[serde(default)]
+    api_servers: Vec<apiservers::ApiServerRec>,
+    /// The front balancer on 172.31.0.1:6443 of a multi-server lab (0: none).
+    #[serde(default)]
+    front_pid: i32,
+    /// The etcd members (none: the API server's embedded store).
+    #[serde(default)]
+    etcd: Vec<etcd::EtcdRec>,
     kubeconfig: PathBuf,
     bin_dir: PathBuf,
     /// The agents' current `--proxy-mode`.
@@ -406,6 +494,124 @@ fn stop(pid: i32) {
     }
 }
 
+/// [`stop`] for several processes at once: SIGTERM to all, one grace period, SIGKILL to the
+/// rest (three API servers shutting down in turn would take three grace periods).
+fn stop_all(pids: &[i32]) {
+    use nix::sys::signal::{kill, Signal};
+    let live: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    for &p in &live {
+        let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while live.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in &live {
+        if alive(p) {
+            let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILL, then waits (briefly) until the process is gone.
+fn kill_now(pid: i32) -> anyhow::Result<()> {
+    if !alive(pid) {
+        return Ok(());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait_for(
+        &format!("pid {pid} to exit"),
+        Duration::from_secs(5),
+        || !alive(pid),
+    )
+}
+
+/// `control kill`: SIGKILL one API server (its connections break; the front skips it).
+fn control_kill(dir: &Path, index: usize) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    let i = apiservers::index(&state, index)?;
+    kill_now(state.api_servers[i].pid)?;
+    println!(
+        "API server {} ({}) killed (pid {})",
+        state.api_servers[i].name, state.api_servers[i].address, state.api_servers[i].pid
+    );
+    state.api_servers[i].pid = 0;
+    if i == 0 {
+        state.control_pid = 0;
+    }
+    state.save(&dir)?;
+    write_cluster_json(&state, &dir)
+}
+
+/// `control start`: one API server again, with its command line, until it serves.
+fn control_start(dir: &Path, index: usize) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    let i = apiservers::index(&state, index)?;
+    if alive(state.api_servers[i].pid) {
+        bail!(
+            "API server {} still runs (pid {}): `control kill` it first",
+            state.api_servers[i].name,
+            state.api_servers[i].pid
+        );
+    }
+    let t = Instant::now();
+    let offset = apiservers::spawn(&mut state, i)?;
+    state.save(&dir)?;
+    write_cluster_json(&state, &dir)?;
+    apiservers::wait_serving(&state, i, offset, Duration::from_secs(30))?;
+    println!(
+        "API server {} ({}) serving again (pid {}, {:.1} s)",
+        state.api_servers[i].name,
+        state.api_servers[i].address,
+        state.api_servers[i].pid,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `etcd kill`: SIGKILL one member.
+fn etcd_kill(dir: &Path, member: usize) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    let m = etcd::member(&state, member)?;
+    kill_now(m.pid)?;
+    println!("etcd member {} killed (pid {})", m.name, m.pid);
+    state.etcd[member].pid = 0;
+    state.save(&dir)?;
+    write_cluster_json(&state, &dir)
+}
+
+/// `etcd start`: one member again on its data, until it is healthy.
+fn etcd_start(dir: &Path, member: usize) -> anyhow::Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut state = LabState::load(&dir)?;
+    let m = etcd::member(&state, member)?;
+    if alive(m.pid) {
+        bail!(
+            "etcd member {} still runs (pid {}): `etcd kill` it first",
+            m.name,
+            m.pid
+        );
+    }
+    let t = Instant::now();
+    etcd::spawn(&mut state, member)?;
+    state.save(&dir)?;
+    write_cluster_json(&state, &dir)?;
+    etcd::wait_healthy(&state, member, Duration::from_secs(30))?;
+    println!(
+        "etcd member {} healthy again (pid {}, {:.1} s)",
+        state.etcd[member].name,
+        state.etcd[member].pid,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -432,14 +638,34 @@ struct Extra {
     agent_args: Vec<String>,
 }
 
+/// The control plane's shape: API servers and etcd members.
+struct Topology {
+    control_planes: usize,
+    etcd: usize,
+}
+
+/// The most API servers: their addresses 172.31.0.2… end below the nodes' (172.31.0.11…).
+const MAX_CONTROL_PLANES: usize = 9;
+
 fn up(
     nodes: usize,
     proxy_mode: &str,
     dir: &Path,
     no_containerd: bool,
     extra: Extra,
+    topo: Topology,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    if topo.control_planes == 0 || topo.control_planes > MAX_CONTROL_PLANES {
+        bail!("--control-planes must be 1 to {MAX_CONTROL_PLANES}");
+    }
+    if topo.control_planes > 1 && topo.etcd == 0 {
+        bail!(
+            "--control-planes {} needs --etcd 1 or more: API servers share a cluster only \
+             through etcd (the embedded store belongs to one API server)",
+            topo.control_planes
+        );
+    }
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
     if dir.join("lab.json").exists() {
@@ -458,6 +684,9 @@ fn up(
     let mut state = LabState {
         lab_netns: lab.clone(),
         control_pid: 0,
+        api_servers: Vec::new(),
+        front_pid: 0,
+        etcd: Vec::new(),
         kubeconfig: dir.join("control/admin.kubeconfig"),
         bin_dir: bins.clone(),
         proxy_mode: proxy_mode.to_string(),
@@ -487,23 +716,65 @@ fn up(
     ])?;
     sh(&["ip", "-n", &lab, "link", "set", "br0", "up"])?;
 
+    // etcd first: an API server on etcd needs it to start.
+    if topo.etcd > 0 {
+        // A lab.json-less leftover would make the members rejoin an old cluster's data.
+        let _ = std::fs::remove_dir_all(dir.join("etcd"));
+        state.etcd = etcd::plan(&dir, &lab, topo.etcd)?;
+        state.save(&dir)?;
+        for i in 0..state.etcd.len() {
+            etcd::spawn(&mut state, i)?;
+            state.save(&dir)?;
+        }
+        for i in 0..state.etcd.len() {
+            etcd::wait_healthy(&state, i, Duration::from_secs(30))?;
+        }
+    }
+
     let control = bins.join("sluice-control");
-    let log = dir.join("logs/control.log");
-    let mut control_argv: Vec<String> = vec![
-        "ip".into(),
-        "netns".into(),
-        "exec".into(),
-        lab.clone(),
-        control.to_string_lossy().into(),
-        "--data-dir".into(),
-        dir.join("control").to_string_lossy().into(),
-        "--listen".into(),
-        format!("{gw}:{API_PORT}"),
-        "--advertise-address".into(),
-        gw.clone(),
-    ];
-    control_argv.extend(extra.control_args);
-    state.control_pid = spawn_detached(&control_argv, &log, None)?;
+    let endpoints = (topo.etcd > 0).then(|| etcd::endpoints(&state));
+    state.api_servers = apiservers::plan(
+        &dir,
+        &lab,
+        &control,
+        topo.control_planes,
+        endpoints.as_deref(),
+        &extra.control_args,
+    );
+    let front_port_file = dir.join("front.port");
+    if topo.control_planes > 1 {
+        for a in &state.api_servers {
+            let ip = a.address.split(':').next().context("host:port")?;
+            sh(&[
+                "ip",
+                "-n",
+                &lab,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "br0",
+            ])?;
+        }
+        // The front: what the kubeconfigs name (every API server advertises it).
+        let _ = std::fs::remove_file(&front_port_file);
+        let mut argv: Vec<String> = vec![
+            bins.join("sluice-lab").to_string_lossy().into(),
+            "forward".into(),
+            "--netns".into(),
+            lab.clone(),
+            "--listen-in-netns".into(),
+            format!("{gw}:{API_PORT}"),
+            "--port-file".into(),
+            front_port_file.to_string_lossy().into(),
+        ];
+        for a in &state.api_servers {
+            argv.extend(["--to".into(), a.address.clone()]);
+        }
+        state.front_pid = spawn_detached(&argv, &dir.join("logs/front.log"), None)?;
+        state.save(&dir)?;
+    }
+    let first_log_offset = apiservers::spawn(&mut state, 0)?;
     state.save(&dir)?;
     let port_file = dir.join("forward.port");
     let _ = std::fs::remove_file(&port_file);
@@ -599,9 +870,30 @@ fn up(
         }
     }
 
-    wait_for("the control plane", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sluice-control serving on"))
-    })?;
+    apiservers::wait_serving(&state, 0, first_log_offset, Duration::from_secs(30))?;
+    if state.api_servers.len() > 1 {
+        // The others sign with server 1's CA and know its tokens; they come up while the
+        // images are imported.
+        apiservers::share_pki(&state)?;
+        let mut offsets = vec![first_log_offset];
+        for i in 1..state.api_servers.len() {
+            offsets.push(apiservers::spawn(&mut state, i)?);
+            state.save(&dir)?;
+        }
+        for (i, off) in offsets.into_iter().enumerate().skip(1) {
+            apiservers::wait_serving(&state, i, off, Duration::from_secs(30))?;
+        }
+        let front_alive = || alive(state.front_pid);
+        wait_for("the API front", Duration::from_secs(10), || {
+            front_port_file.exists() || !front_alive()
+        })?;
+        if !front_port_file.exists() {
+            bail!(
+                "the API front did not start: {}",
+                std::fs::read_to_string(dir.join("logs/front.log")).unwrap_or_default()
+            );
+        }
+    }
     let fwd_alive = || alive(state.forward_pid);
     wait_for("the API forwarder's port", Duration::from_secs(10), || {
         port_file.exists() || !fwd_alive()
@@ -665,6 +957,8 @@ fn up(
             "--kubeconfig-out",
             &n.kubeconfig.to_string_lossy(),
         ])?;
+        // Minted in API server 1's tokens.json: the others re-read theirs on its mtime.
+        apiservers::share_tokens(&state)?;
         let pid = start_agent(&state, &dir, n, proxy_mode, &extra.agent_args)?;
         state.nodes[i].agent_pid = pid;
         state.save(&dir)?;
@@ -685,12 +979,39 @@ fn up(
             .to_string();
     }
     state.save(&dir)?;
+    write_cluster_json(&state, &dir)?;
+    eprintln!(
+        "lab {lab} is up with {nodes} node(s){}{} in {:.1} s; state in {}",
+        if no_containerd {
+            " (no containerd)"
+        } else {
+            ""
+        },
+        if topo.etcd > 0 {
+            format!(
+                ", {} API server(s) on {} etcd member(s)",
+                state.api_servers.len(),
+                state.etcd.len()
+            )
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64(),
+        dir.display(),
+    );
+    println!("export KUBECONFIG={}", state.host_kubeconfig.display());
+    Ok(())
+}
+
+/// Writes `DIR/cluster.json` (the contract for tests and benchmarks; see the module doc) from
+/// the state: again whenever a pid in it changes.
+fn write_cluster_json(state: &LabState, dir: &Path) -> anyhow::Result<()> {
     let cluster = serde_json::json!({
         "kubeconfig": state.host_kubeconfig,
         "labKubeconfig": state.kubeconfig,
-        "apiServer": format!("https://{gw}:{API_PORT}"),
+        "apiServer": format!("https://{LAB_NET}.1:{API_PORT}"),
         "hostApiServer": format!("https://127.0.0.1:{}", state.forward_port),
-        "labNetns": lab,
+        "labNetns": state.lab_netns,
         "nodes": state.nodes.iter().map(|n| {
             let mut v = serde_json::json!({
                 "name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr,
@@ -700,27 +1021,26 @@ fn up(
             }
             v
         }).collect::<Vec<_>>(),
+        "apiServers": state.api_servers.iter().map(|a| serde_json::json!({
+            "name": a.name, "address": a.address, "pid": a.pid, "dataDir": a.data_dir,
+        })).collect::<Vec<_>>(),
+        "etcd": state.etcd.iter().map(|m| serde_json::json!({
+            "name": m.name, "clientURL": m.client_url, "pid": m.pid,
+        })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        dir.join("cluster.json"),
-        serde_json::to_vec_pretty(&cluster)?,
-    )?;
-    eprintln!(
-        "lab {lab} is up with {nodes} node(s){} in {:.1} s; state in {}",
-        if no_containerd {
-            " (no containerd)"
-        } else {
-            ""
-        },
-        started.elapsed().as_secs_f64(),
-        dir.display(),
-    );
-    println!("export KUBECONFIG={}", state.host_kubeconfig.display());
+    let tmp = dir.join("cluster.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&cluster)?)?;
+    std::fs::rename(tmp, dir.join("cluster.json"))?;
     Ok(())
 }
 
 /// Writes a file only its owner may read (kubeconfigs carry tokens).
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    write_private_bytes(path, contents.as_bytes())
+}
+
+/// [`write_private`] for bytes: a 0600 temp file beside `path`, renamed over it.
+fn write_private_bytes(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -729,7 +1049,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .and_then(|mut f| f.write_all(contents))
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
@@ -1053,14 +1373,24 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             let _ = sh(&["ip", "netns", "del", &p.netns]);
         }
     }
-    stop(state.forward_pid);
+    stop_all(&[state.forward_pid, state.front_pid]);
     for n in &state.nodes {
         stop(n.agent_pid);
     }
     // containerd and its shims (its mount namespace), the containers (the lab's cgroups; they
     // have mount namespaces of their own) and anything else left in those cgroups.
     containerd::kill_all(&dir, &lab);
-    stop(state.control_pid);
+    // The API servers before etcd, so they can hand the controller Lease back on the way out.
+    let mut api_pids: Vec<i32> = state.api_servers.iter().map(|a| a.pid).collect();
+    api_pids.push(state.control_pid);
+    stop_all(&api_pids);
+    // etcd's data goes next, so SIGKILL: SIGTERM to all members at once makes the leader try
+    // to hand its leadership to members that are stopping too, which takes seconds.
+    for m in &state.etcd {
+        if let Err(e) = kill_now(m.pid) {
+            eprintln!("etcd member {}: {e:#}", m.name);
+        }
+    }
     for n in &state.nodes {
         let _ = sh(&["ip", "netns", "del", &n.netns]);
     }
@@ -1099,14 +1429,15 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             containerd::remove_dir(c);
         }
     }
-    for d in ["images", "cni-bin"] {
+    // etcd's data is the cluster itself (API server data dirs keep only PKI and tokens).
+    for d in ["images", "cni-bin", "etcd"] {
         let _ = std::fs::remove_dir_all(dir.join(d));
     }
     // The agents' volume directories (emptyDirs, ConfigMap and Secret files).
     for n in &state.nodes {
         let _ = std::fs::remove_dir_all(dir.join("nodes").join(&n.name).join("kubelet"));
     }
-    for f in ["kubeconfig", "forward.port", "cluster.json"] {
+    for f in ["kubeconfig", "forward.port", "front.port", "cluster.json"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     std::fs::remove_file(dir.join("lab.json"))?;
@@ -1169,6 +1500,8 @@ fn main() -> anyhow::Result<()> {
             no_containerd,
             control_args,
             agent_args,
+            control_planes,
+            etcd,
         } => up(
             nodes,
             &proxy_mode,
@@ -1177,6 +1510,10 @@ fn main() -> anyhow::Result<()> {
             Extra {
                 control_args,
                 agent_args,
+            },
+            Topology {
+                control_planes,
+                etcd,
             },
         ),
         Cmd::Down { dir } => down(&dir),
@@ -1207,7 +1544,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::Forward {
             netns,
             to,
+            listen_in_netns,
             port_file,
-        } => forward::run(&netns, to, &port_file),
+        } => forward::run(&netns, to, listen_in_netns, &port_file),
+        Cmd::Control {
+            cmd: ControlCmd::Kill { dir, index },
+        } => control_kill(&dir, index),
+        Cmd::Control {
+            cmd: ControlCmd::Start { dir, index },
+        } => control_start(&dir, index),
+        Cmd::Etcd {
+            cmd: EtcdCmd::Kill { dir, member },
+        } => etcd_kill(&dir, member),
+        Cmd::Etcd {
+            cmd: EtcdCmd::Start { dir, member },
+        } => etcd_start(&dir, member),
     }
 }

@@ -38,7 +38,7 @@ pub struct LeaderConfig {
     pub namespace: String,
     /// Name of the Lease.
     pub name: String,
-    /// This instance's identity (`holderIdentity`); empty: `<hostname>_<advertised address>`,
+    /// This instance's identity (`holderIdentity`); empty: `<hostname>_<listen address>`,
     /// filled in at start. It stays the same across restarts, so a restarted API server takes
     /// its own Lease back at once instead of waiting for it to expire.
     pub identity: String,
@@ -58,8 +58,10 @@ impl Default for LeaderConfig {
     }
 }
 
-/// The default identity of an API server advertised at `addr`.
-pub fn default_identity(addr: &str) -> String {
+/// The default identity of an API server listening on `addr`: unique on a host (two servers
+/// cannot listen on one address; several behind one advertised address still differ), the
+/// hostname tells hosts apart, and it survives restarts.
+pub fn default_identity(addr: std::net::SocketAddr) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "sluice".to_string());

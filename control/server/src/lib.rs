@@ -190,7 +190,7 @@ impl Server {
         let advertised = server_url(&cfg, addr);
         let mut leader_cfg = cfg.leader.clone();
         if leader_cfg.identity.is_empty() {
-            leader_cfg.identity = leader::default_identity(&advertised);
+            leader_cfg.identity = leader::default_identity(addr);
         }
         let advertised_addr: SocketAddr = advertised.parse().unwrap_or(addr);
         if let Err(e) = controllers::kubernetes_service::ensure(&registry, advertised_addr).await {

@@ -149,6 +149,10 @@ struct ServeArgs {
     /// exactly one runs them. `--leader-elect=false` runs them unconditionally.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// This instance's name in the controller Lease (default `<hostname>_<listen address>`;
+    /// it must differ between instances and stay the same across restarts).
+    #[arg(long)]
+    leader_elect_identity: Option<String>,
     /// How long other instances wait after the last renewal they saw before taking over.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     leader_elect_lease_duration: Duration,
@@ -259,6 +263,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         bail!("--leader-elect-retry-period must be positive");
     }
     cfg.leader.enabled = a.leader_elect;
+    cfg.leader.identity = a.leader_elect_identity.clone().unwrap_or_default();
     cfg.leader.lease_duration = a.leader_elect_lease_duration;
     cfg.leader.renew_deadline = a.leader_elect_renew_deadline;
     cfg.leader.retry_period = a.leader_elect_retry_period;

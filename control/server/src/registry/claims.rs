@@ -182,7 +182,11 @@ impl Registry {
                 }
                 Err(e) => ClaimError::Store(store_unavailable(e)),
             };
-            self.delete_claims(None, &made).await;
+            // Give back what this call made — unless the store is failing: then the deletes
+            // would only fail slowly too, and the repair pass removes the orphans later.
+            if matches!(failure, ClaimError::Taken(_)) {
+                self.delete_claims(None, &made).await;
+            }
             return Err(failure);
         }
         Ok(made)
@@ -325,9 +329,19 @@ impl Registry {
         }
     }
 
-    /// The write failed or was not made: the claims it made go.
-    pub(crate) async fn claims_rollback(&self, c: Claimed) {
-        self.delete_claims(None, &c.made).await;
+    /// The write failed or was not made: the claims it made go. When the write failed in a
+    /// way that leaves open whether it was stored (`definite` false: a timeout, a lost
+    /// connection to etcd), they stay: deleting them could free values a stored object holds.
+    /// The repair pass removes them if the object was not stored after all.
+    pub(crate) async fn claims_rollback(&self, c: Claimed, definite: bool) {
+        if definite {
+            self.delete_claims(None, &c.made).await;
+        } else if !c.made.is_empty() {
+            tracing::warn!(
+                claims = c.made.len(),
+                "write outcome unknown; its allocation claims are left to the repair pass"
+            );
+        }
     }
 
     /// A stored object was deleted: its claims go.
@@ -425,6 +439,12 @@ fn occupy_in(a: &mut super::Allocators, c: &Claim, owner: Option<&Owner>) {
         }
         _ => {}
     }
+}
+
+/// Whether a failed store write certainly did not happen (a precondition failed), as opposed
+/// to an outcome the store could not report (timeouts, lost connections).
+pub(crate) fn definitely_not_written(e: &StoreError) -> bool {
+    !matches!(e, StoreError::Backend(_) | StoreError::Closed)
 }
 
 /// The repair loop the leader runs.

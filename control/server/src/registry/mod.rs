@@ -479,7 +479,8 @@ impl Registry {
             }
             Err(e) => {
                 held.rollback(self);
-                self.claims_rollback(claimed).await;
+                self.claims_rollback(claimed, claims::definitely_not_written(&e))
+                    .await;
                 Err(store_err(res, &name, e))
             }
         }
@@ -733,20 +734,20 @@ impl Registry {
         };
         if !errs.is_empty() {
             held.rollback(self);
-            self.claims_rollback(claimed).await;
+            self.claims_rollback(claimed, true).await;
             return Err(ApiError::invalid(res, name, causes(errs)));
         }
         if old == new_without_rv(&new, &old) {
             // No-op update: the apiserver does not write (resourceVersion stays).
             held.rollback(self);
-            self.claims_rollback(claimed).await;
+            self.claims_rollback(claimed, true).await;
             return Ok(Arc::new(current.clone()));
         }
         if finalized(&new) {
             // The last finalizer of an object marked deleted went: it is removed, as the
             // apiserver does on such an update.
             held.rollback(self);
-            self.claims_rollback(claimed).await;
+            self.claims_rollback(claimed, true).await;
             return self.remove(res, name, current, &old).await;
         }
         match self
@@ -761,7 +762,8 @@ impl Registry {
             }
             Err(e) => {
                 held.rollback(self);
-                self.claims_rollback(claimed).await;
+                self.claims_rollback(claimed, claims::definitely_not_written(&e))
+                    .await;
                 Err(store_err(res, name, e))
             }
         }
