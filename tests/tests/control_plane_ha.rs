@@ -601,3 +601,45 @@ async fn three_api_servers_survive_api_server_leader_and_etcd_member_failures() 
         SERVERS
     );
 }
+
+/// `--etcd-cafile/--etcd-certfile/--etcd-keyfile`: an API server on an etcd that serves TLS
+/// and requires client certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_on_etcd_with_client_certificates() {
+    if backend_missing(Backend::Etcd) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdCluster::start_tls(&dir.path().join("etcd"), 1).unwrap();
+    let tls = etcd.tls().unwrap();
+    let endpoints = etcd.endpoints_arg();
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-cafile",
+            &ca,
+            "--etcd-certfile",
+            &cert,
+            "--etcd-keyfile",
+            &key,
+        ],
+    )
+    .unwrap();
+    let api: Api<Service> = Api::namespaced(cp.client().await.unwrap(), "default");
+    let made = api
+        .create(&PostParams::default(), &svc("tls", true))
+        .await
+        .unwrap();
+    let got = api.get("tls").await.unwrap();
+    assert_eq!(got.metadata.uid, made.metadata.uid);
+    assert!(got.spec.unwrap().cluster_ip.is_some());
+}

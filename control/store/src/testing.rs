@@ -1,6 +1,9 @@
 //! Throwaway etcd clusters for tests (feature `testing`): real `etcd` processes (Debian's
 //! `etcd-server`) on free loopback ports, with their data and logs in a directory the caller
-//! owns, killed when dropped. Members can be killed and restarted to test faults.
+//! owns, killed when dropped. Members can be killed and restarted to test faults. With
+//! [`EtcdCluster::start_tls`] clients must speak TLS with a client certificate of the test CA
+//! ([`EtcdCluster::tls`] names the files). Health is read from each member's plain-HTTP
+//! metrics listener, which works either way.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,7 +29,73 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
     child: Option<Child>,
+}
+
+/// PEM files of a TLS cluster: the CA, and a client certificate and key it signed.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificate (verifies the members' serving certificates).
+    pub ca: PathBuf,
+    /// Client certificate.
+    pub cert: PathBuf,
+    /// Client key.
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+/// Makes a CA, a serving certificate for 127.0.0.1 and a client certificate in `dir`.
+fn make_pki(dir: &Path) -> Result<TlsFiles, String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let e = |e: rcgen::Error| e.to_string();
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "etcd-test-ca");
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, cn: &str, client: bool| -> Result<(String, String), String> {
+        let mut p = CertificateParams::new(names).map_err(e)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = if client {
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
+        let key = KeyPair::generate().map_err(e)?;
+        let cert = p.signed_by(&key, &issuer).map_err(e)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (srv_pem, srv_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "etcd-member",
+        false,
+    )?;
+    let (cli_pem, cli_key) = leaf(Vec::new(), "sluice-apiserver", true)?;
+    let files = TlsFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("client.crt"),
+        key: dir.join("client.key"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+    };
+    for (path, pem) in [
+        (&files.ca, ca_cert.pem()),
+        (&files.cert, cli_pem),
+        (&files.key, cli_key),
+        (&files.server_cert, srv_pem),
+        (&files.server_key, srv_key),
+    ] {
+        std::fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(files)
 }
 
 /// An etcd cluster of one or more members.
@@ -36,11 +105,22 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    tls: Option<TlsFiles>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members under `dir` and waits until every one reports healthy.
     pub fn start(dir: &Path, n: usize) -> Result<Self, String> {
+        Self::start_with(dir, n, false)
+    }
+
+    /// [`EtcdCluster::start`] with client TLS: https client URLs, and members that require a
+    /// client certificate signed by the test CA.
+    pub fn start_tls(dir: &Path, n: usize) -> Result<Self, String> {
+        Self::start_with(dir, n, true)
+    }
+
+    fn start_with(dir: &Path, n: usize, tls: bool) -> Result<Self, String> {
         let binary = etcd_binary()?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut members = Vec::new();
@@ -49,6 +129,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client_port: free_port().map_err(|e| e.to_string())?,
                 peer_port: free_port().map_err(|e| e.to_string())?,
+                metrics_port: free_port().map_err(|e| e.to_string())?,
                 child: None,
             });
         }
@@ -63,6 +144,11 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token: format!("sluice-test-{}", std::process::id()),
+            tls: if tls {
+                Some(make_pki(&dir.join("pki"))?)
+            } else {
+                None
+            },
         };
         for i in 0..c.members.len() {
             c.spawn(i)?;
@@ -81,9 +167,21 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
             .map_err(|e| e.to_string())?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&self.binary)
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
+        let mut cmd = Command::new(&self.binary);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -95,6 +193,7 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
+            .args(["--listen-metrics-urls", &metrics])
             .args(["--logger", "zap"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -134,7 +233,7 @@ impl EtcdCluster {
     /// Whether member `i` answers `/health` with `"health":"true"`.
     pub fn healthy(&self, i: usize) -> bool {
         let Ok(mut s) = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], self.members[i].client_port).into(),
+            &([127, 0, 0, 1], self.members[i].metrics_port).into(),
             Duration::from_millis(500),
         ) else {
             return false;
@@ -152,10 +251,16 @@ impl EtcdCluster {
 
     /// Client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
+    }
+
+    /// The CA and client certificate of a TLS cluster.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The endpoints joined with commas (the `--etcd-endpoints` form).

@@ -473,3 +473,53 @@ async fn member_failures_lose_no_acknowledged_write() {
     want_sorted.sort();
     assert_eq!(seen, want_sorted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = match EtcdCluster::start_tls(dir.path(), 1) {
+        Ok(c) => c,
+        Err(e) if e.contains("not installed") => return skip(&e),
+        Err(e) => panic!("{e}"),
+    };
+    let files = c.tls().unwrap().clone();
+    assert!(c.endpoints()[0].starts_with("https://"));
+    let s = EtcdStore::open(EtcdOptions {
+        tls: Some(sluice_store::EtcdTls {
+            ca_file: Some(files.ca.clone()),
+            cert_file: Some(files.cert.clone()),
+            key_file: Some(files.key.clone()),
+        }),
+        ..opts(&c)
+    })
+    .await
+    .unwrap();
+    let a = s.create("/registry/r/a".into(), obj("a", 1)).await.unwrap();
+    assert_eq!(s.get("/registry/r/a").unwrap().mod_revision, a.mod_revision);
+    // Without a client certificate the member refuses the connection.
+    let refused = EtcdStore::open(EtcdOptions {
+        tls: Some(sluice_store::EtcdTls {
+            ca_file: Some(files.ca.clone()),
+            cert_file: None,
+            key_file: None,
+        }),
+        request_timeout: Duration::from_secs(2),
+        ..opts(&c)
+    })
+    .await;
+    assert!(refused.is_err(), "opened without a client certificate");
+    // Half a key pair is a configuration error, said as such.
+    let half = EtcdStore::open(EtcdOptions {
+        tls: Some(sluice_store::EtcdTls {
+            ca_file: Some(files.ca),
+            cert_file: Some(files.cert),
+            key_file: None,
+        }),
+        ..opts(&c)
+    })
+    .await;
+    match half {
+        Err(StoreError::Backend(m)) => assert!(m.contains("both a certificate and a key"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
