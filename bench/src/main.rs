@@ -5,7 +5,11 @@
 //! client and TLS connection, like N node agents — then creates services at a fixed
 //! concurrency and measures, per write, the time from the write's acknowledgement (the create
 //! response reaching the writer) to its delivery at the *last* watcher. Then it loads 10,000
-//! services and 100,000 endpoints (EndpointSlices) and reads the server's RSS.
+//! services and 100,000 endpoints (EndpointSlices) and reads the server's RSS. With `--store
+//! etcd` (a throwaway etcd cluster of `--etcd-members`) and `--api-servers N`, the same phases
+//! run against N API servers sharing it, watchers spread evenly over them and writes round
+//! robin; `--compare-stores` runs redb, etcd with 1 and etcd with 3 API servers side by side
+//! (see `store_compare.rs`).
 //!
 //! `cni-latency` times CNI ADD/DEL of `sluice-cni` against the reference `bridge` plugin
 //! (see `cni_latency.rs`); `pod-network` runs netperf between pods of a 2-node `sluice-lab`
@@ -31,6 +35,7 @@ mod pod_network;
 mod podstart;
 mod scale;
 mod service;
+mod store_compare;
 mod vm;
 
 use std::path::PathBuf;
@@ -45,7 +50,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use sluice_tests::ControlPlane;
 
 #[derive(Parser)]
 #[command(name = "sluice-bench", about = "Sluice benchmarks")]
@@ -56,14 +60,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Watch fan-out latency, durable create throughput, and RSS with a large store.
+    /// Watch fan-out latency, durable create throughput, and RSS with a large store; with
+    /// `--compare-stores`, redb and etcd (1 and 3 API servers) side by side instead.
     WatchFanout {
-        /// Concurrent watchers on services.
+        /// Concurrent watchers on services (spread evenly over the API servers).
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
-        /// Services created while the watchers follow.
-        #[arg(long, default_value_t = 2000)]
-        writes: usize,
+        /// Services created while the watchers follow (default 2,000); with --compare-stores,
+        /// creates per kind and round in the throughput phase (default 4,000).
+        #[arg(long)]
+        writes: Option<usize>,
         /// Concurrent create requests in the throughput phase.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
@@ -79,6 +85,30 @@ enum Cmd {
         /// Endpoints per service (one EndpointSlice each) for the RSS reading.
         #[arg(long, default_value_t = 10)]
         endpoints_per_service: usize,
+        /// Object store of the control plane: embedded redb, or a throwaway etcd cluster of
+        /// --etcd-members members started for the run.
+        #[arg(long, value_enum, default_value = "redb")]
+        store: store_compare::Store,
+        /// API servers (`sluice-control` processes) sharing the store; above 1 needs etcd.
+        /// Writes go to them round robin.
+        #[arg(long, default_value_t = 1)]
+        api_servers: usize,
+        /// Members of the etcd cluster (`--store etcd`, `--compare-stores`).
+        #[arg(long, default_value_t = 3)]
+        etcd_members: usize,
+        /// Instead of the phases above: (a) redb with 1 API server, (b) etcd with 1 and (c)
+        /// with 3 API servers, one after the other: durable creates/s without watchers, then
+        /// delivery latency to the watchers at --rate (default result file
+        /// bench/results/store-compare-<date>.json).
+        #[arg(long, conflicts_with_all = ["store", "api_servers"])]
+        compare_stores: bool,
+        /// Rounds over the three set-ups with --compare-stores.
+        #[arg(long, default_value_t = 3)]
+        compare_rounds: usize,
+        /// With --compare-stores: attempts per set-up and round; an attempt during which
+        /// builds or other control planes ran on the box is measured again.
+        #[arg(long, default_value_t = 3)]
+        compare_attempts: usize,
         /// Write the JSON result here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -435,6 +465,9 @@ struct Params {
     rate: u64,
     services: usize,
     eps: usize,
+    store: store_compare::Store,
+    api_servers: usize,
+    etcd_members: usize,
     out: Option<PathBuf>,
 }
 
@@ -447,6 +480,15 @@ struct Tracker {
 }
 
 impl Tracker {
+    fn new(writes: usize) -> Tracker {
+        Tracker {
+            t0: Instant::now(),
+            acked: (0..writes).map(|_| AtomicU64::new(0)).collect(),
+            delivered: (0..writes).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..writes).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
     /// Delivery latencies (ms) of writes `range` that every watcher saw, sorted, and how many
     /// of them that is.
     fn latencies(&self, range: std::ops::Range<usize>, watchers: usize) -> (Vec<f64>, usize) {
@@ -484,48 +526,45 @@ fn lat_json(lat: &[f64], complete: usize) -> serde_json::Value {
     })
 }
 
-async fn watch_fanout(p: Params) -> anyhow::Result<()> {
-    let Params {
-        watchers,
-        writes,
-        concurrency,
-        paced_writes,
-        rate,
-        services,
-        eps,
-        out,
-    } = p;
-    // 2 fds per watcher on each side, plus slack.
-    let _ =
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 65536, 65536);
-    let dir = tempfile::tempdir()?;
-    let profile = sluice_tests::target_dir();
-    let cp = ControlPlane::start(dir.path(), &["--watch-buffer", "8192"])?;
-    let pid = cp.pid().context("server pid")?;
-    let writer = cp.client().await?;
-    let api: Api<Service> = Api::namespaced(writer.clone(), "default");
-    let rv = api
-        .list(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+/// Watch streams on services opened by [`open_watchers`], each recording into a [`Tracker`].
+struct Watchers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Watch streams that ended before they were aborted (the server closed them: a watcher
+    /// that fell behind, or a server error), so whose later events are missing.
+    ended: Arc<AtomicU32>,
+}
 
-    let total = writes + paced_writes;
-    let tr = Arc::new(Tracker {
-        t0: Instant::now(),
-        acked: (0..total).map(|_| AtomicU64::new(0)).collect(),
-        delivered: (0..total).map(|_| AtomicU64::new(0)).collect(),
-        counts: (0..total).map(|_| AtomicU32::new(0)).collect(),
-    });
+impl Watchers {
+    fn ended(&self) -> u32 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    fn abort(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Opens `n` watches on services in `default` from resourceVersion `rv`, watcher `j` on API
+/// server `j mod N` with its own client and TLS connection (like `n` node agents spread over
+/// the API servers behind a load balancer), and waits until every one is established. Each
+/// event named `bench-<i>` stamps `tr` (latest delivery, delivery count) for write `i`.
+async fn open_watchers(
+    plane: &store_compare::Plane,
+    n: usize,
+    rv: &str,
+    tr: &Arc<Tracker>,
+) -> anyhow::Result<Watchers> {
     let ready = Arc::new(AtomicU32::new(0));
-    eprintln!("opening {watchers} watchers…");
-    let mut tasks = Vec::with_capacity(watchers);
-    for _ in 0..watchers {
-        let client = cp.client().await?;
+    let ended = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    for j in 0..n {
+        let client = plane.client(j).await?;
         let tr = tr.clone();
         let ready = ready.clone();
-        let rv = rv.clone();
+        let ended = ended.clone();
+        let rv = rv.to_string();
         tasks.push(tokio::spawn(async move {
             let req = http::Request::get(format!(
                 "/api/v1/namespaces/default/services?watch=true&resourceVersion={rv}&timeoutSeconds=3600"
@@ -536,6 +575,7 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("watch failed: {e}");
+                    ended.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
             };
@@ -555,20 +595,70 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
                     }
                 }
             }
+            ended.fetch_add(1, Ordering::SeqCst);
         }));
     }
-    while (ready.load(Ordering::SeqCst) as usize) < watchers {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (ready.load(Ordering::SeqCst) as usize) < n {
+        if ended.load(Ordering::SeqCst) > 0 || Instant::now() > deadline {
+            anyhow::bail!(
+                "only {} of {n} watches opened",
+                ready.load(Ordering::SeqCst)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(Watchers { tasks, ended })
+}
+
+async fn watch_fanout(p: Params) -> anyhow::Result<()> {
+    let Params {
+        watchers,
+        writes,
+        concurrency,
+        paced_writes,
+        rate,
+        services,
+        eps,
+        store,
+        api_servers,
+        etcd_members,
+        out,
+    } = p;
+    // 2 fds per watcher on each side, plus slack.
+    let _ =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 65536, 65536);
+    let profile = sluice_tests::target_dir();
+    let plane = store_compare::Plane::start(
+        store,
+        api_servers,
+        etcd_members,
+        &["--watch-buffer", "8192"],
+    )?;
+    let writers = plane.writers().await?;
+    let n_api = writers.len();
+    let services_api =
+        |i: usize| -> Api<Service> { Api::namespaced(writers[i % n_api].clone(), "default") };
+    let rv = services_api(0)
+        .list(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+
+    let total = writes + paced_writes;
+    let tr = Arc::new(Tracker::new(total));
+    eprintln!("opening {watchers} watchers…");
+    let open = open_watchers(&plane, watchers, &rv, &tr).await?;
     eprintln!(
         "{watchers} watchers open ({:.1} MB server RSS); writing {writes} services…",
-        rss_mb(pid)?
+        plane.rss_mb()?
     );
 
     // Phase 1: throughput — creates as fast as `concurrency` writers go.
-    let (srv_cpu0, cli_cpu0, wall0) = (cpu_s(&pid.to_string()), cpu_s("self"), Instant::now());
+    let mark = plane.cpu_mark();
     let write_time = create_all(writes, concurrency, |i| {
-        let api = api.clone();
+        let api = services_api(i);
         let tr = tr.clone();
         async move {
             api.create(&PostParams::default(), &svc(&format!("bench-{i}")))
@@ -581,12 +671,7 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
     tr.wait_all_seen(0..writes, watchers).await;
     let (sat_lat, sat_complete) = tr.latencies(0..writes, watchers);
     let throughput = writes as f64 / write_time.as_secs_f64();
-    let wall = wall0.elapsed().as_secs_f64();
-    let cpu_split = json!({
-        "wall_s": wall,
-        "server_cpu_s": cpu_s(&pid.to_string()) - srv_cpu0,
-        "bench_client_cpu_s": cpu_s("self") - cli_cpu0,
-    });
+    let cpu_split = plane.cpu_since(&mark);
     eprintln!("phase 1 CPU: {cpu_split}");
     eprintln!(
         "saturated: {throughput:.0} creates/s; last-watcher delivery p50 {:.1} ms p99 {:.1} ms ({sat_complete}/{writes} seen by all)",
@@ -595,27 +680,10 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
     );
 
     // Phase 2: latency at a steady rate.
-    let start = tokio::time::Instant::now();
-    let mut handles = Vec::with_capacity(paced_writes);
-    for k in 0..paced_writes {
-        let i = writes + k;
-        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate.max(1) as f64))
-            .await;
-        let api = api.clone();
-        let tr = tr.clone();
-        handles.push(tokio::spawn(async move {
-            api.create(&PostParams::default(), &svc(&format!("bench-{i}")))
-                .await?;
-            tr.acked[i].store(tr.t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
-            anyhow::Ok(())
-        }));
-    }
-    for h in handles {
-        h.await??;
-    }
+    paced_creates(writes..total, rate, &tr, services_api).await?;
     tr.wait_all_seen(writes..total, watchers).await;
     let (lat, complete) = tr.latencies(writes..total, watchers);
-    let fanout_rss = rss_mb(pid)?;
+    let fanout_rss = plane.rss_mb()?;
     eprintln!(
         "at {rate} writes/s: last-watcher delivery p50 {:.1} ms p99 {:.1} ms ({complete}/{paced_writes} seen by all)",
         percentile(&lat, 0.5),
@@ -623,17 +691,15 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
     );
 
     // RSS with a large store: services plus one EndpointSlice each (watchers closed first).
-    for t in tasks {
-        t.abort();
-    }
+    let ended = open.ended();
+    open.abort();
     eprintln!(
         "loading {services} services and {} endpoints…",
         services * eps
     );
-    let slices: Api<EndpointSlice> = Api::namespaced(writer.clone(), "default");
     let load_time = create_all(services, concurrency, |i| {
-        let api = api.clone();
-        let slices = slices.clone();
+        let api = services_api(i);
+        let slices: Api<EndpointSlice> = Api::namespaced(writers[i % n_api].clone(), "default");
         async move {
             let name = format!("load-{i}");
             api.create(&PostParams::default(), &svc(&name)).await?;
@@ -660,14 +726,14 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
     .await?;
     let objects = services * 2 + total;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let big_rss = rss_mb(pid)?;
-    let store_size = std::fs::metadata(dir.path().join("store.redb"))?.len() as f64 / 1e6;
+    let big_rss = plane.rss_mb()?;
+    let store_size = plane.store_file_mb();
 
-    let result = json!({
+    let mut result = json!({
         "benchmark": "watch-fanout",
         "server_binary_profile": profile.file_name().map(|p| p.to_string_lossy().to_string()),
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": kernel(),
+        "cores": cores(),
         "watchers": watchers,
         "saturated": {
             "writes": writes,
@@ -690,12 +756,42 @@ async fn watch_fanout(p: Params) -> anyhow::Result<()> {
             "rss_mb": big_rss,
             "store_file_mb": store_size,
         },
-        "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "loadavg": loadavg(),
     });
-    let text = serde_json::to_string_pretty(&result)?;
-    println!("{text}");
-    if let Some(p) = out {
-        std::fs::write(p, text)?;
+    // Only off the default (one API server on redb), so that its result reads as before.
+    if store != store_compare::Store::Redb || n_api > 1 {
+        result["store"] = json!(plane.describe());
+        result["watch_streams_ended_early"] = json!(ended);
+        result["rss_mb_per_api_server"] = json!(plane.rss_mb_each());
+    }
+    emit(&result, out.as_deref())
+}
+
+/// Creates services `bench-<i>` for `range` at `rate` per second, write `k` of the range
+/// through `api(k)`, each its own task so a slow write does not hold back the next one;
+/// stamps each acknowledgement in `tr`.
+async fn paced_creates(
+    range: std::ops::Range<usize>,
+    rate: u64,
+    tr: &Arc<Tracker>,
+    api: impl Fn(usize) -> Api<Service>,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(range.len());
+    for (k, i) in range.enumerate() {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate.max(1) as f64))
+            .await;
+        let api = api(k);
+        let tr = tr.clone();
+        handles.push(tokio::spawn(async move {
+            api.create(&PostParams::default(), &svc(&format!("bench-{i}")))
+                .await?;
+            tr.acked[i].store(tr.t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
     }
     Ok(())
 }
@@ -709,18 +805,51 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             paced_writes,
             rate,
+            etcd_members,
+            compare_stores,
+            compare_rounds,
+            compare_attempts,
+            out,
+            ..
+        } if compare_stores => {
+            store_compare::run(store_compare::Opts {
+                watchers,
+                creates: writes.unwrap_or(4000),
+                concurrency,
+                paced_writes,
+                rate,
+                etcd_members,
+                rounds: compare_rounds,
+                attempts: compare_attempts,
+                out,
+            })
+            .await
+        }
+        Cmd::WatchFanout {
+            watchers,
+            writes,
+            concurrency,
+            paced_writes,
+            rate,
             services,
             endpoints_per_service,
+            store,
+            api_servers,
+            etcd_members,
             out,
+            ..
         } => {
             watch_fanout(Params {
                 watchers,
-                writes,
+                writes: writes.unwrap_or(2000),
                 concurrency,
                 paced_writes,
                 rate,
                 services,
                 eps: endpoints_per_service,
+                store,
+                api_servers,
+                etcd_members,
                 out,
             })
             .await
