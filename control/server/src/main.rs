@@ -42,21 +42,8 @@ struct MigrateArgs {
     /// Target store: `etcd:<URL>[,<URL>...]`, the etcd client URLs.
     #[arg(long, value_name = "etcd:URL[,URL...]")]
     to: String,
-    /// Key prefix of this cluster's objects in the target etcd (as `--etcd-prefix` of serve).
-    #[arg(long, default_value = "/registry")]
-    etcd_prefix: String,
-    /// CA bundle to verify etcd's serving certificates (https endpoints).
-    #[arg(long)]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate for etcd.
-    #[arg(long)]
-    etcd_certfile: Option<PathBuf>,
-    /// Client key for etcd.
-    #[arg(long)]
-    etcd_keyfile: Option<PathBuf>,
-    /// Longest wait for one etcd request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    etcd_request_timeout: Duration,
+    #[command(flatten)]
+    etcd: EtcdConn,
     /// Copy even if the target already holds objects under the prefix: keys in both are
     /// replaced by the source's objects, the others added; no target key is deleted.
     #[arg(long)]
@@ -125,25 +112,12 @@ struct ServeArgs {
     /// etcd client URLs, comma-separated (`--store etcd`).
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
-    /// Key prefix of this cluster's objects in etcd.
-    #[arg(long, default_value = "/registry")]
-    etcd_prefix: String,
-    /// CA bundle to verify etcd's serving certificates (https endpoints).
-    #[arg(long)]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate for etcd.
-    #[arg(long)]
-    etcd_certfile: Option<PathBuf>,
-    /// Client key for etcd.
-    #[arg(long)]
-    etcd_keyfile: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdConn,
     /// Interval between compactions of etcd's history, e.g. `5m`, `30s`; `0` never compacts
     /// (several API servers compact in turn, one per interval).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     etcd_compaction_interval: Duration,
-    /// Longest wait for one etcd request (writes fail with 504 after it).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    etcd_request_timeout: Duration,
     /// Run the controllers only while holding the controller Lease
     /// (`kube-system/sluice-controller-manager`), so that of several API servers on one store
     /// exactly one runs them. `--leader-elect=false` runs them unconditionally.
@@ -184,6 +158,47 @@ struct ServeArgs {
     /// oldest of them is closed to make room.
     #[arg(long, default_value_t = 4_096)]
     max_unauthenticated_connections: usize,
+}
+
+/// How to reach etcd (`serve --store etcd` and `migrate`).
+#[derive(Args, Debug)]
+struct EtcdConn {
+    /// Key prefix of this cluster's objects in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// CA bundle to verify etcd's serving certificates (https endpoints).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// Longest wait for one etcd request (writes fail with 504 after it).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    etcd_request_timeout: Duration,
+}
+
+impl EtcdConn {
+    /// Store options for `endpoints` (no compaction: the caller sets it).
+    fn options(&self, endpoints: Vec<String>) -> sluice_store::EtcdOptions {
+        let any_tls = self.etcd_cafile.is_some()
+            || self.etcd_certfile.is_some()
+            || self.etcd_keyfile.is_some();
+        sluice_store::EtcdOptions {
+            endpoints,
+            prefix: self.etcd_prefix.clone(),
+            tls: any_tls.then(|| sluice_store::EtcdTls {
+                ca_file: self.etcd_cafile.clone(),
+                cert_file: self.etcd_certfile.clone(),
+                key_file: self.etcd_keyfile.clone(),
+            }),
+            compaction_interval: None,
+            request_timeout: self.etcd_request_timeout,
+            ..sluice_store::EtcdOptions::default()
+        }
+    }
 }
 
 /// `--store`.
@@ -239,21 +254,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.controllers.node_monitor_period = Duration::from_secs(a.node_monitor_period.max(1));
     cfg.controllers.max_endpoints_per_slice = a.max_endpoints_per_slice.max(1);
     if a.store == StoreKind::Etcd {
-        let tls =
-            (a.etcd_cafile.is_some() || a.etcd_certfile.is_some() || a.etcd_keyfile.is_some())
-                .then(|| sluice_store::EtcdTls {
-                    ca_file: a.etcd_cafile.clone(),
-                    cert_file: a.etcd_certfile.clone(),
-                    key_file: a.etcd_keyfile.clone(),
-                });
         cfg.backend = StoreBackend::Etcd(sluice_store::EtcdOptions {
-            endpoints: a.etcd_endpoints.clone(),
-            prefix: a.etcd_prefix.clone(),
-            tls,
             compaction_interval: (!a.etcd_compaction_interval.is_zero())
                 .then_some(a.etcd_compaction_interval),
-            request_timeout: a.etcd_request_timeout,
-            ..sluice_store::EtcdOptions::default()
+            ..a.etcd.options(a.etcd_endpoints.clone())
         });
     }
     if a.leader_elect_renew_deadline >= a.leader_elect_lease_duration {
@@ -322,25 +326,12 @@ async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
     // The source first: a running server (the usual mistake) is reported before etcd is
     // contacted at all.
     let source = migrate::open_redb_source(&from)?;
-    let tls = (a.etcd_cafile.is_some() || a.etcd_certfile.is_some() || a.etcd_keyfile.is_some())
-        .then(|| sluice_store::EtcdTls {
-            ca_file: a.etcd_cafile.clone(),
-            cert_file: a.etcd_certfile.clone(),
-            key_file: a.etcd_keyfile.clone(),
-        });
-    let target = migrate::open_etcd_target(sluice_store::EtcdOptions {
-        endpoints: endpoints.clone(),
-        prefix: a.etcd_prefix.clone(),
-        tls,
-        request_timeout: a.etcd_request_timeout,
-        ..sluice_store::EtcdOptions::default()
-    })
-    .await?;
+    let target = migrate::open_etcd_target(a.etcd.options(endpoints.clone())).await?;
     println!(
         "migrating {} -> etcd {} (prefix {})",
         migrate::redb_file(&from).display(),
         endpoints.join(","),
-        a.etcd_prefix
+        a.etcd.etcd_prefix
     );
     let opts = migrate::MigrateOptions {
         overwrite_existing: a.overwrite_existing,
