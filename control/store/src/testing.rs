@@ -121,6 +121,26 @@ impl EtcdCluster {
     }
 
     fn start_with(dir: &Path, n: usize, tls: bool) -> Result<Self, String> {
+        // The free ports are only free when picked: a test starting beside this one may take
+        // one before etcd binds it, and the member exits. Such a start is tried again on fresh
+        // ports and data.
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Self::start_once(dir, n, tls) {
+                Ok(c) => return Ok(c),
+                Err(e) if e.contains("exited") => {
+                    for i in 0..n.max(1) {
+                        let _ = std::fs::remove_dir_all(dir.join(format!("m{i}")));
+                    }
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once(dir: &Path, n: usize, tls: bool) -> Result<Self, String> {
         let binary = etcd_binary()?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut members = Vec::new();
@@ -212,12 +232,14 @@ impl EtcdCluster {
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(|c| c.try_wait()) {
+                let log = self.dir.join(format!("{}.log", self.members[i].name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(3).collect();
                 return Err(format!(
-                    "etcd member {} exited ({status}); see {}",
+                    "etcd member {} exited ({status}); {}: {}",
                     self.members[i].name,
-                    self.dir
-                        .join(format!("{}.log", self.members[i].name))
-                        .display()
+                    log.display(),
+                    tail.join(" | ")
                 ));
             }
             if Instant::now() > deadline {
