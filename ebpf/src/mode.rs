@@ -7,7 +7,7 @@
 //! from what its predecessor left, and rewrites only what changed) and again after any failed
 //! write. The mode writes no iptables or nftables rules.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use sluice_proxy::mode::{self, BoxDataplane, Mode, ModeContext};
@@ -320,16 +320,8 @@ impl Dataplane for EbpfDataplane {
                 (current, ops, None)
             }
         };
-        // UDP backends that go: sockets connected to them are destroyed after the writes.
-        let gone_udp: Vec<SocketAddrV4> = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::DeleteBackend { id } => current.backends().get(id),
-                _ => None,
-            })
-            .filter(|b| b.addr.proto == abi::IPPROTO_UDP)
-            .map(|b| SocketAddrV4::new(b.addr.addr, b.addr.port))
-            .collect();
+        // Connected UDP sockets these writes leave stale are destroyed after them.
+        let stale = plan::stale_udp_sockets(&ops, &current);
         for op in &ops {
             // On error `current` and the model are dropped: the next (full) sync reads the
             // maps again and plans everything.
@@ -357,17 +349,17 @@ impl Dataplane for EbpfDataplane {
             drop(ops);
             sluice_proxy::heap::trim();
         }
-        if !gone_udp.is_empty() {
+        if !stale.is_empty() {
             // A connected UDP socket is really connected to its backend (nothing translates its
             // datagrams), so it would send into the void for ever: destroy it, and the
             // application gets ECONNABORTED and reconnects through the Service again.
-            match sockdestroy::destroy_udp_connected_to(&self.cgroup, &gone_udp) {
+            match sockdestroy::destroy_udp_connected_to(&self.cgroup, &stale.all()) {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(sockets = n, backends = ?gone_udp, "destroyed UDP sockets connected to removed backends")
+                    tracing::info!(sockets = n, backends = ?stale.gone_backends, frontends = ?stale.opened_frontends, "destroyed UDP sockets connected to removed backends or to untranslated front ends")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "destroying UDP sockets connected to removed backends")
+                    tracing::warn!(error = %e, "destroying stale connected UDP sockets")
                 }
             }
         }

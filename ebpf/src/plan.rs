@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use sluice_proxy::categorize::categorize_endpoints;
@@ -787,6 +787,75 @@ impl<'a> Ids<'a> {
         self.next = id.saturating_add(1);
         id
     }
+}
+
+/// The peers of connected UDP sockets that a batch of [`Op`]s leaves stale: such a socket is
+/// connected for good to what the socket hook chose at `connect()`, and nothing translates
+/// its datagrams afterwards, so the mode destroys the sockets (their owners see an error and
+/// reconnect through the hook).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StaleUdp {
+    /// UDP backends the batch deletes: sockets connected to them send into the void.
+    pub gone_backends: Vec<SocketAddrV4>,
+    /// Socket-scope UDP front ends that start answering (absent, or without backends, before
+    /// the batch): a socket connected to one earlier passed the hook untranslated, so it is
+    /// connected to the bare service address. kube-proxy flushes the UDP conntrack entries
+    /// of a Service that gets its first endpoint for the same reason. A socket the hook did
+    /// translate is connected to a backend, never to a front end, so destroying these never
+    /// cuts a working flow.
+    pub opened_frontends: Vec<SocketAddrV4>,
+}
+
+impl StaleUdp {
+    /// True when there is nothing to destroy.
+    pub fn is_empty(&self) -> bool {
+        self.gone_backends.is_empty() && self.opened_frontends.is_empty()
+    }
+
+    /// Every stale peer address.
+    pub fn all(&self) -> Vec<SocketAddrV4> {
+        self.gone_backends
+            .iter()
+            .chain(&self.opened_frontends)
+            .copied()
+            .collect()
+    }
+}
+
+/// The connected UDP sockets `ops`, planned against `current` (before they are applied),
+/// leave stale.
+pub fn stale_udp_sockets(ops: &[Op], current: &Current) -> StaleUdp {
+    let udp = abi::IPPROTO_UDP;
+    let mut stale = StaleUdp::default();
+    for op in ops {
+        match op {
+            Op::DeleteBackend { id } => {
+                if let Some(b) = current.backends.get(id).filter(|b| b.addr.proto == udp) {
+                    stale
+                        .gone_backends
+                        .push(SocketAddrV4::new(b.addr.addr, b.addr.port));
+                }
+            }
+            Op::PutSvc {
+                frontend,
+                slot: 0,
+                val,
+            } if frontend.proto == udp
+                && frontend.scope == SCOPE_SOCK
+                && val.count > 0
+                && current
+                    .svc
+                    .get(&(*frontend, 0))
+                    .is_none_or(|old| old.count == 0) =>
+            {
+                stale
+                    .opened_frontends
+                    .push(SocketAddrV4::new(frontend.addr, frontend.port));
+            }
+            _ => {}
+        }
+    }
+    stale
 }
 
 /// The ordered operations that turn `current` into `want` (see the module doc for the order).

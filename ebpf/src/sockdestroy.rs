@@ -1,4 +1,5 @@
-//! Destroying connected UDP sockets whose backend went away.
+//! Destroying connected UDP sockets whose backend went away (or that are stuck on a front
+//! end's bare address, see [`crate::plan::StaleUdp`]).
 //!
 //! # Why
 //!

@@ -652,14 +652,14 @@ fn conformance(mode: Mode) {
             "--", &udp, "serve", "5353", name,
         ]));
     }
-    let dns = l.service_with_ports(
-        "dns",
-        "dns",
-        "  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n",
-        "",
-    );
-    let dns_addr = format!("{dns}:53");
-    // A long-lived connected UDP socket on the service, stuck on one backend.
+    // A long-lived connected UDP socket on the service's address, opened before the Service
+    // exists (an application that resolved the name early, or raced the proxy): unanswered at
+    // first, it must be answered once the Service is programmed, with nothing but the
+    // dataplane's help — NAT modes flush the flow's conntrack entry (0 → N endpoints), the
+    // ebpf mode, whose hook let the socket connect to the bare address, destroys it. Then it
+    // stays on one backend.
+    let dns_ip = "10.111.255.53";
+    let dns_addr = format!("{dns_ip}:53");
     let stream_out = l.dir.join("udp-stream.out");
     ok(lab(&[
         "pod",
@@ -676,6 +676,18 @@ fn conformance(mode: Mode) {
         "-c",
         &format!("{udp} stream {dns_addr} > {}", stream_out.display()),
     ]));
+    wait_until(
+        "the UDP stream to a Service not created yet runs (unanswered)",
+        Duration::from_secs(20),
+        || !lines_of(&stream_out).is_empty(),
+    );
+    let dns = l.service_with_ports(
+        "dns",
+        "dns",
+        "  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n",
+        &format!("  clusterIP: {dns_ip}\n"),
+    );
+    assert_eq!(dns, dns_ip);
     let mut first = String::new();
     wait_until(
         "the connected UDP stream answers",

@@ -653,3 +653,66 @@ fn stray_source_ranges_are_swept_and_their_ids_not_reused() {
     let ops = plan_some(&want, &c2, &all, &want.backends.keys().copied().collect());
     assert!(!text(&ops).contains("id=99"));
 }
+
+#[test]
+fn udp_sockets_left_stale_are_those_of_gone_backends_and_of_front_ends_that_start_answering() {
+    let udp = |ip: &str, eps: &[&str]| {
+        one(
+            "dns",
+            ServicePort::cluster_ip(ip.parse().unwrap(), 53, Protocol::Udp),
+            eps.iter().map(|a| ep(a, false)).collect(),
+        )
+    };
+    let addr = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+    let step = |c: &mut Current, (s, e): (ServicePortMap, EndpointsMap)| {
+        let want = want_of(&s, &e);
+        let ops = plan(&want, c);
+        let stale = stale_udp_sockets(&ops, c);
+        apply_checked(c, &ops, &want);
+        stale
+    };
+    let mut c = Current::default();
+    // A UDP Service that appears with endpoints: sockets connected to its bare address before.
+    assert_eq!(
+        step(&mut c, udp("10.96.0.53", &["10.244.0.1", "10.244.0.2"])),
+        StaleUdp {
+            gone_backends: vec![],
+            opened_frontends: vec![addr("10.96.0.53:53")],
+        }
+    );
+    // One backend goes: only sockets connected to it.
+    assert_eq!(
+        step(&mut c, udp("10.96.0.53", &["10.244.0.2"])),
+        StaleUdp {
+            gone_backends: vec![addr("10.244.0.1:8080")],
+            opened_frontends: vec![],
+        }
+    );
+    // The last one goes (the hook refuses connects from now on), then one comes back: the
+    // front end opens again.
+    assert_eq!(
+        step(&mut c, udp("10.96.0.53", &[])),
+        StaleUdp {
+            gone_backends: vec![addr("10.244.0.2:8080")],
+            opened_frontends: vec![],
+        }
+    );
+    assert_eq!(
+        step(&mut c, udp("10.96.0.53", &["10.244.0.3"])),
+        StaleUdp {
+            gone_backends: vec![],
+            opened_frontends: vec![addr("10.96.0.53:53")],
+        }
+    );
+    // A backend added to an answering front end leaves nothing stale.
+    assert!(step(&mut c, udp("10.96.0.53", &["10.244.0.3", "10.244.0.4"])).is_empty());
+    // TCP never: its connections fail on their own when the peer goes.
+    let mut c = Current::default();
+    let (s, e) = one(
+        "web",
+        ServicePort::cluster_ip("10.96.0.80".parse().unwrap(), 80, Protocol::Tcp),
+        vec![ep("10.244.0.1", false)],
+    );
+    assert!(step(&mut c, (s, e)).is_empty());
+    assert!(step(&mut c, (ServicePortMap::new(), EndpointsMap::new())).is_empty());
+}
