@@ -536,6 +536,10 @@ fn lab_three_api_servers_on_three_etcd_members() {
     assert!(c["etcd"][victim]["pid"].as_i64().unwrap() > 0, "{c}");
     assert!(c["apiServers"][leader]["pid"].as_i64().unwrap() > 0, "{c}");
     assert_eq!(l.lease_holder().unwrap(), new_holder);
+    // The `kubernetes` Service: every API server advertises the front, so that is its one
+    // endpoint, kept across the SIGKILL and the restart (the endpoint leases are per server,
+    // so a dead server's expiring lease does not take the shared address out).
+    assert_eq!(l.slice_ips("kubernetes").unwrap(), ["172.31.0.1"]);
 
     // Down leaves no process or namespace behind.
     let before = recorded_pids(&dir);

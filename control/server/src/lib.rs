@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use sluice_store::{EtcdOptions, EtcdStore, RedbStore, Store, StoreOptions};
 
+use crate::controllers::kubernetes_service;
 use crate::registry::{Registry, RegistryConfig};
 
 /// Everything `sluice-control` needs to serve.
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub controllers: controllers::ControllerConfig,
     /// Leader election of the controllers between API servers.
     pub leader: leader::LeaderConfig,
+    /// The `kubernetes` Service's endpoint reconciler.
+    pub endpoint_reconciler: EndpointReconcilerConfig,
     /// Where objects are stored.
     pub backend: StoreBackend,
     /// Store tuning (watch history and buffers; both backends).
@@ -84,11 +87,33 @@ impl ServerConfig {
             registry: RegistryConfig::default(),
             controllers: controllers::ControllerConfig::default(),
             leader: leader::LeaderConfig::default(),
+            endpoint_reconciler: EndpointReconcilerConfig::default(),
             backend: StoreBackend::Redb,
             store: StoreOptions::default(),
             watch_timeout: (1800, 3600),
             bookmark_interval: Duration::from_secs(60),
             limits: conn::Limits::default(),
+        }
+    }
+}
+
+/// How API servers keep the `kubernetes` Service's endpoints (`--endpoint-reconciler-type`).
+#[derive(Debug, Clone)]
+pub struct EndpointReconcilerConfig {
+    /// `lease` (true, the default) or `none`.
+    pub enabled: bool,
+    /// Renewal and rewrite interval.
+    pub interval: Duration,
+    /// A lease unrenewed this long is deleted with its endpoint.
+    pub lease_ttl: Duration,
+}
+
+impl Default for EndpointReconcilerConfig {
+    fn default() -> Self {
+        EndpointReconcilerConfig {
+            enabled: true,
+            interval: kubernetes_service::RECONCILE_INTERVAL,
+            lease_ttl: kubernetes_service::LEASE_TTL,
         }
     }
 }
@@ -139,6 +164,11 @@ pub struct Server {
     /// Connection counters of the API listener.
     pub connections: Arc<conn::Tracker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The endpoint reconciler's task, and a reconciler to take this server out on shutdown.
+    endpoints: Option<(
+        tokio::task::JoinHandle<()>,
+        kubernetes_service::EndpointReconciler,
+    )>,
     leader: leader::LeaderConfig,
 }
 
@@ -193,9 +223,16 @@ impl Server {
             leader_cfg.identity = leader::default_identity(addr);
         }
         let advertised_addr: SocketAddr = advertised.parse().unwrap_or(addr);
-        if let Err(e) = controllers::kubernetes_service::ensure(&registry, advertised_addr).await {
-            // Not fatal: a user may hold the first ClusterIP; the API still serves.
-            tracing::warn!(error = %e, "the kubernetes Service could not be written");
+        let mut endpoints = kubernetes_service::EndpointReconciler::new(
+            &leader_cfg.identity,
+            advertised_addr,
+            cfg.endpoint_reconciler.lease_ttl,
+        );
+        if cfg.endpoint_reconciler.enabled {
+            if let Err(e) = endpoints.reconcile(&registry).await {
+                // Not fatal: a user may hold the first ClusterIP; the API still serves.
+                tracing::warn!(error = %e, "the kubernetes Service could not be written");
+            }
         }
 
         let mut sans = vec![
@@ -258,6 +295,22 @@ impl Server {
             leader_cfg.clone(),
             move || controllers::spawn_all(reg.clone(), controller_cfg.clone()),
         )));
+        // Every API server keeps its lease and the `kubernetes` Service's endpoints.
+        let endpoints = cfg.endpoint_reconciler.enabled.then(|| {
+            let handle = tokio::spawn(kubernetes_service::run(
+                registry.clone(),
+                endpoints,
+                cfg.endpoint_reconciler.interval,
+            ));
+            (
+                handle,
+                kubernetes_service::EndpointReconciler::new(
+                    &leader_cfg.identity,
+                    advertised_addr,
+                    cfg.endpoint_reconciler.lease_ttl,
+                ),
+            )
+        });
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "sluice-control serving");
         Ok(Server {
             addr,
@@ -265,6 +318,7 @@ impl Server {
             registry,
             connections,
             tasks,
+            endpoints,
             leader: leader_cfg,
         })
     }
@@ -276,6 +330,15 @@ impl Server {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Take this server out of the `kubernetes` Service at once (others would only drop
+        // it after the lease TTL).
+        if let Some((task, mut reconciler)) = self.endpoints {
+            task.abort();
+            let _ = task.await;
+            if let Err(e) = reconciler.remove(&self.registry).await {
+                tracing::warn!(error = %e, "taking this API server out of the kubernetes Service");
+            }
         }
         // Controllers are stopped: hand the Lease over instead of letting it expire.
         leader::release(&self.registry, &self.leader).await;

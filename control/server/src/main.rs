@@ -136,6 +136,18 @@ struct ServeArgs {
     /// Pause between attempts to acquire or renew the Lease.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     leader_elect_retry_period: Duration,
+    /// How the `kubernetes` Service's endpoints are kept: `lease` (each API server renews a
+    /// lease in the store and the endpoints list every live one, as kube-apiserver's default)
+    /// or `none` (only the Service is written).
+    #[arg(long, value_enum, default_value_t = EndpointReconcilerType::Lease)]
+    endpoint_reconciler_type: EndpointReconcilerType,
+    /// How often an API server renews its endpoint lease (kube-apiserver: a fixed 10 s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    endpoint_reconciler_interval: Duration,
+    /// How long an endpoint lease may go unrenewed before its address is taken out
+    /// (kube-apiserver: a fixed 15 s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    endpoint_reconciler_lease_ttl: Duration,
     /// Events kept for watches that resume from an older resourceVersion.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
@@ -202,6 +214,15 @@ impl EtcdConn {
 }
 
 /// `--store`.
+/// `--endpoint-reconciler-type`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum EndpointReconcilerType {
+    /// Leases in the store, one per API server.
+    Lease,
+    /// Do not write endpoints.
+    None,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum StoreKind {
     Redb,
@@ -271,6 +292,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.leader.lease_duration = a.leader_elect_lease_duration;
     cfg.leader.renew_deadline = a.leader_elect_renew_deadline;
     cfg.leader.retry_period = a.leader_elect_retry_period;
+    if a.endpoint_reconciler_interval.is_zero()
+        || a.endpoint_reconciler_lease_ttl <= a.endpoint_reconciler_interval
+    {
+        bail!("--endpoint-reconciler-lease-ttl must exceed --endpoint-reconciler-interval (> 0)");
+    }
+    cfg.endpoint_reconciler.enabled = a.endpoint_reconciler_type == EndpointReconcilerType::Lease;
+    cfg.endpoint_reconciler.interval = a.endpoint_reconciler_interval;
+    cfg.endpoint_reconciler.lease_ttl = a.endpoint_reconciler_lease_ttl;
     cfg.store.history = a.watch_history;
     cfg.store.watch_buffer = a.watch_buffer;
     cfg.limits.max_requests_inflight = a.max_requests_inflight.max(1);
