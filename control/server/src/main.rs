@@ -213,7 +213,6 @@ impl EtcdConn {
     }
 }
 
-/// `--store`.
 /// `--endpoint-reconciler-type`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum EndpointReconcilerType {
@@ -223,6 +222,7 @@ enum EndpointReconcilerType {
     None,
 }
 
+/// `--store`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum StoreKind {
     Redb,

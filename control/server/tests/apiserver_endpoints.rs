@@ -14,20 +14,8 @@ use sluice_control::controllers::kubernetes_service::{LEASES_PREFIX, NAME};
 use sluice_control::registry::Registry;
 use sluice_control::resources::by_kind;
 use sluice_control::{Server, ServerConfig, StoreBackend};
-use sluice_store::testing::EtcdCluster;
+use sluice_store::testing::{skip, EtcdCluster};
 use sluice_store::EtcdOptions;
-
-fn skip(why: &str) {
-    println!("SKIP: {why}");
-    eprintln!("SKIP: {why}");
-    let require = std::env::var("SLUICE_REQUIRE_ALL")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
-        .unwrap_or(false);
-    assert!(
-        !require,
-        "this test could not run: {why} (SLUICE_REQUIRE_ALL is set)"
-    );
-}
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TTL: Duration = Duration::from_millis(1500);

@@ -11,6 +11,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// For a test that cannot run here: prints `SKIP: <why>` and returns (the test passes), unless
+/// every tier must run (`SLUICE_REQUIRE_ALL=1`, as CI sets it): then it fails.
+pub fn skip(why: &str) {
+    println!("SKIP: {why}");
+    eprintln!("SKIP: {why}");
+    let require = std::env::var("SLUICE_REQUIRE_ALL")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+        .unwrap_or(false);
+    assert!(
+        !require,
+        "this test could not run: {why} (SLUICE_REQUIRE_ALL is set)"
+    );
+}
+
 /// The `etcd` binary, or why there is none.
 pub fn etcd_binary() -> Result<PathBuf, String> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -7,21 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
-use sluice_store::testing::EtcdCluster;
+use sluice_store::testing::{skip, EtcdCluster};
 use sluice_store::{EtcdOptions, EtcdStore, EventType, Store, StoreError, Stored};
-
-/// Prints `SKIP:`, or fails when every tier must run (`SLUICE_REQUIRE_ALL`).
-fn skip(why: &str) {
-    println!("SKIP: {why}");
-    eprintln!("SKIP: {why}");
-    let require = std::env::var("SLUICE_REQUIRE_ALL")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
-        .unwrap_or(false);
-    assert!(
-        !require,
-        "this test could not run: {why} (SLUICE_REQUIRE_ALL is set)"
-    );
-}
 
 fn cluster(dir: &std::path::Path, n: usize) -> Option<EtcdCluster> {
     match EtcdCluster::start(dir, n) {
