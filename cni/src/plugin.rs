@@ -36,8 +36,6 @@ pub struct Env {
     pub path: Option<String>,
     /// IPAM lock timeout (`SLUICE_CNI_LOCK_TIMEOUT_MS`, default 30 s).
     pub lock_timeout: Duration,
-    /// Test-only fault injection (`SLUICE_CNI_TEST_FAIL=after-ipam`).
-    pub fail_after_ipam: bool,
 }
 
 impl Env {
@@ -55,7 +53,6 @@ impl Env {
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis)
                 .unwrap_or(Duration::from_secs(30)),
-            fail_after_ipam: get("SLUICE_CNI_TEST_FAIL").as_deref() == Some("after-ipam"),
         }
     }
 
@@ -357,12 +354,6 @@ fn cmd_add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
-    }
-    if env.fail_after_ipam {
-        return Err(CniError::new(
-            Code::Internal,
-            "injected failure after IPAM (SLUICE_CNI_TEST_FAIL)",
-        ));
     }
 
     // 5. The result.

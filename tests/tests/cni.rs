@@ -659,19 +659,22 @@ fn rollback_after_ipam_releases_lease_and_veth() {
         return;
     }
     let lab = Lab::new(Impl::Ours);
-    let conf = lab.conf("1.0.0", "10.81.0.0/24");
+    // A real failure after the address is leased and both veth ends exist: the kernel refuses
+    // a route through a gateway that is not on the container's link (no fault injection in the
+    // plugin).
+    let mut conf = lab.conf("1.0.0", "10.81.0.0/24");
+    conf["ipam"]["routes"] = json!([
+        {"dst": "0.0.0.0/0"},
+        {"dst": "192.0.2.0/24", "gw": "198.51.100.1"}
+    ]);
     let ctr = Netns::new().unwrap();
-    let fail = lab.run(
-        "ADD",
-        &conf,
-        &[
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_NETNS", &ctr.path()),
-            ("CNI_IFNAME", "eth0"),
-            ("SLUICE_CNI_TEST_FAIL", "after-ipam"),
-        ],
-    );
+    let fail = lab.add(&conf, &ctr, "c1");
     assert_eq!(fail.code(), 999, "{}", text(&fail.out));
+    assert!(
+        fail.msg().to_lowercase().contains("route"),
+        "not the route's failure: {}",
+        text(&fail.out)
+    );
     assert!(lab.leases().is_empty(), "lease leaked: {:?}", lab.leases());
     assert_eq!(ctr.links(), BTreeSet::from(["lo".to_string()]));
     assert_eq!(
@@ -679,10 +682,12 @@ fn rollback_after_ipam_releases_lease_and_veth() {
         BTreeSet::from(["lo".to_string(), BRIDGE.to_string()])
     );
     // A normal ADD afterwards works (round robin moved on to .3).
-    let ok = lab.add(&conf, &ctr, "c1");
+    let ok = lab.add(&lab.conf("1.0.0", "10.81.0.0/24"), &ctr, "c1");
     assert!(ok.ok(), "{}", text(&ok.out));
     assert_eq!(ok.json()["ips"][0]["address"], "10.81.0.3/24");
-    assert!(lab.del(&conf, &ctr.path(), "c1").ok());
+    assert!(lab
+        .del(&lab.conf("1.0.0", "10.81.0.0/24"), &ctr.path(), "c1")
+        .ok());
 }
 
 #[test]
