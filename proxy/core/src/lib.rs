@@ -22,8 +22,8 @@
 //!   Cluster vs Local sets, topology hints).
 //! * [`conntrack`] — UDP conntrack cleanup after a sync (removed endpoints, removed IPs,
 //!   services that just got endpoints), for the NAT-based modes.
-//! * [`golden`] — golden-file checks shared by the modes' render tests; [`scenarios`] — the
-//!   service/endpoint maps those tests render.
+//! * `golden` — golden-file checks shared by the modes' render tests; `scenarios` — the
+//!   service/endpoint maps those tests render (feature `testing`: test support only).
 //! * [`heap`] — giving freed heap back after large syncs.
 //! * [`runner`] — bounded-frequency sync runner (min interval, max interval, coalescing, retry).
 //! * [`mode`] — the one interface every proxy mode plugs into the agent through ([`mode::Mode`]).
@@ -31,6 +31,7 @@
 
 pub mod categorize;
 pub mod conntrack;
+#[cfg(any(test, feature = "testing"))]
 pub mod golden;
 pub mod heap;
 pub mod metrics;
@@ -38,6 +39,7 @@ pub mod mode;
 pub mod model;
 pub mod proxier;
 pub mod runner;
+#[cfg(any(test, feature = "testing"))]
 pub mod scenarios;
 pub mod tracker;
 
