@@ -86,7 +86,7 @@ pub const BASE_JUMPS: &[BaseJump] = &[
     jump("filter", "OUTPUT", true, PORTALS, chains::SERVICES),
 ];
 
-/// The base jumps as restore text that appends them in order (used to set up [`crate::Fake`]).
+/// The base jumps as restore text that appends them in order (also used to set up the `Fake` of the tests).
 pub fn base_jumps_restore_text() -> String {
     let mut out = String::new();
     for table in ["filter", "nat"] {
@@ -334,7 +334,7 @@ pub fn cleanup_text(saved: &str) -> String {
                 owned.insert(c.to_string());
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
-            let Ok(ws) = crate::fake::words(rest) else {
+            let Ok(ws) = crate::render::words(rest) else {
                 continue;
             };
             let from_ours = ws.first().is_some_and(|c| chains::is_sluice_chain(c));

@@ -17,6 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use sluice_proxy::model::Protocol;
 
+use crate::render::words;
+
 /// Errors of the fake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FakeError {
@@ -173,39 +175,6 @@ pub struct Verdict {
     pub action: Action,
     /// Source NAT (masquerade) applied on the way out.
     pub masquerade: bool,
-}
-
-/// Split a line into words, honouring double quotes.
-pub fn words(line: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut quoted = false;
-    for ch in line.chars() {
-        match ch {
-            '"' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quoted {
-        return Err("unterminated quote".into());
-    }
-    if in_word {
-        out.push(cur);
-    }
-    Ok(out)
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {

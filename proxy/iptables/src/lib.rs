@@ -5,7 +5,7 @@
 //!   the same in pieces and, given the previous render's [`RenderState`], incremental (only the
 //!   changed services' chains, and a shared chain only if their rules in it changed —
 //!   `testdata/partial/`).
-//! * [`fake`] — a validating in-memory iptables (parses restore text, rejects jumps to missing
+//! * `fake` (feature `testing`, test support only) — a validating in-memory iptables (parses restore text, rejects jumps to missing
 //!   chains, duplicate declarations, deleting referenced chains) with a packet tracer.
 //! * [`apply`] — [`apply::IptablesDataplane`], the thin backend that streams the render into
 //!   `iptables-restore` and installs the jumps from the built-in chains. It reads the kernel's
@@ -19,11 +19,13 @@
 pub mod apply;
 pub mod chains;
 pub mod dump;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod mode;
 pub mod render;
 
 pub use apply::IptablesDataplane;
+#[cfg(any(test, feature = "testing"))]
 pub use fake::{Action, Fake, Packet, Verdict};
 pub use render::{
     render, render_parts, ExistingChains, RenderConfig, RenderState, Rendered, RenderedParts,

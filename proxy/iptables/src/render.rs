@@ -36,6 +36,40 @@ use sluice_proxy::proxier::Changes;
 
 use crate::chains::{self, affinity_list, service_chain, Kind};
 
+/// Splits an `iptables-restore`/`-save` line into words, honouring (and removing) double
+/// quotes: the inverse of [`restore_words`].
+pub fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for ch in line.chars() {
+        match ch {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quoted {
+        return Err("unterminated quote".into());
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
 /// Words as one `iptables-restore` line fragment: a word with a space (a comment) is quoted.
 pub(crate) fn restore_words<S: AsRef<str>>(words: &[S]) -> String {
     let quoted: Vec<String> = words
