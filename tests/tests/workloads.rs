@@ -702,38 +702,48 @@ fn transcript(backend: Backend, k: &Kubectl) {
     // Every scaling of a ReplicaSet is reported, also when the Deployment changed meanwhile:
     // the Deployment's "Scaled up|down replica set R from A to B" events, each with its count
     // (a repeat is one Event with a higher count), must add up to a walk from 0 to R's present
-    // size — every size entered as often as left, apart from those two ends.
+    // size — every size entered as often as left, apart from those two ends. The rollout may
+    // still be scaling (the last apply changed the replicas), and an Event is written just
+    // after the scale it reports, so events and sizes are read again until they agree: a
+    // scaling that is never reported still fails, after the timeout.
     for deploy in ["web", "api"] {
-        let selector = format!("involvedObject.kind=Deployment,involvedObject.name={deploy}");
-        let events = ok(run(&[
-            "-n",
-            "shop",
-            "get",
-            "events",
-            "--field-selector",
-            &selector,
-            "-o",
-            "custom-columns=REASON:.reason,COUNT:.count,MESSAGE:.message",
-        ]));
-        let sizes = ok(run(&[
-            "-n",
-            "shop",
-            "get",
-            "rs",
-            "-l",
-            &format!("app={deploy}"),
-            "-o",
-            "custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas",
-        ]));
-        for rs in sizes.lines().skip(1) {
-            let [name, size] = rs.split_whitespace().collect::<Vec<_>>()[..] else {
-                panic!("{sizes}")
-            };
-            let size: i64 = size.parse().unwrap();
-            if let Err(e) = scaling_walk(&events, name, size) {
-                panic!("{label}: ScalingReplicaSet events of {name}: {e}\n{events}");
-            }
-        }
+        poll(
+            Duration::from_secs(20),
+            &format!("{label}: ScalingReplicaSet events of {deploy} adding up"),
+            || {
+                let selector =
+                    format!("involvedObject.kind=Deployment,involvedObject.name={deploy}");
+                let events = lines_of(run(&[
+                    "-n",
+                    "shop",
+                    "get",
+                    "events",
+                    "--field-selector",
+                    &selector,
+                    "-o",
+                    "custom-columns=REASON:.reason,COUNT:.count,MESSAGE:.message",
+                ]))?;
+                let sizes = lines_of(run(&[
+                    "-n",
+                    "shop",
+                    "get",
+                    "rs",
+                    "-l",
+                    &format!("app={deploy}"),
+                    "-o",
+                    "custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas",
+                ]))?;
+                for rs in sizes.lines().skip(1) {
+                    let [name, size] = rs.split_whitespace().collect::<Vec<_>>()[..] else {
+                        return Err(format!("unexpected rs listing: {sizes}"));
+                    };
+                    let size: i64 = size.parse().map_err(|e| format!("{size}: {e}"))?;
+                    scaling_walk(&events, name, size)
+                        .map_err(|e| format!("{name} at {size}: {e}\n{events}"))?;
+                }
+                Ok(())
+            },
+        );
     }
 
     // 7. Deleting the Deployment takes its ReplicaSets and Pods with it.
